@@ -1,0 +1,31 @@
+# `make demo` and `make test` install everything they need into .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.datafree-installed
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+# The offline copies of real datasets that sit beside the checkout (MNIST), when present.
+ifneq ($(wildcard ../shared/data/mnist),)
+export DATAFREE_DATA ?= $(abspath ../shared/data)
+endif
+
+.PHONY: demo test install clean-demo
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test,slurm]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/datafree demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean-demo:
+	rm -rf results/demo

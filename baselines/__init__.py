@@ -1,0 +1,20 @@
+"""The reference rows that use real data, registered like methods.
+
+Installed as ``datafree.baselines``. Each YAML file here is a method entry:
+
+* ``scratch``: a model trained from scratch on the original data (the papers'
+  "T. Scratch" / "S. Scratch" rows; also the recipe of ``datafree train-teacher``);
+* ``kd_real``: KD from the teacher with the original training data, the upper
+  bound a data-free method chases.
+"""
+import glob
+import os
+
+from datafree import train  # noqa: F401  (registers the real-data synthesizer)
+from datafree.methods import register_method
+from datafree.registry import METHODS
+
+for _path in sorted(glob.glob(os.path.join(os.path.dirname(__file__), "*.yaml"))):
+    _name = os.path.splitext(os.path.basename(_path))[0]
+    if _name not in METHODS:
+        register_method(_name, _path)

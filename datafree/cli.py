@@ -1,0 +1,255 @@
+"""The ``datafree`` command line.
+
+    datafree list models|methods|datasets|synthesizers|distillers|generators [PATTERN]
+    datafree train-teacher --dataset D --model M [key=value ...]
+    datafree distill --method M --teacher T --student S --dataset D [key=value ...]
+    datafree table DIR
+    datafree plot DIR
+    datafree demo
+    datafree data download|check NAME
+
+Bad input (unknown names, missing data, unusable checkpoints or configs)
+prints one ``error:`` line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from .errors import DatafreeError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import a module (or .py file) that registers models/methods; repeatable")
+    p.add_argument("--data-root", default=None, help="folder holding datasets (default: $DATAFREE_DATA, ./data)")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML run config (e.g. a previous run's config.yaml)")
+    p.add_argument("--out", help="run directory (default: results/runs/<dataset>/<method>/<pair>-s<seed>)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start again")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. synth.lr_g=1e-3 epochs=5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="datafree", description="Data-free knowledge distillation benchmark toolkit")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"datafree {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered models, methods, datasets, ...")
+    p.add_argument("what", choices=["models", "methods", "datasets", "synthesizers", "distillers", "generators"])
+    p.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'resnet*'")
+    _common(p)
+
+    p = sub.add_parser("train-teacher", help="train a model on real data and add it to model_zoo/")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--zoo", help="model zoo folder (default: $DATAFREE_ZOO or ./model_zoo)")
+    p.add_argument("--force", action="store_true", help="retrain even if the zoo has this teacher")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    _common(p)
+
+    p = sub.add_parser("distill", help="run one distillation")
+    p.add_argument("--method")
+    p.add_argument("--teacher", help="model name (looked up in model_zoo/) or checkpoint path")
+    p.add_argument("--student")
+    p.add_argument("--dataset")
+    _run_options(p)
+    _common(p)
+
+    p = sub.add_parser("table", help="markdown tables from the run records under DIR")
+    p.add_argument("dir")
+    p.add_argument("--out", help="markdown file to write (default: DIR/README.md; '-' prints only)")
+    p.add_argument("--title", default=None)
+    p.add_argument("--metric", choices=["last", "best"], default="last")
+    _common(p)
+
+    p = sub.add_parser("plot", help="accuracy curves of the runs under DIR as a PNG")
+    p.add_argument("dir")
+    p.add_argument("--out", help="PNG to write (default: DIR/curves.png)")
+    _common(p)
+
+    p = sub.add_parser("demo", help="train a small teacher on digits and run every method with a small budget")
+    p.add_argument("--suite", default=None, help="suite file (default: benchmarks/suites/demo.yaml)")
+    p.add_argument("--out", default=os.path.join("results", "demo"))
+    p.add_argument("--fresh", action="store_true", help="delete earlier demo runs first")
+    _common(p)
+
+    p = sub.add_parser("data", help="download or check a dataset")
+    p.add_argument("action", choices=["download", "check"])
+    p.add_argument("name")
+    _common(p)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_list(args) -> int:
+    from .registry import all_registries, load_plugins
+
+    load_plugins(args.plugin)
+    reg = all_registries()[args.what]
+    names = reg.list(args.pattern)
+    if args.what == "methods":
+        from .methods import describe
+
+        width = max((len(n) for n in names), default=0)
+        for n in names:
+            print(f"{n:<{width}}  {describe(n)}")
+    elif args.what == "datasets":
+        for n in names:
+            s = reg.get(n).spec
+            print(f"{n:<14} {s.channels}x{s.size}x{s.size}, {s.num_classes} classes")
+        if args.pattern == "*":
+            print("imagefolder:<path>  any ImageFolder tree with train/ and val/")
+    else:
+        for n in names:
+            print(n)
+        if args.what == "models" and args.pattern == "*":
+            print("timm/<name>  (any timm model, e.g. timm/resnet18)")
+    return 0
+
+
+def _user_config(args) -> Dict[str, Any]:
+    from .config import load_yaml, parse_overrides
+
+    user: Dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    for key in ("method", "teacher", "student", "dataset", "seed", "device", "out"):
+        v = getattr(args, key, None)
+        if v is not None:
+            user[key] = v
+    if getattr(args, "data_root", None):
+        user["data_root"] = args.data_root
+    if args.plugin:
+        user["plugins"] = list(dict.fromkeys(list(user.get("plugins", [])) + args.plugin))
+    from .config import deep_merge
+
+    return deep_merge(user, parse_overrides(args.overrides))
+
+
+def cmd_distill(args) -> int:
+    from .config import resolve, to_dict
+    from .engine import Engine
+    from .registry import load_plugins
+
+    user = _user_config(args)
+    load_plugins(user.get("plugins", []))
+    for key in ("method", "dataset", "student"):
+        if key not in user and not args.config:
+            raise DatafreeError(f"distill needs --{key} (or --config FILE)")
+    cfg = resolve(user)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    engine = Engine(cfg, resume=args.resume, overwrite=args.overwrite)
+    summary = engine.run()
+    if summary.get("last_acc") is not None:
+        print(f"last {summary['last_acc']:.2f}  best {summary['best_acc']:.2f}  -> {engine.out_dir}")
+    return 0
+
+
+def cmd_train_teacher(args) -> int:
+    from .config import parse_overrides
+    from .registry import load_plugins
+    from .train import train_teacher
+
+    load_plugins(args.plugin)
+    overrides = parse_overrides(args.overrides)
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    entry = train_teacher(args.dataset, args.model, overrides, zoo=args.zoo, force=args.force)
+    print(f"{args.dataset} {args.model}: {entry.get('accuracy')}%")
+    return 0
+
+
+def cmd_table(args) -> int:
+    from .report import tables_markdown
+    from .results import atomic_write_text, load_runs
+
+    if not os.path.isdir(args.dir):
+        raise DatafreeError(f"{args.dir} is not a directory of runs")
+    df = load_runs(args.dir)
+    if len(df) == 0:
+        raise DatafreeError(f"no finished runs (summary.json files) under {args.dir}")
+    if args.metric == "best":
+        df = df.assign(last_acc=df["best_acc"])
+    text = tables_markdown(df, title=args.title or f"Results: {os.path.basename(os.path.abspath(args.dir))}")
+    print(text)
+    out = args.out or os.path.join(args.dir, "README.md")
+    if out != "-":
+        atomic_write_text(out, text)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .report import plot_curves
+    from .results import find_summaries
+
+    runs = [os.path.dirname(p) for p in find_summaries(args.dir)]
+    if not runs:
+        raise DatafreeError(f"no finished runs under {args.dir}")
+    out = plot_curves(runs, args.out or os.path.join(args.dir, "curves.png"))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(suite=args.suite, out=args.out, fresh=args.fresh, data_root=args.data_root, plugins=args.plugin)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import default_root, get_source
+
+    src = get_source(args.name)
+    if args.action == "download":
+        root = default_root(args.data_root)
+        src.download(root)
+        print(f"{args.name} downloaded to {root}")
+    else:
+        for split in ("train", "test"):
+            s = src.load(split, args.data_root)
+            print(f"{args.name} {split}: {len(s)} images {tuple(s.images.shape[1:])}")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "distill": cmd_distill, "train-teacher": cmd_train_teacher, "table": cmd_table,
+            "plot": cmd_plot, "demo": cmd_demo, "data": cmd_data}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    # key=value overrides may come before or after options: collect the ones argparse leaves over
+    args, extra = parser.parse_known_args(argv)
+    leftover = [e for e in extra if "=" not in e or e.startswith("-")]
+    if leftover or (extra and not hasattr(args, "overrides")):
+        parser.error("unrecognized arguments: " + " ".join(leftover or extra))
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    try:
+        return COMMANDS[args.command](args)
+    except DatafreeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; a run continues from its last checkpoint with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

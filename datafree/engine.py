@@ -1,0 +1,420 @@
+"""The one training loop: synthesize -> distill -> evaluate -> checkpoint.
+
+Each epoch runs rounds until ``ep_steps`` student steps are done: a round is
+one ``synthesizer.synthesize()`` followed by ``kd_steps`` student steps, each
+on ``synthesizer.sample(batch_size)``. During the first ``warmup`` epochs only
+synthesis runs (Fast-DFKD). After every epoch the student is evaluated (every
+``eval_every`` epochs and always after the last) and a checkpoint is written
+atomically, so ``--resume`` continues a killed run from its last epoch with the
+same random state: the resumed run ends in the same state as an uninterrupted
+one.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import results
+from .config import RunConfig, to_dict
+from .data import Batches, get_source, iterate_eval
+from .errors import CheckpointError, ConfigError, DatafreeError
+from .meter import Meter
+from .models import create_model, load_model, load_state, save_model
+from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
+from .synthesis.base import Amp, Context
+from .zoo import resolve_teacher, teacher_record
+
+CHECKPOINT = "checkpoint.pt"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for but CUDA is not available here; use device=cpu or auto")
+    return dev
+
+
+def rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "python": list(random.getstate()[1]) + [random.getstate()[0]],
+        "python_gauss": random.getstate()[2],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    py = state["python"]
+    random.setstate((py[-1], tuple(int(v) for v in py[:-1]), state.get("python_gauss")))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def default_run_dir(cfg: RunConfig) -> str:
+    teacher = os.path.splitext(os.path.basename(cfg.teacher))[0] if cfg.teacher else "none"
+    name = f"{teacher}-{cfg.student}-s{cfg.seed}" + (f"-{cfg.tag}" if cfg.tag else "")
+    return os.path.join("results", "runs", cfg.dataset.replace(":", "_").replace("/", "_"), cfg.method, name)
+
+
+def _mean_logs(acc: Dict[str, List[torch.Tensor]]) -> Dict[str, float]:
+    out = {}
+    for k, vs in acc.items():
+        if vs:
+            out[k] = float(torch.stack([torch.as_tensor(v, dtype=torch.float32).detach().cpu() for v in vs]).mean())
+    return out
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class Engine:
+    """Build everything a run needs from its config, then :meth:`run` it."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = False, overwrite: bool = False,
+                 log: Callable[[str], None] = None):
+        self.cfg = cfg
+        self.resume = resume
+        self.overwrite = overwrite
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.out_dir = os.path.abspath(cfg.out or default_run_dir(cfg))
+        self.metrics: List[Dict[str, Any]] = []
+        self.start_epoch = 0
+        self.writer = None
+
+    # -- setup -------------------------------------------------------------
+    def _prepare_dir(self) -> Optional[Dict[str, Any]]:
+        """Create the run directory; refuse to overwrite a run unless asked. Returns a checkpoint to resume."""
+        d = self.out_dir
+        ckpt_path = os.path.join(d, CHECKPOINT)
+        has_records = any(os.path.exists(os.path.join(d, f)) for f in ("summary.json", "metrics.jsonl", CHECKPOINT))
+        if self.overwrite and os.path.isdir(d):
+            shutil.rmtree(d)
+        elif has_records and not self.resume:
+            raise DatafreeError(
+                f"run directory {d} already holds a run. Use --resume to continue it, --overwrite to start it "
+                "again (its records are deleted), or out=<new dir> for a separate run"
+            )
+        os.makedirs(d, exist_ok=True)
+        if self.resume and os.path.isfile(ckpt_path):
+            try:
+                return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise CheckpointError(f"cannot resume: {ckpt_path} is unreadable ({e}); use --overwrite") from e
+        return None
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        load_plugins(cfg.plugins)
+        if cfg.synthesizer not in SYNTHESIZERS:
+            SYNTHESIZERS.get(cfg.synthesizer)  # raises with suggestions
+        if cfg.distiller not in DISTILLERS:
+            DISTILLERS.get(cfg.distiller)
+        if cfg.kd_steps is not None and cfg.kd_steps <= 0:
+            raise ConfigError("kd_steps must be positive (or null for one round per epoch)")
+        if cfg.warmup >= cfg.epochs and cfg.epochs > 0:
+            raise ConfigError(f"warmup ({cfg.warmup}) must be smaller than epochs ({cfg.epochs})")
+        self.device = resolve_device(cfg.device)
+        source = get_source(cfg.dataset)
+        self.spec = source.spec
+        test = source.load("test", cfg.data_root)
+        self.test_split = test.to(self.device)
+        if self.spec.num_classes == 0:  # image folders learn their class count on load
+            raise ConfigError(f"dataset {cfg.dataset} has no classes")
+        self.checkpoint = self._prepare_dir()
+        seed_everything(cfg.seed)
+        self.amp = Amp(self.device, cfg.amp)
+        channels_last = (cfg.channels_last == "on") or (cfg.channels_last == "auto" and self.device.type == "cuda")
+
+        synth_cls = SYNTHESIZERS.get(cfg.synthesizer)
+        dist_cls = DISTILLERS.get(cfg.distiller)
+        needs_teacher = getattr(synth_cls, "needs_teacher", True) or getattr(dist_cls, "needs_teacher", True)
+        self.teacher, self.teacher_info = None, {}
+        if needs_teacher:
+            if not cfg.teacher:
+                raise ConfigError(f"method {cfg.method} needs a teacher: set teacher=<model or path>")
+            path = resolve_teacher(cfg.teacher, cfg.dataset, cfg.model_zoo)
+            model, ckpt = load_model(path, num_classes=self.spec.num_classes, in_channels=self.spec.channels,
+                                     image_size=self.spec.size)
+            self._check_teacher_fits(ckpt, path)
+            self.teacher = model.to(self.device).eval().requires_grad_(False)
+            if channels_last:
+                self.teacher = self.teacher.to(memory_format=torch.channels_last)
+            self.teacher_info = {"path": path, "arch": ckpt.get("arch"), "accuracy": ckpt.get("accuracy"),
+                                 **{k: v for k, v in teacher_record(path, cfg.model_zoo).items() if k in ("sha256",)}}
+        self.student = create_model(cfg.student, self.spec.num_classes, self.spec.channels, self.spec.size).to(self.device)
+        if channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
+        self.ctx = Context(self.teacher, self.student, self.spec, self.device, cfg=cfg, amp=self.amp,
+                           out_dir=self.out_dir, channels_last=channels_last)
+        self.synth = SYNTHESIZERS.build(cfg.synthesizer, self.ctx, **cfg.synth)
+        self.distiller = DISTILLERS.build(cfg.distiller, self.ctx, **cfg.distill)
+        self.ctx.total_steps = (cfg.epochs - cfg.warmup) * self.ep_steps
+        if cfg.compile:
+            self._compile()
+        self.meter = Meter(self.device, self.ctx.world_size)
+        if self.teacher is not None and self.teacher_info.get("accuracy") is None:
+            self.teacher_info["accuracy"] = self.evaluate(self.teacher)
+        if self.checkpoint is not None:
+            self._load_checkpoint(self.checkpoint)
+        else:
+            results.atomic_write_yaml(os.path.join(self.out_dir, "config.yaml"), to_dict(cfg))
+        if cfg.log == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
+        elif cfg.log not in ("none", ""):
+            raise ConfigError(f"log must be none or tensorboard, got {cfg.log!r}")
+
+    @property
+    def ep_steps(self) -> int:
+        if self.cfg.ep_steps is not None:
+            return self.cfg.ep_steps
+        n = getattr(self.synth, "epoch_length", None) if hasattr(self, "synth") else None
+        if n:
+            return int(math.ceil(n / self.cfg.batch_size))
+        return int(math.ceil(max(1, self.spec.train_size) / self.cfg.batch_size))
+
+    def _check_teacher_fits(self, ckpt: Dict[str, Any], path: str) -> None:
+        spec = ckpt.get("spec") or {}
+        ds = ckpt.get("dataset")
+        for key, want in (("num_classes", self.spec.num_classes), ("channels", self.spec.channels)):
+            if key in spec and spec[key] != want:
+                raise CheckpointError(
+                    f"teacher {path} was trained for {ds or 'another dataset'} with {key}={spec[key]}, "
+                    f"but {self.cfg.dataset} has {key}={want}: pick a teacher trained on {self.cfg.dataset}")
+
+    def _compile(self) -> None:
+        self.student.forward = torch.compile(self.student.forward)
+        if self.teacher is not None:
+            self.teacher.forward = torch.compile(self.teacher.forward)
+
+    # -- checkpoints -------------------------------------------------------
+    def _checkpoint_state(self, epoch: int) -> Dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "student": {k: v.detach().cpu() for k, v in self.student.state_dict().items()},
+            "distiller": self.distiller.state_dict(),
+            "synthesizer": self.synth.state_dict(),
+            "meter": self.meter.state_dict(),
+            "metrics": self.metrics,
+            "rng": rng_state(),
+            "ctx": {"step": self.ctx.step, "round": self.ctx.round},
+            "teacher_info": {k: v for k, v in self.teacher_info.items() if v is not None},
+        }
+
+    def save_checkpoint(self, epoch: int) -> None:
+        results.atomic_torch_save(self._checkpoint_state(epoch), os.path.join(self.out_dir, CHECKPOINT))
+
+    def _load_checkpoint(self, state: Dict[str, Any]) -> None:
+        load_state(self.student, state["student"], "the run's checkpoint")
+        self.distiller.load_state_dict(state["distiller"])
+        self.synth.load_state_dict(state["synthesizer"])
+        self.meter.load_state_dict(state["meter"])
+        self.metrics = list(state["metrics"])
+        self.ctx.step = int(state["ctx"]["step"])
+        self.ctx.round = int(state["ctx"]["round"])
+        self.teacher_info.update(state.get("teacher_info", {}))
+        self.start_epoch = int(state["epoch"]) + 1
+        set_rng_state(state["rng"])
+        self.log(f"resuming {self.out_dir} after epoch {self.start_epoch}")
+
+    # -- evaluation --------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: Optional[nn.Module] = None) -> float:
+        """Top-1 accuracy (%) on the test split, of ``model`` or of the distiller's deployed student."""
+        correct, total = 0, 0
+        predict = self.distiller.predict if model is None else None
+        if model is not None:
+            model.eval()
+        else:
+            self.distiller.eval()
+        for x, y in iterate_eval(self.test_split, self.spec, self.cfg.eval_batch_size, self.device):
+            x = self.ctx.to_device(x) if hasattr(self, "ctx") else x
+            if predict is not None:
+                logits = predict(x)
+            else:
+                with self.amp.autocast():
+                    logits = model(x)
+            correct += (logits.argmax(1) == y).sum()
+            total += y.numel()
+        return 100.0 * float(correct) / max(1, total)
+
+    def save_samples(self, epoch: int) -> Optional[str]:
+        if self.cfg.samples <= 0:
+            return None
+        from .report import save_sample_grid
+
+        with torch.no_grad():
+            x = self.synth.preview(self.cfg.samples)
+            if self.teacher is not None:
+                with self.amp.autocast():
+                    labels = self.teacher(x).argmax(1)
+            else:
+                batch = self.synth.sample(self.cfg.samples)
+                labels = batch[1] if isinstance(batch, tuple) else None
+            images = self.ctx.normalizer.denormalize(x.float()).clamp(0, 1)
+        path = os.path.join(self.out_dir, f"samples_{epoch:04d}.png")
+        save_sample_grid(images, labels, path)
+        if self.writer is not None:
+            import torchvision
+
+            self.writer.add_image("samples", torchvision.utils.make_grid(images.cpu(), nrow=8), epoch)
+        return path
+
+    # -- the loop ----------------------------------------------------------
+    def run(self) -> Dict[str, Any]:
+        self.setup()
+        summary_path = os.path.join(self.out_dir, "summary.json")
+        if self.start_epoch >= self.cfg.epochs and os.path.isfile(summary_path):
+            self.log(f"{self.out_dir} is already finished")
+            return results.read_json(summary_path)
+        try:
+            return self._loop()
+        finally:
+            self.synth.close()
+            if self.writer is not None:
+                self.writer.close()
+
+    def _loop(self) -> Dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        ep_steps = self.ep_steps
+        kd_steps = cfg.kd_steps or ep_steps
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.epochs * ep_steps, initial=self.start_epoch * ep_steps, unit="step",
+                       desc=f"{cfg.method} {cfg.teacher or ''}->{cfg.student}", leave=False, dynamic_ncols=True,
+                       mininterval=1.0, file=sys.stderr)
+        wall0 = time.time()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            ctx.epoch = epoch
+            train_student = epoch >= cfg.warmup
+            self.synth.on_epoch_start(epoch)
+            synth_logs: Dict[str, List[torch.Tensor]] = {}
+            dist_logs: Dict[str, List[torch.Tensor]] = {}
+            done = 0
+            while done < ep_steps:
+                with self.meter.phase("synthesis"):
+                    for k, v in (self.synth.synthesize() or {}).items():
+                        synth_logs.setdefault(k, []).append(torch.as_tensor(v).detach())
+                ctx.round += 1
+                n = min(kd_steps, ep_steps - done)
+                if train_student:
+                    with self.meter.phase("distill"):
+                        for _ in range(n):
+                            batch = self.synth.sample(cfg.batch_size)
+                            x, y = batch if isinstance(batch, tuple) else (batch, None)
+                            for k, v in self.distiller.step(ctx.to_device(x), y).items():
+                                dist_logs.setdefault(k, []).append(torch.as_tensor(v).detach())
+                            ctx.step += 1
+                            self.meter.images_seen += x.shape[0]
+                done += n
+                if bar is not None:
+                    bar.update(n)
+            self.meter.images_synthesized = self.synth.images_synthesized
+            if train_student:
+                self.distiller.on_epoch_end()
+            last = epoch == cfg.epochs - 1
+            if train_student and ((epoch + 1) % max(1, cfg.eval_every) == 0 or last):
+                with self.meter.phase("eval"):
+                    acc = self.evaluate()
+                    self.save_samples(epoch)
+                record = {"epoch": epoch + 1, "acc": acc, "lr": self.distiller.lr, "step": ctx.step,
+                          "images_synthesized": self.meter.images_synthesized, "images_seen": self.meter.images_seen,
+                          "seconds": self.meter.total_seconds,
+                          "synth": _mean_logs(synth_logs), "distill": _mean_logs(dist_logs)}
+                self.metrics.append(record)
+                results.atomic_write_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), self.metrics)
+                if self.writer is not None:
+                    self.writer.add_scalar("acc", acc, epoch + 1)
+                    for sec in ("synth", "distill"):
+                        for k, v in record[sec].items():
+                            self.writer.add_scalar(f"{sec}/{k}", v, epoch + 1)
+                if bar is not None:
+                    bar.set_postfix(epoch=epoch + 1, acc=f"{acc:.2f}", best=f"{max(m['acc'] for m in self.metrics):.2f}", refresh=False)
+                if not cfg.progress:
+                    pass
+                elif bar is None:
+                    self.log(f"epoch {epoch + 1}/{cfg.epochs} acc {acc:.2f}")
+            with self.meter.phase("other"):
+                self.save_checkpoint(epoch)
+        if bar is not None:
+            bar.close()
+        return self.finish(time.time() - wall0)
+
+    def finish(self, wall: float) -> Dict[str, Any]:
+        cfg = self.cfg
+        accs = [m["acc"] for m in self.metrics]
+        save_model(os.path.join(self.out_dir, "student.pt"), self.student, cfg.student, cfg.dataset,
+                   self.spec.as_dict(), extra={"accuracy": accs[-1] if accs else None,
+                                               "extra_modules": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()}
+                                                                 for k, m in self.distiller.extra_modules().items()}})
+        teacher_name = (self.teacher_info.get("arch") if self.teacher is not None else None)
+        summary = {
+            "run_id": os.path.basename(self.out_dir),
+            "method": cfg.method,
+            "synthesizer": cfg.synthesizer,
+            "distiller": cfg.distiller,
+            "dataset": cfg.dataset,
+            "teacher": teacher_name,
+            "teacher_path": self.teacher_info.get("path"),
+            "student": cfg.student,
+            "pair": f"{teacher_name}->{cfg.student}" if teacher_name else cfg.student,
+            "seed": cfg.seed,
+            "suite": cfg.suite,
+            "tag": cfg.tag,
+            "uses_real_data": cfg.uses_real_data or getattr(self.synth, "real_data", ""),
+            "epochs": cfg.epochs,
+            "evaluations": len(accs),
+            "last_acc": accs[-1] if accs else None,
+            "best_acc": max(accs) if accs else None,
+            "mean_acc": float(np.mean(accs)) if accs else None,
+            "var_acc": float(np.var(accs)) if accs else None,
+            "teacher_acc": self.teacher_info.get("accuracy"),
+            "device": str(self.device),
+            "machine": results.machine(),
+            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "versions": results.versions(),
+        }
+        summary.update(self.meter.report())
+        summary.update(getattr(self.synth, "summary_extra", lambda: {})())
+        results.atomic_write_json(os.path.join(self.out_dir, "summary.json"), summary)
+        self.log(f"{cfg.method} {summary['pair']} on {cfg.dataset}: last {summary['last_acc']:.2f} "
+                 f"best {summary['best_acc']:.2f} ({summary['total_seconds']:.0f} s) -> {self.out_dir}"
+                 if accs else f"{cfg.method}: finished without evaluation -> {self.out_dir}")
+        return summary
+
+
+def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    """Run one distillation described by ``cfg``; return its summary."""
+    return Engine(cfg, resume=resume, overwrite=overwrite).run()

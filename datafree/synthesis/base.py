@@ -1,0 +1,205 @@
+"""The data side of the core contract: :class:`Synthesizer`.
+
+A synthesizer is built from a :class:`Context` (teacher, student, data spec,
+device, run settings) and its own hyper-parameters, checked against its
+``Config`` dataclass. The engine calls :meth:`Synthesizer.synthesize` once per
+round and :meth:`Synthesizer.sample` once per student step. A synthesizer
+never trains the student.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..config import RunConfig, build_dataclass
+from ..data.spec import DatasetSpec, Normalizer
+
+Batch = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+class Amp:
+    """The run's autocast policy: bf16 (or fp16) on CUDA, nothing on CPU."""
+
+    def __init__(self, device: torch.device, mode: str = "auto"):
+        self.device = device
+        if mode == "auto":
+            mode = "bf16" if device.type == "cuda" else "off"
+        if mode not in ("off", "bf16", "fp16"):
+            raise ValueError(f"amp must be auto, off, bf16 or fp16, got {mode!r}")
+        self.mode = mode
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+    def autocast(self):
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+@dataclass
+class Context:
+    """What every synthesizer and distiller of a run shares."""
+
+    teacher: Optional[nn.Module]
+    student: nn.Module
+    spec: DatasetSpec
+    device: torch.device
+    cfg: RunConfig = field(default_factory=RunConfig)
+    amp: Optional[Amp] = None
+    out_dir: Optional[str] = None
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0  # current epoch (set by the engine)
+    step: int = 0  # student steps taken so far
+    round: int = 0  # synthesis rounds run so far
+    total_steps: int = 0  # student steps in the whole run
+    channels_last: bool = False
+
+    def __post_init__(self):
+        self.device = torch.device(self.device)
+        if self.amp is None:
+            self.amp = Amp(self.device, "off")
+        self.normalizer = Normalizer(self.spec, self.device)
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.epochs
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the run's epochs completed (0 at the start, -> 1 at the end)."""
+        return self.epoch / max(1, self.cfg.epochs)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+@contextlib.contextmanager
+def frozen(module: Optional[nn.Module]) -> Iterator[None]:
+    """Eval mode and no parameter gradients inside the block; both restored after.
+
+    Used when a synthesis loss runs the student: gradients flow to the images
+    only, and the student's BN statistics are not moved by synthetic batches.
+    """
+    if module is None:
+        yield
+        return
+    was_training = module.training
+    flags = [p.requires_grad for p in module.parameters()]
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+        module.train(was_training)
+
+
+class Synthesizer:
+    """Base class of the data side of a method.
+
+    Subclasses set ``Config`` (a dataclass of hyper-parameters, the ``synth``
+    section of a run config), implement :meth:`synthesize` and :meth:`sample`,
+    and list in ``stateful`` the attributes (modules, optimisers, pools, ...)
+    whose ``state_dict()`` makes a run resumable.
+    """
+
+    @dataclass
+    class Config:
+        pass
+
+    stateful: Tuple[str, ...] = ()
+    needs_teacher: bool = True
+    #: short description of the real data a synthesizer uses ("" for data-free ones)
+    real_data: str = ""
+
+    def __init__(self, ctx: Context, **params: Any):
+        self.ctx = ctx
+        self.cfg = build_dataclass(self.Config, params, f"synth ({type(self).__name__})")
+        self.images_synthesized = 0
+        if self.needs_teacher and ctx.teacher is None:
+            raise ValueError(f"{type(self).__name__} needs a teacher")
+
+    # -- shortcuts
+    @property
+    def teacher(self) -> nn.Module:
+        return self.ctx.teacher
+
+    @property
+    def student(self) -> nn.Module:
+        return self.ctx.student
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.ctx.spec
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self.ctx.normalizer
+
+    # -- the contract
+    def synthesize(self) -> Dict[str, float]:
+        """Run one synthesis round; return named scalar losses (floats or 0-d tensors)."""
+        raise NotImplementedError
+
+    def sample(self, n: int) -> Batch:
+        """A batch of ``n`` normalised images on the device (optionally with labels)."""
+        raise NotImplementedError
+
+    def preview(self, n: int) -> torch.Tensor:
+        """Normalised images that show what the method makes (for the sample grids)."""
+        batch = self.sample(n)
+        return batch[0] if isinstance(batch, tuple) else batch
+
+    def student_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Student logits for a synthesis loss: gradients reach ``x``, not the student."""
+        with frozen(self.student), self.ctx.amp.autocast():
+            return self.student(x).float()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the engine before each epoch's first round (schedules, re-inits)."""
+
+    def close(self) -> None:
+        """Release hooks and other resources."""
+
+    # -- resumability
+    def extra_state(self) -> Dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: Dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = {"images_synthesized": self.images_synthesized, "extra": self.extra_state()}
+        for name in self.stateful:
+            obj = getattr(self, name)
+            state[name] = None if obj is None else obj.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.images_synthesized = int(state["images_synthesized"])
+        for name in self.stateful:
+            obj = getattr(self, name)
+            if obj is not None and state.get(name) is not None:
+                obj.load_state_dict(state[name])
+        self.load_extra_state(state.get("extra", {}))
+
+    def hparams(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self.cfg)

@@ -1,0 +1,231 @@
+"""The loss terms of data-free synthesis, each written once.
+
+Methods compose these with their own coefficients. Conventions: every
+function returns a scalar to *minimise*; ``s``/``t`` are student/teacher
+logits; divergences with a temperature ``T`` follow Hinton's KD.
+
+* :class:`BNStatistics`: DeepInversion's feature-distribution term, with
+  Fast-DFKD's momentum targets as an option;
+* :func:`one_hot`: cross-entropy against the teacher's argmax or given labels;
+* :func:`adversarial`: minus a student-teacher divergence (KL, JS or L1),
+  optionally masked to samples on which the two agree (CMI, Fast-DFKD, CuDFKD);
+* :func:`class_balance`: sum_k p_k log p_k of the batch-mean teacher softmax
+  (minimising it maximises the class entropy: DAFL's information entropy);
+* :func:`activation`: minus the mean absolute penultimate activation (DAFL);
+* :func:`total_variation` and :func:`l2_prior`: image priors (DeepInversion);
+* :func:`info_nce`: the contrastive term (CMI).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# --------------------------------------------------------------------------- divergences
+
+
+def kl_div(s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str = "batchmean") -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) * T^2 (Hinton et al. 2015).
+
+    ``reduction='none'`` returns one value per sample (summed over classes).
+    """
+    log_q = F.log_softmax(s.float() / T, dim=1)
+    log_p = F.log_softmax(t.float() / T, dim=1)
+    per_sample = (log_p.exp() * (log_p - log_q)).sum(1) * (T * T)
+    if reduction == "none":
+        return per_sample
+    if reduction in ("batchmean", "mean"):
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def js_div(s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str = "batchmean",
+           eps: float = 1e-7) -> torch.Tensor:
+    """Jensen-Shannon divergence between softmax(s/T) and softmax(t/T), per sample summed over classes."""
+    p = F.softmax(s.float() / T, dim=1)
+    q = F.softmax(t.float() / T, dim=1)
+    m = 0.5 * (p + q)
+    log_m = m.clamp_min(eps).log()
+    per_sample = 0.5 * (p * (p.clamp_min(eps).log() - log_m)).sum(1) + 0.5 * (q * (q.clamp_min(eps).log() - log_m)).sum(1)
+    return per_sample if reduction == "none" else per_sample.mean() if reduction in ("batchmean", "mean") else per_sample.sum()
+
+
+def l1_logits(s: torch.Tensor, t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Mean absolute difference of logits (DFAD); ``none`` gives one value per sample."""
+    d = (s.float() - t.float()).abs().mean(1)
+    return d if reduction == "none" else d.mean() if reduction == "mean" else d.sum()
+
+
+DIVERGENCES = {"kl": kl_div, "js": js_div, "l1": lambda s, t, T=1.0, reduction="mean": l1_logits(s, t, reduction)}
+
+
+def agreement_mask(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """1.0 where the student's and the teacher's predicted classes agree."""
+    return (s.argmax(1) == t.argmax(1)).float()
+
+
+def adversarial(s: torch.Tensor, t: torch.Tensor, kind: str = "kl", T: float = 1.0,
+                masked: bool = False) -> torch.Tensor:
+    """Minus the student-teacher divergence: minimising it makes samples the student gets wrong.
+
+    With ``masked``, only samples on which student and teacher agree count
+    (CMI's and Fast-DFKD's form), so the generator is not pushed towards
+    samples the teacher itself finds ambiguous. The mean is over the whole batch.
+    """
+    if kind not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {kind!r}: use one of {sorted(DIVERGENCES)}")
+    per_sample = DIVERGENCES[kind](s, t, T=T, reduction="none")
+    if masked:
+        per_sample = per_sample * agreement_mask(s, t).detach()
+    return -per_sample.mean()
+
+
+# --------------------------------------------------------------------------- teacher-output priors
+
+
+def one_hot(t: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross-entropy of the teacher's logits against ``targets`` (default: its own argmax)."""
+    if targets is None:
+        targets = t.argmax(1)
+    return F.cross_entropy(t.float(), targets)
+
+
+def class_entropy(t: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """Entropy H of the batch-mean teacher softmax at temperature T."""
+    p = F.softmax(t.float() / T, dim=1).mean(0)
+    return -(p * p.clamp_min(1e-12).log()).sum()
+
+
+def class_balance(t: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """sum_k p_k log p_k = -H(mean softmax): minimising it balances the classes (DAFL, DFQ)."""
+    return -class_entropy(t, T)
+
+
+def activation(features: torch.Tensor) -> torch.Tensor:
+    """-mean |features| of the teacher's penultimate layer (DAFL)."""
+    return -features.float().abs().mean()
+
+
+# --------------------------------------------------------------------------- image priors
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic L1 total variation over the four neighbour directions, mean per direction."""
+    d1 = x[:, :, :, :-1] - x[:, :, :, 1:]
+    d2 = x[:, :, :-1, :] - x[:, :, 1:, :]
+    d3 = x[:, :, 1:, :-1] - x[:, :, :-1, 1:]
+    d4 = x[:, :, :-1, :-1] - x[:, :, 1:, 1:]
+    return d1.abs().mean() + d2.abs().mean() + d3.abs().mean() + d4.abs().mean()
+
+
+def l2_prior(x: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of the image batch (DeepInversion's small pixel prior)."""
+    return x.float().norm(2)
+
+
+# --------------------------------------------------------------------------- BN statistics
+
+
+class BNStatistics:
+    """DeepInversion's feature-statistics term over the teacher's BatchNorm layers.
+
+    For each BN layer, with the batch mean mu and (biased) variance var of its
+    input: ``||running_var - var||_2 + ||running_mean - mu||_2``; the loss is
+    the sum over layers. With ``momentum`` m > 0 (Fast-DFKD), the target mixes
+    in an exponential moving average of past batches' statistics:
+    ``||running - ((1 - m) * stat + m * ema)||_2``; call :meth:`update_momentum`
+    after a synthesis round to fold the last batch into the average.
+
+    Hooks exist only between :meth:`attach` and :meth:`detach` (or inside a
+    ``with`` block), so the teacher costs nothing extra when the term is unused.
+    """
+
+    def __init__(self, model: nn.Module, momentum: float = 0.0, layers: Optional[Sequence[nn.Module]] = None):
+        self.layers: List[nn.BatchNorm2d] = list(layers) if layers is not None else [
+            m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        if not self.layers:
+            raise ValueError("the BN-statistics term needs a teacher with BatchNorm2d layers")
+        self.momentum = momentum
+        self._losses: List[Optional[torch.Tensor]] = [None] * len(self.layers)
+        self._last: List[Optional[tuple]] = [None] * len(self.layers)
+        self.ema: List[Optional[tuple]] = [None] * len(self.layers)
+        self._handles: list = []
+
+    def _hook(self, i: int):
+        def fn(module: nn.BatchNorm2d, inputs, output):
+            x = inputs[0].float()
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+            self._last[i] = (mean, var)
+            if self.momentum > 0 and self.ema[i] is not None:
+                m_mean, m_var = self.ema[i]
+                mean = (1 - self.momentum) * mean + self.momentum * m_mean
+                var = (1 - self.momentum) * var + self.momentum * m_var
+            self._losses[i] = torch.norm(module.running_var - var, 2) + torch.norm(module.running_mean - mean, 2)
+
+        return fn
+
+    def attach(self) -> "BNStatistics":
+        if not self._handles:
+            self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "BNStatistics":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def loss(self) -> torch.Tensor:
+        """The term for the last forward pass (sum over layers)."""
+        if any(v is None for v in self._losses):
+            raise RuntimeError("BNStatistics.loss() called before a forward pass with the hooks attached")
+        total = torch.stack([v for v in self._losses]).sum()
+        self._losses = [None] * len(self.layers)
+        return total
+
+    @torch.no_grad()
+    def update_momentum(self) -> None:
+        """Fold the last batch's statistics into the moving average (Fast-DFKD)."""
+        for i, last in enumerate(self._last):
+            if last is None:
+                continue
+            mean, var = last[0].detach(), last[1].detach()
+            if self.ema[i] is None:
+                self.ema[i] = (mean, var)
+            else:
+                m_mean, m_var = self.ema[i]
+                self.ema[i] = (self.momentum * m_mean + (1 - self.momentum) * mean,
+                               self.momentum * m_var + (1 - self.momentum) * var)
+
+    def state_dict(self) -> dict:
+        return {"ema": [None if e is None else [e[0].cpu(), e[1].cpu()] for e in self.ema]}
+
+    def load_state_dict(self, state: dict) -> None:
+        dev = self.layers[0].running_mean.device
+        self.ema = [None if e is None else (e[0].to(dev), e[1].to(dev)) for e in state["ema"]]
+
+
+# --------------------------------------------------------------------------- contrastive
+
+
+def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, T: float = 0.1) -> torch.Tensor:
+    """InfoNCE: -log( exp(q.k+/T) / (exp(q.k+/T) + sum exp(q.k-/T)) ), all vectors L2-normalised.
+
+    ``query``/``positive``: (B, D); ``negatives``: (N, D) shared by the batch.
+    """
+    q = F.normalize(query.float(), dim=1)
+    k = F.normalize(positive.float(), dim=1)
+    neg = F.normalize(negatives.float(), dim=1)
+    pos_logit = (q * k).sum(1, keepdim=True)
+    neg_logit = q @ neg.t()
+    logits = torch.cat([pos_logit, neg_logit], dim=1) / T
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

@@ -1,0 +1,112 @@
+import pytest
+import torch
+from torch import nn
+
+from datafree.synthesis import losses
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3),
+                         nn.BatchNorm2d(4))
+
+
+def test_bn_statistics_zero_when_batch_matches_running_stats():
+    net = _bn_net()
+    x = torch.randn(64, 3, 8, 8)
+    net.train()
+    for bn in (net[1], net[4]):
+        bn.momentum = 1.0  # running stats := this batch's stats (unbiased var, see below)
+    with torch.no_grad():
+        net(x)
+    # BN keeps the unbiased variance as running_var; the term uses the biased one: set it exactly
+    with torch.no_grad():
+        h1 = net[0](x)
+        net[1].running_var.copy_(h1.var(dim=(0, 2, 3), unbiased=False))
+        h2 = net[3](net[2](net[1].eval()(h1)))
+        net[4].running_mean.copy_(h2.mean(dim=(0, 2, 3)))
+        net[4].running_var.copy_(h2.var(dim=(0, 2, 3), unbiased=False))
+    net.eval()
+    term = losses.BNStatistics(net)
+    with term:
+        net(x)
+    assert term.loss().item() < 1e-5
+
+
+def test_bn_statistics_positive_with_gradient_otherwise():
+    net = _bn_net().eval()
+    x = (torch.randn(16, 3, 8, 8) * 3 + 1).requires_grad_(True)
+    term = losses.BNStatistics(net)
+    with term:
+        net(x)
+    loss = term.loss()
+    assert loss.item() > 0.1
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # hooks are gone after the block: a forward pass records nothing
+    net(x)
+    with pytest.raises(RuntimeError):
+        term.loss()
+
+
+def test_bn_statistics_momentum_moves_the_target():
+    net = _bn_net().eval()
+    x = torch.randn(16, 3, 8, 8) * 2
+    term = losses.BNStatistics(net, momentum=0.9)
+    with term:
+        net(x)
+    first = term.loss().item()
+    term.update_momentum()
+    with term:
+        net(x)
+    # with the EMA equal to this batch's stats the mixed target equals them too: same loss
+    assert abs(term.loss().item() - first) < 1e-4
+    with term:
+        net(torch.zeros(16, 3, 8, 8))
+    mixed = term.loss().item()
+    no_mmt = losses.BNStatistics(net)
+    with no_mmt:
+        net(torch.zeros(16, 3, 8, 8))
+    assert mixed != pytest.approx(no_mmt.loss().item())
+
+
+def test_kl_uses_the_temperature():
+    s, t = torch.randn(8, 10), torch.randn(8, 10)
+    for T in (1.0, 4.0, 20.0):
+        p = torch.softmax(t / T, 1)
+        ref = (p * (p.log() - torch.log_softmax(s / T, 1))).sum(1).mean() * T * T
+        assert losses.kl_div(s, t, T=T).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert losses.kl_div(s, t, T=1.0) != pytest.approx(losses.kl_div(s, t, T=20.0).item())
+
+
+def test_adversarial_terms_nonzero_when_models_differ_and_masked_by_agreement():
+    t = torch.randn(32, 10)
+    s = t + torch.randn(32, 10)
+    for kind in ("kl", "js", "l1"):
+        assert losses.adversarial(s, t, kind=kind).item() < 0
+        assert losses.adversarial(t, t, kind=kind).item() == pytest.approx(0.0, abs=1e-6)
+    # masked: samples whose predicted classes differ do not count
+    s_disagree = -t * 5
+    assert losses.adversarial(s_disagree, t, kind="kl", masked=True).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.adversarial(s_disagree, t, kind="kl").item() < 0
+
+
+def test_class_balance_and_activation():
+    uniform = torch.zeros(4, 10)
+    peaked = torch.zeros(4, 10)
+    peaked[:, 0] = 10
+    assert losses.class_balance(uniform).item() == pytest.approx(-torch.log(torch.tensor(10.0)).item(), rel=1e-5)
+    assert losses.class_balance(peaked) > losses.class_balance(uniform)
+    f = torch.tensor([[1.0, -3.0]])
+    assert losses.activation(f).item() == pytest.approx(-2.0)
+    assert losses.one_hot(peaked).item() < 1e-3
+
+
+def test_image_priors_and_info_nce():
+    flat = torch.ones(2, 3, 8, 8)
+    assert losses.total_variation(flat).item() == 0
+    assert losses.total_variation(torch.randn(2, 3, 8, 8)).item() > 0
+    q = torch.randn(8, 16)
+    easy = losses.info_nce(q, q, torch.randn(64, 16), T=0.1)
+    hard = losses.info_nce(q, torch.randn(8, 16), torch.randn(64, 16), T=0.1)
+    assert easy < hard
