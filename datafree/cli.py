@@ -3,7 +3,8 @@
     datafree list models|methods|datasets|synthesizers|distillers|generators [PATTERN]
     datafree train-teacher --dataset D --model M [key=value ...]
     datafree distill --method M --teacher T --student S --dataset D [key=value ...]
-    datafree table DIR
+    datafree bench SUITE [--dry-run] [--only PATTERN] [--seeds 0,1,2] [--executor local|slurm]
+    datafree table DIR [--reference benchmarks/reference/<table>.yaml]
     datafree plot DIR
     datafree demo
     datafree data download|check NAME
@@ -71,6 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="markdown file to write (default: DIR/README.md; '-' prints only)")
     p.add_argument("--title", default=None)
     p.add_argument("--metric", choices=["last", "best"], default="last")
+    p.add_argument("--reference", help="YAML of published numbers to set beside ours (benchmarks/reference/*.yaml)")
+    p.add_argument("--note", help="a paragraph to put under the title (machine, settings)")
+    _common(p)
+
+    p = sub.add_parser("bench", help="run a benchmark suite: every method x pair x seed, resumable")
+    p.add_argument("suite", help="suite file or name (benchmarks/suites/<name>.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
+    p.add_argument("--only", help="run only cells whose name (dataset/method/teacher-student/sSEED) matches "
+                                  "this pattern or substring; comma-separated for several")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the suite's)")
+    p.add_argument("--out", help="results folder (default: the suite's out)")
+    p.add_argument("--executor", default="local", help="local (default), slurm, or submitit-local")
+    p.add_argument("--gpus", type=int, default=None, help="local: GPUs to use, one cell each (default: all visible)")
+    p.add_argument("--partition", help="slurm partition")
+    p.add_argument("--time", type=int, default=None, help="slurm time limit per cell, minutes")
+    p.add_argument("--gpus-per-job", type=int, default=1)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every cell")
     _common(p)
 
     p = sub.add_parser("plot", help="accuracy curves of the runs under DIR as a PNG")
@@ -175,34 +193,59 @@ def cmd_train_teacher(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from .report import tables_markdown
-    from .results import atomic_write_text, load_runs
+    from .report import write_tables
+    from .results import load_runs
 
     if not os.path.isdir(args.dir):
         raise DatafreeError(f"{args.dir} is not a directory of runs")
     df = load_runs(args.dir)
     if len(df) == 0:
         raise DatafreeError(f"no finished runs (summary.json files) under {args.dir}")
-    if args.metric == "best":
-        df = df.assign(last_acc=df["best_acc"])
-    text = tables_markdown(df, title=args.title or f"Results: {os.path.basename(os.path.abspath(args.dir))}")
-    print(text)
+    metric = "best_acc" if args.metric == "best" else "last_acc"
+    title = args.title or f"Results: {os.path.basename(os.path.abspath(args.dir))}"
     out = args.out or os.path.join(args.dir, "README.md")
-    if out != "-":
-        atomic_write_text(out, text)
-        print(f"wrote {out}", file=sys.stderr)
+    if out == "-":
+        from .report import load_reference, tables_markdown
+
+        print(tables_markdown(df, title=title, reference=load_reference(args.reference), metric=metric))
+        return 0
+    text = write_tables(df, os.path.dirname(os.path.abspath(out)), title=title, reference=args.reference,
+                        metric=metric, readme=out, note=args.note or "")
+    print(text)
+    print(f"wrote {out} (+ accuracy.csv, stability.csv, curves.png, acc_vs_hours.png beside it)", file=sys.stderr)
     return 0
 
 
-def cmd_plot(args) -> int:
-    from .report import plot_curves
-    from .results import find_summaries
+def cmd_bench(args) -> int:
+    from .config import parse_overrides
+    from .registry import load_plugins
+    from .runner import run_suite
 
-    runs = [os.path.dirname(p) for p in find_summaries(args.dir)]
-    if not runs:
+    load_plugins(args.plugin)
+    extra = parse_overrides(args.overrides)
+    if args.data_root:
+        extra["data_root"] = args.data_root
+    if args.plugin:
+        extra["plugins"] = args.plugin
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    res = run_suite(args.suite, seeds=seeds, only=args.only, dry_run=args.dry_run, executor=args.executor,
+                    out=args.out, extra=extra, gpus=args.gpus, partition=args.partition,
+                    timeout_min=args.time, gpus_per_job=args.gpus_per_job)
+    return 1 if res.get("failed") else 0
+
+
+def cmd_plot(args) -> int:
+    from .report import plot_acc_vs_hours, plot_curves
+    from .results import load_runs
+
+    df = load_runs(args.dir) if os.path.isdir(args.dir) else []
+    if len(df) == 0:
         raise DatafreeError(f"no finished runs under {args.dir}")
-    out = plot_curves(runs, args.out or os.path.join(args.dir, "curves.png"))
-    print(f"wrote {out}")
+    out = args.out or os.path.join(args.dir, "curves.png")
+    plot_curves(sorted(df["run_dir"]), out)
+    hours = os.path.join(os.path.dirname(out), "acc_vs_hours.png")
+    plot_acc_vs_hours(df, hours)
+    print(f"wrote {out} and {hours}")
     return 0
 
 
@@ -229,7 +272,7 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "distill": cmd_distill, "train-teacher": cmd_train_teacher, "table": cmd_table,
-            "plot": cmd_plot, "demo": cmd_demo, "data": cmd_data}
+            "plot": cmd_plot, "demo": cmd_demo, "data": cmd_data, "bench": cmd_bench}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -29,8 +29,8 @@ def _say(msg: str) -> None:
 
 def run_demo(suite: Optional[str] = None, out: str = os.path.join("results", "demo"), fresh: bool = False,
              data_root: Optional[str] = None, plugins: Optional[List[str]] = None) -> str:
-    from .report import plot_curves, tables_markdown
-    from .results import atomic_write_text, load_runs, machine
+    from .report import write_tables
+    from .results import load_runs, machine
     from .train import train_teacher
 
     load_plugins(plugins or [])
@@ -67,11 +67,7 @@ def run_demo(suite: Optional[str] = None, out: str = os.path.join("results", "de
             "end to end and what it makes of a minute of CPU, not what it reaches with its published schedule.")
     if failures:
         note += "\n\nFailed: " + "; ".join(f"{m}: {e}" for m, e in failures.items())
-    text = tables_markdown(df, title="Demo: every method on digits", note=note)
-    text += "\n![accuracy per evaluation](curves.png)\n"
-    atomic_write_text(os.path.join(out, "README.md"), text)
-    runs = sorted(df["run_dir"]) if len(df) else []
-    plot_curves(runs, os.path.join(out, "curves.png"), title="digits: lenet5 -> lenet5_half")
+    text = write_tables(df, out, title="Demo: every method on digits", note=note, reference=s.reference)
     print(text)
     _say(f"[demo] done in {wall:.0f} s: {out}/README.md, {out}/curves.png")
     if failures:

@@ -372,6 +372,15 @@ class Engine:
             bar.close()
         return self.finish(time.time() - wall0)
 
+    def teacher_name(self) -> Optional[str]:
+        """The configured teacher's model name (also for methods that do not load it, e.g. scratch)."""
+        t = self.cfg.teacher
+        if not t:
+            return None
+        name = os.path.splitext(os.path.basename(t))[0]
+        prefix = self.cfg.dataset.replace("/", "-") + "_"
+        return name[len(prefix):] if name.startswith(prefix) else name
+
     def finish(self, wall: float) -> Dict[str, Any]:
         cfg = self.cfg
         accs = [m["acc"] for m in self.metrics]
@@ -379,7 +388,7 @@ class Engine:
                    self.spec.as_dict(), extra={"accuracy": accs[-1] if accs else None,
                                                "extra_modules": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()}
                                                                  for k, m in self.distiller.extra_modules().items()}})
-        teacher_name = (self.teacher_info.get("arch") if self.teacher is not None else None)
+        teacher_name = self.teacher_info.get("arch") or self.teacher_name()
         summary = {
             "run_id": os.path.basename(self.out_dir),
             "method": cfg.method,

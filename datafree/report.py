@@ -1,25 +1,28 @@
 """Tables and figures built only from run records (summary.json, metrics.jsonl).
 
-* :func:`accuracy_table`: methods as rows, teacher->student pairs as columns,
-  mean +- std over seeds of the last (or best) accuracy;
-* :func:`runs_table`: one row per run with best, last, mean and variance of
-  accuracy over the evaluations, peak memory, hours and GPU-hours;
-* :func:`plot_curves`: accuracy per evaluation for each method;
-* :func:`save_sample_grid`: the synthetic images of an evaluation, labelled.
+* :func:`accuracy_table`: the papers' layout, methods as rows and
+  teacher->student pairs as columns, mean +- std over seeds, with the published
+  value and our difference beside it when a reference file gives one;
+* :func:`stability_table`: per method and pair, the mean and variance of
+  accuracy over the evaluations, best and last accuracy, peak memory, hours;
+* :func:`runs_table`: one row per run;
+* :func:`write_tables`: all of them as markdown (README.md) and CSV, plus the figures;
+* :func:`plot_curves`, :func:`plot_acc_vs_hours`, :func:`save_sample_grid`.
 """
 from __future__ import annotations
 
 import datetime
+import io
 import math
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 #: the papers' row order; methods not listed follow alphabetically
 METHOD_ORDER = [
     "teacher", "scratch", "kd_real", "collected_kd", "dafl", "zskt", "dfad", "deepinv", "dfq", "cmi", "mbdfkd",
-    "predfkd", "cudfkd", "fast1", "fast2", "fast5", "fast10", "fast", "hidfd",
+    "predfkd", "cudfkd", "fast", "fast1", "fast2", "fast5", "fast10", "hidfd",
 ]
 
 
@@ -39,8 +42,20 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[object]], align: Opt
     return "\n".join(lines)
 
 
+def _clean(values: Iterable[Any]) -> List[float]:
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if not math.isnan(f):
+            out.append(f)
+    return out
+
+
 def fmt_mean_std(values: Sequence[float], digits: int = 2) -> str:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    vals = _clean(values)
     if not vals:
         return "-"
     if len(vals) == 1:
@@ -49,48 +64,164 @@ def fmt_mean_std(values: Sequence[float], digits: int = 2) -> str:
 
 
 def _num(v, digits=2, scale=1.0):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v * scale:.{digits}f}"
+    vals = _clean([v])
+    return f"{vals[0] * scale:.{digits}f}" if vals else "-"
 
 
 def method_label(method: str, real: str) -> str:
     return f"{method} †" if real else method
 
 
-def accuracy_table(df, metric: str = "last_acc") -> str:
-    """Markdown accuracy tables, one per dataset: methods as rows, pairs as columns."""
-    if df is None or len(df) == 0:
-        return "_no finished runs_"
+def _real_data(dm) -> str:
+    if "uses_real_data" not in dm:
+        return ""
+    return next((r for r in dm["uses_real_data"] if isinstance(r, str) and r), "")
+
+
+# --------------------------------------------------------------------------- references
+
+
+def load_reference(path: Optional[str]) -> Dict[str, Any]:
+    """Published numbers: ``{"dataset":..., "rows": {method: {pair: value}}, "sources": {method: text}}``."""
+    if not path:
+        return {}
+    import yaml
+
+    if not os.path.isfile(path):
+        from .errors import ConfigError
+
+        raise ConfigError(f"reference file {path} does not exist")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    rows, sources = {}, {}
+    names = raw.get("sources", {})
+    for method, row in (raw.get("rows") or {}).items():
+        rows[method] = dict(row.get("values", {}))
+        src = row.get("source", "")
+        sources[method] = names.get(src, src)
+    return {"dataset": raw.get("dataset"), "rows": rows, "sources": sources, "pairs": raw.get("pairs", [])}
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _pairs(d) -> List[str]:
+    return sorted(d["pair"].unique(), key=lambda p: (("->" not in p), p))
+
+
+def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """Long-format records: one per (dataset, method, pair) with ours and the published value."""
+    ref = reference or {}
     out = []
     for dataset in sorted(df["dataset"].unique()):
         d = df[df["dataset"] == dataset]
-        pairs = sorted(d["pair"].unique(), key=lambda p: (("->" not in p), p))
-        methods = order_methods(d["method"])
-        rows = []
-        teacher_row = ["teacher"]
-        for p in pairs:
-            t = d[(d["pair"] == p)]["teacher_acc"].dropna()
-            teacher_row.append(_num(float(t.iloc[0])) if len(t) else "-")
-        if any(c != "-" for c in teacher_row[1:]):
-            rows.append(teacher_row)
-        footnotes = {}
+        use_ref = ref.get("rows", {}) if ref.get("dataset") in (None, dataset) else {}
+        pairs = list(dict.fromkeys(_pairs(d) + [p for p in ref.get("pairs", []) if use_ref]))
+        methods = order_methods(list(d["method"]) + list(use_ref))
         for m in methods:
             dm = d[d["method"] == m]
-            real = next((r for r in dm.get("uses_real_data", []) if isinstance(r, str) and r), "")
+            for p in pairs:
+                vals = _clean(dm[dm["pair"] == p][metric]) if len(dm) else []
+                if m == "teacher":
+                    vals = []
+                pub = use_ref.get(m, {}).get(p)
+                if not vals and pub is None:
+                    continue
+                mean = float(np.mean(vals)) if vals else None
+                out.append({"dataset": dataset, "method": m, "pair": p, "seeds": len(vals), "mean": mean,
+                            "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None, "published": pub,
+                            "delta": (mean - pub) if (mean is not None and pub is not None) else None,
+                            "real_data": _real_data(dm)})
+        # the teacher row comes from the run records
+        for p in pairs:
+            t = _clean(d[d["pair"] == p]["teacher_acc"]) if "teacher_acc" in d else []
+            pub = use_ref.get("teacher", {}).get(p)
+            if t or pub is not None:
+                out.append({"dataset": dataset, "method": "teacher", "pair": p, "seeds": 1 if t else 0,
+                            "mean": t[0] if t else None, "std": None, "published": pub,
+                            "delta": (t[0] - pub) if (t and pub is not None) else None, "real_data": ""})
+    return out
+
+
+def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, Any]] = None) -> str:
+    """Markdown accuracy tables, one per dataset, in the papers' layout."""
+    if df is None or len(df) == 0:
+        return "_no finished runs_"
+    recs = accuracy_rows(df, metric, reference)
+    sources = (reference or {}).get("sources", {})
+    blocks = []
+    for dataset in sorted({r["dataset"] for r in recs}):
+        rs = [r for r in recs if r["dataset"] == dataset]
+        pairs = list(dict.fromkeys(r["pair"] for r in sorted(rs, key=lambda r: (("->" not in r["pair"]), r["pair"]))))
+        rows, notes = [], {}
+        for m in order_methods(r["method"] for r in rs):
+            real = next((r["real_data"] for r in rs if r["method"] == m and r["real_data"]), "")
             if real:
-                footnotes[m] = real
+                notes[m] = real
             row = [method_label(m, real)]
             for p in pairs:
-                row.append(fmt_mean_std(list(dm[dm["pair"] == p][metric].astype(float))))
+                r = next((r for r in rs if r["method"] == m and r["pair"] == p), None)
+                row.append(_cell(r))
             rows.append(row)
-        title = f"**{dataset}**: top-1 accuracy (%), {'last epoch' if metric == 'last_acc' else 'best epoch'}" \
-                ", mean ± std over seeds where there are several"
-        block = [title, "", markdown(["method"] + list(pairs), rows)]
-        if footnotes:
-            block += [""] + [f"† {m} uses real data: {r}" for m, r in footnotes.items()]
-        out.append("\n".join(block))
-    return "\n\n".join(out)
+        what = "last evaluation" if metric == "last_acc" else "best evaluation"
+        lines = [f"**{dataset}**: top-1 accuracy (%) at the {what}; mean ± std over seeds where there are several."]
+        if any(r["published"] is not None for r in rs):
+            lines[0] += " Cells read `ours · published (ours − published)`; `-` where we have no run."
+        lines += ["", markdown(["method"] + pairs, rows)]
+        if notes:
+            lines += [""] + [f"† {m}: uses real data: {t}" for m, t in notes.items()]
+        used = sorted({r["method"] for r in rs if r["published"] is not None})
+        if used and sources:
+            lines += ["", "Published numbers: " + "; ".join(f"{m}: {sources[m]}" for m in used if sources.get(m)) + "."]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _cell(r: Optional[Dict[str, Any]]) -> str:
+    if r is None:
+        return ""
+    ours = "-" if r["mean"] is None else (f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else ""))
+    if r["published"] is None:
+        return ours
+    delta = "" if r["delta"] is None else f" ({r['delta']:+.2f})"
+    return f"{ours} · {r['published']:.2f}{delta}"
+
+
+def _hours_column(d) -> str:
+    return "gpu_hours" if "gpu_hours" in d and _clean(d["gpu_hours"]) and sum(_clean(d["gpu_hours"])) > 0 else "total_hours"
+
+
+def stability_rows(df) -> List[Dict[str, Any]]:
+    out = []
+    for (dataset, pair, method), g in df.groupby(["dataset", "pair", "method"]):
+        def mean(col):
+            v = _clean(g[col]) if col in g else []
+            return float(np.mean(v)) if v else None
+
+        out.append({"dataset": dataset, "pair": pair, "method": method, "seeds": len(g),
+                    "mean_acc": mean("mean_acc"), "var_acc": mean("var_acc"), "best_acc": mean("best_acc"),
+                    "last_acc": mean("last_acc"), "peak_memory_mb": mean("peak_memory_mb"),
+                    "total_hours": mean("total_hours"), "gpu_hours": mean("gpu_hours"),
+                    "synthesis_hours": mean("synthesis_hours"), "images_synthesized": mean("images_synthesized"),
+                    "real_data": _real_data(g)})
+    order = {m: i for i, m in enumerate(order_methods(df["method"]))}
+    return sorted(out, key=lambda r: (r["dataset"], r["pair"], order[r["method"]]))
+
+
+def stability_table(df) -> str:
+    """Mean and variance of accuracy over the evaluations, best, last, memory and time, per method and pair."""
+    if df is None or len(df) == 0:
+        return "_no finished runs_"
+    gpu = _hours_column(df) == "gpu_hours"
+    rows = []
+    for r in stability_rows(df):
+        rows.append([r["dataset"], r["pair"], method_label(r["method"], r["real_data"]), r["seeds"],
+                     _num(r["mean_acc"]), _num(r["var_acc"]), _num(r["best_acc"]), _num(r["last_acc"]),
+                     _num(r["peak_memory_mb"], 0), _num(r["gpu_hours"] if gpu else r["total_hours"], 3),
+                     _num(r["synthesis_hours"], 3)])
+    header = ["dataset", "pair", "method", "seeds", "mean", "var", "best", "last", "peak mem (MB)",
+              "GPU-hours" if gpu else "hours (CPU)", "synthesis h"]
+    return markdown(header, rows, "lllr" + "r" * 7)
 
 
 def runs_table(df) -> str:
@@ -107,58 +238,61 @@ def runs_table(df) -> str:
             _num(r["best_acc"]), _num(r["last_acc"]), _num(r["mean_acc"]), _num(r["var_acc"]),
             _num(r.get("peak_memory_mb"), 0), _num(r.get("total_seconds"), 0),
             _num(r.get("synthesis_seconds"), 0), _num(r.get("gpu_hours"), 3),
-            f"{int(r.get('images_synthesized') or 0):,}",
+            f"{int(_clean([r.get('images_synthesized')])[0]) if _clean([r.get('images_synthesized')]) else 0:,}",
         ])
     header = ["dataset", "method", "pair", "seed", "best", "last", "mean", "var", "peak mem (MB)", "wall (s)",
               "synthesis (s)", "GPU-h", "images synthesized"]
     return markdown(header, rows, "lllr" + "r" * 9)
 
 
-def tables_markdown(df, title: str = "Results", note: str = "") -> str:
+def tables_markdown(df, title: str = "Results", note: str = "", reference: Optional[Dict[str, Any]] = None,
+                    metric: str = "last_acc") -> str:
     machines = sorted(set(df["machine"])) if len(df) and "machine" in df else []
     lines = [f"# {title}", "",
              f"Generated by `datafree table` on {datetime.date.today().isoformat()} from {len(df)} run records."]
     if machines:
         lines.append("Measured on: " + "; ".join(machines) + ".")
     if note:
-        lines += ["", note]
-    lines += ["", "## Accuracy", "", accuracy_table(df), "",
-              "## Per run", "",
-              "best/last: accuracy at the best and the last evaluation; mean/var: over all evaluations of the run. "
-              "Peak memory is CUDA max-allocated on GPU and the process's peak RSS on CPU; GPU-h is zero on CPU.",
-              "", runs_table(df), ""]
+        lines += ["", note.strip()]
+    lines += ["", "## Accuracy", "", accuracy_table(df, metric, reference), "",
+              "## Stability and resources", "",
+              "mean/var: mean and variance of test accuracy over all evaluations of a run (averaged over seeds); "
+              "best/last: at the best and the last evaluation. Peak memory is CUDA max-allocated on GPU and the "
+              "process's peak RSS on CPU. GPU-hours are wall hours x GPUs (CPU runs show wall hours instead).",
+              "", stability_table(df), "",
+              "## Per run", "", runs_table(df), ""]
     return "\n".join(lines)
+
+
+def write_tables(df, out_dir: str, title: str = "Results", reference: Optional[str] = None, note: str = "",
+                 metric: str = "last_acc", readme: Optional[str] = None) -> str:
+    """README.md (markdown tables), accuracy.csv, stability.csv, curves.png and acc_vs_hours.png in ``out_dir``."""
+    import pandas as pd
+
+    from .results import atomic_write_text
+
+    ref = load_reference(reference) if isinstance(reference, str) else (reference or {})
+    text = tables_markdown(df, title=title, note=note, reference=ref, metric=metric)
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, "accuracy.csv"),
+                      pd.DataFrame(accuracy_rows(df, metric, ref)).to_csv(index=False))
+    atomic_write_text(os.path.join(out_dir, "stability.csv"), pd.DataFrame(stability_rows(df)).to_csv(index=False))
+    runs = sorted(df["run_dir"]) if "run_dir" in df else []
+    if runs:
+        plot_curves(runs, os.path.join(out_dir, "curves.png"), title=title)
+        plot_acc_vs_hours(df, os.path.join(out_dir, "acc_vs_hours.png"))
+        text += "\n![accuracy per evaluation](curves.png)\n\n![accuracy against hours](acc_vs_hours.png)\n"
+    atomic_write_text(readme or os.path.join(out_dir, "README.md"), text)
+    return text
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def plot_curves(run_dirs: Sequence[str], path: str, title: str = "") -> str:
-    """Accuracy per evaluation, one line per run (labelled method pair seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _save_fig(fig, path: str) -> str:
     import matplotlib.pyplot as plt
 
-    from .results import read_json, read_jsonl
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for d in run_dirs:
-        m = read_jsonl(os.path.join(d, "metrics.jsonl"))
-        if not m:
-            continue
-        s = read_json(os.path.join(d, "summary.json")) if os.path.isfile(os.path.join(d, "summary.json")) else {}
-        label = f"{s.get('method', os.path.basename(d))} {s.get('pair', '')}".strip()
-        ax.plot([r["epoch"] for r in m], [r["acc"] for r in m], marker="o", ms=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
     from .results import _atomic_write_bytes
-    import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -167,10 +301,59 @@ def plot_curves(run_dirs: Sequence[str], path: str, title: str = "") -> str:
     return path
 
 
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(run_dirs: Sequence[str], path: str, title: str = "") -> str:
+    """Accuracy per evaluation, one line per run (labelled method pair seed)."""
+    from .results import read_json, read_jsonl
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for d in run_dirs:
+        m = read_jsonl(os.path.join(d, "metrics.jsonl"))
+        if not m:
+            continue
+        s = read_json(os.path.join(d, "summary.json")) if os.path.isfile(os.path.join(d, "summary.json")) else {}
+        label = f"{s.get('method', os.path.basename(d))} {s.get('pair', '')}".strip()
+        if s.get("seed"):
+            label += f" s{s['seed']}"
+        ax.plot([r["epoch"] for r in m], [r["acc"] for r in m], marker="o", ms=2.5, lw=1.2, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def plot_acc_vs_hours(df, path: str) -> str:
+    """Last accuracy against GPU-hours (wall hours on CPU), one point per run."""
+    plt = _plt()
+    col = _hours_column(df)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for m in order_methods(df["method"]):
+        g = df[df["method"] == m]
+        ax.scatter(g[col].astype(float), g["last_acc"].astype(float), label=m, s=22)
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("GPU-hours" if col == "gpu_hours" else "wall hours (CPU)")
+    ax.set_ylabel("last test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
 def save_sample_grid(images, labels, path: str, ncol: int = 8, cell: int = 40) -> str:
     """A PNG grid of [0, 1] images, each captioned with its (teacher's) class."""
-    import io
-
     import torch
     from PIL import Image, ImageDraw
 
@@ -185,7 +368,7 @@ def save_sample_grid(images, labels, path: str, ncol: int = 8, cell: int = 40) -
     canvas = Image.new("RGB", (ncol * (w2 + 2), nrow * (h2 + cap + 2)), "white")
     draw = ImageDraw.Draw(canvas)
     up = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
-    arr = (up.mul(255).round().byte())
+    arr = up.mul(255).round().byte()
     for i in range(n):
         r, q = divmod(i, ncol)
         a = arr[i]

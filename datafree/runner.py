@@ -1,4 +1,4 @@
-"""Suites -> cells -> runs.
+"""Suites -> cells -> executors: a paper table from one command.
 
 A suite file (``benchmarks/suites/<name>.yaml``) names the pairs, methods and
 seeds of one table and the overrides that set its budget::
@@ -7,25 +7,39 @@ seeds of one table and the overrides that set its budget::
     out: results/demo
     dataset: digits
     pairs: [{teacher: lenet5, student: lenet5_half}]
-    methods: "*"                 # every registered method, or a list
+    methods: "*"                 # every registered method, a pattern list, or a list
+    exclude: [fast]              # optional
     seeds: [0]
+    reference: benchmarks/reference/cifar10.yaml   # published numbers for the table
     teacher_training: {epochs: 30}
     defaults: {samples: 32}      # applied to every cell
     overrides:                   # per method (dotted keys allowed)
       dafl: {epochs: 5, ep_steps: 40}
 
-:func:`expand` turns it into :class:`Cell` objects, one run each, with a
-stable run directory ``<out>/<dataset>/<method>/<teacher>-<student>-s<seed>``.
+:func:`expand` turns a suite into :class:`Cell` objects (method x pair x seed),
+each with a stable run directory ``<out>/<dataset>/<method>/<teacher>-<student>-s<seed>``.
+:func:`run_suite` trains missing teachers once, then runs every unfinished cell in
+its own process through an executor (``local``: one cell per visible GPU, one
+at a time on CPU; ``slurm``/``submitit-local`` through submitit), records a
+failed cell's error in ``error.json`` and goes on. Cells resume from their
+checkpoints, so a killed suite continues where it stopped when run again.
 """
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import yaml
 
 from .config import deep_merge, load_yaml
-from .errors import ConfigError
+from .errors import ConfigError, DatafreeError
+from .results import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -74,14 +88,24 @@ def _dotted(d: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def find_suite(path: str) -> str:
+    if os.path.isfile(path):
+        return path
+    here = os.path.join("benchmarks", "suites", f"{path}.yaml")
+    if os.path.isfile(here):
+        return here
+    known = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join("benchmarks", "suites"))) \
+        if os.path.isdir(os.path.join("benchmarks", "suites")) else []
+    from .errors import UnknownNameError
+
+    raise UnknownNameError("suite", path, known)
+
+
 def load_suite(path: str) -> Suite:
     from .registry import METHODS, load_builtins
 
     load_builtins()
-    if not os.path.isfile(path):
-        here = os.path.join("benchmarks", "suites", f"{path}.yaml")
-        if os.path.isfile(here):
-            path = here
+    path = find_suite(path)
     raw = load_yaml(path)
     name = raw.get("name") or os.path.splitext(os.path.basename(path))[0]
     dataset = raw.get("dataset")
@@ -89,7 +113,10 @@ def load_suite(path: str) -> Suite:
     for p in raw.get("pairs") or []:
         if not isinstance(p, dict) or "student" not in p:
             raise ConfigError(f"suite {path}: each pair needs a student (and usually a teacher): {p!r}")
-        pairs.append({"dataset": p.get("dataset", dataset), "teacher": p.get("teacher"), "student": p["student"]})
+        ds = p.get("dataset", dataset)
+        if not ds:
+            raise ConfigError(f"suite {path}: pair {p!r} has no dataset (set `dataset:` at the top or in the pair)")
+        pairs.append({"dataset": ds, "teacher": p.get("teacher"), "student": p["student"]})
     if not pairs:
         raise ConfigError(f"suite {path} lists no pairs")
     methods = raw.get("methods", "*")
@@ -101,17 +128,21 @@ def load_suite(path: str) -> Suite:
             METHODS.get(m)  # unknown names fail here, with suggestions
     excluded = set(raw.get("exclude", []) or [])
     methods = [m for m in methods if m not in excluded]
+    overrides = {k: _dotted(v) for k, v in (raw.get("overrides") or {}).items()}
+    for m in overrides:
+        if m not in METHODS:
+            METHODS.get(m)
     return Suite(
         name=name, out=raw.get("out") or os.path.join("results", name), pairs=pairs, methods=list(methods),
         seeds=[int(s) for s in raw.get("seeds", [0])], defaults=_dotted(raw.get("defaults", {})),
-        overrides={k: _dotted(v) for k, v in (raw.get("overrides") or {}).items()},
-        teacher_training=_dotted(raw.get("teacher_training", {})), reference=raw.get("reference"), path=path,
-        raw=raw,
+        overrides=overrides, teacher_training=_dotted(raw.get("teacher_training", {})),
+        reference=raw.get("reference"), path=path, raw=raw,
     )
 
 
 def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] = None,
            out: Optional[str] = None) -> List[Cell]:
+    """Every (pair, method, seed) cell of the suite; ``only`` keeps names matching a pattern or substring."""
     cells = []
     root = out or suite.out
     for pair in suite.pairs:
@@ -123,20 +154,269 @@ def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] 
                 cell = Cell(method, pair["dataset"], teacher, pair["student"], seed, over)
                 cell.out = os.path.join(root, pair["dataset"].replace(":", "_").replace("/", "_"), method,
                                         f"{teacher or 'none'}-{pair['student']}-s{seed}")
-                if only and not fnmatch.fnmatchcase(cell.name, only) and only not in cell.name:
+                if only and not any(fnmatch.fnmatchcase(cell.name, pat) or pat in cell.name
+                                    for pat in only.split(",")):
                     continue
                 cells.append(cell)
     return cells
 
 
-def teachers_needed(cells: List[Cell]) -> List[tuple]:
+def teachers_needed(cells: Sequence[Cell]) -> List[tuple]:
     """(dataset, model) of the named zoo teachers the cells use, in order, once each."""
+    from .methods import method_entry
+
     out = []
     for c in cells:
-        if c.teacher and not os.path.isfile(c.teacher) and (c.dataset, c.teacher) not in out:
-            out.append((c.dataset, c.teacher))
+        if c.teacher is None or os.path.isfile(c.teacher) or (c.dataset, c.teacher) in out:
+            continue
+        entry = method_entry(c.method)
+        if entry.get("teacher", "x") is None:  # methods that use no teacher (scratch)
+            continue
+        out.append((c.dataset, c.teacher))
     return out
 
 
 def is_finished(cell: Cell) -> bool:
     return os.path.isfile(os.path.join(cell.out, "summary.json"))
+
+
+def cell_status(cell: Cell) -> str:
+    if is_finished(cell):
+        return "finished"
+    if os.path.isfile(os.path.join(cell.out, "error.json")):
+        return "failed"
+    if os.path.isfile(os.path.join(cell.out, "checkpoint.pt")):
+        return "partial"
+    return "pending"
+
+
+# --------------------------------------------------------------------------- one cell, one process
+
+
+def cell_command(cell: Cell) -> List[str]:
+    """The command that runs (or resumes) one cell from its ``cell.yaml``."""
+    return [sys.executable, "-m", "datafree.cli", "distill", "--config", os.path.join(cell.out, "cell.yaml"),
+            "--resume", "progress=false"]
+
+
+def prepare_cell(cell: Cell, extra: Optional[Dict[str, Any]] = None) -> None:
+    os.makedirs(cell.out, exist_ok=True)
+    atomic_write_text(os.path.join(cell.out, "cell.yaml"),
+                      yaml.safe_dump(deep_merge(cell.user_config(), extra or {}), sort_keys=False))
+
+
+def run_cell_process(cell_out: str, cmd: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """Run one cell's command, logging to ``<cell>/log.txt``; write ``error.json`` on failure."""
+    t0 = time.time()
+    log_path = os.path.join(cell_out, "log.txt")
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    result = {"returncode": proc.returncode, "seconds": time.time() - t0}
+    err_path = os.path.join(cell_out, "error.json")
+    if proc.returncode == 0 and os.path.isfile(os.path.join(cell_out, "summary.json")):
+        if os.path.isfile(err_path):
+            os.unlink(err_path)
+    else:
+        result["error"] = _log_tail(log_path)
+        atomic_write_json(err_path, {**result, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": cmd})
+    return result
+
+
+def _log_tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 8000))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    tail = [l for l in text.splitlines() if l.strip()][-lines:]
+    errors = [l for l in tail if l.startswith("error:") or "Error" in l]
+    return (errors[-1] if errors else (tail[-1] if tail else "")).strip()
+
+
+# --------------------------------------------------------------------------- executors
+
+
+class LocalExecutor:
+    """Run cells as local processes: one per visible GPU at a time, or one at a time on CPU."""
+
+    def __init__(self, gpus: Optional[int] = None, poll: float = 0.5):
+        if gpus is None:
+            try:
+                import torch
+
+                gpus = torch.cuda.device_count()
+            except Exception:
+                gpus = 0
+        self.gpus = gpus
+        self.slots = max(1, gpus)
+        self.poll = poll
+
+    def run(self, cells: Sequence[Cell], done: Callable[[Cell, Dict[str, Any]], None]) -> None:
+        import threading
+
+        queue = list(cells)
+        free = list(range(self.slots))
+        lock = threading.Lock()
+        threads: List[threading.Thread] = []
+
+        def work(cell: Cell, slot: int) -> None:
+            env = dict(os.environ)
+            if self.gpus > 0:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            res = run_cell_process(cell.out, cell_command(cell), env)
+            with lock:
+                free.append(slot)
+            done(cell, res)
+
+        while queue or any(t.is_alive() for t in threads):
+            with lock:
+                can_start = bool(queue) and bool(free)
+                slot = free.pop(0) if can_start else None
+            if can_start:
+                t = threading.Thread(target=work, args=(queue.pop(0), slot), daemon=True)
+                t.start()
+                threads.append(t)
+            else:
+                time.sleep(self.poll)
+        for t in threads:
+            t.join()
+
+
+def _submitit_job(cell_out: str, cmd: List[str]) -> Dict[str, Any]:
+    return run_cell_process(cell_out, cmd)
+
+
+class SubmititExecutor:
+    """Run cells as Slurm jobs (or local submitit jobs for testing) through submitit."""
+
+    def __init__(self, folder: str, cluster: Optional[str] = None, partition: Optional[str] = None,
+                 timeout_min: int = 24 * 60, gpus_per_node: int = 1, cpus_per_task: int = 8,
+                 parallelism: int = 32):
+        try:
+            import submitit
+        except ImportError as e:
+            raise DatafreeError("the slurm executor needs submitit: pip install 'datafree[slurm]'") from e
+        self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        params: Dict[str, Any] = {"timeout_min": timeout_min}
+        if self.executor.cluster == "slurm":
+            params.update(gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task,
+                          slurm_array_parallelism=parallelism)
+            if partition:
+                params["slurm_partition"] = partition
+        self.executor.update_parameters(**params)
+
+    def run(self, cells: Sequence[Cell], done: Callable[[Cell, Dict[str, Any]], None]) -> None:
+        jobs = [(c, self.executor.submit(_submitit_job, c.out, cell_command(c))) for c in cells]
+        pending = list(jobs)
+        while pending:
+            still = []
+            for cell, job in pending:
+                if job.done():
+                    try:
+                        res = job.result()
+                    except Exception as e:  # the job itself died (time limit, node failure)
+                        res = {"returncode": -1, "error": f"{type(e).__name__}: {e}"}
+                        atomic_write_json(os.path.join(cell.out, "error.json"), res)
+                    done(cell, res)
+                else:
+                    still.append((cell, job))
+            pending = still
+            if pending:
+                time.sleep(1.0)
+
+
+def make_executor(name: str, out: str, **opts: Any):
+    if name == "local":
+        return LocalExecutor(gpus=opts.get("gpus"))
+    if name in ("slurm", "submitit-local"):
+        return SubmititExecutor(os.path.join(out, "submitit"), cluster="local" if name == "submitit-local" else None,
+                                partition=opts.get("partition"), timeout_min=opts.get("timeout_min") or 24 * 60,
+                                gpus_per_node=opts.get("gpus_per_job") or 1)
+    from .errors import UnknownNameError
+
+    raise UnknownNameError("executor", name, ["local", "slurm", "submitit-local"])
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_suite(path: str, seeds: Optional[List[int]] = None, only: Optional[str] = None, dry_run: bool = False,
+              executor: str = "local", out: Optional[str] = None, extra: Optional[Dict[str, Any]] = None,
+              tables: bool = True, **executor_opts: Any) -> Dict[str, Any]:
+    """Run every unfinished cell of a suite; return counts. ``extra`` overrides go into every cell."""
+    suite = load_suite(path)
+    cells = expand(suite, seeds=seeds, only=only, out=out)
+    root = out or suite.out
+    if dry_run:
+        for c in cells:
+            print(f"{cell_status(c):<9} {c.name:<60} {c.out}")
+        print(f"{len(cells)} cells ({sum(is_finished(c) for c in cells)} finished) in suite {suite.name}")
+        return {"cells": len(cells)}
+    t0 = time.time()
+    train_missing_teachers(suite, cells, extra)
+    todo = [c for c in cells if not is_finished(c)]
+    skipped = len(cells) - len(todo)
+    _say(f"[bench {suite.name}] {len(cells)} cells: {skipped} finished earlier, {len(todo)} to run "
+         f"({executor} executor)")
+    for c in todo:
+        prepare_cell(c, extra)
+    state = {"done": 0, "failed": []}
+
+    def done(cell: Cell, res: Dict[str, Any]) -> None:
+        state["done"] += 1
+        ok = res.get("returncode") == 0 and is_finished(cell)
+        elapsed = time.time() - t0
+        if ok:
+            s = json.load(open(os.path.join(cell.out, "summary.json")))
+            what = f"last {s['last_acc']:.2f} best {s['best_acc']:.2f} ({res['seconds']:.0f} s)"
+        else:
+            state["failed"].append((cell.name, res.get("error", "")))
+            what = f"FAILED: {res.get('error', '')}"
+        eta = elapsed / state["done"] * (len(todo) - state["done"])
+        _say(f"[bench {suite.name} {state['done']}/{len(todo)}] {cell.name}: {what} | elapsed {elapsed:.0f} s, "
+             f"eta {eta:.0f} s")
+
+    if todo:
+        make_executor(executor, root, **executor_opts).run(todo, done)
+    wall = time.time() - t0
+    if tables:
+        write_suite_tables(suite, root)
+    _say(f"[bench {suite.name}] done in {wall:.0f} s: {len(todo) - len(state['failed'])} ran, {skipped} reused, "
+         f"{len(state['failed'])} failed")
+    for name, err in state["failed"]:
+        _say(f"  failed {name}: {err}")
+    return {"cells": len(cells), "ran": len(todo) - len(state["failed"]), "reused": skipped,
+            "failed": len(state["failed"]), "seconds": wall}
+
+
+def train_missing_teachers(suite: Suite, cells: Sequence[Cell], extra: Optional[Dict[str, Any]] = None) -> None:
+    from .train import train_teacher
+    from .zoo import zoo_path
+
+    for dataset, model in teachers_needed(cells):
+        if os.path.isfile(zoo_path(dataset, model)):
+            continue
+        _say(f"[bench {suite.name}] training the {model} teacher on {dataset} first")
+        over = deep_merge(suite.teacher_training, {"progress": False})
+        if extra and extra.get("data_root"):
+            over["data_root"] = extra["data_root"]
+        train_teacher(dataset, model, over, log=_say)
+
+
+def write_suite_tables(suite: Suite, root: str) -> Optional[str]:
+    from .report import write_tables
+    from .results import load_runs
+
+    df = load_runs(root)
+    if len(df) == 0:
+        return None
+    return write_tables(df, root, title=f"Suite {suite.name}", reference=suite.reference,
+                        note=suite.raw.get("note", ""))

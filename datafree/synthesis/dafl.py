@@ -51,6 +51,7 @@ class DAFL(GeneratorSynthesizer):
         act: float = 0.1
         ie: float = 5.0
         reuse_batch: bool = True
+        bn_eps: float = 1e-5  # the reference generator's inner BNs have eps 0.8 (see the docstring)
 
     def __init__(self, ctx, **params):
         super().__init__(ctx, **params)
@@ -61,7 +62,7 @@ class DAFL(GeneratorSynthesizer):
         from ..models import create_generator
 
         return create_generator(c.generator, nz=c.nz, ngf=c.ngf, img_size=spec.size, nc=spec.channels,
-                                output=c.output, conv_bias=True)
+                                output=c.output, conv_bias=True, bn_eps=c.bn_eps)
 
     def generator_loss(self, x, z) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         t, feats, _ = self.terms(x, features=True)
