@@ -1,0 +1,53 @@
+import torch
+
+from conftest import tiny
+from datafree.engine import Engine
+
+
+def _engine(tmp_path, **synth):
+    s = {"iterations": 3, "synthesis_batch_size": 8, "pool_dtype": "float32"}
+    s.update(synth)
+    e = Engine(tiny("deepinv", tmp_path / "r", synth=s))
+    e.setup()
+    return e
+
+
+def test_best_batch_is_a_copy_not_a_view(zoo, tmp_path):
+    """With one iteration the best batch is the starting noise, not the pixels after the step."""
+    e = _engine(tmp_path, iterations=1, adv=0.0, tv=0.0)
+    torch.manual_seed(123)
+    x0 = torch.randn(8, *e.spec.shape)  # the first draw synthesize() makes
+    torch.manual_seed(123)
+    e.synth.synthesize()
+    kept = e.synth.pool.all()[0]
+    expected = e.ctx.normalizer.denormalize(x0).clamp(0, 1)
+    assert torch.allclose(kept, expected, atol=1e-6)
+
+
+def test_kept_batches_do_not_change_when_synthesis_continues(zoo, tmp_path):
+    e = _engine(tmp_path)
+    e.synth.synthesize()
+    first = e.synth.pool.all()[0].clone()
+    e.synth.synthesize()
+    e.synth.synthesize()
+    assert torch.equal(e.synth.pool.all()[0][:8], first)
+    assert len(e.synth.pool) == 24
+
+
+def test_synthesis_moves_pixels_not_models(zoo, tmp_path):
+    e = _engine(tmp_path, iterations=5)
+    teacher = {k: v.clone() for k, v in e.teacher.state_dict().items()}
+    student = {k: v.clone() for k, v in e.student.state_dict().items()}
+    logs = e.synth.synthesize()
+    for k, v in logs.items():
+        assert torch.isfinite(torch.as_tensor(v)).all(), k
+    assert logs["adv"] != 0  # the student is the student, not the teacher: the JS term is live
+    for k, v in e.teacher.state_dict().items():
+        assert torch.equal(v, teacher[k])
+    for k, v in e.student.state_dict().items():
+        assert torch.equal(v, student[k])
+    x = e.synth.sample(16)
+    assert x.shape == (16, *e.spec.shape)
+    before = [p.clone() for p in e.student.parameters()]
+    e.distiller.step(x)
+    assert any(not torch.equal(a, b) for a, b in zip(before, e.student.parameters()))
