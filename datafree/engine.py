@@ -79,6 +79,32 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def init_distributed() -> tuple:
+    """(rank, world_size, local_rank) under torchrun (WORLD_SIZE > 1), else (0, 1, 0).
+
+    Uses NCCL on CUDA and gloo on CPU; the process group is created once.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), local
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def default_run_dir(cfg: RunConfig) -> str:
     teacher = os.path.splitext(os.path.basename(cfg.teacher))[0] if cfg.teacher else "none"
     name = f"{teacher}-{cfg.student}-s{cfg.seed}" + (f"-{cfg.tag}" if cfg.tag else "")
@@ -109,27 +135,46 @@ class Engine:
         self.metrics: List[Dict[str, Any]] = []
         self.start_epoch = 0
         self.writer = None
+        self.rank, self.world_size, self.local_rank = 0, 1, 0
 
     # -- setup -------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
     def _prepare_dir(self) -> Optional[Dict[str, Any]]:
-        """Create the run directory; refuse to overwrite a run unless asked. Returns a checkpoint to resume."""
+        """Create the run directory; refuse to overwrite a run unless asked. Returns a checkpoint to resume.
+
+        On several ranks, rank 0 clears or creates the directory and every rank reads the checkpoint
+        (rank r > 0 adds its own synthesizer and random state from ``checkpoint.rank<r>.pt``).
+        """
         d = self.out_dir
         ckpt_path = os.path.join(d, CHECKPOINT)
         has_records = any(os.path.exists(os.path.join(d, f)) for f in ("summary.json", "metrics.jsonl", CHECKPOINT))
-        if self.overwrite and os.path.isdir(d):
-            shutil.rmtree(d)
-        elif has_records and not self.resume:
+        if has_records and not self.resume and not self.overwrite:
             raise DatafreeError(
                 f"run directory {d} already holds a run. Use --resume to continue it, --overwrite to start it "
                 "again (its records are deleted), or out=<new dir> for a separate run"
             )
-        os.makedirs(d, exist_ok=True)
+        barrier(self.world_size)
+        if self.is_main:
+            if self.overwrite and os.path.isdir(d):
+                shutil.rmtree(d)
+            os.makedirs(d, exist_ok=True)
+        barrier(self.world_size)
         if self.resume and os.path.isfile(ckpt_path):
             try:
-                return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+                state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+                if not self.is_main:
+                    own = torch.load(self._rank_checkpoint_path(), map_location="cpu", weights_only=True)
+                    state.update(own)
+                return state
             except Exception as e:
                 raise CheckpointError(f"cannot resume: {ckpt_path} is unreadable ({e}); use --overwrite") from e
         return None
+
+    def _rank_checkpoint_path(self) -> str:
+        return os.path.join(self.out_dir, f"checkpoint.rank{self.rank}.pt")
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -142,7 +187,10 @@ class Engine:
             raise ConfigError("kd_steps must be positive (or null for one round per epoch)")
         if cfg.warmup >= cfg.epochs and cfg.epochs > 0:
             raise ConfigError(f"warmup ({cfg.warmup}) must be smaller than epochs ({cfg.epochs})")
+        self.rank, self.world_size, self.local_rank = init_distributed()
         self.device = resolve_device(cfg.device)
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.local_rank)
         source = get_source(cfg.dataset)
         self.spec = source.spec
         test = source.load("test", cfg.data_root)
@@ -174,7 +222,10 @@ class Engine:
         if channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
         self.ctx = Context(self.teacher, self.student, self.spec, self.device, cfg=cfg, amp=self.amp,
-                           out_dir=self.out_dir, channels_last=channels_last)
+                           out_dir=self.out_dir, channels_last=channels_last, rank=self.rank,
+                           world_size=self.world_size)
+        if self.world_size > 1:
+            seed_everything(cfg.seed + 1000 * self.rank)  # each rank synthesises with its own seed
         self.synth = SYNTHESIZERS.build(cfg.synthesizer, self.ctx, **cfg.synth)
         self.distiller = DISTILLERS.build(cfg.distiller, self.ctx, **cfg.distill)
         self.ctx.total_steps = (cfg.epochs - cfg.warmup) * self.ep_steps
@@ -232,7 +283,13 @@ class Engine:
         }
 
     def save_checkpoint(self, epoch: int) -> None:
-        results.atomic_torch_save(self._checkpoint_state(epoch), os.path.join(self.out_dir, CHECKPOINT))
+        state = self._checkpoint_state(epoch)
+        if self.is_main:
+            results.atomic_torch_save(state, os.path.join(self.out_dir, CHECKPOINT))
+        else:  # the model, optimiser and records are rank 0's; a rank keeps its own data side and randomness
+            results.atomic_torch_save({"synthesizer": state["synthesizer"], "rng": state["rng"]},
+                                      self._rank_checkpoint_path())
+        barrier(self.world_size)
 
     def _load_checkpoint(self, state: Dict[str, Any]) -> None:
         load_state(self.student, state["student"], "the run's checkpoint")
@@ -245,7 +302,9 @@ class Engine:
         self.teacher_info.update(state.get("teacher_info", {}))
         self.start_epoch = int(state["epoch"]) + 1
         set_rng_state(state["rng"])
-        self.log(f"resuming {self.out_dir} after epoch {self.start_epoch}")
+        if self.is_main:  # drop any record written after the checkpoint the run resumes from
+            results.atomic_write_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), self.metrics)
+            self.log(f"resuming {self.out_dir} after epoch {self.start_epoch}")
 
     # -- evaluation --------------------------------------------------------
     @torch.no_grad()
@@ -303,13 +362,18 @@ class Engine:
             self.synth.close()
             if self.writer is not None:
                 self.writer.close()
+            if self.world_size > 1:
+                import torch.distributed as dist
+
+                if dist.is_initialized():
+                    dist.destroy_process_group()
 
     def _loop(self) -> Dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
         ep_steps = self.ep_steps
         kd_steps = cfg.kd_steps or ep_steps
         bar = None
-        if cfg.progress:
+        if cfg.progress and self.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.epochs * ep_steps, initial=self.start_epoch * ep_steps, unit="step",
@@ -345,7 +409,7 @@ class Engine:
             if train_student:
                 self.distiller.on_epoch_end()
             last = epoch == cfg.epochs - 1
-            if train_student and ((epoch + 1) % max(1, cfg.eval_every) == 0 or last):
+            if train_student and self.is_main and ((epoch + 1) % max(1, cfg.eval_every) == 0 or last):
                 with self.meter.phase("eval"):
                     acc = self.evaluate()
                     self.save_samples(epoch)
@@ -360,17 +424,28 @@ class Engine:
                     for sec in ("synth", "distill"):
                         for k, v in record[sec].items():
                             self.writer.add_scalar(f"{sec}/{k}", v, epoch + 1)
+                best = max(m["acc"] for m in self.metrics)
                 if bar is not None:
-                    bar.set_postfix(epoch=epoch + 1, acc=f"{acc:.2f}", best=f"{max(m['acc'] for m in self.metrics):.2f}", refresh=False)
-                if not cfg.progress:
-                    pass
-                elif bar is None:
-                    self.log(f"epoch {epoch + 1}/{cfg.epochs} acc {acc:.2f}")
+                    bar.set_postfix(epoch=epoch + 1, acc=f"{acc:.2f}", best=f"{best:.2f}", refresh=False)
+                else:
+                    self.log(f"epoch {epoch + 1}/{cfg.epochs}: acc {acc:.2f} (best {best:.2f}), "
+                             f"{self.meter.total_seconds:.0f} s")
             with self.meter.phase("other"):
                 self.save_checkpoint(epoch)
         if bar is not None:
             bar.close()
         return self.finish(time.time() - wall0)
+
+    def _ranks_in_sync(self) -> bool:
+        """True when every rank ends with the same student weights (DDP kept them together)."""
+        import torch.distributed as dist
+
+        total = torch.stack([p.detach().double().sum() for p in self.student.parameters()]).sum().reshape(1)
+        total = total.to(self.device)
+        lo, hi = total.clone(), total.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        return bool(torch.isclose(lo, hi, rtol=0, atol=1e-9 * max(1.0, float(hi.abs()))).item())
 
     def teacher_name(self) -> Optional[str]:
         """The configured teacher's model name (also for methods that do not load it, e.g. scratch)."""
@@ -384,10 +459,12 @@ class Engine:
     def finish(self, wall: float) -> Dict[str, Any]:
         cfg = self.cfg
         accs = [m["acc"] for m in self.metrics]
-        save_model(os.path.join(self.out_dir, "student.pt"), self.student, cfg.student, cfg.dataset,
-                   self.spec.as_dict(), extra={"accuracy": accs[-1] if accs else None,
-                                               "extra_modules": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()}
-                                                                 for k, m in self.distiller.extra_modules().items()}})
+        if self.is_main:
+            save_model(os.path.join(self.out_dir, "student.pt"), self.student, cfg.student, cfg.dataset,
+                       self.spec.as_dict(), extra={"accuracy": accs[-1] if accs else None,
+                                                   "extra_modules": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()}
+                                                                     for k, m in self.distiller.extra_modules().items()},
+                                                   **self.distiller.export_extra()})
         teacher_name = self.teacher_info.get("arch") or self.teacher_name()
         summary = {
             "run_id": os.path.basename(self.out_dir),
@@ -416,7 +493,14 @@ class Engine:
             "versions": results.versions(),
         }
         summary.update(self.meter.report())
+        summary["world_size"] = self.world_size
+        if self.world_size > 1:  # every rank synthesised and trained on its own batches
+            summary["ranks_in_sync"] = self._ranks_in_sync()
+            summary["images_synthesized"] *= self.world_size
+            summary["images_seen"] *= self.world_size
         summary.update(getattr(self.synth, "summary_extra", lambda: {})())
+        if not self.is_main:
+            return summary
         results.atomic_write_json(os.path.join(self.out_dir, "summary.json"), summary)
         self.log(f"{cfg.method} {summary['pair']} on {cfg.dataset}: last {summary['last_acc']:.2f} "
                  f"best {summary['best_acc']:.2f} ({summary['total_seconds']:.0f} s) -> {self.out_dir}"

@@ -73,6 +73,15 @@ class Distiller:
         self.optimizer = build_optimizer(self.parameters(), ctx.cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, ctx.cfg.optim, ctx.cfg.epochs - ctx.cfg.warmup)
         self.scaler = torch.amp.GradScaler(enabled=ctx.amp.mode == "fp16") if ctx.amp.mode == "fp16" else None
+        self._objective = _Objective(self)
+        if ctx.world_size > 1:
+            # every parameter the objective touches is used inside DDP's forward, so gradients are
+            # averaged across ranks whatever the student's forward path (heads, projectors, taps)
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._objective = DistributedDataParallel(
+                self._objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=True)
 
     def setup(self) -> None:
         """Create extra modules before the optimiser is built."""
@@ -86,6 +95,10 @@ class Distiller:
         return self.ctx.teacher
 
     def extra_modules(self) -> Dict[str, nn.Module]:
+        return {}
+
+    def export_extra(self) -> Dict[str, Any]:
+        """More entries for student.pt, beyond the student and ``extra_modules`` (HiDFD: the shared head)."""
         return {}
 
     def parameters(self) -> List[nn.Parameter]:
@@ -115,7 +128,7 @@ class Distiller:
     def step(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Dict[str, Any]:
         self.train()
         with self.ctx.amp.autocast():
-            loss, logs = self.loss(x, y)
+            loss, logs = self._objective(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -157,6 +170,19 @@ class Distiller:
 
     def hparams(self) -> Dict[str, Any]:
         return dataclasses.asdict(self.cfg)
+
+
+class _Objective(nn.Module):
+    """The distiller's trainable modules with ``loss`` as forward: what DDP wraps on several ranks."""
+
+    def __init__(self, distiller: "Distiller"):
+        super().__init__()
+        self.student = distiller.student
+        self.extra = nn.ModuleDict(distiller.extra_modules())
+        self._loss = distiller.loss
+
+    def forward(self, x, y=None):
+        return self._loss(x, y)
 
 
 @DISTILLERS.register("kd")

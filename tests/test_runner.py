@@ -1,0 +1,104 @@
+"""The benchmark runner: cells, skipping finished ones, failures, executors, and a SIGKILLed suite."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from datafree.cli import main
+from datafree.runner import expand, load_suite, run_suite
+
+TINY = {"epochs": 2, "ep_steps": 2, "batch_size": 8, "samples": 4, "progress": False}
+
+
+def _suite(tmp_path, methods=("dafl", "deepinv"), **over):
+    s = {
+        "name": "tiny", "dataset": "digits", "out": str(tmp_path / "results"),
+        "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}],
+        "methods": list(methods), "seeds": [0],
+        "defaults": TINY,
+        "overrides": {"dafl": {"synth.synthesis_batch_size": 8, "synth.ngf": 8},
+                      "deepinv": {"synth.iterations": 2, "synth.synthesis_batch_size": 8}},
+    }
+    s.update(over)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(s))
+    return str(path)
+
+
+def test_expand_seeds_only_and_dry_run(zoo, tmp_path, capsys):
+    path = _suite(tmp_path)
+    suite = load_suite(path)
+    assert len(expand(suite)) == 2
+    assert len(expand(suite, seeds=[0, 1, 2])) == 6
+    assert [c.method for c in expand(suite, only="*deepinv*")] == ["deepinv"]
+    assert main(["bench", path, "--dry-run", "--seeds", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "4 cells (0 finished)" in out and "pending" in out
+
+
+def test_unknown_method_in_suite_is_an_error(tmp_path, capsys):
+    path = _suite(tmp_path, methods=("dafl", "cmii"))
+    assert main(["bench", path, "--dry-run"]) == 2
+    assert "unknown method 'cmii'" in capsys.readouterr().err
+
+
+def test_run_skip_finished_and_record_failures(zoo, tmp_path):
+    path = _suite(tmp_path, overrides={"dafl": {"synth.synthesis_batch_size": 8, "synth.ngf": 8},
+                                       "deepinv": {"synth.no_such_key": 1}})
+    res = run_suite(path)
+    assert res["failed"] == 1 and res["ran"] == 1
+    root = tmp_path / "results" / "digits"
+    err = json.loads((root / "deepinv" / "lenet5-lenet5_half-s0" / "error.json").read_text())
+    assert "no_such_key" in err["error"]
+    dafl_summary = root / "dafl" / "lenet5-lenet5_half-s0" / "summary.json"
+    mtime = dafl_summary.stat().st_mtime
+    assert (tmp_path / "results" / "README.md").exists() and (tmp_path / "results" / "accuracy.csv").exists()
+    # fix the suite, run again: the finished cell is reused, the failed one runs and its error record goes
+    path = _suite(tmp_path)
+    res = run_suite(path)
+    assert res == {**res, "failed": 0, "ran": 1, "reused": 1}
+    assert dafl_summary.stat().st_mtime == mtime
+    assert not (root / "deepinv" / "lenet5-lenet5_half-s0" / "error.json").exists()
+
+
+def test_submitit_local_executor(zoo, tmp_path):
+    pytest.importorskip("submitit")
+    path = _suite(tmp_path, methods=("dafl",))
+    res = run_suite(path, executor="submitit-local")
+    assert res["ran"] == 1 and res["failed"] == 0
+    assert (tmp_path / "results" / "digits" / "dafl" / "lenet5-lenet5_half-s0" / "summary.json").exists()
+
+
+def test_killed_suite_resumes_without_rerunning_or_duplicating(zoo, tmp_path):
+    """SIGKILL the runner and its cell mid-suite; running the suite again finishes it cleanly."""
+    slow = dict(TINY, epochs=6, ep_steps=6)
+    path = _suite(tmp_path, methods=("dafl", "deepinv"), defaults=slow,
+                  overrides={"dafl": {"synth.synthesis_batch_size": 8, "synth.ngf": 8},
+                             "deepinv": {"synth.iterations": 40, "synth.synthesis_batch_size": 32}})
+    root = tmp_path / "results" / "digits"
+    first = root / "dafl" / "lenet5-lenet5_half-s0"
+    second = root / "deepinv" / "lenet5-lenet5_half-s0"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "datafree.cli", "bench", path], cwd=str(tmp_path), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (second / "checkpoint.pt").exists():
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and the cell it is running, mid-epoch
+    proc.wait()
+    assert (first / "summary.json").exists(), "the first cell should have finished before the kill"
+    assert not (second / "summary.json").exists(), "the kill should land inside the second cell"
+    mtime = (first / "summary.json").stat().st_mtime
+    res = run_suite(path)
+    assert res["reused"] == 1 and res["ran"] == 1 and res["failed"] == 0
+    assert (first / "summary.json").stat().st_mtime == mtime  # not re-run
+    for cell in (first, second):
+        json.loads((cell / "summary.json").read_text())  # whole, parseable records
+        epochs = [json.loads(l)["epoch"] for l in (cell / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == list(range(1, 7)), epochs  # no record duplicated or missing
+    assert "resuming" in (second / "log.txt").read_text()
