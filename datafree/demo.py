@@ -56,8 +56,8 @@ def run_demo(suite: Optional[str] = None, out: str = os.path.join("results", "de
             cfg = resolve(deep_merge(cell.user_config(), extra))
             Engine(cfg, resume=True).run()
         except Exception as e:  # one broken method must not stop the demo
-            failures[cell.method] = f"{type(e).__name__}: {e}"
-            _say(f"[demo] {cell.method} failed: {e}")
+            failures[cell.entry] = f"{type(e).__name__}: {e}"
+            _say(f"[demo] {cell.entry} failed: {e}")
             traceback.print_exc()
     wall = time.time() - t0
     df = load_runs(out)

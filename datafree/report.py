@@ -27,9 +27,14 @@ METHOD_ORDER = [
 
 
 def order_methods(names: Iterable[str]) -> List[str]:
+    """The papers' order; a variant ``name (tag)`` follows its method."""
     names = list(dict.fromkeys(names))
-    known = [m for m in METHOD_ORDER if m in names]
-    return known + sorted(n for n in names if n not in METHOD_ORDER)
+
+    def key(n: str):
+        base = n.split(" (")[0]
+        return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), base, n)
+
+    return sorted(names, key=key)
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[object]], align: Optional[str] = None) -> str:

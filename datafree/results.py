@@ -142,5 +142,8 @@ def load_runs(root: str):
             continue
         s = dict(s)
         s["run_dir"] = os.path.dirname(path)
+        s["method_name"] = s.get("method")
+        if s.get("tag"):  # variants of a method (hidfd at two rho) get rows of their own
+            s["method"] = f"{s['method']} ({s['tag']})"
         rows.append(s)
     return pd.DataFrame(rows)

@@ -15,6 +15,8 @@ seeds of one table and the overrides that set its budget::
     defaults: {samples: 32}      # applied to every cell
     overrides:                   # per method (dotted keys allowed)
       dafl: {epochs: 5, ep_steps: 40}
+    variants:                    # a method under another name with its own settings (rows of their own)
+      hidfd_rho0.1: {method: hidfd, tag: rho0.1, synth.rho: 0.1}
 
 :func:`expand` turns a suite into :class:`Cell` objects (method x pair x seed),
 each with a stable run directory ``<out>/<dataset>/<method>/<teacher>-<student>-s<seed>``.
@@ -44,6 +46,7 @@ from .results import atomic_write_json, atomic_write_text
 
 @dataclass
 class Cell:
+    entry: str  # the suite's name for the cell's method (a method or a variant)
     method: str
     dataset: str
     teacher: Optional[str]
@@ -54,7 +57,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}/{self.method}/{self.teacher or 'none'}-{self.student}/s{self.seed}"
+        return f"{self.dataset}/{self.entry}/{self.teacher or 'none'}-{self.student}/s{self.seed}"
 
     def user_config(self) -> Dict[str, Any]:
         base = {"method": self.method, "dataset": self.dataset, "teacher": self.teacher, "student": self.student,
@@ -72,6 +75,7 @@ class Suite:
     defaults: Dict[str, Any]
     overrides: Dict[str, Dict[str, Any]]
     teacher_training: Dict[str, Any]
+    variants: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     reference: Optional[str] = None
     path: str = ""
     raw: Dict[str, Any] = field(default_factory=dict)
@@ -119,13 +123,21 @@ def load_suite(path: str) -> Suite:
         pairs.append({"dataset": ds, "teacher": p.get("teacher"), "student": p["student"]})
     if not pairs:
         raise ConfigError(f"suite {path} lists no pairs")
+    variants = {}
+    for vname, v in (raw.get("variants") or {}).items():
+        v = _dotted(v)
+        if "method" not in v:
+            raise ConfigError(f"suite {path}: variant {vname!r} must name its method")
+        METHODS.get(v["method"])
+        variants[vname] = v
     methods = raw.get("methods", "*")
     if isinstance(methods, str):
         patterns = [m.strip() for m in methods.split(",")]
-        methods = [m for m in METHODS.list() if any(fnmatch.fnmatchcase(m, pat) for pat in patterns)]
+        methods = [m for m in METHODS.list() + list(variants) if any(fnmatch.fnmatchcase(m, pat) for pat in patterns)]
     else:
         for m in methods:
-            METHODS.get(m)  # unknown names fail here, with suggestions
+            if m not in variants:
+                METHODS.get(m)  # unknown names fail here, with suggestions
     excluded = set(raw.get("exclude", []) or [])
     methods = [m for m in methods if m not in excluded]
     overrides = {k: _dotted(v) for k, v in (raw.get("overrides") or {}).items()}
@@ -135,7 +147,7 @@ def load_suite(path: str) -> Suite:
     return Suite(
         name=name, out=raw.get("out") or os.path.join("results", name), pairs=pairs, methods=list(methods),
         seeds=[int(s) for s in raw.get("seeds", [0])], defaults=_dotted(raw.get("defaults", {})),
-        overrides=overrides, teacher_training=_dotted(raw.get("teacher_training", {})),
+        overrides=overrides, teacher_training=_dotted(raw.get("teacher_training", {})), variants=variants,
         reference=raw.get("reference"), path=path, raw=raw,
     )
 
@@ -146,13 +158,16 @@ def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] 
     cells = []
     root = out or suite.out
     for pair in suite.pairs:
-        for method in suite.methods:
+        for entry in suite.methods:
+            variant = dict(suite.variants.get(entry, {}))
+            method = variant.pop("method", entry)
             for seed in seeds or suite.seeds:
                 over = deep_merge(suite.defaults, suite.overrides.get(method, {}))
+                over = deep_merge(over, variant)
                 over = deep_merge(over, {"suite": suite.name})
                 teacher = pair["teacher"]
-                cell = Cell(method, pair["dataset"], teacher, pair["student"], seed, over)
-                cell.out = os.path.join(root, pair["dataset"].replace(":", "_").replace("/", "_"), method,
+                cell = Cell(entry, method, pair["dataset"], teacher, pair["student"], seed, over)
+                cell.out = os.path.join(root, pair["dataset"].replace(":", "_").replace("/", "_"), entry,
                                         f"{teacher or 'none'}-{pair['student']}-s{seed}")
                 if only and not any(fnmatch.fnmatchcase(cell.name, pat) or pat in cell.name
                                     for pat in only.split(",")):
