@@ -60,6 +60,8 @@ class Registry:
         return add if obj is None else add(obj)
 
     def get(self, name: str) -> Any:
+        if name not in self._entries and not _BUILTINS_LOADED:
+            load_builtins()  # the built-in entries register on import: make sure they had the chance
         try:
             return self._entries[name]
         except KeyError:

@@ -7,7 +7,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "mnist"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# tiny models run fastest on one thread (and do not fight other processes for the cores)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
