@@ -14,6 +14,7 @@ logits; divergences with a temperature ``T`` follow Hinton's KD.
 * :func:`activation`: minus the mean absolute penultimate activation (DAFL);
 * :func:`total_variation` and :func:`l2_prior`: image priors (DeepInversion);
 * :func:`info_nce`: the contrastive term (CMI).
+* :func:`cross_view_info_nce`: CMI's exact form (in-batch and memory-bank negatives).
 """
 from __future__ import annotations
 
@@ -229,3 +230,69 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
     neg_logit = q @ neg.t()
     logits = torch.cat([pos_logit, neg_logit], dim=1) / T
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def cross_view_info_nce(query: torch.Tensor, key: torch.Tensor, T: float = 0.1,
+                        n_current: Optional[int] = None) -> torch.Tensor:
+    """InfoNCE across two views of the same rows, with in-batch and memory-bank negatives (CMI).
+
+    Row i of ``key`` is the positive of row i of ``query``; every other row of
+    ``key`` is one of its negatives: per row, ``CE(q_i . K^T / T, i)`` with all
+    vectors L2-normalised. Rows from ``n_current`` on are memory-bank entries;
+    the loss is then the mean over the first ``n_current`` rows plus the mean
+    over the bank rows (CMI's split, so that a large bank does not shrink the
+    current batch's gradient), otherwise the mean over all rows. Gradients reach
+    both inputs: detach ``key`` for CMI's one-sided form.
+    """
+    q = F.normalize(query.float(), dim=1)
+    k = F.normalize(key.float(), dim=1)
+    logits = q @ k.t() / T
+    per_row = F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device), reduction="none")
+    if n_current is None or n_current >= q.shape[0]:
+        return per_row.mean()
+    return per_row[:n_current].mean() + per_row[n_current:].mean()
+
+
+# --------------------------------------------------------------------------- conditional GAN terms (HiDFD)
+
+
+def hinge_discriminator(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """The hinge loss of a GAN discriminator: mean relu(1 - D(real)) + mean relu(1 + D(fake))."""
+    return F.relu(1.0 - d_real.float()).mean() + F.relu(1.0 + d_fake.float()).mean()
+
+
+def hinge_generator(d_fake: torch.Tensor) -> torch.Tensor:
+    """The hinge loss of a GAN generator: -mean D(fake)."""
+    return -d_fake.float().mean()
+
+
+def adc_discriminator(aux_real: torch.Tensor, y_real: torch.Tensor, aux_fake: torch.Tensor,
+                      y_fake: torch.Tensor) -> torch.Tensor:
+    """ADC-GAN's classifier loss for D over 2K classes: CE(aux(real), 2y) + CE(aux(fake), 2y' + 1)."""
+    return F.cross_entropy(aux_real.float(), 2 * y_real) + F.cross_entropy(aux_fake.float(), 2 * y_fake + 1)
+
+
+def adc_generator(aux_fake: torch.Tensor, y_fake: torch.Tensor) -> torch.Tensor:
+    """ADC-GAN's classifier loss for G: CE(aux(fake), 2y') - CE(aux(fake), 2y' + 1)."""
+    return F.cross_entropy(aux_fake.float(), 2 * y_fake) - F.cross_entropy(aux_fake.float(), 2 * y_fake + 1)
+
+
+def weighted_class_balance(t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k p_k log p_k of the batch-mean teacher softmax p (class-balancing GAN; HiDFD's smoothing).
+
+    With all weights 1 this is :func:`class_balance`; larger weights push harder
+    towards classes that are generated less often.
+    """
+    p = F.softmax(t.float(), dim=1).mean(0)
+    return (weights.to(p) * p * p.clamp_min(1e-12).log()).sum()
+
+
+def feature_integration(t_real: torch.Tensor, t_fake: torch.Tensor, h_real: torch.Tensor,
+                        h_fake: torch.Tensor) -> torch.Tensor:
+    """HiDFD's feature integration: four mean L2 distances between the teacher's features ``t_*`` of real
+    and generated images and a discriminator head's features ``h_*`` of the same batches:
+    |t_real - h_real| + |t_real - h_fake| + |t_fake - h_fake| + |t_fake - h_real| (rows paired by index)."""
+    def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a.float() - b.float()).norm(2, dim=1).mean()
+
+    return dist(t_real, h_real) + dist(t_real, h_fake) + dist(t_fake, h_fake) + dist(t_fake, h_real)

@@ -1,0 +1,112 @@
+"""DFAD: generator maximising the logits' L1 distance, student minimising it (l1 distiller)."""
+import copy
+
+import pytest
+import torch
+
+from conftest import tiny
+from datafree.config import resolve
+from datafree.engine import Engine, run
+from datafree.registry import SYNTHESIZERS
+from datafree.synthesis.base import Context
+from datafree.synthesis.losses import l1_logits
+
+SYNTH = {"synthesis_batch_size": 16, "ngf": 8, "nz": 16}
+
+
+def _engine(tmp_path, synth=None, **over):
+    e = Engine(tiny("dfad", tmp_path / "r", synth={**SYNTH, **(synth or {})}, kd_steps=5, **over))
+    e.setup()
+    return e
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(module, snap):
+    return all(torch.equal(v, snap[k]) for k, v in module.state_dict().items())
+
+
+def test_defaults_are_the_reference_scripts():
+    c10 = resolve({"method": "dfad", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
+    assert (c10.synthesizer, c10.distiller, c10.kd_steps, c10.batch_size) == ("dfad", "l1", 5, 256)
+    assert c10.epochs == 500 and c10.ep_steps == 250 and c10.optim.lr == 0.1 and c10.optim.weight_decay == 5e-4
+    assert c10.optim.milestones == [100, 200] and c10.synth["g_milestones"] == [100, 200]
+    mn = resolve({"method": "dfad", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"})
+    assert mn.batch_size == 512 and mn.optim.lr == 0.01 and mn.synth["nz"] == 100 and mn.epochs == 40
+
+
+def test_first_round_is_student_first_then_generator_steps_train_the_generator_only(zoo, tmp_path):
+    e = _engine(tmp_path)
+    teacher, student, gen = _snapshot(e.teacher), _snapshot(e.student), _snapshot(e.synth.generator)
+    assert e.synth.synthesize() == {}  # round 0: the reference starts with 5 student steps
+    assert _same(e.synth.generator, gen) and e.synth.images_synthesized == 0
+    e.ctx.round = 1
+    logs = e.synth.synthesize()
+    for k, v in logs.items():
+        assert torch.isfinite(torch.as_tensor(v)).all(), k
+    assert logs["adv"] < 0  # -L1(S, T): non-zero because the student is not the teacher
+    assert _same(e.teacher, teacher) and _same(e.student, student)
+    assert not _same(e.synth.generator, gen)
+    assert all(p.grad is None for p in e.student.parameters())
+
+
+def test_adversarial_term_is_zero_only_when_the_student_is_the_teacher(zoo, tmp_path):
+    """The reference trap: passing the teacher as the student silences the generator's loss."""
+    e = _engine(tmp_path)
+    x = e.synth.generate(e.synth.latent(16))
+    live = e.synth.generator_loss(x, None)[1]["adv"]
+    ctx = Context(e.teacher, copy.deepcopy(e.teacher), e.spec, e.device, cfg=e.cfg)
+    dead = SYNTHESIZERS.build("dfad", ctx, **e.cfg.synth).generator_loss(x, None)[1]["adv"]
+    assert live.abs() > 1e-4 and dead.abs() < 1e-6
+    with torch.no_grad():
+        assert torch.allclose(live, -l1_logits(e.student(x), e.teacher(x)), atol=1e-5)
+
+
+def test_student_samples_are_fresh_every_step(zoo, tmp_path):
+    e = _engine(tmp_path)
+    assert not torch.equal(e.synth.sample(16), e.synth.sample(16))
+
+
+def test_student_l1_decreases_on_a_fixed_batch(zoo, tmp_path):
+    # Adam, so that ten steps show it clearly (the L1 of a mean over classes has small SGD gradients)
+    e = _engine(tmp_path, optim={"name": "adam", "lr": 0.01, "weight_decay": 0})
+    torch.manual_seed(0)
+    x = e.synth.sample(16)
+    teacher, gen = _snapshot(e.teacher), _snapshot(e.synth.generator)
+    seen = [e.distiller.step(x)["l1"] for _ in range(11)]  # each value is the loss before that step
+    assert all(torch.isfinite(v) for v in seen) and seen[0] > 0
+    assert seen[-1] < 0.95 * seen[0] and seen[-1] < min(seen[:-1])
+    assert _same(e.teacher, teacher) and _same(e.synth.generator, gen)
+
+
+def test_generator_learning_rate_follows_the_milestones(zoo, tmp_path):
+    e = _engine(tmp_path, epochs=10, synth={"g_schedule": "multistep", "g_milestones": [4, 0.8]})
+    rates = []
+    for epoch in (0, 3, 4, 7, 8, 9):
+        e.synth.on_epoch_start(epoch)
+        rates.append(e.synth.optimizer.param_groups[0]["lr"] / e.synth.cfg.lr_g)
+    assert rates == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_end_to_end_runs_and_resumes(zoo, tmp_path, monkeypatch):
+    over = {"synth": SYNTH, "kd_steps": 5, "ep_steps": 10, "epochs": 2, "batch_size": 16}
+    full = run(tiny("dfad", tmp_path / "full", **over))
+    assert full["evaluations"] == 2 and full["images_seen"] == 2 * 10 * 16
+    assert full["images_synthesized"] == (2 * 2 - 1) * 16  # no generator step before the first student steps
+    real = Engine.save_checkpoint
+
+    def save_then_die(self, epoch):
+        real(self, epoch)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Engine, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run(tiny("dfad", tmp_path / "cut", **over))
+    resumed = run(tiny("dfad", tmp_path / "cut", **over), resume=True)
+    assert resumed["images_synthesized"] == full["images_synthesized"]
+    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
