@@ -1,0 +1,245 @@
+"""HiDFD (Tang et al., AAAI 2025): the GAN's loss terms and what each one trains, the class weights of the
+frequency smoothing, ADC-GAN's 2K-way classifier, the synthetic set and data inflation, classifier-sharing
+feature alignment, the deployed student, and end-to-end runs that train the GAN in warm-up and resume."""
+import json
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from conftest import tiny
+from datafree.distill.feature_align import load_deployed
+from datafree.engine import Engine, run
+from datafree.synthesis import losses
+from datafree.synthesis.hidfd import FrequencySmoother
+
+SYNTH = {"g_ch": 2, "d_ch": 2, "feature_hidden": 16, "gan_batch_size": 8, "gan_steps": 4, "pool_size": 40,
+         "synthetic_size": 24, "repeat": 2, "rho": 0.05}
+
+
+def _engine(tmp_path, name="r", **synth):
+    s = dict(SYNTH)
+    s.update(synth)
+    e = Engine(tiny("hidfd", tmp_path / name, synth=s, warmup=1, epochs=2, ep_steps=None))
+    e.setup()
+    return e
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _grads(module):
+    return {k: (None if p.grad is None else p.grad.detach().clone()) for k, p in module.named_parameters()}
+
+
+def test_feature_integration_trains_the_discriminator_and_its_head(zoo, tmp_path):
+    with_fi, without = _engine(tmp_path, "a"), _engine(tmp_path, "b")
+    without.synth.cfg.feat = 0.0
+    grads = []
+    for e in (with_fi, without):
+        g_before, t_before = _params(e.synth.generator), _params(e.teacher)
+        torch.manual_seed(1)
+        logs = e.synth.discriminator_step()
+        assert all(torch.isfinite(v) for v in logs.values())
+        grads.append(_grads(e.synth.discriminator))
+        assert all(torch.equal(v, _params(e.synth.generator)[k]) for k, v in g_before.items())  # fakes detached
+        assert all(p.grad is None for p in e.synth.generator.parameters())
+        assert all(torch.equal(v, _params(e.teacher)[k]) for k, v in t_before.items())
+    a, b = grads
+    head = [k for k in a if k.startswith("feature_head")]
+    assert head and all(a[k] is not None and a[k].abs().sum() > 0 for k in head)  # the head learns
+    assert all(b[k] is None or b[k].abs().sum() == 0 for k in head)  # ... only from this term
+    body = [k for k in a if k.startswith("blocks")]
+    assert any(not torch.allclose(a[k], b[k]) for k in body)  # and its gradient reaches D's body
+
+
+def test_frequency_smoothing_trains_the_generator_only(zoo, tmp_path):
+    with_fs, without = _engine(tmp_path, "a"), _engine(tmp_path, "b")
+    without.synth.cfg.freq = 0.0
+    grads = []
+    for e in (with_fs, without):
+        d_before = _params(e.synth.discriminator)
+        torch.manual_seed(2)
+        logs = e.synth.generator_step()
+        assert all(torch.isfinite(v) for v in logs.values())
+        grads.append(_grads(e.synth.generator))
+        assert all(torch.equal(v, _params(e.synth.discriminator)[k]) for k, v in d_before.items())
+        assert all(p.requires_grad for p in e.synth.discriminator.parameters())  # toggled back
+    a, b = grads
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
+    assert with_fs.synth.smoother.pending.sum() == SYNTH["gan_batch_size"]  # teacher classes were counted
+
+
+def test_synthesis_never_changes_the_student_or_the_teacher(zoo, tmp_path):
+    e = _engine(tmp_path)
+    s_before, t_before = _params(e.student), _params(e.teacher)
+    logs = e.synth.synthesize()
+    for k in ("loss_d", "loss_g", "d_adv", "d_adc", "d_feat", "g_adv", "g_adc", "g_freq"):
+        assert torch.isfinite(logs[k]), k
+    assert e.synth.gan_steps_done == 4 and e.synth.mix is None  # warm-up: GAN only
+    assert all(torch.equal(v, _params(e.student)[k]) for k, v in s_before.items())
+    assert all(torch.equal(v, _params(e.teacher)[k]) for k, v in t_before.items())
+
+
+def test_class_weights_favour_rarely_generated_classes():
+    sm = FrequencySmoother(4, beta=0.99, init=50, decay=0.5)
+    assert torch.allclose(sm.weights, torch.ones(4))
+    logits = torch.zeros(300, 4)
+    logits[:270, 0] = 5.0  # 270 images of class 0, 10 of each other class
+    logits[270:280, 1] = logits[280:290, 2] = logits[290:, 3] = 5.0
+    sm.observe(logits)
+    sm.update()
+    assert torch.allclose(sm.counts_ema, torch.tensor([160.0, 30.0, 30.0, 30.0]))  # 0.5 * 50 + 0.5 * n
+    assert sm.weights[0] < sm.weights[1] and torch.allclose(sm.weights[1:], sm.weights[1].expand(3))
+    assert torch.isclose(sm.weights.sum(), torch.tensor(4.0))
+    beta = 0.99
+    w = (1 - beta) / (1 - beta ** torch.tensor([160.0, 30.0, 30.0, 30.0], dtype=torch.float64))
+    assert torch.allclose(sm.weights.double(), w / w.sum() * 4, atol=1e-6)
+    sm.update()  # nothing generated since: counts decay, floored at 1
+    assert torch.allclose(sm.counts_ema, torch.tensor([80.0, 15.0, 15.0, 15.0]))
+    sm.counts_ema.fill_(0.2)
+    sm.update()
+    assert (sm.counts_ema == 1).all()
+
+
+def test_class_weights_are_updated_during_gan_training(zoo, tmp_path):
+    e = _engine(tmp_path, freq_update_every=1)
+    e.synth.synthesize()
+    sm = e.synth.smoother
+    assert not torch.allclose(sm.counts_ema, torch.full_like(sm.counts_ema, 50.0))  # the released code never moved
+    assert sm.pending.sum() == 0
+
+
+def test_adc_classifier_has_2k_outputs_and_the_papers_losses(zoo, tmp_path):
+    e = _engine(tmp_path)
+    k = e.spec.num_classes
+    out, aux, head = e.synth.discriminator(torch.randn(5, *e.spec.shape))
+    assert out.shape == (5,) and aux.shape == (5, 2 * k) and head.shape == (5, e.synth.feature_dim)
+    torch.manual_seed(0)
+    a_r, a_f = torch.randn(6, 2 * k), torch.randn(6, 2 * k)
+    y_r, y_f = torch.randint(0, k, (6,)), torch.randint(0, k, (6,))
+    d = losses.adc_discriminator(a_r, y_r, a_f, y_f)
+    assert torch.isclose(d, F.cross_entropy(a_r, 2 * y_r) + F.cross_entropy(a_f, 2 * y_f + 1))
+    g = losses.adc_generator(a_f, y_f)
+    assert torch.isclose(g, F.cross_entropy(a_f, 2 * y_f) - F.cross_entropy(a_f, 2 * y_f + 1))
+    assert torch.isclose(losses.hinge_discriminator(torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.5])),
+                         torch.tensor(0.5 + 0.75))
+
+
+def test_feature_integration_is_the_four_distances():
+    t_r, t_f, h_r, h_f = (torch.randn(3, 5) for _ in range(4))
+    d = lambda a, b: (a - b).norm(dim=1).mean()  # noqa: E731
+    expected = d(t_r, h_r) + d(t_r, h_f) + d(t_f, h_f) + d(t_f, h_r)
+    assert torch.isclose(losses.feature_integration(t_r, t_f, h_r, h_f), expected)
+
+
+def test_synthetic_set_and_inflation_of_dc(zoo, tmp_path):
+    e = _engine(tmp_path, gan_steps=1, pool_size=40, synthetic_size=20)
+    syn = e.synth.build_synthetic()
+    assert syn.images.shape == (20, *e.spec.shape) and syn.images.dtype == torch.uint8
+    assert syn.labels.min() >= 0 and syn.labels.max() < e.spec.num_classes
+    assert e.synth.epoch_length == 2 * len(e.synth.collected) + 20
+    e.synth.synthesize()  # finishes the GAN; the set is built only after warm-up
+    assert e.synth.mix is None
+    e.ctx.epoch = 1
+    e.synth.synthesize()
+    mix = e.synth.mix
+    assert len(mix) == e.synth.epoch_length and mix.n_synthetic == 20
+    _, _, is_real = mix.sample(len(mix))
+    assert int(is_real.sum()) == 2 * len(e.synth.collected)
+    x, y = e.synth.sample(16)
+    assert x.shape == (16, *e.spec.shape) and y.shape == (16,)
+
+
+def test_predictions_use_the_teachers_classifier(zoo, tmp_path):
+    e = _engine(tmp_path)
+    d = e.distiller
+    x = torch.randn(6, *e.spec.shape)
+    d.eval()
+    pred = d.predict(x)
+    t = e.teacher
+    manual = t.head(t.pool(d.projector(e.student.forward_features(x))))
+    assert torch.allclose(pred, manual, atol=1e-5)
+    with torch.no_grad():
+        t.head[-1].weight.mul_(-1.0)  # change only the teacher's classifier
+    assert not torch.allclose(d.predict(x), pred)
+
+
+def test_feature_alignment_step_trains_student_and_projector(zoo, tmp_path):
+    e = _engine(tmp_path)
+    d = e.distiller
+    s_before, p_before, t_before = _params(e.student), _params(d.projector), _params(e.teacher)
+    logs = d.step(torch.randn(8, *e.spec.shape), None)  # labels unused
+    assert torch.isfinite(logs["align"]) and set(logs) == {"align", "loss"}
+    assert any(not torch.equal(v, _params(e.student)[k]) for k, v in s_before.items())
+    assert any(not torch.equal(v, _params(d.projector)[k]) for k, v in p_before.items())
+    assert all(torch.equal(v, _params(e.teacher)[k]) for k, v in t_before.items())
+    assert "projector" in d.extra_modules()
+
+
+def test_end_to_end_gan_warmup_then_student_and_the_deployed_model(zoo, tmp_path):
+    s = run(tiny("hidfd", tmp_path / "r", synth=SYNTH, warmup=1, epochs=2, ep_steps=None))
+    d = tmp_path / "r"
+    assert s["evaluations"] == 1 and s["gan_steps"] == 4 and s["synthetic_images"] == 24
+    assert 0 <= s["synthetic_label_agreement"] <= 1
+    assert s["uses_real_data"].startswith("digits train, 72 images") and "teacher labels" in s["uses_real_data"]
+    n_real = s["real_images"]
+    assert s["images_seen"] == math.ceil((2 * n_real + 24) / 16) * 16  # one pass over Dc x 2 + synthetic
+    rec = json.loads((d / "collected.json").read_text())
+    assert len(rec["indices"]) == n_real == len(rec["teacher_labels"])
+    ckpt = torch.load(d / "student.pt", weights_only=True)
+    assert "projector" in ckpt["extra_modules"] and "shared_head" in ckpt and ckpt["feature_align"]["teacher_arch"]
+    deployed = load_deployed(str(d / "student.pt"))
+    e = Engine(tiny("hidfd", d, synth=SYNTH, warmup=1, epochs=2, ep_steps=None), resume=True)
+    e.setup()
+    x = torch.randn(5, *e.spec.shape)
+    e.distiller.eval()
+    assert torch.allclose(deployed(x), e.distiller.predict(x), atol=1e-5)
+
+
+def _interrupt_after_first_checkpoint(monkeypatch):
+    real = Engine.save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_die(self, epoch):
+        real(self, epoch)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(Engine, "save_checkpoint", save_then_die)
+
+
+def test_resume_in_the_middle_of_gan_training(zoo, tmp_path, monkeypatch):
+    synth = dict(SYNTH, gan_steps=6)  # 3 GAN steps in each of the 2 warm-up epochs
+    cfg = lambda name: tiny("hidfd", tmp_path / name, synth=synth, warmup=2, epochs=3, ep_steps=None)  # noqa: E731
+    full = run(cfg("full"))
+    with monkeypatch.context() as m:
+        _interrupt_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg("cut"))
+    state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert state["synthesizer"]["extra"]["gan_steps_done"] == 3  # killed half-way through the GAN
+    resumed = run(cfg("cut"), resume=True)
+    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for k in a["extra_modules"]["projector"]:
+        assert torch.equal(a["extra_modules"]["projector"][k], b["extra_modules"]["projector"][k]), k
+    assert resumed["last_acc"] == full["last_acc"] and resumed["gan_steps"] == 6
+    assert resumed["images_synthesized"] == full["images_synthesized"]
+
+
+def test_released_preset_and_mnist_section_resolve():
+    from datafree.config import resolve
+
+    cfg = resolve({"method": "hidfd_released", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
+    assert cfg.synth["lr_g"] == cfg.synth["lr_d"] == 2e-4 and cfg.synth["ema"] and cfg.synth["gan_epochs"] == 400
+    assert cfg.distiller == "feature_align" and cfg.optim.milestones == [150, 180, 210]
+    paper = resolve({"method": "hidfd", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
+    assert paper.synth["lr_g"] == 1e-4 and paper.synth["lr_d"] == 4e-4 and paper.epochs - paper.warmup == 240
+    mnist = resolve({"method": "hidfd", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"})
+    assert mnist.synth["rho"] == 0.01 and mnist.warmup > 0
