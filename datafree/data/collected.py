@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .datasets import ImageSplit, get_source, imagefolder_source
+from .datasets import ImageSplit, ShuffledPasses, get_source, imagefolder_source
 from .spec import DatasetSpec, Normalizer
 
 SELECTIONS = ("random", "confident")
@@ -247,8 +247,7 @@ class InflatedSet:
         parts = [real] if synthetic is None else [real, synthetic.to(self.device)]
         self.images = torch.cat([p.images for p in parts])
         self.labels = torch.cat([p.labels for p in parts])
-        self._perm: Optional[torch.Tensor] = None
-        self._pos = 0
+        self.order = ShuffledPasses(len(self), self.device)
 
     def __len__(self) -> int:
         return self.repeat * self.n_real + self.n_synthetic
@@ -258,21 +257,9 @@ class InflatedSet:
         n_rep = self.repeat * self.n_real
         return torch.where(items < n_rep, items % self.n_real, items - n_rep + self.n_real)
 
-    def _next_items(self, n: int) -> torch.Tensor:
-        out = []
-        while n > 0:
-            if self._perm is None or self._pos >= len(self._perm):
-                self._perm = torch.randperm(len(self)).to(self.device)
-                self._pos = 0
-            take = min(n, len(self._perm) - self._pos)
-            out.append(self._perm[self._pos:self._pos + take])
-            self._pos += take
-            n -= take
-        return torch.cat(out)
-
     def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(uint8 images, labels, is-real mask) of the next ``n`` items of the shuffled pass."""
-        items = self._next_items(n)
+        items = self.order.next(n)
         rows = self.storage_index(items)
         return self.images[rows], self.labels[rows], rows < self.n_real
 
@@ -282,11 +269,10 @@ class InflatedSet:
     def state_dict(self) -> Dict[str, Any]:
         syn = self.synthetic()
         return {"synthetic_images": syn.images.cpu(), "synthetic_labels": syn.labels.cpu(), "repeat": self.repeat,
-                "perm": None if self._perm is None else self._perm.cpu(), "pos": self._pos}
+                **self.order.state_dict()}
 
     def load_position(self, state: Dict[str, Any]) -> None:
-        self._perm = None if state["perm"] is None else state["perm"].to(self.device)
-        self._pos = int(state["pos"])
+        self.order.load_state_dict(state)
 
     @classmethod
     def from_state(cls, real: ImageSplit, state: Dict[str, Any]) -> "InflatedSet":

@@ -358,6 +358,35 @@ register_source(
 # --------------------------------------------------------------------------- batches
 
 
+class ShuffledPasses:
+    """Indices 0..n-1 in random order, pass after pass (a new permutation each pass), resumable."""
+
+    def __init__(self, n: int, device):
+        self.n = int(n)
+        self.device = torch.device(device)
+        self._perm: Optional[torch.Tensor] = None
+        self._pos = 0
+
+    def next(self, k: int) -> torch.Tensor:
+        out = []
+        while k > 0:
+            if self._perm is None or self._pos >= len(self._perm):
+                self._perm = torch.randperm(self.n).to(self.device)
+                self._pos = 0
+            take = min(k, len(self._perm) - self._pos)
+            out.append(self._perm[self._pos:self._pos + take])
+            self._pos += take
+            k -= take
+        return torch.cat(out)
+
+    def state_dict(self) -> Dict:
+        return {"perm": None if self._perm is None else self._perm.cpu(), "pos": self._pos}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self._perm = None if state["perm"] is None else state["perm"].to(self.device)
+        self._pos = int(state["pos"])
+
+
 class Batches:
     """Draws normalised (and optionally augmented) batches from an ImageSplit on its device.
 
@@ -374,26 +403,13 @@ class Batches:
         self.train = train
         self.norm = Normalizer(spec, self.device)
         self.augment = standard_augment(augment or spec.augment, spec.size) if train else None
-        self._perm: Optional[torch.Tensor] = None
-        self._pos = 0
+        self.order = ShuffledPasses(len(self.split), self.device)
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def _next_index(self, n: int) -> torch.Tensor:
-        out = []
-        while n > 0:
-            if self._perm is None or self._pos >= len(self._perm):
-                self._perm = torch.randperm(len(self.split)).to(self.device)
-                self._pos = 0
-            take = min(n, len(self._perm) - self._pos)
-            out.append(self._perm[self._pos:self._pos + take])
-            self._pos += take
-            n -= take
-        return torch.cat(out)
-
     def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        idx = self._next_index(n)
+        idx = self.order.next(n)
         x = self.split.images[idx].float().div_(255.0)
         if self.augment is not None:
             x = self.augment(x)
@@ -403,11 +419,10 @@ class Batches:
         raise TypeError("use Batches.sample(n) for training or iterate_eval() for evaluation")
 
     def state_dict(self) -> Dict:
-        return {"perm": None if self._perm is None else self._perm.cpu(), "pos": self._pos}
+        return self.order.state_dict()
 
     def load_state_dict(self, state: Dict) -> None:
-        self._perm = None if state["perm"] is None else state["perm"].to(self.device)
-        self._pos = int(state["pos"])
+        self.order.load_state_dict(state)
 
 
 def iterate_eval(split: ImageSplit, spec: DatasetSpec, batch_size: int, device) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
