@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results folder (default: the suite's out)")
     p.add_argument("--executor", default="local", help="local (default), slurm, or submitit-local")
     p.add_argument("--gpus", type=int, default=None, help="local: GPUs to use, one cell each (default: all visible)")
+    p.add_argument("--jobs", type=int, default=1, help="local, CPU only: cells run at once (cores shared equally)")
     p.add_argument("--partition", help="slurm partition")
     p.add_argument("--time", type=int, default=None, help="slurm time limit per cell, minutes")
     p.add_argument("--gpus-per-job", type=int, default=1)
@@ -229,7 +230,7 @@ def cmd_bench(args) -> int:
         extra["plugins"] = args.plugin
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     res = run_suite(args.suite, seeds=seeds, only=args.only, dry_run=args.dry_run, executor=args.executor,
-                    out=args.out, extra=extra, gpus=args.gpus, partition=args.partition,
+                    out=args.out, extra=extra, gpus=args.gpus, jobs=args.jobs, partition=args.partition,
                     timeout_min=args.time, gpus_per_job=args.gpus_per_job)
     return 1 if res.get("failed") else 0
 

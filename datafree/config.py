@@ -55,6 +55,7 @@ class RunConfig:
     student: str = "lenet5_half"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads for torch (0: torch's default, one per core)
     epochs: int = 10
     ep_steps: Optional[int] = 100  # student steps per epoch (null: one pass over real data)
     kd_steps: Optional[int] = None  # student steps per synthesis round (null: ep_steps)

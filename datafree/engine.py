@@ -187,6 +187,8 @@ class Engine:
             raise ConfigError("kd_steps must be positive (or null for one round per epoch)")
         if cfg.warmup >= cfg.epochs and cfg.epochs > 0:
             raise ConfigError(f"warmup ({cfg.warmup}) must be smaller than epochs ({cfg.epochs})")
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
         self.rank, self.world_size, self.local_rank = init_distributed()
         self.device = resolve_device(cfg.device)
         if self.world_size > 1 and self.device.type == "cuda":

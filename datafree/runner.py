@@ -256,9 +256,12 @@ def _log_tail(path: str, lines: int = 20) -> str:
 
 
 class LocalExecutor:
-    """Run cells as local processes: one per visible GPU at a time, or one at a time on CPU."""
+    """Run cells as local processes: one per visible GPU at a time, or ``jobs`` at a time on CPU (default 1).
 
-    def __init__(self, gpus: Optional[int] = None, poll: float = 0.5):
+    With several CPU jobs each cell gets an equal share of the cores (``OMP_NUM_THREADS``).
+    """
+
+    def __init__(self, gpus: Optional[int] = None, jobs: int = 1, poll: float = 0.5):
         if gpus is None:
             try:
                 import torch
@@ -267,7 +270,8 @@ class LocalExecutor:
             except Exception:
                 gpus = 0
         self.gpus = gpus
-        self.slots = max(1, gpus)
+        self.jobs = max(1, jobs)
+        self.slots = gpus if gpus > 0 else self.jobs
         self.poll = poll
 
     def run(self, cells: Sequence[Cell], done: Callable[[Cell, Dict[str, Any]], None]) -> None:
@@ -282,6 +286,8 @@ class LocalExecutor:
             env = dict(os.environ)
             if self.gpus > 0:
                 env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            elif self.jobs > 1:
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
             res = run_cell_process(cell.out, cell_command(cell), env)
             with lock:
                 free.append(slot)
@@ -346,7 +352,7 @@ class SubmititExecutor:
 
 def make_executor(name: str, out: str, **opts: Any):
     if name == "local":
-        return LocalExecutor(gpus=opts.get("gpus"))
+        return LocalExecutor(gpus=opts.get("gpus"), jobs=opts.get("jobs") or 1)
     if name in ("slurm", "submitit-local"):
         return SubmititExecutor(os.path.join(out, "submitit"), cluster="local" if name == "submitit-local" else None,
                                 partition=opts.get("partition"), timeout_min=opts.get("timeout_min") or 24 * 60,
