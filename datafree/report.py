@@ -87,7 +87,12 @@ def _real_data(dm) -> str:
 
 
 def load_reference(path: Optional[str]) -> Dict[str, Any]:
-    """Published numbers: ``{"dataset":..., "rows": {method: {pair: value}}, "sources": {method: text}}``."""
+    """Published numbers of a table (``benchmarks/reference/*.yaml``).
+
+    Returns ``{"tables": {dataset: {kind: {method: {pair: value}}}}, "sources": {dataset: {kind: {method: text}}},
+    "pairs": [...]}`` where kind is ``accuracy``, ``synthesis_hours`` or ``stability`` (whose values are dicts
+    of mean_acc, var_acc, best_acc, peak_memory_gb, hours).
+    """
     if not path:
         return {}
     import yaml
@@ -98,13 +103,24 @@ def load_reference(path: Optional[str]) -> Dict[str, Any]:
         raise ConfigError(f"reference file {path} does not exist")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
-    rows, sources = {}, {}
-    names = raw.get("sources", {})
-    for method, row in (raw.get("rows") or {}).items():
-        rows[method] = dict(row.get("values", {}))
-        src = row.get("source", "")
-        sources[method] = names.get(src, src)
-    return {"dataset": raw.get("dataset"), "rows": rows, "sources": sources, "pairs": raw.get("pairs", [])}
+    names = raw.get("sources", {}) or {}
+    tables: Dict[str, Any] = {}
+    sources: Dict[str, Any] = {}
+    for dataset, kinds in (raw.get("tables") or {}).items():
+        for kind, rows in (kinds or {}).items():
+            for method, row in (rows or {}).items():
+                tables.setdefault(dataset, {}).setdefault(kind, {})[method] = dict(row.get("values", {}))
+                src = row.get("source", "")
+                sources.setdefault(dataset, {}).setdefault(kind, {})[method] = names.get(src, src)
+    return {"tables": tables, "sources": sources, "pairs": raw.get("pairs", []) or []}
+
+
+def _ref(reference: Optional[Dict[str, Any]], dataset: str, kind: str) -> Dict[str, Dict[str, Any]]:
+    return ((reference or {}).get("tables", {}).get(dataset, {}) or {}).get(kind, {}) or {}
+
+
+def _ref_sources(reference: Optional[Dict[str, Any]], dataset: str, kind: str) -> Dict[str, str]:
+    return ((reference or {}).get("sources", {}).get(dataset, {}) or {}).get(kind, {}) or {}
 
 
 # --------------------------------------------------------------------------- tables
@@ -114,14 +130,22 @@ def _pairs(d) -> List[str]:
     return sorted(d["pair"].unique(), key=lambda p: (("->" not in p), p))
 
 
+def pair_order(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -> List[str]:
+    """The table's columns: the reference's pairs in its order, then any other pair we ran."""
+    d = df[df["dataset"] == dataset]
+    use_ref = _ref(reference, dataset, "accuracy")
+    ref_pairs = {p for row in use_ref.values() for p in row}
+    ordered = [p for p in (reference or {}).get("pairs", []) if p in ref_pairs or p in set(d["pair"])]
+    return list(dict.fromkeys(ordered + _pairs(d)))
+
+
 def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     """Long-format records: one per (dataset, method, pair) with ours and the published value."""
-    ref = reference or {}
     out = []
     for dataset in sorted(df["dataset"].unique()):
         d = df[df["dataset"] == dataset]
-        use_ref = ref.get("rows", {}) if ref.get("dataset") in (None, dataset) else {}
-        pairs = list(dict.fromkeys(_pairs(d) + [p for p in ref.get("pairs", []) if use_ref]))
+        use_ref = _ref(reference, dataset, "accuracy")
+        pairs = pair_order(df, dataset, reference)
         methods = order_methods(list(d["method"]) + list(use_ref))
         for m in methods:
             dm = d[d["method"] == m]
@@ -153,11 +177,10 @@ def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, A
     if df is None or len(df) == 0:
         return "_no finished runs_"
     recs = accuracy_rows(df, metric, reference)
-    sources = (reference or {}).get("sources", {})
     blocks = []
     for dataset in sorted({r["dataset"] for r in recs}):
         rs = [r for r in recs if r["dataset"] == dataset]
-        pairs = list(dict.fromkeys(r["pair"] for r in sorted(rs, key=lambda r: (("->" not in r["pair"]), r["pair"]))))
+        pairs = [p for p in pair_order(df, dataset, reference) if any(r["pair"] == p for r in rs)]
         rows, notes = [], {}
         for m in order_methods(r["method"] for r in rs):
             real = next((r["real_data"] for r in rs if r["method"] == m and r["real_data"]), "")
@@ -176,8 +199,14 @@ def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, A
         if notes:
             lines += [""] + [f"† {m}: uses real data: {t}" for m, t in notes.items()]
         used = sorted({r["method"] for r in rs if r["published"] is not None})
+        sources = _ref_sources(reference, dataset, "accuracy")
         if used and sources:
-            lines += ["", "Published numbers: " + "; ".join(f"{m}: {sources[m]}" for m in used if sources.get(m)) + "."]
+            by_source: Dict[str, List[str]] = {}
+            for m in used:
+                if sources.get(m):
+                    by_source.setdefault(sources[m], []).append(m)
+            lines += ["", "Published numbers: " + "; ".join(f"{src} ({', '.join(ms)})" for src, ms in by_source.items())
+                      + "."]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -213,20 +242,43 @@ def stability_rows(df) -> List[Dict[str, Any]]:
     return sorted(out, key=lambda r: (r["dataset"], r["pair"], order[r["method"]]))
 
 
-def stability_table(df) -> str:
-    """Mean and variance of accuracy over the evaluations, best, last, memory and time, per method and pair."""
+def stability_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
+    """Mean and variance of accuracy over the evaluations, best, last, memory and time, per method and pair.
+
+    With a reference that has a ``stability`` table (CuDFKD's), the published mean / var / best / memory /
+    hours follow ours in the same row.
+    """
     if df is None or len(df) == 0:
         return "_no finished runs_"
     gpu = _hours_column(df) == "gpu_hours"
+    has_pub = any(_ref(reference, d, "stability") for d in df["dataset"].unique())
     rows = []
     for r in stability_rows(df):
-        rows.append([r["dataset"], r["pair"], method_label(r["method"], r["real_data"]), r["seeds"],
-                     _num(r["mean_acc"]), _num(r["var_acc"]), _num(r["best_acc"]), _num(r["last_acc"]),
-                     _num(r["peak_memory_mb"], 0), _num(r["gpu_hours"] if gpu else r["total_hours"], 3),
-                     _num(r["synthesis_hours"], 3)])
+        row = [r["dataset"], r["pair"], method_label(r["method"], r["real_data"]), r["seeds"],
+               _num(r["mean_acc"]), _num(r["var_acc"]), _num(r["best_acc"]), _num(r["last_acc"]),
+               _num(r["peak_memory_mb"], 0), _num(r["gpu_hours"] if gpu else r["total_hours"], 3),
+               _num(r["synthesis_hours"], 3)]
+        if has_pub:
+            pub = _ref(reference, r["dataset"], "stability").get(r["method"], {}).get(r["pair"], {})
+            row += [_num(pub.get("mean_acc"), 1), _num(pub.get("var_acc")), _num(pub.get("best_acc"), 1),
+                    _num(pub.get("peak_memory_gb"), 2), _num(pub.get("hours"), 2)]
+        rows.append(row)
     header = ["dataset", "pair", "method", "seeds", "mean", "var", "best", "last", "peak mem (MB)",
               "GPU-hours" if gpu else "hours (CPU)", "synthesis h"]
-    return markdown(header, rows, "lllr" + "r" * 7)
+    if has_pub:
+        header += ["pub. mean", "pub. var", "pub. best", "pub. mem (GB)", "pub. hours"]
+    return markdown(header, rows, "lllr" + "r" * (len(header) - 4))
+
+
+def speed_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
+    """Synthesis hours (GPU-hours on GPU) per method and pair beside the published ones (Fast-DFKD's table)."""
+    rows = []
+    for r in stability_rows(df):
+        pub = _ref(reference, r["dataset"], "synthesis_hours").get(r["method"], {}).get(r["pair"])
+        rows.append([r["dataset"], r["pair"], r["method"], _num(r["last_acc"]), _num(r["synthesis_hours"], 3),
+                     _num(pub, 2)])
+    return markdown(["dataset", "pair", "method", "last acc", "synthesis h (ours)", "synthesis h (published)"], rows,
+                    "lllrrr")
 
 
 def runs_table(df) -> str:
@@ -264,8 +316,13 @@ def tables_markdown(df, title: str = "Results", note: str = "", reference: Optio
               "mean/var: mean and variance of test accuracy over all evaluations of a run (averaged over seeds); "
               "best/last: at the best and the last evaluation. Peak memory is CUDA max-allocated on GPU and the "
               "process's peak RSS on CPU. GPU-hours are wall hours x GPUs (CPU runs show wall hours instead).",
-              "", stability_table(df), "",
-              "## Per run", "", runs_table(df), ""]
+              "", stability_table(df, reference), ""]
+    if any(_ref(reference, d, "synthesis_hours") for d in df["dataset"].unique()):
+        lines += ["## Synthesis time", "",
+                  "Synthesis hours are wall hours of the synthesis phase (GPU-synchronised on GPU); the published "
+                  "ones were measured on the authors' GPUs, ours on the machine named above.", "",
+                  speed_table(df, reference), ""]
+    lines += ["## Per run", "", runs_table(df), ""]
     return "\n".join(lines)
 
 
