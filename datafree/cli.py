@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["last", "best"], default="last")
     p.add_argument("--reference", help="YAML of published numbers to set beside ours (benchmarks/reference/*.yaml)")
     p.add_argument("--note", help="a paragraph to put under the title (machine, settings)")
+    p.add_argument("--index", action="store_true",
+                   help="write DIR/README.md with the accuracy tables of every results folder under DIR")
     _common(p)
 
     p = sub.add_parser("bench", help="run a benchmark suite: every method x pair x seed, resumable")
@@ -101,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default=None, help="suite file (default: benchmarks/suites/demo.yaml)")
     p.add_argument("--out", default=os.path.join("results", "demo"))
     p.add_argument("--fresh", action="store_true", help="delete earlier demo runs first")
+    _common(p)
+
+    p = sub.add_parser("perf", help="time each method's synthesis round and student step against the floor")
+    p.add_argument("--methods", default="dafl,zskt,dfad,deepinv,dfq,cmi,mbdfkd,predfkd,cudfkd,fast2,fast5,fast10,hidfd",
+                   help="comma-separated methods")
+    p.add_argument("--scales", default="mnist,cifar", help="mnist (lenet5->lenet5_half), cifar (resnet34->resnet18)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--max-iters", type=int, default=20,
+                   help="time at most this many inner iterations of a round and scale to the full round")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=os.path.join("results", "perf"), help="folder for perf.json and perf.md")
     _common(p)
 
     p = sub.add_parser("data", help="download or check a dataset")
@@ -199,6 +213,11 @@ def cmd_table(args) -> int:
 
     if not os.path.isdir(args.dir):
         raise DatafreeError(f"{args.dir} is not a directory of runs")
+    if args.index:
+        from .report import write_index
+
+        print(write_index(args.dir))
+        return 0
     df = load_runs(args.dir)
     if len(df) == 0:
         raise DatafreeError(f"no finished runs (summary.json files) under {args.dir}")
@@ -257,6 +276,30 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_perf(args) -> int:
+    from .perf import perf_table, run_perf
+    from .results import atomic_write_text, machine
+
+    methods = [m for m in args.methods.split(",") if m]
+    scales = [s for s in args.scales.split(",") if s]
+    from .perf import SCALES
+
+    for s in scales:
+        if s not in SCALES:
+            from .errors import UnknownNameError
+
+            raise UnknownNameError("scale", s, list(SCALES))
+    os.makedirs(args.out, exist_ok=True)
+    records = run_perf(methods, scales, args.repeats, args.warmup, args.max_iters, args.device,
+                       out_json=os.path.join(args.out, "perf.json"), log=lambda m: print(m, file=sys.stderr, flush=True))
+    text = (f"# datafree perf\n\nMeasured on {machine()} with `datafree perf --repeats {args.repeats} --warmup "
+            f"{args.warmup} --max-iters {args.max_iters}`: medians [min-max] over the repeats, untrained models, "
+            "synthetic tensors.\n\n" + perf_table(records) + "\n")
+    atomic_write_text(os.path.join(args.out, "perf.md"), text)
+    print(text)
+    return 1 if any("error" in r for r in records) else 0
+
+
 def cmd_data(args) -> int:
     from .data import default_root, get_source
 
@@ -273,7 +316,7 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "distill": cmd_distill, "train-teacher": cmd_train_teacher, "table": cmd_table,
-            "plot": cmd_plot, "demo": cmd_demo, "data": cmd_data, "bench": cmd_bench}
+            "plot": cmd_plot, "demo": cmd_demo, "data": cmd_data, "bench": cmd_bench, "perf": cmd_perf}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -444,3 +444,39 @@ def save_sample_grid(images, labels, path: str, ncol: int = 8, cell: int = 40) -
     canvas.save(buf, format="PNG")
     _atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def write_index(root: str = "results", title: str = "Results measured by this project") -> str:
+    """``results/README.md``: the accuracy tables of every folder under ``root`` that has run records.
+
+    Each section names the machine(s) its runs were measured on and links the folder's full tables.
+    """
+    from .results import atomic_write_text, load_runs
+
+    lines = [f"# {title}", "",
+             "Every number here comes from a run record (summary.json) under this folder, made by this project; "
+             f"regenerate with `datafree table {root} --index`. Each section links its folder's full tables "
+             "(stability, resources, per-run rows, curves).", ""]
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if not os.path.isdir(d) or name in ("runs", "teachers"):
+            continue
+        df = load_runs(d)
+        if len(df) == 0:
+            continue
+        machines = "; ".join(sorted(set(df["machine"]))) if "machine" in df else "unknown"
+        dates = sorted(str(f)[:10] for f in df.get("finished", []) if f)
+        reference = None
+        suite = os.path.join("benchmarks", "suites", f"{name}.yaml")
+        if os.path.isfile(suite):
+            import yaml
+
+            with open(suite) as f:
+                reference = (yaml.safe_load(f) or {}).get("reference")
+        ref = load_reference(reference) if reference and os.path.isfile(reference) else None
+        lines += [f"## {name}", "",
+                  f"{len(df)} runs, {dates[0]} to {dates[-1]}, on {machines}. Full tables: [{name}/README.md]({name}/README.md)."
+                  if dates else f"{len(df)} runs on {machines}.", "", accuracy_table(df, reference=ref), ""]
+    text = "\n".join(lines)
+    atomic_write_text(os.path.join(root, "README.md"), text)
+    return text

@@ -55,3 +55,82 @@ def tiny(method: str, out, **over):
 @pytest.fixture
 def tiny_cfg(zoo):
     return tiny
+
+
+# --------------------------------------------------------------------------- shared test helpers
+
+
+def snapshot(module):
+    """A copy of a module's state (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def unchanged(module, snap) -> bool:
+    """True when the module's state equals a :func:`snapshot` of it."""
+    return all(torch.equal(v, snap[k]) for k, v in module.state_dict().items())
+
+
+def changed_params(module, snap) -> set:
+    """The names of the module's parameters that differ from a :func:`snapshot` of it (buffers are not looked
+    at: for "this module learned" checks on modules whose BatchNorm statistics move on any forward pass)."""
+    return {k for k, p in module.named_parameters() if not torch.equal(p.detach(), snap[k])}
+
+
+def grad_norm(loss, module) -> float:
+    """Sum of |d loss / d p| over the module's parameters (0 when none is reached)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    return sum(float(g.abs().sum()) for g in grads if g is not None)
+
+
+def engine_for(method: str, out, **over):
+    """An Engine for a tiny digits run of ``method``, set up (teacher, student, synthesizer, distiller built)."""
+    from datafree.engine import Engine
+
+    e = Engine(tiny(method, out, **over))
+    e.setup()
+    return e
+
+
+def run_killed(cfg, monkeypatch, after: int = 1) -> None:
+    """Run ``cfg``, killed (KeyboardInterrupt) right after its ``after``-th checkpoint was saved."""
+    from datafree.engine import Engine, run
+
+    real = Engine.save_checkpoint
+    saves = {"n": 0}
+
+    def save_then_die(self, epoch):
+        real(self, epoch)
+        saves["n"] += 1
+        if saves["n"] == after:
+            raise KeyboardInterrupt("simulated kill")
+
+    with monkeypatch.context() as m:
+        m.setattr(Engine, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+
+
+def assert_same_results(a, b) -> None:
+    """The runs in directories ``a`` and ``b`` ended with the same student weights and the same accuracies."""
+    from datafree.results import read_jsonl
+
+    sa = torch.load(os.path.join(a, "student.pt"), weights_only=True)["state_dict"]
+    sb = torch.load(os.path.join(b, "student.pt"), weights_only=True)["state_dict"]
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"student tensor {k} differs after the resume"
+    accs = lambda d: [r["acc"] for r in read_jsonl(os.path.join(d, "metrics.jsonl"))]  # noqa: E731
+    assert accs(a) == accs(b)
+
+
+def interrupted_then_resumed(make_cfg, tmp_path, monkeypatch):
+    """Run ``make_cfg(dir)`` to the end in ``full``; run it in ``cut`` killed right after its first checkpoint,
+    then resume it. Asserts that both end with the same student weights and the same accuracies, and
+    returns (full summary, resumed summary)."""
+    from datafree.engine import run
+
+    full = run(make_cfg(tmp_path / "full"))
+    run_killed(make_cfg(tmp_path / "cut"), monkeypatch)
+    resumed = run(make_cfg(tmp_path / "cut"), resume=True)
+    assert_same_results(tmp_path / "full", tmp_path / "cut")
+    return full, resumed

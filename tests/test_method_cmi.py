@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny
-from datafree.engine import Engine, run
+from conftest import assert_same_results, changed_params, engine_for, run_killed, snapshot, tiny, unchanged
+from datafree.engine import run
 from datafree.synthesis import losses
 from datafree.synthesis.cmi import FeatureBank, dcgan_init
 
@@ -17,15 +17,7 @@ SYNTH = {"synthesis_batch_size": 8, "ngf": 8, "nz": 16, "g_steps": 3, "bank_size
 
 
 def _engine(tmp_path, **synth):
-    s = dict(SYNTH)
-    s.update(synth)
-    e = Engine(tiny("cmi", tmp_path / "r", synth=s))
-    e.setup()
-    return e
-
-
-def _state(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    return engine_for("cmi", tmp_path / "r", synth={**SYNTH, **synth})
 
 
 class _Tempered(nn.Module):
@@ -43,21 +35,20 @@ class _Tempered(nn.Module):
 def test_one_round_and_one_student_step(zoo, tmp_path):
     e = _engine(tmp_path)
     synth = e.synth
-    teacher, student, head = _state(e.teacher), _state(e.student), _state(synth.head)
+    teacher, student, head = snapshot(e.teacher), snapshot(e.student), snapshot(synth.head)
     logs = synth.synthesize()
     for k in ("bn", "oh", "adv", "cr", "loss_g", "best_loss"):
         assert torch.isfinite(torch.as_tensor(logs[k])).all(), k
     assert float(logs["cr"]) > 0
-    assert all(torch.equal(v, teacher[k]) for k, v in e.teacher.state_dict().items())
-    assert all(torch.equal(v, student[k]) for k, v in e.student.state_dict().items())
-    assert any(not torch.equal(v, head[k]) for k, v in synth.head.state_dict().items())
+    assert unchanged(e.teacher, teacher) and unchanged(e.student, student)
+    assert not unchanged(synth.head, head)
     assert not e.teacher.training and all(not p.requires_grad for p in e.teacher.parameters())
     assert len(synth.pool) == 8 and len(synth.bank) == 8 and synth.images_synthesized == 8
     x = synth.sample(16)
     assert x.shape == (16, *e.spec.shape)
-    before = [p.clone() for p in e.student.parameters()]
+    before = snapshot(e.student)
     e.distiller.step(x)
-    assert any(not torch.equal(a, b) for a, b in zip(before, e.student.parameters()))
+    assert changed_params(e.student, before)
 
 
 @pytest.mark.parametrize("term", ["oh", "adv", "cr"])
@@ -113,18 +104,18 @@ def test_generator_is_reinitialised_every_round(zoo, tmp_path):
 
     def recording():
         real()
-        starts.append(_state(synth.generator))
+        starts.append(snapshot(synth.generator))
 
     synth.reset_generator = recording
     synth.synthesize()
-    end_of_first = _state(synth.generator)
+    end_of_first = snapshot(synth.generator)
     synth.synthesize()
     assert len(starts) == 2
     assert any(not torch.equal(starts[1][k], end_of_first[k]) for k in end_of_first if end_of_first[k].is_floating_point())
     # a reset is a fresh DCGAN draw: the same as initialising a brand-new generator from the same random state
     torch.manual_seed(5)
     synth.reset_generator()
-    reset = _state(synth.generator)
+    reset = snapshot(synth.generator)
     fresh = type(synth.generator)(nz=16, ngf=8, img_size=e.spec.size, nc=e.spec.channels)
     torch.manual_seed(5)
     dcgan_init(fresh)
@@ -145,10 +136,10 @@ def test_contrastive_term_and_head(zoo, tmp_path):
     assert torch.allclose(with_bank, rows[:8].mean() + rows[8:].mean())
 
     e = _engine(tmp_path, bn=0.0, oh=0.0, adv=0.0)
-    head = _state(e.synth.head)
+    head = snapshot(e.synth.head)
     logs = e.synth.synthesize()
     assert torch.isfinite(logs["cr"]) and float(logs["cr"]) > 0
-    assert any(not torch.equal(v, head[k]) for k, v in e.synth.head.state_dict().items())
+    assert not unchanged(e.synth.head, head)
 
 
 def test_memory_bank_fills_and_never_exceeds_its_size(zoo, tmp_path):
@@ -186,26 +177,14 @@ def test_end_to_end_run_and_resume(zoo, tmp_path, monkeypatch):
     synth = dict(SYNTH)
     full = run(tiny("cmi", tmp_path / "full", synth=synth))  # 2 epochs
     assert full["evaluations"] == 2 and full["images_synthesized"] == 2 * 8
-    real = Engine.save_checkpoint
-
-    def save_then_die(self, epoch):
-        real(self, epoch)
-        raise KeyboardInterrupt("simulated kill")
-
-    with monkeypatch.context() as m:
-        m.setattr(Engine, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(tiny("cmi", tmp_path / "cut", synth=synth))
+    run_killed(tiny("cmi", tmp_path / "cut", synth=synth), monkeypatch)  # right after epoch 1's checkpoint
     ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["synthesizer"]
     for key in ("pool", "bank", "head", "head_optimizer"):
         assert ckpt[key] is not None, key
     assert ckpt["bank"]["len"] == 8
     resumed = run(tiny("cmi", tmp_path / "cut", synth=synth), resume=True)
     assert resumed["images_synthesized"] == full["images_synthesized"]
-    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)["state_dict"]
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_results(tmp_path / "full", tmp_path / "cut")
     sa = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["synthesizer"]
     sb = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["synthesizer"]
     assert all(torch.equal(sa["head"][k], sb["head"][k]) for k in sa["head"])  # the head resumed exactly

@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import changed_params, engine_for, interrupted_then_resumed, snapshot, tiny, unchanged
 from datafree.config import RunConfig
 from datafree.data import get_source
 from datafree.distill.cudfkd import SelfPacedKD, self_paced_lambda, self_paced_weights
-from datafree.engine import Engine, run
 from datafree.models import create_model
 from datafree.results import read_jsonl
 from datafree.synthesis.base import Context
@@ -26,17 +25,7 @@ REFERENCE_SCHEDULES = {"synth": {"adv_final": None}, "distill": {"lambda_final":
 def _engine(tmp_path, **over):
     over["synth"] = {**SYNTH, **REFERENCE_SCHEDULES["synth"], **over.get("synth", {})}
     over["distill"] = {**REFERENCE_SCHEDULES["distill"], **over.get("distill", {})}
-    e = Engine(tiny("cudfkd", tmp_path / "r", **over))
-    e.setup()
-    return e
-
-
-def _params(module):
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def _same(module, snapshot):
-    return all(torch.equal(p, q) for p, q in zip(module.parameters(), snapshot))
+    return engine_for("cudfkd", tmp_path / "r", **over)
 
 
 # --------------------------------------------------------------------------- self-paced weights
@@ -118,14 +107,14 @@ def test_student_loss_uses_the_configured_temperature(zoo, tmp_path):
 
 def test_student_step_moves_only_the_student(zoo, tmp_path):
     e = _engine(tmp_path)
-    teacher, student, gen = _params(e.teacher), _params(e.student), _params(e.synth.generator)
+    teacher, student, gen = snapshot(e.teacher), snapshot(e.student), snapshot(e.synth.generator)
     x = e.synth.sample(16)
     logs = e.distiller.step(x)
     for k in ("loss", "kd", "v", "difficulty"):
         assert torch.isfinite(torch.as_tensor(logs[k])), k
     assert 0 < float(logs["v"]) <= 1 + math.exp(-2.0)
-    assert not _same(e.student, student)
-    assert _same(e.teacher, teacher) and _same(e.synth.generator, gen)
+    assert changed_params(e.student, student)
+    assert unchanged(e.teacher, teacher) and unchanged(e.synth.generator, gen)
 
 
 # --------------------------------------------------------------------------- adversarial curriculum
@@ -178,13 +167,13 @@ def test_synthesizer_follows_the_curriculum(zoo, tmp_path, monkeypatch):
 
 def test_synthesis_round_moves_only_the_generator(zoo, tmp_path):
     e = _engine(tmp_path, synth={"adv": 1.0})
-    teacher, student, gen = _params(e.teacher), _params(e.student), _params(e.synth.generator)
+    teacher, student, gen = snapshot(e.teacher), snapshot(e.student), snapshot(e.synth.generator)
     student_mode = e.student.training
     logs = e.synth.synthesize()
     for k in ("ent", "oh", "adv", "bn", "loss_g"):
         assert torch.isfinite(logs[k]), k
-    assert not _same(e.synth.generator, gen)
-    assert _same(e.teacher, teacher) and _same(e.student, student)
+    assert changed_params(e.synth.generator, gen)  # its parameters, not only its BatchNorm statistics
+    assert unchanged(e.teacher, teacher) and unchanged(e.student, student)
     assert e.student.training == student_mode and all(p.requires_grad for p in e.student.parameters())
     assert e.synth.images_synthesized == 16
 
@@ -232,21 +221,7 @@ def test_generator_starts_from_the_dcgan_initialisation(zoo, tmp_path):
 def test_engine_run_and_resume(zoo, tmp_path, monkeypatch):
     over = {"epochs": 3, "synth": dict(SYNTH, adv=0.0, grad_adv=0.5, adv_final=None),
             "distill": {"lambda_final": None}}  # the ramp (25-75 % of 3 epochs) opens in the last epoch
-    full = run(tiny("cudfkd", tmp_path / "full", **over))
-    real = Engine.save_checkpoint
-
-    def save_then_die(self, epoch):
-        real(self, epoch)
-        raise KeyboardInterrupt("simulated kill")
-
-    with monkeypatch.context() as m:
-        m.setattr(Engine, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(tiny("cudfkd", tmp_path / "cut", **over))
-    resumed = run(tiny("cudfkd", tmp_path / "cut", **over), resume=True)
-    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    full, resumed = interrupted_then_resumed(lambda d: tiny("cudfkd", d, **over), tmp_path, monkeypatch)
     assert resumed["last_acc"] == full["last_acc"] and full["evaluations"] == 3
     m = read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))
     assert [r["synth"]["adv_w"] for r in m] == pytest.approx([0.0, 0.0, 0.5])

@@ -1,15 +1,12 @@
 import torch
 
-from conftest import tiny
-from datafree.engine import Engine
+from conftest import changed_params, engine_for, snapshot, unchanged
+
+SYNTH = {"iterations": 3, "synthesis_batch_size": 8, "pool_dtype": "float32"}
 
 
 def _engine(tmp_path, **synth):
-    s = {"iterations": 3, "synthesis_batch_size": 8, "pool_dtype": "float32"}
-    s.update(synth)
-    e = Engine(tiny("deepinv", tmp_path / "r", synth=s))
-    e.setup()
-    return e
+    return engine_for("deepinv", tmp_path / "r", synth={**SYNTH, **synth})
 
 
 def test_best_batch_is_a_copy_not_a_view(zoo, tmp_path):
@@ -36,18 +33,14 @@ def test_kept_batches_do_not_change_when_synthesis_continues(zoo, tmp_path):
 
 def test_synthesis_moves_pixels_not_models(zoo, tmp_path):
     e = _engine(tmp_path, iterations=5)
-    teacher = {k: v.clone() for k, v in e.teacher.state_dict().items()}
-    student = {k: v.clone() for k, v in e.student.state_dict().items()}
+    teacher, student = snapshot(e.teacher), snapshot(e.student)
     logs = e.synth.synthesize()
     for k, v in logs.items():
         assert torch.isfinite(torch.as_tensor(v)).all(), k
     assert logs["adv"] != 0  # the student is the student, not the teacher: the JS term is live
-    for k, v in e.teacher.state_dict().items():
-        assert torch.equal(v, teacher[k])
-    for k, v in e.student.state_dict().items():
-        assert torch.equal(v, student[k])
+    assert unchanged(e.teacher, teacher) and unchanged(e.student, student)
     x = e.synth.sample(16)
     assert x.shape == (16, *e.spec.shape)
-    before = [p.clone() for p in e.student.parameters()]
+    before = snapshot(e.student)
     e.distiller.step(x)
-    assert any(not torch.equal(a, b) for a, b in zip(before, e.student.parameters()))
+    assert changed_params(e.student, before)

@@ -4,9 +4,8 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import engine_for, interrupted_then_resumed, snapshot, tiny, unchanged
 from datafree.config import resolve
-from datafree.engine import Engine, run
 from datafree.registry import SYNTHESIZERS
 from datafree.synthesis.base import Context
 from datafree.synthesis.losses import l1_logits
@@ -15,17 +14,7 @@ SYNTH = {"synthesis_batch_size": 16, "ngf": 8, "nz": 16}
 
 
 def _engine(tmp_path, synth=None, **over):
-    e = Engine(tiny("dfad", tmp_path / "r", synth={**SYNTH, **(synth or {})}, kd_steps=5, **over))
-    e.setup()
-    return e
-
-
-def _snapshot(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _same(module, snap):
-    return all(torch.equal(v, snap[k]) for k, v in module.state_dict().items())
+    return engine_for("dfad", tmp_path / "r", synth={**SYNTH, **(synth or {})}, kd_steps=5, **over)
 
 
 def test_defaults_are_the_reference_scripts():
@@ -39,16 +28,16 @@ def test_defaults_are_the_reference_scripts():
 
 def test_first_round_is_student_first_then_generator_steps_train_the_generator_only(zoo, tmp_path):
     e = _engine(tmp_path)
-    teacher, student, gen = _snapshot(e.teacher), _snapshot(e.student), _snapshot(e.synth.generator)
+    teacher, student, gen = snapshot(e.teacher), snapshot(e.student), snapshot(e.synth.generator)
     assert e.synth.synthesize() == {}  # round 0: the reference starts with 5 student steps
-    assert _same(e.synth.generator, gen) and e.synth.images_synthesized == 0
+    assert unchanged(e.synth.generator, gen) and e.synth.images_synthesized == 0
     e.ctx.round = 1
     logs = e.synth.synthesize()
     for k, v in logs.items():
         assert torch.isfinite(torch.as_tensor(v)).all(), k
     assert logs["adv"] < 0  # -L1(S, T): non-zero because the student is not the teacher
-    assert _same(e.teacher, teacher) and _same(e.student, student)
-    assert not _same(e.synth.generator, gen)
+    assert unchanged(e.teacher, teacher) and unchanged(e.student, student)
+    assert not unchanged(e.synth.generator, gen)
     assert all(p.grad is None for p in e.student.parameters())
 
 
@@ -74,11 +63,11 @@ def test_student_l1_decreases_on_a_fixed_batch(zoo, tmp_path):
     e = _engine(tmp_path, optim={"name": "adam", "lr": 0.01, "weight_decay": 0})
     torch.manual_seed(0)
     x = e.synth.sample(16)
-    teacher, gen = _snapshot(e.teacher), _snapshot(e.synth.generator)
+    teacher, gen = snapshot(e.teacher), snapshot(e.synth.generator)
     seen = [e.distiller.step(x)["l1"] for _ in range(11)]  # each value is the loss before that step
     assert all(torch.isfinite(v) for v in seen) and seen[0] > 0
     assert seen[-1] < 0.95 * seen[0] and seen[-1] < min(seen[:-1])
-    assert _same(e.teacher, teacher) and _same(e.synth.generator, gen)
+    assert unchanged(e.teacher, teacher) and unchanged(e.synth.generator, gen)
 
 
 def test_generator_learning_rate_follows_the_milestones(zoo, tmp_path):
@@ -92,21 +81,7 @@ def test_generator_learning_rate_follows_the_milestones(zoo, tmp_path):
 
 def test_end_to_end_runs_and_resumes(zoo, tmp_path, monkeypatch):
     over = {"synth": SYNTH, "kd_steps": 5, "ep_steps": 10, "epochs": 2, "batch_size": 16}
-    full = run(tiny("dfad", tmp_path / "full", **over))
+    full, resumed = interrupted_then_resumed(lambda d: tiny("dfad", d, **over), tmp_path, monkeypatch)
     assert full["evaluations"] == 2 and full["images_seen"] == 2 * 10 * 16
     assert full["images_synthesized"] == (2 * 2 - 1) * 16  # no generator step before the first student steps
-    real = Engine.save_checkpoint
-
-    def save_then_die(self, epoch):
-        real(self, epoch)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(Engine, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(tiny("dfad", tmp_path / "cut", **over))
-    resumed = run(tiny("dfad", tmp_path / "cut", **over), resume=True)
     assert resumed["images_synthesized"] == full["images_synthesized"]
-    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -5,50 +5,33 @@ import warnings
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import engine_for, grad_norm, interrupted_then_resumed, snapshot, tiny, unchanged
 from datafree.data import get_source
-from datafree.engine import Engine, run
 from datafree.models import create_model
 from datafree.registry import SYNTHESIZERS
-from datafree.results import read_jsonl
 from datafree.synthesis.base import Context
 
 SYNTH = {"synthesis_batch_size": 16, "ngf": 8, "nz": 16}
 
 
 def _engine(tmp_path, **synth):
-    e = Engine(tiny("dfq", tmp_path / "r", synth={**SYNTH, **synth}))
-    e.setup()
-    return e
-
-
-def _snapshot(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _same(module, snap):
-    return all(torch.equal(v, snap[k]) for k, v in module.state_dict().items())
-
-
-def _grad_norm(loss, module):
-    grads = torch.autograd.grad(loss, [p for p in module.parameters()], allow_unused=True)
-    return sum(float(g.abs().sum()) for g in grads if g is not None)
+    return engine_for("dfq", tmp_path / "r", synth={**SYNTH, **synth})
 
 
 def test_round_moves_the_generator_only_and_the_student_learns(zoo, tmp_path):
     e = _engine(tmp_path)
-    teacher, student, gen = _snapshot(e.teacher), _snapshot(e.student), _snapshot(e.synth.generator)
+    teacher, student, gen = snapshot(e.teacher), snapshot(e.student), snapshot(e.synth.generator)
     logs = e.synth.synthesize()
     assert set(logs) >= {"adv", "bn", "oh", "balance", "loss_g"}
     for k, v in logs.items():
         assert torch.isfinite(torch.as_tensor(v)).all(), k
-    assert _same(e.teacher, teacher) and _same(e.student, student)
-    assert not _same(e.synth.generator, gen)
+    assert unchanged(e.teacher, teacher) and unchanged(e.student, student)
+    assert not unchanged(e.synth.generator, gen)
     x = e.synth.sample(16)
     assert x.shape == (16, *e.spec.shape)
-    before = _snapshot(e.student)
+    before = snapshot(e.student)
     e.distiller.step(x)
-    assert not _same(e.student, before) and _same(e.teacher, teacher)
+    assert not unchanged(e.student, before) and unchanged(e.teacher, teacher)
 
 
 @pytest.mark.parametrize("term", ["adv", "oh", "balance"])
@@ -69,7 +52,7 @@ def test_adversarial_term_is_live_and_reaches_the_generator(zoo, tmp_path):
     x = e.synth.generate(e.synth.latent(16))
     _, logs = e.synth.generator_loss(x, None)
     assert logs["adv"] < 0  # -KL(T || S): the student differs from the teacher
-    assert _grad_norm(logs["adv"], e.synth.generator) > 0
+    assert grad_norm(logs["adv"], e.synth.generator) > 0
     # the student passed to the synthesizer is the student (a reference trap passed the teacher): with the
     # teacher in the student's place the term vanishes
     e.synth.ctx.student = copy.deepcopy(e.teacher)
@@ -94,10 +77,10 @@ def test_bn_term_has_gradient_on_a_bn_teacher():
     x = synth.generate(synth.latent(16))
     loss, logs = synth.generator_loss(x, None)
     assert logs["bn"] > 0 and torch.isfinite(logs["bn"])
-    assert _grad_norm(loss, synth.generator) > 0
-    before = _snapshot(synth.generator)
+    assert grad_norm(loss, synth.generator) > 0
+    before = snapshot(synth.generator)
     synth.synthesize()
-    assert not _same(synth.generator, before)
+    assert not unchanged(synth.generator, before)
     assert synth.terms.bn is not None and not synth.terms.bn._handles  # hooks only while needed
 
 
@@ -110,22 +93,6 @@ def test_bn_term_warns_and_is_zero_without_bn():
 
 
 def test_engine_runs_and_resumes(zoo, tmp_path, monkeypatch):
-    cfg = lambda d: tiny("dfq", tmp_path / d, synth=SYNTH, kd_steps=1)  # noqa: E731
-    full = run(cfg("full"))
-    real = Engine.save_checkpoint
-
-    def save_then_die(self, epoch):
-        real(self, epoch)
-        raise KeyboardInterrupt("simulated kill")
-
-    with monkeypatch.context() as m:
-        m.setattr(Engine, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(cfg("cut"))
-    resumed = run(cfg("cut"), resume=True)
-    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["acc"] for r in read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))] == \
-           [r["acc"] for r in read_jsonl(str(tmp_path / "cut" / "metrics.jsonl"))]
+    cfg = lambda d: tiny("dfq", d, synth=SYNTH, kd_steps=1)  # noqa: E731
+    full, resumed = interrupted_then_resumed(cfg, tmp_path, monkeypatch)
     assert resumed["images_synthesized"] == full["images_synthesized"] == 2 * 3 * 16

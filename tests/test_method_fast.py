@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny
+from conftest import changed_params, engine_for, interrupted_then_resumed, run_killed, snapshot, tiny, unchanged
 from datafree.config import RunConfig, resolve
 from datafree.data.datasets import get_spec
-from datafree.engine import Engine, run
+from datafree.engine import run
 from datafree.models import create_model
 from datafree.results import read_jsonl
 from datafree.synthesis import fast as fast_mod
@@ -20,19 +20,7 @@ SYNTH = {"synthesis_batch_size": 16, "ngf": 8, "nz": 16, "g_steps": 3}
 
 
 def _engine(tmp_path, warmup=0, **synth):
-    s = dict(SYNTH)
-    s.update(synth)
-    e = Engine(tiny("fast", tmp_path / "r", synth=s, warmup=warmup, epochs=max(2, warmup + 1)))
-    e.setup()
-    return e
-
-
-def _params(module):
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def _state(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    return engine_for("fast", tmp_path / "r", synth={**SYNTH, **synth}, warmup=warmup, epochs=max(2, warmup + 1))
 
 
 def _adder(acc):
@@ -62,23 +50,22 @@ def _record_clone(monkeypatch, synth):
 def test_round_moves_the_meta_generator_not_the_models(zoo, tmp_path):
     e = _engine(tmp_path)
     s = e.synth
-    teacher, student, gen = _state(e.teacher), _state(e.student), _params(s.generator)
+    teacher, student, gen = snapshot(e.teacher), snapshot(e.student), snapshot(s.generator)
     logs = s.synthesize()
     for k, v in logs.items():
         assert torch.isfinite(torch.as_tensor(v)).all(), k
     assert set(logs) >= {"bn", "oh", "adv", "loss_g"}
     assert float(logs["adv"]) != 0  # the adversarial term is live after the warm-up
-    assert all(torch.equal(v, teacher[k]) for k, v in e.teacher.state_dict().items())
-    assert all(torch.equal(v, student[k]) for k, v in e.student.state_dict().items())
-    assert all(not torch.equal(a, b) for a, b in zip(gen, s.generator.parameters()))
+    assert unchanged(e.teacher, teacher) and unchanged(e.student, student)
+    assert changed_params(s.generator, gen) == {k for k, _ in s.generator.named_parameters()}  # every one moved
     assert len(s.pool) == 16 and s.images_synthesized == 16
     x = s.sample(8)
     assert x.shape == (8, *e.spec.shape) and x.device == e.device
-    gen = _params(s.generator)
-    before = _params(e.student)
+    gen = snapshot(s.generator)
+    before = snapshot(e.student)
     e.distiller.step(x)
-    assert any(not torch.equal(a, b) for a, b in zip(before, e.student.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(gen, s.generator.parameters()))  # the student step leaves G alone
+    assert changed_params(e.student, before)
+    assert unchanged(s.generator, gen)  # the student step leaves G alone
 
 
 def test_meta_optimizer_is_adam_at_lr_g_times_g_steps(zoo, tmp_path):
@@ -93,13 +80,13 @@ def test_fomaml_meta_gradient_is_the_sum_of_the_clone_gradients(zoo, tmp_path, m
     s = _engine(tmp_path, meta="fomaml").synth
     s.optimizer = torch.optim.SGD(s.generator.parameters(), lr=1.0)  # theta_new = theta - meta_grad
     seen = _record_clone(monkeypatch, s)
-    theta = _params(s.generator)
+    theta = snapshot(s.generator)
     s.synthesize()
     fast = seen["fast"]
     assert fast is not s.generator
-    for old, new, g in zip(theta, s.generator.parameters(), seen["grads"]):
+    for (k, new), g in zip(s.generator.named_parameters(), seen["grads"]):
         assert g.abs().sum() > 0
-        assert torch.allclose(new.detach(), old - g, atol=1e-6)
+        assert torch.allclose(new.detach(), theta[k] - g, atol=1e-6)
     # the clone is discarded: nothing keeps it, and the meta-generator did not copy its inner steps
     assert all(v is not fast for v in vars(s).values())
     assert any(not torch.equal(q, p) for q, p in zip(fast.parameters(), s.generator.parameters()))
@@ -110,20 +97,20 @@ def test_reptile_moves_theta_towards_the_adapted_clone(zoo, tmp_path, monkeypatc
     eps = 0.5
     s.optimizer = torch.optim.SGD(s.generator.parameters(), lr=eps)  # theta + eps * (theta' - theta)
     seen = _record_clone(monkeypatch, s)
-    theta = _params(s.generator)
+    theta = snapshot(s.generator)
     s.synthesize()
-    for old, new, adapted in zip(theta, s.generator.parameters(), seen["fast"].parameters()):
-        assert torch.allclose(new.detach(), old + eps * (adapted.detach() - old), atol=1e-6)
-    assert any(not torch.equal(a, b) for a, b in zip(theta, s.generator.parameters()))
+    for (k, new), adapted in zip(s.generator.named_parameters(), seen["fast"].parameters()):
+        assert torch.allclose(new.detach(), theta[k] + eps * (adapted.detach() - theta[k]), atol=1e-6)
+    assert changed_params(s.generator, theta)
 
 
 def test_meta_none_trains_the_generator_in_place(zoo, tmp_path, monkeypatch):
     s = _engine(tmp_path, meta="none").synth
     seen = _record_clone(monkeypatch, s)
-    theta = _params(s.generator)
+    theta = snapshot(s.generator)
     s.synthesize()
     assert seen["fast"] is s.generator
-    assert any(not torch.equal(a, b) for a, b in zip(theta, s.generator.parameters()))
+    assert changed_params(s.generator, theta)
     with pytest.raises(ValueError, match="meta"):
         _engine(tmp_path / "bad", meta="maml")
 
@@ -150,25 +137,25 @@ def test_no_adversarial_term_during_warmup(zoo, tmp_path, monkeypatch):
 def test_first_layer_reset_happens_once_at_the_chosen_epoch(zoo, tmp_path):
     e = _engine(tmp_path, warmup=2, reset_after=0)
     s = e.synth
-    before = _state(s.generator)
+    before = snapshot(s.generator)
     s.on_epoch_start(0)
     s.on_epoch_start(1)
-    assert all(torch.equal(v, before[k]) for k, v in s.generator.state_dict().items())
+    assert unchanged(s.generator, before)
     s.on_epoch_start(2)  # first post-warm-up epoch
     assert s.reset_done
     changed = {k for k, v in s.generator.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"project.weight", "project.bias", "body.0.weight"}  # body.0.bias starts at 0
     assert torch.count_nonzero(s.generator.project.bias) == 0 and torch.count_nonzero(s.generator.body[0].bias) == 0
     assert s.generator.project.weight.std().item() == pytest.approx(0.02, rel=0.3)
-    after = _state(s.generator)
+    after = snapshot(s.generator)
     s.on_epoch_start(3)
-    assert all(torch.equal(v, after[k]) for k, v in s.generator.state_dict().items())
+    assert unchanged(s.generator, after)
     # the flag travels with the checkpoint: a resumed synthesizer does not reset again
     fresh = _engine(tmp_path / "b", warmup=2, reset_after=0).synth
     fresh.load_state_dict(s.state_dict())
     assert fresh.reset_done
     fresh.on_epoch_start(4)
-    assert all(torch.equal(v, after[k]) for k, v in fresh.generator.state_dict().items())
+    assert unchanged(fresh.generator, after)
 
 
 def test_reset_is_not_repeated_by_a_resume(zoo, tmp_path, monkeypatch):
@@ -177,19 +164,7 @@ def test_reset_is_not_repeated_by_a_resume(zoo, tmp_path, monkeypatch):
     monkeypatch.setattr(fast_mod, "reset_first_layers",
                         lambda g, *a, **k: (calls.append(type(g).__name__), real_reset(g, *a, **k)))
     cfg = dict(synth=dict(SYNTH, reset_after=0), warmup=1, epochs=4)
-    real_save = Engine.save_checkpoint
-    with monkeypatch.context() as m:
-        n = {"saves": 0}
-
-        def save_then_die(self, epoch):
-            real_save(self, epoch)
-            n["saves"] += 1
-            if n["saves"] == 2:  # after epoch index 1, the reset epoch
-                raise KeyboardInterrupt("simulated kill")
-
-        m.setattr(Engine, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(tiny("fast", tmp_path / "r", **cfg))
+    run_killed(tiny("fast", tmp_path / "r", **cfg), monkeypatch, after=2)  # after epoch index 1, the reset epoch
     assert len(calls) == 1  # at the start of epoch index 1 = warmup + reset_after
     run(tiny("fast", tmp_path / "r", **cfg), resume=True)
     assert len(calls) == 1  # the resumed run (epochs 2, 3) does not reset again
@@ -253,24 +228,11 @@ def test_presets_resolve(preset, g_steps, lr_z, lr_g):
 
 def test_run_records_synthesis_time_apart_and_resumes(zoo, tmp_path, monkeypatch):
     cfg = dict(synth=SYNTH, warmup=1, epochs=3)
-    full = run(tiny("fast", tmp_path / "full", **cfg))
+    full, resumed = interrupted_then_resumed(lambda d: tiny("fast", d, **cfg), tmp_path, monkeypatch)
     s = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert s["synthesis_seconds"] > 0 and s["distill_seconds"] > 0
     assert s["images_seen"] == 2 * 3 * 16  # no student steps in the warm-up epoch
     assert s["images_synthesized"] == 3 * 16  # one round per epoch (kd_steps null)
     assert [r["epoch"] for r in read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))] == [2, 3]
-    real_save = Engine.save_checkpoint
-    with monkeypatch.context() as m:
-        def save_then_die(self, epoch):
-            real_save(self, epoch)
-            raise KeyboardInterrupt("simulated kill")
-
-        m.setattr(Engine, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(tiny("fast", tmp_path / "cut", **cfg))
-    resumed = run(tiny("fast", tmp_path / "cut", **cfg), resume=True)
-    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["last_acc"] == full["last_acc"]
     assert resumed["images_synthesized"] == full["images_synthesized"]

@@ -4,11 +4,10 @@ feature alignment, the deployed student, and end-to-end runs that train the GAN 
 import json
 import math
 
-import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import tiny
+from conftest import assert_same_results, changed_params, engine_for, run_killed, snapshot, tiny, unchanged
 from datafree.distill.feature_align import load_deployed
 from datafree.engine import Engine, run
 from datafree.synthesis import losses
@@ -19,15 +18,7 @@ SYNTH = {"g_ch": 2, "d_ch": 2, "feature_hidden": 16, "gan_batch_size": 8, "gan_s
 
 
 def _engine(tmp_path, name="r", **synth):
-    s = dict(SYNTH)
-    s.update(synth)
-    e = Engine(tiny("hidfd", tmp_path / name, synth=s, warmup=1, epochs=2, ep_steps=None))
-    e.setup()
-    return e
-
-
-def _params(module):
-    return {k: v.detach().clone() for k, v in module.named_parameters()}
+    return engine_for("hidfd", tmp_path / name, synth={**SYNTH, **synth}, warmup=1, epochs=2, ep_steps=None)
 
 
 def _grads(module):
@@ -39,14 +30,14 @@ def test_feature_integration_trains_the_discriminator_and_its_head(zoo, tmp_path
     without.synth.cfg.feat = 0.0
     grads = []
     for e in (with_fi, without):
-        g_before, t_before = _params(e.synth.generator), _params(e.teacher)
+        g_before, t_before = snapshot(e.synth.generator), snapshot(e.teacher)
         torch.manual_seed(1)
         logs = e.synth.discriminator_step()
         assert all(torch.isfinite(v) for v in logs.values())
         grads.append(_grads(e.synth.discriminator))
-        assert all(torch.equal(v, _params(e.synth.generator)[k]) for k, v in g_before.items())  # fakes detached
+        assert not changed_params(e.synth.generator, g_before)  # fakes detached (spectral-norm buffers do move)
         assert all(p.grad is None for p in e.synth.generator.parameters())
-        assert all(torch.equal(v, _params(e.teacher)[k]) for k, v in t_before.items())
+        assert unchanged(e.teacher, t_before)
     a, b = grads
     head = [k for k in a if k.startswith("feature_head")]
     assert head and all(a[k] is not None and a[k].abs().sum() > 0 for k in head)  # the head learns
@@ -60,12 +51,12 @@ def test_frequency_smoothing_trains_the_generator_only(zoo, tmp_path):
     without.synth.cfg.freq = 0.0
     grads = []
     for e in (with_fs, without):
-        d_before = _params(e.synth.discriminator)
+        d_before = snapshot(e.synth.discriminator)
         torch.manual_seed(2)
         logs = e.synth.generator_step()
         assert all(torch.isfinite(v) for v in logs.values())
         grads.append(_grads(e.synth.generator))
-        assert all(torch.equal(v, _params(e.synth.discriminator)[k]) for k, v in d_before.items())
+        assert not changed_params(e.synth.discriminator, d_before)  # its parameters (spectral-norm buffers move)
         assert all(p.requires_grad for p in e.synth.discriminator.parameters())  # toggled back
     a, b = grads
     assert any(not torch.allclose(a[k], b[k]) for k in a)
@@ -74,13 +65,12 @@ def test_frequency_smoothing_trains_the_generator_only(zoo, tmp_path):
 
 def test_synthesis_never_changes_the_student_or_the_teacher(zoo, tmp_path):
     e = _engine(tmp_path)
-    s_before, t_before = _params(e.student), _params(e.teacher)
+    s_before, t_before = snapshot(e.student), snapshot(e.teacher)
     logs = e.synth.synthesize()
     for k in ("loss_d", "loss_g", "d_adv", "d_adc", "d_feat", "g_adv", "g_adc", "g_freq"):
         assert torch.isfinite(logs[k]), k
     assert e.synth.gan_steps_done == 4 and e.synth.mix is None  # warm-up: GAN only
-    assert all(torch.equal(v, _params(e.student)[k]) for k, v in s_before.items())
-    assert all(torch.equal(v, _params(e.teacher)[k]) for k, v in t_before.items())
+    assert unchanged(e.student, s_before) and unchanged(e.teacher, t_before)
 
 
 def test_class_weights_favour_rarely_generated_classes():
@@ -170,12 +160,11 @@ def test_predictions_use_the_teachers_classifier(zoo, tmp_path):
 def test_feature_alignment_step_trains_student_and_projector(zoo, tmp_path):
     e = _engine(tmp_path)
     d = e.distiller
-    s_before, p_before, t_before = _params(e.student), _params(d.projector), _params(e.teacher)
+    s_before, p_before, t_before = snapshot(e.student), snapshot(d.projector), snapshot(e.teacher)
     logs = d.step(torch.randn(8, *e.spec.shape), None)  # labels unused
     assert torch.isfinite(logs["align"]) and set(logs) == {"align", "loss"}
-    assert any(not torch.equal(v, _params(e.student)[k]) for k, v in s_before.items())
-    assert any(not torch.equal(v, _params(d.projector)[k]) for k, v in p_before.items())
-    assert all(torch.equal(v, _params(e.teacher)[k]) for k, v in t_before.items())
+    assert changed_params(e.student, s_before) and changed_params(d.projector, p_before)
+    assert unchanged(e.teacher, t_before)
     assert "projector" in d.extra_modules()
 
 
@@ -199,34 +188,17 @@ def test_end_to_end_gan_warmup_then_student_and_the_deployed_model(zoo, tmp_path
     assert torch.allclose(deployed(x), e.distiller.predict(x), atol=1e-5)
 
 
-def _interrupt_after_first_checkpoint(monkeypatch):
-    real = Engine.save_checkpoint
-    calls = {"n": 0}
-
-    def save_then_die(self, epoch):
-        real(self, epoch)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Engine, "save_checkpoint", save_then_die)
-
-
 def test_resume_in_the_middle_of_gan_training(zoo, tmp_path, monkeypatch):
     synth = dict(SYNTH, gan_steps=6)  # 3 GAN steps in each of the 2 warm-up epochs
     cfg = lambda name: tiny("hidfd", tmp_path / name, synth=synth, warmup=2, epochs=3, ep_steps=None)  # noqa: E731
     full = run(cfg("full"))
-    with monkeypatch.context() as m:
-        _interrupt_after_first_checkpoint(m)
-        with pytest.raises(KeyboardInterrupt):
-            run(cfg("cut"))
+    run_killed(cfg("cut"), monkeypatch)
     state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert state["synthesizer"]["extra"]["gan_steps_done"] == 3  # killed half-way through the GAN
     resumed = run(cfg("cut"), resume=True)
+    assert_same_results(tmp_path / "full", tmp_path / "cut")
     a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     for k in a["extra_modules"]["projector"]:
         assert torch.equal(a["extra_modules"]["projector"][k], b["extra_modules"]["projector"][k]), k
     assert resumed["last_acc"] == full["last_acc"] and resumed["gan_steps"] == 6

@@ -2,45 +2,34 @@
 import pytest
 import torch
 
-from conftest import tiny
-from datafree.engine import Engine, run
-from datafree.results import read_jsonl
+from conftest import assert_same_results, engine_for, run_killed, snapshot, tiny, unchanged
+from datafree.engine import run
 
 SYNTH = {"synthesis_batch_size": 16, "ngf": 8, "nz": 16, "push_every": 1, "memory_capacity": 2}
 
 
 def _engine(tmp_path, **synth):
-    e = Engine(tiny("mbdfkd", tmp_path / "r", synth={**SYNTH, **synth}))
-    e.setup()
-    return e
-
-
-def _snapshot(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _same(module, snap):
-    return all(torch.equal(v, snap[k]) for k, v in module.state_dict().items())
+    return engine_for("mbdfkd", tmp_path / "r", synth={**SYNTH, **synth})
 
 
 def test_round_moves_the_generator_only_and_the_student_learns(zoo, tmp_path):
     e = _engine(tmp_path)
     assert e.cfg.distiller == "l1" and e.synth.cfg.spectral_norm
-    teacher, student, gen = _snapshot(e.teacher), _snapshot(e.student), _snapshot(e.synth.generator)
+    teacher, student, gen = snapshot(e.teacher), snapshot(e.student), snapshot(e.synth.generator)
     logs = e.synth.synthesize()
     assert set(logs) >= {"oh", "ie", "act", "adv", "loss_g"}
     for k, v in logs.items():
         assert torch.isfinite(torch.as_tensor(v)).all(), k
-    assert _same(e.teacher, teacher) and _same(e.student, student)
-    assert not _same(e.synth.generator, gen)
+    assert unchanged(e.teacher, teacher) and unchanged(e.student, student)
+    assert not unchanged(e.synth.generator, gen)
     x = e.synth.sample(16)
     assert x.shape == (16, *e.spec.shape) and e.synth.last_mix == (16, 0)  # nothing stored yet
     e.synth.on_epoch_start(1)  # after epoch 0: the first push
     x = e.synth.sample(16)
     assert x.shape == (18, *e.spec.shape) and e.synth.last_mix == (16, 2)
-    assert _same(e.student, student)
+    assert unchanged(e.student, student)
     e.distiller.step(x)
-    assert not _same(e.student, student) and _same(e.teacher, teacher)
+    assert not unchanged(e.student, student) and unchanged(e.teacher, teacher)
 
 
 @pytest.mark.parametrize("term", ["oh", "ie", "act", "adv"])
@@ -103,22 +92,8 @@ def test_buffer_is_part_of_the_resumable_state(zoo, tmp_path):
 def test_engine_runs_and_resumes(zoo, tmp_path, monkeypatch):
     cfg = lambda d: tiny("mbdfkd", tmp_path / d, synth=SYNTH, epochs=3, kd_steps=1)  # noqa: E731
     full = run(cfg("full"))
-    real = Engine.save_checkpoint
-
-    def save_then_die(self, epoch):
-        real(self, epoch)
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated kill")
-
-    with monkeypatch.context() as m:
-        m.setattr(Engine, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(cfg("cut"))
+    run_killed(cfg("cut"), monkeypatch, after=2)  # after epoch index 1: the buffer holds a push to restore
     resumed = run(cfg("cut"), resume=True)
-    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["acc"] for r in read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))] == \
-           [r["acc"] for r in read_jsonl(str(tmp_path / "cut" / "metrics.jsonl"))]
+    assert_same_results(tmp_path / "full", tmp_path / "cut")
     # epochs 2 and 3 replay: 16 novel + 2 replayed images per student step
     assert full["images_seen"] == resumed["images_seen"] == 3 * 16 + 2 * 3 * 18

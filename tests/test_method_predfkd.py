@@ -2,25 +2,13 @@
 import pytest
 import torch
 
-from conftest import tiny
-from datafree.engine import Engine, run
-from datafree.results import read_jsonl
+from conftest import engine_for, interrupted_then_resumed, snapshot, tiny, unchanged
 
 SYNTH = {"synthesis_batch_size": 16, "ngf": 8, "nz": 16, "vae_width": 8}
 
 
 def _engine(tmp_path, **synth):
-    e = Engine(tiny("predfkd", tmp_path / "r", synth={**SYNTH, **synth}))
-    e.setup()
-    return e
-
-
-def _snapshot(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _same(module, snap):
-    return all(torch.equal(v, snap[k]) for k, v in module.state_dict().items())
+    return engine_for("predfkd", tmp_path / "r", synth={**SYNTH, **synth})
 
 
 def _tensors(obj):
@@ -38,22 +26,22 @@ def test_round_trains_generator_and_vae_only_and_the_student_learns(zoo, tmp_pat
     e = _engine(tmp_path)
     assert e.cfg.distiller == "l1"
     s = e.synth
-    teacher, student = _snapshot(e.teacher), _snapshot(e.student)
-    gen, vae = _snapshot(s.generator), _snapshot(s.vae)
+    teacher, student = snapshot(e.teacher), snapshot(e.student)
+    gen, vae = snapshot(s.generator), snapshot(s.vae)
     x = s.sample(16)
     assert x.shape == (16, *e.spec.shape) and s.last_mix == (16, 0)  # an untrained VAE is not replayed
     logs = s.synthesize()
     assert set(logs) >= {"oh", "ie", "act", "adv", "loss_g", "vae", "vae_rec", "vae_out", "vae_kld"}
     for k, v in logs.items():
         assert torch.isfinite(torch.as_tensor(v)).all(), k
-    assert _same(e.teacher, teacher) and _same(e.student, student)
-    assert not _same(s.generator, gen) and not _same(s.vae, vae)
-    vae = _snapshot(s.vae)
+    assert unchanged(e.teacher, teacher) and unchanged(e.student, student)
+    assert not unchanged(s.generator, gen) and not unchanged(s.vae, vae)
+    vae = snapshot(s.vae)
     x = s.sample(16)
     assert x.shape == (18, *e.spec.shape) and s.last_mix == (16, 2)
-    assert _same(s.vae, vae) and _same(e.student, student)  # sampling trains nothing
+    assert unchanged(s.vae, vae) and unchanged(e.student, student)  # sampling trains nothing
     e.distiller.step(x)
-    assert not _same(e.student, student) and _same(e.teacher, teacher)
+    assert not unchanged(e.student, student) and unchanged(e.teacher, teacher)
 
 
 @pytest.mark.parametrize("term", ["rec", "rec_out", "kld"])
@@ -107,13 +95,13 @@ def test_latent_tuning_moves_the_codes_and_not_the_decoder(zoo, tmp_path):
     s = e.synth
     s.synthesize()
     s.vae_optimizer.zero_grad(set_to_none=True)
-    vae = _snapshot(s.vae)
+    vae = snapshot(s.vae)
     torch.manual_seed(1)
     tuned = s.infer_memory(4, train=False)
     s.cfg.z_steps = 0
     torch.manual_seed(1)
     plain = s.infer_memory(4, train=False)
-    assert not torch.allclose(tuned, plain) and _same(s.vae, vae)
+    assert not torch.allclose(tuned, plain) and unchanged(s.vae, vae)
     assert all(p.grad is None for p in s.vae.parameters())
 
 
@@ -134,22 +122,6 @@ def test_no_images_are_stored(zoo, tmp_path):
 
 def test_engine_runs_and_resumes(zoo, tmp_path, monkeypatch):
     synth = {**SYNTH, "vae_steps": 1}
-    cfg = lambda d: tiny("predfkd", tmp_path / d, synth=synth, kd_steps=3)  # noqa: E731  one round per epoch
-    full = run(cfg("full"))
-    real = Engine.save_checkpoint
-
-    def save_then_die(self, epoch):
-        real(self, epoch)
-        raise KeyboardInterrupt("simulated kill")
-
-    with monkeypatch.context() as m:
-        m.setattr(Engine, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(cfg("cut"))
-    resumed = run(cfg("cut"), resume=True)
-    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["acc"] for r in read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))] == \
-           [r["acc"] for r in read_jsonl(str(tmp_path / "cut" / "metrics.jsonl"))]
+    cfg = lambda d: tiny("predfkd", d, synth=synth, kd_steps=3)  # noqa: E731  one round per epoch
+    full, resumed = interrupted_then_resumed(cfg, tmp_path, monkeypatch)
     assert full["images_seen"] == resumed["images_seen"] == 2 * 3 * 18  # 16 novel + 2 replayed per step

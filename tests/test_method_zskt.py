@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import engine_for, interrupted_then_resumed, snapshot, tiny, unchanged
 from datafree.distill.zskt import KDAttention, attention_loss, attention_map, pair_by_size
-from datafree.engine import Engine, run
 from datafree.models import create_model
 from datafree.registry import SYNTHESIZERS
 from datafree.synthesis.base import Context
@@ -17,17 +16,7 @@ SYNTH = {"synthesis_batch_size": 16, "ngf": 8, "nz": 16}
 
 
 def _engine(tmp_path, synth=None, **over):
-    e = Engine(tiny("zskt", tmp_path / "r", synth={**SYNTH, **(synth or {})}, kd_steps=3, **over))
-    e.setup()
-    return e
-
-
-def _snapshot(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _same(module, snap):
-    return all(torch.equal(v, snap[k]) for k, v in module.state_dict().items())
+    return engine_for("zskt", tmp_path / "r", synth={**SYNTH, **(synth or {})}, kd_steps=3, **over)
 
 
 def test_defaults_are_the_papers(zoo):
@@ -44,13 +33,13 @@ def test_defaults_are_the_papers(zoo):
 
 def test_synthesis_trains_the_generator_only(zoo, tmp_path):
     e = _engine(tmp_path)
-    teacher, student, gen = _snapshot(e.teacher), _snapshot(e.student), _snapshot(e.synth.generator)
+    teacher, student, gen = snapshot(e.teacher), snapshot(e.student), snapshot(e.synth.generator)
     logs = e.synth.synthesize()
     for k, v in logs.items():
         assert torch.isfinite(torch.as_tensor(v)).all(), k
     assert logs["adv"] < 0  # -KL(T || S): non-zero because the student is not the teacher
-    assert _same(e.teacher, teacher) and _same(e.student, student)
-    assert not _same(e.synth.generator, gen)
+    assert unchanged(e.teacher, teacher) and unchanged(e.student, student)
+    assert not unchanged(e.synth.generator, gen)
     assert all(p.grad is None for p in e.student.parameters())
 
 
@@ -84,13 +73,13 @@ def test_student_step_moves_the_student_only(zoo, tmp_path):
     e = _engine(tmp_path)
     e.synth.synthesize()
     x = e.synth.sample(16)
-    teacher, gen, student = _snapshot(e.teacher), _snapshot(e.synth.generator), _snapshot(e.student)
+    teacher, gen, student = snapshot(e.teacher), snapshot(e.synth.generator), snapshot(e.student)
     logs = e.distiller.step(x)
     for k in ("kd", "at", "loss"):
         assert torch.isfinite(logs[k]), k
     assert logs["kd"] > 0 and logs["at"] > 0
-    assert _same(e.teacher, teacher) and _same(e.synth.generator, gen)
-    assert not _same(e.student, student)
+    assert unchanged(e.teacher, teacher) and unchanged(e.synth.generator, gen)
+    assert not unchanged(e.student, student)
 
 
 def test_attention_term_is_zero_for_identical_maps_and_positive_otherwise():
@@ -174,19 +163,5 @@ def test_generator_learning_rate_is_cosine_annealed(zoo, tmp_path):
 
 def test_end_to_end_runs_and_resumes(zoo, tmp_path, monkeypatch):
     over = {"synth": SYNTH, "kd_steps": 3, "ep_steps": 6, "epochs": 2}
-    full = run(tiny("zskt", tmp_path / "full", **over))
+    full, _ = interrupted_then_resumed(lambda d: tiny("zskt", d, **over), tmp_path, monkeypatch)
     assert full["evaluations"] == 2 and full["images_synthesized"] == 2 * 2 * 16
-    real = Engine.save_checkpoint
-
-    def save_then_die(self, epoch):
-        real(self, epoch)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(Engine, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(tiny("zskt", tmp_path / "cut", **over))
-    run(tiny("zskt", tmp_path / "cut", **over), resume=True)
-    a = torch.load(tmp_path / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,271 @@
+"""``datafree perf``: the cost of each method's synthesis round and student step, beside its floor.
+
+For each method the synthesizer and distiller are built exactly as a run would
+build them (the method's resolved config for the pair), on synthetic tensors
+and untrained models: cost does not depend on the weights or the data. Each
+measurement has warm-up calls and repeats and reports the median and the
+spread (min, max).
+
+* synthesis: one ``synthesize()`` round. Rounds with many inner iterations
+  (DeepInversion's 2000, CMI's 200) are timed over ``--max-iters`` of them and
+  scaled to the full round; the table says so.
+* student step: ``sample(batch)`` plus ``distiller.step(x)``, what the engine's
+  distillation phase runs per step, timed as the engine runs it: after a
+  (untimed) synthesis round, the round's student steps (at most ``--max-iters``)
+  are timed together and divided by their number.
+* floors, the work each phase cannot avoid at the same batch size:
+  student step = teacher forward (no grad) + student forward and backward +
+  optimiser step; synthesis iteration = generator forward (none for pixel
+  methods) + teacher forward and backward to the images + Adam step.
+
+Each method is measured in a fresh subprocess, so peak memory (CUDA max
+allocated, or peak RSS on CPU) is the method's own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+SCALES = {
+    "cifar": {"dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"},
+    "mnist": {"dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"},
+}
+#: config fields holding the number of inner iterations of one synthesis round
+ROUND_ITERATION_FIELDS = ("iterations", "g_steps", "gan_steps")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int,
+           before: Optional[Callable[[], Any]] = None) -> Dict[str, float]:
+    """Median and range of ``fn``'s wall time; ``before`` runs untimed ahead of every call."""
+    for _ in range(warmup):
+        if before:
+            before()
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if before:
+            before()
+            _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "max_ms": 1000 * max(times),
+            "repeats": repeats}
+
+
+def _scaled(t: Dict[str, float], factor: float) -> Dict[str, float]:
+    return {k: (v * factor if k.endswith("_ms") else v) for k, v in t.items()}
+
+
+def build(method: str, scale: str, device: str = "auto", overrides: Optional[Dict[str, Any]] = None):
+    """(ctx, synthesizer, distiller, cfg) for ``method`` at ``scale``, with untrained models."""
+    from .config import deep_merge, resolve
+    from .data import get_spec
+    from .engine import resolve_device, seed_everything
+    from .models import create_model
+    from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
+    from .synthesis.base import Amp, Context
+
+    load_plugins([])
+    pair = SCALES[scale]
+    cfg = resolve(deep_merge({"method": method, **pair, "device": device, "progress": False}, overrides or {}))
+    seed_everything(0)
+    dev = resolve_device(cfg.device)
+    spec = get_spec(cfg.dataset)
+    teacher = create_model(pair["teacher"], spec.num_classes, spec.channels, spec.size).to(dev).eval()
+    teacher.requires_grad_(False)
+    student = create_model(cfg.student, spec.num_classes, spec.channels, spec.size).to(dev)
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and dev.type == "cuda")
+    if channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+        student = student.to(memory_format=torch.channels_last)
+    ctx = Context(teacher, student, spec, dev, cfg=cfg, amp=Amp(dev, cfg.amp), channels_last=channels_last)
+    ctx.total_steps = cfg.epochs * (cfg.ep_steps or 100)
+    synth = SYNTHESIZERS.build(cfg.synthesizer, ctx, **cfg.synth)
+    distiller = DISTILLERS.build(cfg.distiller, ctx, **cfg.distill)
+    return ctx, synth, distiller, cfg
+
+
+def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 1, max_iters: int = 20,
+                   device: str = "auto", overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Time one method at one scale (in this process)."""
+    from .config import deep_merge
+
+    probe_ctx, probe_synth, _, cfg = build(method, scale, device, overrides)
+    full_iters, field = 1, None
+    for f in ROUND_ITERATION_FIELDS:
+        if hasattr(probe_synth.cfg, f):
+            full_iters, field = int(getattr(probe_synth.cfg, f)), f
+            break
+    probe_synth.close()
+    del probe_synth, probe_ctx
+    over = dict(overrides or {})
+    timed_iters = full_iters
+    if field and full_iters > max_iters:
+        timed_iters = max_iters
+        over = deep_merge(over, {"synth": {field: max_iters}})
+    ctx, synth, distiller, cfg = build(method, scale, device, over)
+    dev = ctx.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    bs = cfg.batch_size
+    synth_t = timeit(lambda: synth.synthesize(), dev, repeats, warmup)
+    synth_t = _scaled(synth_t, full_iters / timed_iters)
+
+    steps = max(1, min(cfg.kd_steps or cfg.ep_steps or 1, max_iters))
+
+    def student_steps():
+        for _ in range(steps):
+            batch = synth.sample(bs)
+            x, y = batch if isinstance(batch, tuple) else (batch, None)
+            distiller.step(ctx.to_device(x), y)
+
+    step_t = timeit(student_steps, dev, repeats, warmup, before=synth.synthesize)
+    step_t = _scaled(step_t, 1.0 / steps)
+    floors = measure_floors(ctx, synth, distiller, cfg, repeats, warmup)
+    synth_per_iter = synth_t["median_ms"] / max(1, full_iters)
+    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss()) / 2 ** 20
+    synth.close()
+    return {
+        "method": method, "scale": scale, "device": str(dev), "batch_size": bs,
+        "synthesis_batch_size": getattr(synth.cfg, "synthesis_batch_size", None),
+        "round_iterations": full_iters, "timed_iterations": timed_iters,
+        "synthesis_round": synth_t, "student_step": step_t, "floor": floors,
+        "synthesis_ratio": synth_per_iter / floors["synthesis_iteration"]["median_ms"],
+        "student_ratio": step_t["median_ms"] / floors["student_step"]["median_ms"],
+        "peak_memory_mb": peak, "memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "cpu_peak_rss",
+    }
+
+
+def _peak_rss() -> int:
+    from .meter import peak_rss_bytes
+
+    return peak_rss_bytes()
+
+
+def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int) -> Dict[str, Dict[str, float]]:
+    """The bare work of a student step and of one synthesis iteration at the method's batch sizes."""
+    dev, spec = ctx.device, ctx.spec
+    teacher, student = ctx.teacher, ctx.student
+    bs = cfg.batch_size
+    x = ctx.to_device(torch.randn(bs, *spec.shape, device=dev))
+    opt = torch.optim.SGD(student.parameters(), lr=1e-6, momentum=0.9)
+
+    def student_floor():
+        with torch.no_grad(), ctx.amp.autocast():
+            t = teacher(x)
+        with ctx.amp.autocast():
+            s = student(x)
+        loss = (s.float() - t.float()).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sbs = getattr(synth.cfg, "synthesis_batch_size", None) or bs
+    generator = getattr(synth, "generator", None)
+    if isinstance(generator, torch.nn.Module) and hasattr(synth, "generate") and hasattr(synth, "latent"):
+        gopt = torch.optim.Adam(generator.parameters(), lr=1e-6)
+
+        def synth_floor():
+            img = synth.generate(synth.latent(sbs))  # the method's own generator and normalisation
+            with ctx.amp.autocast():
+                out = teacher(ctx.to_device(img))
+            loss = out.float().logsumexp(1).mean()
+            gopt.zero_grad(set_to_none=True)
+            loss.backward()
+            gopt.step()
+    else:
+        pix = torch.randn(sbs, *spec.shape, device=dev, requires_grad=True)
+        popt = torch.optim.Adam([pix], lr=1e-6)
+
+        def synth_floor():
+            with ctx.amp.autocast():
+                out = teacher(ctx.to_device(pix))
+            loss = out.float().logsumexp(1).mean()
+            popt.zero_grad(set_to_none=True)
+            loss.backward()
+            popt.step()
+
+    return {"student_step": timeit(student_floor, dev, repeats, warmup),
+            "synthesis_iteration": timeit(synth_floor, dev, repeats, warmup)}
+
+
+# --------------------------------------------------------------------------- many methods, one table
+
+
+def run_perf(methods: List[str], scales: List[str], repeats: int = 5, warmup: int = 1, max_iters: int = 20,
+             device: str = "auto", out_json: Optional[str] = None, log=print) -> List[Dict[str, Any]]:
+    """Measure each (method, scale) in its own subprocess; return the records."""
+    records = []
+    for scale in scales:
+        for m in methods:
+            cmd = [sys.executable, "-m", "datafree.perf", m, scale, str(repeats), str(warmup), str(max_iters), device]
+            t0 = time.time()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                log(f"[perf] {m} {scale}: FAILED {err}")
+                records.append({"method": m, "scale": scale, "error": err})
+                continue
+            rec = json.loads(proc.stdout.strip().splitlines()[-1])
+            records.append(rec)
+            log(f"[perf] {m:<10} {scale:<6} synthesis {rec['synthesis_round']['median_ms']:.0f} ms/round "
+                f"(x{rec['synthesis_ratio']:.2f} floor), student {rec['student_step']['median_ms']:.0f} ms/step "
+                f"(x{rec['student_ratio']:.2f}), peak {rec['peak_memory_mb']:.0f} MB [{time.time() - t0:.0f} s]")
+            if out_json:
+                from .results import atomic_write_json
+
+                atomic_write_json(out_json, records)
+    return records
+
+
+def perf_table(records: List[Dict[str, Any]]) -> str:
+    from .report import markdown
+
+    rows = []
+    for r in records:
+        if "error" in r:
+            rows.append([r["method"], r["scale"], "failed: " + r["error"]] + [""] * 7)
+            continue
+        s, st, fl = r["synthesis_round"], r["student_step"], r["floor"]
+        extrap = "" if r["timed_iterations"] == r["round_iterations"] else \
+            f" ({r['timed_iterations']} of {r['round_iterations']} its)"
+        rows.append([
+            r["method"], r["scale"],
+            f"{s['median_ms']:.0f} [{s['min_ms']:.0f}-{s['max_ms']:.0f}]{extrap}",
+            f"{st['median_ms']:.1f} [{st['min_ms']:.1f}-{st['max_ms']:.1f}]",
+            f"{fl['synthesis_iteration']['median_ms']:.1f}", f"{fl['student_step']['median_ms']:.1f}",
+            f"{r['synthesis_ratio']:.2f}", f"{r['student_ratio']:.2f}", f"{r['peak_memory_mb']:.0f}",
+            r["device"],
+        ])
+    return markdown(["method", "scale", "synthesis ms/round [min-max]", "student ms/step [min-max]",
+                     "floor ms/synth iter", "floor ms/student step", "synth / floor", "student / floor",
+                     "peak MB", "device"], rows, "ll" + "r" * 7 + "l")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Subprocess entry: ``python -m datafree.perf METHOD SCALE REPEATS WARMUP MAX_ITERS DEVICE`` -> one JSON line."""
+    argv = sys.argv[1:] if argv is None else argv
+    method, scale, repeats, warmup, max_iters, device = argv
+    torch.manual_seed(0)
+    rec = measure_method(method, scale, int(repeats), int(warmup), int(max_iters), device)
+    print(json.dumps(rec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
