@@ -95,7 +95,10 @@ def build(method: str, scale: str, device: str = "auto", overrides: Optional[Dic
         student = student.to(memory_format=torch.channels_last)
     ctx = Context(teacher, student, spec, dev, cfg=cfg, amp=Amp(dev, cfg.amp), channels_last=channels_last)
     ctx.total_steps = cfg.epochs * (cfg.ep_steps or 100)
+    # time the epochs that train the student: after any warm-up (Fast's adversarial term is on then)
+    ctx.epoch = cfg.warmup
     synth = SYNTHESIZERS.build(cfg.synthesizer, ctx, **cfg.synth)
+    synth.on_epoch_start(ctx.epoch)
     distiller = DISTILLERS.build(cfg.distiller, ctx, **cfg.distill)
     return ctx, synth, distiller, cfg
 
