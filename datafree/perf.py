@@ -114,9 +114,13 @@ def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 1, m
         if hasattr(probe_synth.cfg, f):
             full_iters, field = int(getattr(probe_synth.cfg, f)), f
             break
+    gan = hasattr(probe_synth, "gan_step")
     probe_synth.close()
     del probe_synth, probe_ctx
     over = dict(overrides or {})
+    if gan:  # just the GAN steps that are timed, and a small synthetic set to draw student batches from
+        over = deep_merge(over, {"synth": {"gan_steps": repeats + warmup, "pool_size": 4 * cfg.batch_size,
+                                           "synthetic_size": 2 * cfg.batch_size}})
     timed_iters = full_iters
     if field and full_iters > max_iters:
         timed_iters = max_iters
@@ -126,8 +130,17 @@ def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 1, m
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     bs = cfg.batch_size
-    synth_t = timeit(lambda: synth.synthesize(), dev, repeats, warmup)
-    synth_t = _scaled(synth_t, full_iters / timed_iters)
+    if hasattr(synth, "gan_step"):
+        # HiDFD trains its GAN during warm-up and generates its data once: a "round" is one GAN step here,
+        # and the student's data is built once (untimed) before the student steps are timed
+        full_iters = timed_iters = 1
+        ctx.epoch = 0
+        synth_t = timeit(synth.gan_step, dev, repeats, warmup)
+        ctx.epoch = cfg.warmup
+        synth.synthesize()
+    else:
+        synth_t = timeit(lambda: synth.synthesize(), dev, repeats, warmup)
+        synth_t = _scaled(synth_t, full_iters / timed_iters)
 
     steps = max(1, min(cfg.kd_steps or cfg.ep_steps or 1, max_iters))
 
@@ -184,7 +197,11 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int) -> Dic
         gopt = torch.optim.Adam(generator.parameters(), lr=1e-6)
 
         def synth_floor():
-            img = synth.generate(synth.latent(sbs))  # the method's own generator and normalisation
+            z = synth.latent(sbs)
+            try:
+                img = synth.generate(z)  # the method's own generator and normalisation
+            except TypeError:  # a class-conditional generator (HiDFD)
+                img = synth.generate(z, torch.randint(0, spec.num_classes, (sbs,), device=dev))
             with ctx.amp.autocast():
                 out = teacher(ctx.to_device(img))
             loss = out.float().logsumexp(1).mean()
