@@ -193,15 +193,22 @@ def cmd_distill(args) -> int:
     return 0
 
 
-def cmd_train_teacher(args) -> int:
+def _plugins_and_overrides(args) -> dict:
+    """Import the ``--plugin`` modules and return the command's ``key=value`` overrides (plus ``--data-root``)."""
     from .config import parse_overrides
     from .registry import load_plugins
-    from .train import train_teacher
 
     load_plugins(args.plugin)
     overrides = parse_overrides(args.overrides)
     if args.data_root:
         overrides["data_root"] = args.data_root
+    return overrides
+
+
+def cmd_train_teacher(args) -> int:
+    from .train import train_teacher
+
+    overrides = _plugins_and_overrides(args)
     entry = train_teacher(args.dataset, args.model, overrides, zoo=args.zoo, force=args.force)
     print(f"{args.dataset} {args.model}: {entry.get('accuracy')}%")
     return 0
@@ -237,14 +244,9 @@ def cmd_table(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .config import parse_overrides
-    from .registry import load_plugins
     from .runner import run_suite
 
-    load_plugins(args.plugin)
-    extra = parse_overrides(args.overrides)
-    if args.data_root:
-        extra["data_root"] = args.data_root
+    extra = _plugins_and_overrides(args)
     if args.plugin:
         extra["plugins"] = args.plugin
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None

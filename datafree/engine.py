@@ -26,7 +26,7 @@ from torch import nn
 
 from . import results
 from .config import RunConfig, to_dict
-from .data import Batches, get_source, iterate_eval
+from .data import get_source, iterate_eval
 from .errors import CheckpointError, ConfigError, DatafreeError
 from .meter import Meter
 from .models import create_model, load_model, load_state, save_model

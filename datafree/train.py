@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
 
-from .config import RunConfig, resolve
+from .config import resolve
 from .data import Batches, get_source
 from .registry import SYNTHESIZERS
 from .synthesis.base import Synthesizer
@@ -71,7 +70,7 @@ def train_teacher(dataset: str, model: str, overrides: Optional[Dict[str, Any]] 
     existing zoo entry is reused unless ``force``.
     """
     from . import engine
-    from .models import save_model, sha256_file
+    from .models import save_model
     from .results import machine
     from .zoo import read_manifest, write_manifest_entry, zoo_key, zoo_path
 

@@ -83,6 +83,33 @@ def grad_norm(loss, module) -> float:
     return sum(float(g.abs().sum()) for g in grads if g is not None)
 
 
+def assert_term_moves_only_the_generator(e) -> None:
+    """One generator loss on a fresh batch of engine ``e``'s synthesizer is finite and non-zero, and its gradient
+    reaches the generator and neither the student nor the teacher."""
+    x = e.synth.generate(e.synth.latent(16))
+    loss, _ = e.synth.generator_loss(x, None)
+    assert torch.isfinite(loss) and loss != 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in e.synth.generator.parameters())
+    assert all(p.grad is None for p in e.student.parameters())
+    assert all(p.grad is None for p in e.teacher.parameters())
+
+
+def adversarial_live_and_trap(e, method: str):
+    """The adversarial term of ``method`` on one batch: with engine ``e``'s student, and with a copy of the teacher
+    passed as the student (the reference-code trap that silences it). Returns the batch and both values."""
+    import copy
+
+    from datafree.registry import SYNTHESIZERS
+    from datafree.synthesis.base import Context
+
+    x = e.synth.generate(e.synth.latent(16))
+    live = e.synth.generator_loss(x, None)[1]["adv"]
+    ctx = Context(e.teacher, copy.deepcopy(e.teacher), e.spec, e.device, cfg=e.cfg)
+    dead = SYNTHESIZERS.build(method, ctx, **e.cfg.synth).generator_loss(x, None)[1]["adv"]
+    return x, live, dead
+
+
 def engine_for(method: str, out, **over):
     """An Engine for a tiny digits run of ``method``, set up (teacher, student, synthesizer, distiller built)."""
     from datafree.engine import Engine

@@ -13,7 +13,7 @@ from datafree.results import read_jsonl
 
 @pytest.mark.parametrize("method", ["dafl", "deepinv"])
 def test_run_writes_records(zoo, tmp_path, method):
-    summary = run(tiny(method, tmp_path / "r"))
+    run(tiny(method, tmp_path / "r"))
     d = tmp_path / "r"
     for f in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "student.pt",
               "samples_0000.png", "samples_0001.png"):

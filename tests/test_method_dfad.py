@@ -1,13 +1,10 @@
 """DFAD: generator maximising the logits' L1 distance, student minimising it (l1 distiller)."""
-import copy
 
 import pytest
 import torch
 
-from conftest import engine_for, interrupted_then_resumed, snapshot, tiny, unchanged
+from conftest import adversarial_live_and_trap, engine_for, interrupted_then_resumed, snapshot, tiny, unchanged
 from datafree.config import resolve
-from datafree.registry import SYNTHESIZERS
-from datafree.synthesis.base import Context
 from datafree.synthesis.losses import l1_logits
 
 SYNTH = {"synthesis_batch_size": 16, "ngf": 8, "nz": 16}
@@ -44,10 +41,7 @@ def test_first_round_is_student_first_then_generator_steps_train_the_generator_o
 def test_adversarial_term_is_zero_only_when_the_student_is_the_teacher(zoo, tmp_path):
     """The reference trap: passing the teacher as the student silences the generator's loss."""
     e = _engine(tmp_path)
-    x = e.synth.generate(e.synth.latent(16))
-    live = e.synth.generator_loss(x, None)[1]["adv"]
-    ctx = Context(e.teacher, copy.deepcopy(e.teacher), e.spec, e.device, cfg=e.cfg)
-    dead = SYNTHESIZERS.build("dfad", ctx, **e.cfg.synth).generator_loss(x, None)[1]["adv"]
+    x, live, dead = adversarial_live_and_trap(e, "dfad")
     assert live.abs() > 1e-4 and dead.abs() < 1e-6
     with torch.no_grad():
         assert torch.allclose(live, -l1_logits(e.student(x), e.teacher(x)), atol=1e-5)

@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 
-from conftest import engine_for, interrupted_then_resumed, snapshot, tiny, unchanged
+from conftest import adversarial_live_and_trap, engine_for, interrupted_then_resumed, snapshot, tiny, unchanged
 from datafree.distill.zskt import KDAttention, attention_loss, attention_map, pair_by_size
 from datafree.models import create_model
-from datafree.registry import SYNTHESIZERS
 from datafree.synthesis.base import Context
 from datafree.synthesis.losses import kl_div
 
@@ -46,11 +45,7 @@ def test_synthesis_trains_the_generator_only(zoo, tmp_path):
 def test_adversarial_term_is_zero_only_when_the_student_is_the_teacher(zoo, tmp_path):
     """The reference trap: passing the teacher as the student silences the generator's loss."""
     e = _engine(tmp_path)
-    x = e.synth.generate(e.synth.latent(16))
-    live = e.synth.generator_loss(x, None)[1]["adv"]
-    ctx = Context(e.teacher, copy.deepcopy(e.teacher), e.spec, e.device, cfg=e.cfg)
-    trap = SYNTHESIZERS.build("zskt", ctx, **e.cfg.synth)
-    dead = trap.generator_loss(x, None)[1]["adv"]
+    _, live, dead = adversarial_live_and_trap(e, "zskt")
     assert live.abs() > 1e-4 and dead.abs() < 1e-6
 
 

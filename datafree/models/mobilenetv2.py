@@ -3,7 +3,6 @@ second stage at stride 1, so 32x32 inputs end at 4x4 before pooling."""
 from __future__ import annotations
 
 from torch import nn
-from torch.nn import functional as F
 
 from ..registry import MODELS
 from .base import Classifier, init_conv_bn

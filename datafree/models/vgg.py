@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import List
 
 from torch import nn
-from torch.nn import functional as F
 
 from ..registry import MODELS
 from .base import Classifier

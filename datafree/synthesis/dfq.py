@@ -64,13 +64,6 @@ class DFQ(GeneratorSynthesizer):
     @dataclass
     class Config(GeneratorSynthesizer.Config):
         generator: str = "dcgan_large"
-        nz: int = 256
-        ngf: int = 64
-        output: str = "sigmoid"
-        lr_g: float = 1e-3
-        betas: Tuple[float, float] = (0.5, 0.999)
-        g_steps: int = 1
-        synthesis_batch_size: int = 256
         sample_mode: str = "eval"
         adv: float = 1.0
         adv_div: str = "kl"  # kl | js | l1
