@@ -149,10 +149,10 @@ def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, An
         methods = order_methods(list(d["method"]) + list(use_ref))
         for m in methods:
             dm = d[d["method"] == m]
+            if m == "teacher":  # its row comes from the run records, below
+                continue
             for p in pairs:
                 vals = _clean(dm[dm["pair"] == p][metric]) if len(dm) else []
-                if m == "teacher":
-                    vals = []
                 pub = use_ref.get(m, {}).get(p)
                 if not vals and pub is None:
                     continue
@@ -477,6 +477,10 @@ def write_index(root: str = "results", title: str = "Results measured by this pr
         lines += [f"## {name}", "",
                   f"{len(df)} runs, {dates[0]} to {dates[-1]}, on {machines}. Full tables: [{name}/README.md]({name}/README.md)."
                   if dates else f"{len(df)} runs on {machines}.", "", accuracy_table(df, reference=ref), ""]
+    if os.path.isfile(os.path.join(root, "perf.md")):
+        lines += ["## Speed and memory", "",
+                  "Each method's synthesis round and student step against its compute floor, and our DeepInversion, "
+                  "CMI and Fast-10 against the reference code: [perf.md](perf.md).", ""]
     text = "\n".join(lines)
     atomic_write_text(os.path.join(root, "README.md"), text)
     return text
