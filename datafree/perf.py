@@ -15,8 +15,14 @@ spread (min, max).
   are timed together and divided by their number.
 * floors, the work each phase cannot avoid at the same batch size:
   student step = teacher forward (no grad) + student forward and backward +
-  optimiser step; synthesis iteration = generator forward (none for pixel
-  methods) + teacher forward and backward to the images + Adam step.
+  optimiser step, plus the no-grad generator forwards of the batch that the
+  method runs per student step (marked "+k G": 1 for DFAD, DFQ, MB-DFKD,
+  PRE-DFKD and CuDFKD, which draw new images for every step; 1/kd_steps for
+  ZSKT, which regenerates its round's batch once);
+  synthesis iteration = generator forward (none for pixel methods) + teacher
+  forward and backward to the images + Adam step. The student is not in the
+  synthesis floor: methods with an adversarial term also run it, so their
+  ratio shows what the adversary costs.
 
 Each method is measured in a fresh subprocess, so peak memory (CUDA max
 allocated, or peak RSS on CPU) is the method's own.
@@ -24,7 +30,6 @@ allocated, or peak RSS on CPU) is the method's own.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -95,8 +100,10 @@ def build(method: str, scale: str, device: str = "auto", overrides: Optional[Dic
         student = student.to(memory_format=torch.channels_last)
     ctx = Context(teacher, student, spec, dev, cfg=cfg, amp=Amp(dev, cfg.amp), channels_last=channels_last)
     ctx.total_steps = cfg.epochs * (cfg.ep_steps or 100)
-    # time the epochs that train the student: after any warm-up (Fast's adversarial term is on then)
+    # time the epochs that train the student: after any warm-up (Fast's adversarial term is on then), and a
+    # round from the middle of the run (DFAD skips the generator in the first round, its students step first)
     ctx.epoch = cfg.warmup
+    ctx.round = 1
     synth = SYNTHESIZERS.build(cfg.synthesizer, ctx, **cfg.synth)
     synth.on_epoch_start(ctx.epoch)
     distiller = DISTILLERS.build(cfg.distiller, ctx, **cfg.distill)
@@ -152,7 +159,7 @@ def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 1, m
 
     step_t = timeit(student_steps, dev, repeats, warmup, before=synth.synthesize)
     step_t = _scaled(step_t, 1.0 / steps)
-    floors = measure_floors(ctx, synth, distiller, cfg, repeats, warmup)
+    floors = measure_floors(ctx, synth, distiller, cfg, repeats, warmup, steps)
     synth_per_iter = synth_t["median_ms"] / max(1, full_iters)
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss()) / 2 ** 20
     synth.close()
@@ -173,7 +180,26 @@ def _peak_rss() -> int:
     return peak_rss_bytes()
 
 
-def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int) -> Dict[str, Dict[str, float]]:
+def generator_calls_per_step(synth, n: int, steps: int) -> float:
+    """How many generator forwards one student step costs, as the engine runs them: a synthesis round, then
+    ``steps`` batches of ``n`` (1.0 for DFAD/DFQ/MB-DFKD/..., which draw fresh images every step; 1/steps for
+    ZSKT, which regenerates its round's batch once; 0 for DAFL's reused batch and for pool methods)."""
+    generator = getattr(synth, "generator", None)
+    if not isinstance(generator, torch.nn.Module) or not hasattr(synth, "latent"):
+        return 0.0
+    synth.synthesize()
+    calls = []
+    handle = generator.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for _ in range(steps):
+            synth.sample(n)
+    finally:
+        handle.remove()
+    return len(calls) / steps
+
+
+def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps: int = 1
+                   ) -> Dict[str, Dict[str, float]]:
     """The bare work of a student step and of one synthesis iteration at the method's batch sizes."""
     dev, spec = ctx.device, ctx.spec
     teacher, student = ctx.teacher, ctx.student
@@ -190,6 +216,18 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int) -> Dic
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    student_t = timeit(student_floor, dev, repeats, warmup)
+    # a method whose student batches come from its generator cannot avoid that forward: it is part of the floor,
+    # counted as often as the method runs it per step
+    gen_per_step = generator_calls_per_step(synth, bs, steps)
+    if gen_per_step > 0:
+        def generate():
+            with torch.no_grad(), ctx.amp.autocast():
+                synth.generate(synth.latent(bs))
+
+        gen_t = timeit(generate, dev, repeats, warmup)
+        student_t = {k: (v + gen_per_step * gen_t[k] if k.endswith("_ms") else v) for k, v in student_t.items()}
 
     sbs = getattr(synth.cfg, "synthesis_batch_size", None) or bs
     generator = getattr(synth, "generator", None)
@@ -220,8 +258,8 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int) -> Dic
             loss.backward()
             popt.step()
 
-    return {"student_step": timeit(student_floor, dev, repeats, warmup),
-            "synthesis_iteration": timeit(synth_floor, dev, repeats, warmup)}
+    return {"student_step": student_t, "synthesis_iteration": timeit(synth_floor, dev, repeats, warmup),
+            "generator_forwards_per_step": gen_per_step}
 
 
 # --------------------------------------------------------------------------- many methods, one table
@@ -268,7 +306,9 @@ def perf_table(records: List[Dict[str, Any]]) -> str:
             r["method"], r["scale"],
             f"{s['median_ms']:.0f} [{s['min_ms']:.0f}-{s['max_ms']:.0f}]{extrap}",
             f"{st['median_ms']:.1f} [{st['min_ms']:.1f}-{st['max_ms']:.1f}]",
-            f"{fl['synthesis_iteration']['median_ms']:.1f}", f"{fl['student_step']['median_ms']:.1f}",
+            f"{fl['synthesis_iteration']['median_ms']:.1f}",
+            f"{fl['student_step']['median_ms']:.1f}"
+            + (f" (+{fl['generator_forwards_per_step']:.2g} G)" if fl.get("generator_forwards_per_step") else ""),
             f"{r['synthesis_ratio']:.2f}", f"{r['student_ratio']:.2f}", f"{r['peak_memory_mb']:.0f}",
             r["device"],
         ])
