@@ -231,15 +231,21 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps:
 
     sbs = getattr(synth.cfg, "synthesis_batch_size", None) or bs
     generator = getattr(synth, "generator", None)
-    if isinstance(generator, torch.nn.Module) and hasattr(synth, "generate") and hasattr(synth, "latent"):
+    if isinstance(generator, torch.nn.Module):
         gopt = torch.optim.Adam(generator.parameters(), lr=1e-6)
 
+        def make_images():
+            if hasattr(synth, "generate") and hasattr(synth, "latent"):
+                z = synth.latent(sbs)
+                try:
+                    return synth.generate(z)  # the method's own generator and normalisation
+                except TypeError:  # a class-conditional generator (HiDFD)
+                    return synth.generate(z, torch.randint(0, spec.num_classes, (sbs,), device=dev))
+            # generators driven by the method's own loop (CMI's per-round one, Fast's meta-generator clone)
+            return generator(torch.randn(sbs, generator.nz, device=dev))
+
         def synth_floor():
-            z = synth.latent(sbs)
-            try:
-                img = synth.generate(z)  # the method's own generator and normalisation
-            except TypeError:  # a class-conditional generator (HiDFD)
-                img = synth.generate(z, torch.randint(0, spec.num_classes, (sbs,), device=dev))
+            img = make_images()
             with ctx.amp.autocast():
                 out = teacher(ctx.to_device(img))
             loss = out.float().logsumexp(1).mean()
