@@ -232,7 +232,7 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps:
     sbs = getattr(synth.cfg, "synthesis_batch_size", None) or bs
     generator = getattr(synth, "generator", None)
     if isinstance(generator, torch.nn.Module):
-        gopt = torch.optim.Adam(generator.parameters(), lr=1e-6)
+        floor_opt = torch.optim.Adam(generator.parameters(), lr=1e-6)
 
         def make_images():
             if hasattr(synth, "generate") and hasattr(synth, "latent"):
@@ -243,26 +243,21 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps:
                     return synth.generate(z, torch.randint(0, spec.num_classes, (sbs,), device=dev))
             # generators driven by the method's own loop (CMI's per-round one, Fast's meta-generator clone)
             return generator(torch.randn(sbs, generator.nz, device=dev))
-
-        def synth_floor():
-            img = make_images()
-            with ctx.amp.autocast():
-                out = teacher(ctx.to_device(img))
-            loss = out.float().logsumexp(1).mean()
-            gopt.zero_grad(set_to_none=True)
-            loss.backward()
-            gopt.step()
-    else:
+    else:  # pixels optimised directly (DeepInversion)
         pix = torch.randn(sbs, *spec.shape, device=dev, requires_grad=True)
-        popt = torch.optim.Adam([pix], lr=1e-6)
+        floor_opt = torch.optim.Adam([pix], lr=1e-6)
 
-        def synth_floor():
-            with ctx.amp.autocast():
-                out = teacher(ctx.to_device(pix))
-            loss = out.float().logsumexp(1).mean()
-            popt.zero_grad(set_to_none=True)
-            loss.backward()
-            popt.step()
+        def make_images():
+            return pix
+
+    def synth_floor():
+        img = make_images()
+        with ctx.amp.autocast():
+            out = teacher(ctx.to_device(img))
+        loss = out.float().logsumexp(1).mean()
+        floor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        floor_opt.step()
 
     return {"student_step": student_t, "synthesis_iteration": timeit(synth_floor, dev, repeats, warmup),
             "generator_forwards_per_step": gen_per_step}
