@@ -83,6 +83,20 @@ def grad_norm(loss, module) -> float:
     return sum(float(g.abs().sum()) for g in grads if g is not None)
 
 
+def round_trains_only(e, module=None) -> dict:
+    """One synthesis round of engine ``e``: every logged loss is finite, ``module`` (the generator, if given)
+    changed, and neither the teacher nor the student did. Returns the round's logs."""
+    teacher, student = snapshot(e.teacher), snapshot(e.student)
+    before = snapshot(module) if module is not None else None
+    logs = e.synth.synthesize()
+    for k, v in logs.items():
+        assert torch.isfinite(torch.as_tensor(v)).all(), k
+    assert unchanged(e.teacher, teacher) and unchanged(e.student, student)
+    if module is not None:
+        assert not unchanged(module, before)
+    return logs
+
+
 def assert_term_moves_only_the_generator(e) -> None:
     """One generator loss on a fresh batch of engine ``e``'s synthesizer is finite and non-zero, and its gradient
     reaches the generator and neither the student nor the teacher."""
