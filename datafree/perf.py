@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -76,18 +76,38 @@ def _scaled(t: Dict[str, float], factor: float) -> Dict[str, float]:
     return {k: (v * factor if k.endswith("_ms") else v) for k, v in t.items()}
 
 
+def resolve_run(method: str, scale: str, device: str = "auto", overrides: Optional[Dict[str, Any]] = None):
+    """The RunConfig a perf measurement of ``method`` at ``scale`` uses."""
+    from .config import deep_merge, resolve
+    from .registry import load_plugins
+
+    load_plugins([])  # methods from installed plugins resolve too
+    pair = SCALES[scale]
+    return resolve(deep_merge({"method": method, **pair, "device": device, "progress": False}, overrides or {}))
+
+
+def round_iterations(cfg) -> Tuple[Optional[str], int, bool]:
+    """From a run's config alone (no models built): the synthesizer's field counting the inner iterations of a
+    round (None if it has none), their number, and whether the synthesizer trains a GAN (HiDFD)."""
+    from .config import build_dataclass
+    from .registry import SYNTHESIZERS
+
+    cls = SYNTHESIZERS.get(cfg.synthesizer)
+    scfg = build_dataclass(cls.Config, cfg.synth, f"synth ({cls.__name__})")
+    field = next((f for f in ROUND_ITERATION_FIELDS if hasattr(scfg, f)), None)
+    return field, int(getattr(scfg, field)) if field else 1, hasattr(cls, "gan_step")
+
+
 def build(method: str, scale: str, device: str = "auto", overrides: Optional[Dict[str, Any]] = None):
     """(ctx, synthesizer, distiller, cfg) for ``method`` at ``scale``, with untrained models."""
-    from .config import deep_merge, resolve
     from .data import get_spec
     from .engine import resolve_device, seed_everything
     from .models import create_model
-    from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
+    from .registry import DISTILLERS, SYNTHESIZERS
     from .synthesis.base import Amp, Context
 
-    load_plugins([])
     pair = SCALES[scale]
-    cfg = resolve(deep_merge({"method": method, **pair, "device": device, "progress": False}, overrides or {}))
+    cfg = resolve_run(method, scale, device, overrides)
     seed_everything(0)
     dev = resolve_device(cfg.device)
     spec = get_spec(cfg.dataset)
@@ -115,15 +135,8 @@ def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 1, m
     """Time one method at one scale (in this process)."""
     from .config import deep_merge
 
-    probe_ctx, probe_synth, _, cfg = build(method, scale, device, overrides)
-    full_iters, field = 1, None
-    for f in ROUND_ITERATION_FIELDS:
-        if hasattr(probe_synth.cfg, f):
-            full_iters, field = int(getattr(probe_synth.cfg, f)), f
-            break
-    gan = hasattr(probe_synth, "gan_step")
-    probe_synth.close()
-    del probe_synth, probe_ctx
+    cfg = resolve_run(method, scale, device, overrides)
+    field, full_iters, gan = round_iterations(cfg)
     over = dict(overrides or {})
     if gan:  # just the GAN steps that are timed, and a small synthetic set to draw student batches from
         over = deep_merge(over, {"synth": {"gan_steps": repeats + warmup, "pool_size": 4 * cfg.batch_size,

@@ -13,7 +13,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from datafree.perf import ROUND_ITERATION_FIELDS, build
+from datafree.perf import build, resolve_run, round_iterations
 
 
 def main(argv=None) -> int:
@@ -27,9 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=25)
     args = p.parse_args(argv)
 
-    probe = build(args.method, args.scale, args.device)[1]
-    field = next((f for f in ROUND_ITERATION_FIELDS if hasattr(probe.cfg, f)), None)
-    probe.close()
+    field = round_iterations(resolve_run(args.method, args.scale, args.device))[0]
     over = {"synth": {field: args.iters}} if field else {}
     ctx, synth, distiller, cfg = build(args.method, args.scale, args.device, over)
 
