@@ -70,7 +70,8 @@ class RunConfig:
     distill: Dict[str, Any] = field(default_factory=dict)
     uses_real_data: str = ""  # what real data a method uses, for the tables ("" for none)
     amp: str = "auto"  # auto (bf16 on CUDA) | off | bf16 | fp16
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    channels_last: str = "auto"  # auto (on: CPU and CUDA) | on | off; see datafree/runtime.py
+    cpu_malloc: str = "tuned"  # tuned (glibc keeps freed memory for reuse) | default; see datafree/runtime.py
     compile: bool = False  # torch.compile the student and teacher forward
     samples: int = 64  # images in each samples_<epoch>.png grid (0: none)
     log: str = "none"  # none | tensorboard
@@ -182,6 +183,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where} must be a string, got {value!r}")
+        if isinstance(value, bool):  # YAML 1.1 reads on/off (and yes/no) as booleans: our switches spell on/off
+            return "on" if value else "off"
         return str(value)
     if origin in (list, List):
         if value is None:

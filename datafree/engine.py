@@ -31,6 +31,7 @@ from .errors import CheckpointError, ConfigError, DatafreeError
 from .meter import Meter
 from .models import create_model, load_model, load_state, save_model
 from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
+from .runtime import tune_cpu_malloc, use_channels_last
 from .synthesis.base import Amp, Context
 from .zoo import resolve_teacher, teacher_record
 
@@ -189,6 +190,7 @@ class Engine:
             raise ConfigError(f"warmup ({cfg.warmup}) must be smaller than epochs ({cfg.epochs})")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
+        tune_cpu_malloc(cfg.cpu_malloc)
         self.rank, self.world_size, self.local_rank = init_distributed()
         self.device = resolve_device(cfg.device)
         if self.world_size > 1 and self.device.type == "cuda":
@@ -202,7 +204,7 @@ class Engine:
         self.checkpoint = self._prepare_dir()
         seed_everything(cfg.seed)
         self.amp = Amp(self.device, cfg.amp)
-        channels_last = (cfg.channels_last == "on") or (cfg.channels_last == "auto" and self.device.type == "cuda")
+        channels_last = use_channels_last(cfg.channels_last, self.device)
 
         synth_cls = SYNTHESIZERS.get(cfg.synthesizer)
         dist_cls = DISTILLERS.get(cfg.distiller)

@@ -104,6 +104,7 @@ def build(method: str, scale: str, device: str = "auto", overrides: Optional[Dic
     from .engine import resolve_device, seed_everything
     from .models import create_model
     from .registry import DISTILLERS, SYNTHESIZERS
+    from .runtime import tune_cpu_malloc, use_channels_last
     from .synthesis.base import Amp, Context
 
     pair = SCALES[scale]
@@ -114,7 +115,8 @@ def build(method: str, scale: str, device: str = "auto", overrides: Optional[Dic
     teacher = create_model(pair["teacher"], spec.num_classes, spec.channels, spec.size).to(dev).eval()
     teacher.requires_grad_(False)
     student = create_model(cfg.student, spec.num_classes, spec.channels, spec.size).to(dev)
-    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and dev.type == "cuda")
+    tune_cpu_malloc(cfg.cpu_malloc)
+    channels_last = use_channels_last(cfg.channels_last, dev)
     if channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
