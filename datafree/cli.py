@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated methods")
     p.add_argument("--scales", default="mnist,cifar", help="mnist (lenet5->lenet5_half), cifar (resnet34->resnet18)")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed calls before each timing (3: on a CPU the heap settles after 2-3 iterations)")
     p.add_argument("--max-iters", type=int, default=20,
                    help="time at most this many inner iterations of a round and scale to the full round")
     p.add_argument("--device", default="auto")

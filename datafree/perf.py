@@ -132,7 +132,7 @@ def build(method: str, scale: str, device: str = "auto", overrides: Optional[Dic
     return ctx, synth, distiller, cfg
 
 
-def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 1, max_iters: int = 20,
+def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 3, max_iters: int = 20,
                    device: str = "auto", overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Time one method at one scale (in this process)."""
     from .config import deep_merge
@@ -281,7 +281,7 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps:
 # --------------------------------------------------------------------------- many methods, one table
 
 
-def run_perf(methods: List[str], scales: List[str], repeats: int = 5, warmup: int = 1, max_iters: int = 20,
+def run_perf(methods: List[str], scales: List[str], repeats: int = 5, warmup: int = 3, max_iters: int = 20,
              device: str = "auto", out_json: Optional[str] = None, log=print) -> List[Dict[str, Any]]:
     """Measure each (method, scale) in its own subprocess; return the records."""
     records = []

@@ -256,7 +256,7 @@ def _param_count(m: torch.nn.Module) -> int:
 
 
 def build_ours(a, clock: Clock) -> Dict[str, Any]:
-    from datafree import perf
+    from datafree import perf, runtime
     from datafree.config import parse_overrides
 
     field = OUR_ITERATION_FIELD[a.method]
@@ -310,7 +310,8 @@ def build_ours(a, clock: Clock) -> Dict[str, Any]:
             "package": os.path.dirname(perf.__file__),
             "synth_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in synth.hparams().items()},
             "distiller": cfg.distiller, "distill_config": dict(cfg.distill), "kd_batch": bs,
-            "amp": ctx.amp.mode, "channels_last": ctx.channels_last, "epoch_set": ctx.epoch,
+            "amp": ctx.amp.mode, "channels_last": ctx.channels_last, "cpu_malloc": cfg.cpu_malloc,
+            "cpu_malloc_tuned": runtime.tune_cpu_malloc("default"), "epoch_set": ctx.epoch,
             "teacher_params": _param_count(ctx.teacher), "student_params": _param_count(ctx.student),
             "pool_images_before_timing": len(pool),
             "adversarial_on": getattr(synth, "adversarial_on", None),
