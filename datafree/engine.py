@@ -190,8 +190,8 @@ class Engine:
             raise ConfigError(f"warmup ({cfg.warmup}) must be smaller than epochs ({cfg.epochs})")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        tune_cpu_malloc(cfg.cpu_malloc)
         self.rank, self.world_size, self.local_rank = init_distributed()
+        tune_cpu_malloc(cfg.cpu_malloc)
         self.device = resolve_device(cfg.device)
         if self.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.local_rank)
@@ -361,7 +361,9 @@ class Engine:
             self.log(f"{self.out_dir} is already finished")
             return results.read_json(summary_path)
         try:
-            return self._loop()
+            summary = self._loop()
+            barrier(self.world_size)  # no rank tears its process group down while another still uses it
+            return summary
         finally:
             self.synth.close()
             if self.writer is not None:
@@ -369,6 +371,7 @@ class Engine:
             if self.world_size > 1:
                 import torch.distributed as dist
 
+                self.distiller.release_distributed()
                 if dist.is_initialized():
                     dist.destroy_process_group()
 

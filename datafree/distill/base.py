@@ -83,6 +83,17 @@ class Distiller:
                 self._objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                 find_unused_parameters=True)
 
+    def release_distributed(self) -> None:
+        """Drop the DDP wrapper (and with it the reducer's hold on the process group) before the group is
+        destroyed; otherwise the reducer is freed at interpreter exit, after gloo's threads, and the process
+        can abort with "terminate called without an active exception"."""
+        module = getattr(self._objective, "module", None)
+        if module is not None:
+            self._objective = module
+            import gc
+
+            gc.collect()
+
     def setup(self) -> None:
         """Create extra modules before the optimiser is built."""
 
