@@ -21,8 +21,9 @@ Two of them matter on a CPU as much as on a GPU:
   4.3 s to 2.6 s. The cost: the heap grows over the first few iterations, until
   freed blocks have coalesced into ones the next iteration can reuse, and the
   process keeps that heap until it exits (the CUDA caching allocator does the same
-  with GPU memory), so its peak RSS is higher (results/perf.md has the figures). It is a no-op where the
-  C library is not glibc, and ``cpu_malloc: default`` leaves the allocator alone.
+  with GPU memory), so its peak RSS is higher (results/perf.md has the figures).
+  It is a no-op where the C library is not glibc, and ``cpu_malloc: default``
+  leaves the allocator alone.
   The setting is process-wide and cannot be undone in the same process.
 """
 from __future__ import annotations
