@@ -25,7 +25,7 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest>=7", "tensorboard"],
+        "test": ["pytest>=7", "pytest-randomly>=3.15", "tensorboard"],
         "slurm": ["submitit>=1.5"],
         "tensorboard": ["tensorboard"],
     },

@@ -11,6 +11,20 @@ SHARED_MNIST = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "mnist
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state, whatever ran before it (the suite runs in random order,
+    pytest-randomly; its seed is printed in the header, and `-p randomly -p "randomly_seed=N"` replays it)."""
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory):
     """A model zoo holding a lenet5 digits teacher trained for a few epochs (about a second)."""
