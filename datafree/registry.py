@@ -8,17 +8,27 @@ suggests close matches.
 
 Third-party code registers by being imported: from the entry-point group
 ``datafree.plugins`` (any installed distribution may declare one) or by
-``--plugin some.module`` on the command line (:func:`load_plugins`).
+``--plugin some.module`` on the command line (:func:`load_plugins`). What each
+plugin registered is recorded, and unknown-name errors raised afterwards say it
+(a plugin that registered nothing is the usual reason a new method is unknown).
+:func:`config_class` checks a synthesizer's or distiller's ``Config``.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fnmatch
 import importlib
 import importlib.metadata
 import importlib.util
-from typing import Any, Callable, Dict, Iterator, List, Optional
+import inspect
+import os
+import re
+import sys
+import typing
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from .errors import DatafreeError, UnknownNameError
+from .errors import ConfigError, DatafreeError, UnknownNameError
 
 PLUGIN_GROUP = "datafree.plugins"
 
@@ -55,6 +65,8 @@ class Registry:
                     f"{self.kind} {key!r} is already registered; pass override=True to replace it"
                 )
             self._entries[key] = o
+            if _RECORDING:  # a plugin is being imported: remember what it added, for unknown-name errors
+                _RECORDING[-1].append((self.kind, key))
             return o
 
         return add if obj is None else add(obj)
@@ -65,7 +77,20 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(self.kind, name, self._entries) from None
+            raise self.unknown(name) from None
+
+    def unknown(self, name: str, known: Optional[Iterable[str]] = None) -> UnknownNameError:
+        """The error for an unknown ``name`` (``known`` defaults to this registry's names).
+
+        After plugins were loaded, the message ends with what each of them
+        registered; callers that raise their own unknown-name error for this
+        registry's kind should build it here.
+        """
+        err = UnknownNameError(self.kind, name, self._entries if known is None else known)
+        note = plugin_report()
+        if note:
+            err.args = (f"{err.args[0]} {note}",)
+        return err
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the registered constructor ``name`` with the given arguments."""
@@ -100,6 +125,12 @@ METHODS = Registry("method")
 
 _BUILTINS_LOADED = False
 _PLUGINS_LOADED: set = set()
+#: plugin (as named to load_plugins, or an entry point's value) -> [(registry kind, name)] it registered
+_PLUGIN_ENTRIES: Dict[str, List[Tuple[str, str]]] = {}
+#: plugins whose module had been imported before load_plugins got to it (so nothing new registered)
+_PLUGINS_PREIMPORTED: set = set()
+#: one list per plugin import in progress (a stack: a plugin may load another)
+_RECORDING: List[List[Tuple[str, str]]] = []
 
 
 def load_builtins() -> None:
@@ -118,12 +149,13 @@ def load_builtins() -> None:
     load_method_files()
 
 
-def load_plugins(modules: Optional[List[str]] = None, entry_points: bool = True) -> List[str]:
+def load_plugins(modules: Optional[List[Union[str, os.PathLike]]] = None, entry_points: bool = True) -> List[str]:
     """Import plugin modules; return the names imported.
 
     ``modules`` are dotted module names (``--plugin some.module``); a path to a
-    ``.py`` file also works. Entry points of the group ``datafree.plugins`` are
-    loaded once per process.
+    ``.py`` file (str or ``os.PathLike``) also works. Entry points of the group
+    ``datafree.plugins`` are loaded once per process. What each plugin
+    registers is recorded (:func:`plugin_registrations`).
     """
     load_builtins()
     loaded: List[str] = []
@@ -133,7 +165,8 @@ def load_plugins(modules: Optional[List[str]] = None, entry_points: bool = True)
             if key in _PLUGINS_LOADED:
                 continue
             try:
-                ep.load()
+                with _recording(ep.value, ep.module):
+                    ep.load()
             except Exception as e:  # a broken plugin must not hide the others' names
                 raise DatafreeError(
                     f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {e}"
@@ -141,19 +174,56 @@ def load_plugins(modules: Optional[List[str]] = None, entry_points: bool = True)
             _PLUGINS_LOADED.add(key)
             loaded.append(ep.value)
     for mod in modules or []:
+        mod = os.fspath(mod)
         if mod in _PLUGINS_LOADED:
             continue
-        _import_plugin(mod)
+        with _recording(mod, None if mod.endswith(".py") else mod):
+            _import_plugin(mod)
         _PLUGINS_LOADED.add(mod)
         loaded.append(mod)
     return loaded
 
 
+@contextlib.contextmanager
+def _recording(plugin: str, module: Optional[str]) -> Iterator[None]:
+    """Record what ``plugin`` registers while its import runs (kept only if the import succeeds)."""
+    preimported = module is not None and module in sys.modules
+    record: List[Tuple[str, str]] = []
+    _RECORDING.append(record)
+    try:
+        yield
+    finally:
+        _RECORDING.pop()
+    _PLUGIN_ENTRIES[plugin] = record
+    if preimported and not record:
+        _PLUGINS_PREIMPORTED.add(plugin)
+
+
+def plugin_registrations() -> Dict[str, List[Tuple[str, str]]]:
+    """What each loaded plugin registered: plugin -> [(registry kind, name), ...], in load order."""
+    return {p: list(entries) for p, entries in _PLUGIN_ENTRIES.items()}
+
+
+def plugin_report(limit: int = 12) -> str:
+    """One parenthesised line saying what each loaded plugin registered; "" when none was loaded.
+
+    >>> plugin_report()  # doctest: +SKIP
+    "(plugin my_plugin.py registered: synthesizer 'foo', method 'foo2')"
+    """
+    parts = []
+    for plugin, entries in _PLUGIN_ENTRIES.items():
+        if not entries:
+            why = " new: its module had been imported already" if plugin in _PLUGINS_PREIMPORTED else ""
+            parts.append(f"plugin {plugin} registered nothing{why}")
+            continue
+        shown = ", ".join(f"{kind} {name!r}" for kind, name in entries[:limit])
+        more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
+        parts.append(f"plugin {plugin} registered: {shown}{more}")
+    return f"({'; '.join(parts)})" if parts else ""
+
+
 def _import_plugin(mod: str) -> None:
     if mod.endswith(".py"):
-        import os
-        import sys
-
         if not os.path.isfile(mod):
             raise DatafreeError(f"plugin file {mod!r} does not exist")
         name = "datafree_plugin_" + os.path.splitext(os.path.basename(mod))[0]
@@ -182,6 +252,47 @@ def all_registries() -> Dict[str, Registry]:
         "distillers": DISTILLERS,
         "methods": METHODS,
     }
+
+
+def config_class(owner: type, what: str) -> type:
+    """``owner.Config``, checked to be a dataclass whose declared fields are all fields.
+
+    ``what`` names the owner's role in messages ("synthesizer", "distiller").
+    A ``Config`` that subclasses a dataclass but lacks ``@dataclass`` itself is
+    still a dataclass, with only its parent's fields: its own would surface as
+    "unknown key" errors, so it is reported here by name. Cheap and free of
+    side effects (config resolution calls it too).
+    """
+    cfg = getattr(owner, "Config", None)
+    name = getattr(owner, "__name__", repr(owner))
+    if cfg is None:
+        raise ConfigError(f"{what} {name} has no Config: give it a @dataclass `class Config` "
+                          "(an empty one if it takes no parameters)")
+    # the class whose body defines Config names it in messages (it may be inherited)
+    where = next((k.__name__ for k in getattr(owner, "__mro__", ()) if "Config" in vars(k)), name)
+    if not isinstance(cfg, type):
+        raise ConfigError(f"{what} {where}.Config must be a @dataclass class, got {cfg!r}")
+    own = [k for k, a in _own_annotations(cfg).items() if not _is_classvar(a)]
+    if not dataclasses.is_dataclass(cfg) or (own and "__dataclass_fields__" not in vars(cfg)):
+        fields = f" (its fields {', '.join(own)} are invisible otherwise)" if own else ""
+        raise ConfigError(f"{where}.Config is not a @dataclass: put @dataclass above `class Config`{fields}")
+    return cfg
+
+
+def _own_annotations(cls: type) -> Dict[str, Any]:
+    """Annotations written in ``cls``'s own body (not inherited), not evaluated."""
+    try:
+        import annotationlib  # Python 3.14+: annotations are lazy; do not evaluate them
+    except ImportError:
+        return dict(inspect.get_annotations(cls))
+    return dict(annotationlib.get_annotations(cls, format=annotationlib.Format.FORWARDREF))
+
+
+def _is_classvar(annotation: Any) -> bool:
+    # ClassVar declarations are never dataclass fields, decorated or not
+    if isinstance(annotation, str):
+        return re.match(r"\s*(typing\.)?ClassVar\b", annotation) is not None
+    return annotation is typing.ClassVar or typing.get_origin(annotation) is typing.ClassVar
 
 
 Builder = Callable[..., Any]

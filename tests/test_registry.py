@@ -105,3 +105,162 @@ def test_plugin_from_entry_point_and_cli(tmp_path, monkeypatch):
 def test_missing_plugin_is_a_clear_error():
     with pytest.raises(DatafreeError, match="cannot be imported"):
         load_plugins(["no_such_datafree_plugin_xyz"])
+
+
+# --------------------------------------------------------------------------- plugin friction
+
+
+def test_register_method_accepts_a_pathlib_path(tmp_path):
+    from pathlib import Path
+
+    from datafree.methods import register_method
+
+    path = Path(tmp_path) / "path_method.yaml"
+    path.write_text("synthesizer: dafl\ndistiller: kd\ndistill: {T: 4}\n")
+    try:
+        entry = register_method("path_method_x", path)
+        assert entry["synthesizer"] == "dafl" and METHODS.get("path_method_x")["distill"] == {"T": 4}
+    finally:
+        METHODS.unregister("path_method_x")
+    with pytest.raises(DatafreeError, match="mapping or a YAML file path"):
+        register_method("path_method_y", ["not", "a", "mapping"])
+
+
+def _ctx():
+    import torch
+
+    from datafree.data import get_spec
+    from datafree.synthesis.base import Context
+
+    torch.manual_seed(0)
+    return Context(teacher=None, student=torch.nn.Linear(1, 1), spec=get_spec("digits"), device="cpu")
+
+
+def test_config_without_dataclass_decorator_is_named():
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from datafree.distill.base import Distiller
+    from datafree.errors import ConfigError
+    from datafree.registry import config_class
+    from datafree.synthesis.common import GeneratorSynthesizer
+
+    class MyMethod(GeneratorSynthesizer):
+        class Config(GeneratorSynthesizer.Config):  # @dataclass forgotten: still a dataclass, via its parent
+            adv: float = 1.0
+
+    with pytest.raises(ConfigError, match=r"MyMethod\.Config is not a @dataclass: put @dataclass above "
+                                          r"`class Config` \(its fields adv are invisible otherwise\)"):
+        config_class(MyMethod, "synthesizer")
+    # building it says the same, not "unknown key in synth: adv"
+    with pytest.raises(ConfigError, match=r"MyMethod\.Config is not a @dataclass"):
+        MyMethod(_ctx(), adv=2.0)
+
+    class Child(MyMethod):  # an inherited Config is named by the class that defines it
+        pass
+
+    with pytest.raises(ConfigError, match=r"^MyMethod\.Config"):
+        config_class(Child, "synthesizer")
+
+    class MyObjective(Distiller):
+        class Config:  # not a dataclass at all
+            T: float = 4.0
+
+    with pytest.raises(ConfigError, match=r"MyObjective\.Config is not a @dataclass.*fields T"):
+        MyObjective(_ctx(), T=2.0)
+
+    class NoConfig:
+        pass
+
+    with pytest.raises(ConfigError, match="distiller NoConfig has no Config"):
+        config_class(NoConfig, "distiller")
+
+    class Fine(GeneratorSynthesizer):
+        @dataclass
+        class Config(GeneratorSynthesizer.Config):
+            adv: float = 1.0
+            table: ClassVar[tuple] = ()  # not a field, decorated or not
+
+    assert config_class(Fine, "synthesizer") is Fine.Config
+    assert config_class(GeneratorSynthesizer, "synthesizer") is GeneratorSynthesizer.Config
+
+
+PLUGIN_HALF = textwrap.dedent('''
+    from dataclasses import dataclass
+    from datafree.registry import SYNTHESIZERS
+    from datafree.methods import register_method
+    from datafree.synthesis.base import Synthesizer
+
+    @SYNTHESIZERS.register("friction_foo")
+    class Foo(Synthesizer):
+        @dataclass
+        class Config:
+            pass
+
+    register_method("friction_foo2", {"synthesizer": "friction_foo"})
+''')
+
+
+def test_unknown_name_says_what_each_plugin_registered(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from datafree.registry import plugin_registrations
+
+    half = tmp_path / "friction_half.py"
+    half.write_text(PLUGIN_HALF)
+    empty = tmp_path / "friction_empty.py"
+    empty.write_text("from dataclasses import dataclass\n\nclass Forgotten:  # no decorator: registers nothing\n"
+                     "    pass\n")
+    (tmp_path / "friction_seen.py").write_text(PLUGIN_HALF.replace("friction_", "friction_seen_"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import friction_seen  # noqa: F401  (imported before load_plugins: nothing new is registered then)
+
+    try:
+        assert load_plugins([Path(half), str(empty), "friction_seen"]) == [str(half), str(empty), "friction_seen"]
+        regs = plugin_registrations()
+        assert regs[str(half)] == [("synthesizer", "friction_foo"), ("method", "friction_foo2")]
+        assert regs[str(empty)] == []
+        with pytest.raises(UnknownNameError) as e:
+            METHODS.get("friction_foo")
+        msg = str(e.value)
+        assert msg.startswith("unknown method 'friction_foo'. Did you mean 'friction_foo2'")
+        assert "Known methods: " in msg
+        assert f"plugin {half} registered: synthesizer 'friction_foo', method 'friction_foo2'; " in msg
+        assert f"plugin {empty} registered nothing;" in msg
+        assert "plugin friction_seen registered nothing new: its module had been imported already" in msg
+        # every registry's errors carry it, and a caller's own list of names keeps its format
+        with pytest.raises(UnknownNameError, match=r"unknown synthesizer 'friction_bar'.*registered nothing"):
+            SYNTHESIZERS.get("friction_bar")
+        err = MODELS.unknown("resnet19", MODELS.list() + ["timm/<name>"])
+        assert "Did you mean 'resnet18'" in str(err) and f"plugin {empty} registered nothing" in str(err)
+    finally:
+        for reg, name in ((METHODS, "friction_foo2"), (SYNTHESIZERS, "friction_foo"),
+                          (METHODS, "friction_seen_foo2"), (SYNTHESIZERS, "friction_seen_foo")):
+            reg.unregister(name)
+
+
+def test_adding_a_method_doc_lists_the_inherited_config_fields():
+    import ast
+    import dataclasses
+
+    from datafree.distill.base import KD, Distiller
+    from datafree.synthesis.base import Synthesizer
+    from datafree.synthesis.common import GeneratorSynthesizer
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "adding_a_method.md")) as f:
+        doc = f.read()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 3:
+            rows[cells[0].strip("`")] = cells[1].strip("`")
+    for fld in dataclasses.fields(GeneratorSynthesizer.Config):
+        assert fld.name in rows, f"docs/adding_a_method.md does not list GeneratorSynthesizer.Config.{fld.name}"
+        assert ast.literal_eval(rows[fld.name]) == fld.default, fld.name
+    assert not dataclasses.fields(Synthesizer.Config) and not dataclasses.fields(Distiller.Config)
+    assert "`Synthesizer.Config` has no fields" in doc and "`Distiller.Config` has no fields" in doc
+    for fld in dataclasses.fields(KD.Config):
+        assert f"`{fld.name}`" in doc and f"`{fld.default!r}`" in doc
+    assert "`(loss, logs)`" in doc and "`(logits, features,\nbn_loss)`" in doc
+    assert "is not a\n@dataclass" in doc or "is not a @dataclass" in doc
+    assert "pathlib.Path" in doc and "plugins: [my_plugin.py]" in doc

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig, build_dataclass
-from ..registry import DISTILLERS
+from ..registry import DISTILLERS, config_class
 from ..synthesis.base import Context
 from ..synthesis.losses import kl_div
 
@@ -66,7 +66,9 @@ class Distiller:
 
     def __init__(self, ctx: Context, **params: Any):
         self.ctx = ctx
-        self.cfg = build_dataclass(self.Config, params, f"distill ({type(self).__name__})")
+        # a Config missing @dataclass is named here, not reported as an "unknown key" of the distill section
+        config = config_class(type(self), "distiller")
+        self.cfg = build_dataclass(config, params, f"distill ({type(self).__name__})")
         if self.needs_teacher and ctx.teacher is None:
             raise ValueError(f"{type(self).__name__} needs a teacher")
         self.setup()
@@ -150,6 +152,16 @@ class Distiller:
             self.optimizer.step()
         logs.setdefault("loss", loss.detach())
         return logs
+
+    def health_checks(self) -> Dict[str, torch.Tensor]:
+        """Per-step divergence checks this distiller declares: ``{name: 0-d bool tensor}``, True = broken.
+
+        The engine calls this after every student step and keeps, on the device, the first step at which
+        each check failed; it reads them every few dozen steps and stops the run as ``diverged`` with the
+        check's name as the reason (see :mod:`datafree.health`). Non-finite logged losses are checked
+        already. Build the flags from tensors without a host sync (no ``.item()``, ``float()``, ``if t:``).
+        """
+        return {}
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

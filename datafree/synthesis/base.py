@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import RunConfig, build_dataclass
 from ..data.spec import DatasetSpec, Normalizer
+from ..registry import config_class
 
 Batch = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -128,7 +129,9 @@ class Synthesizer:
 
     def __init__(self, ctx: Context, **params: Any):
         self.ctx = ctx
-        self.cfg = build_dataclass(self.Config, params, f"synth ({type(self).__name__})")
+        # a Config missing @dataclass is named here, not reported as an "unknown key" of the synth section
+        config = config_class(type(self), "synthesizer")
+        self.cfg = build_dataclass(config, params, f"synth ({type(self).__name__})")
         self.images_synthesized = 0
         if self.needs_teacher and ctx.teacher is None:
             raise ValueError(f"{type(self).__name__} needs a teacher")
@@ -172,6 +175,16 @@ class Synthesizer:
         """Student logits for a synthesis loss: gradients reach ``x``, not the student."""
         with frozen(self.student), self.ctx.amp.autocast():
             return self.student(x).float()
+
+    def health_checks(self) -> Dict[str, torch.Tensor]:
+        """Per-round divergence checks this synthesizer declares: ``{name: 0-d bool tensor}``, True = broken.
+
+        The engine calls this after every synthesis round and keeps, on the device, the first step at which
+        each check failed; it reads them every few dozen steps and stops the run as ``diverged`` with the
+        check's name as the reason (see :mod:`datafree.health`). Non-finite logged losses are checked
+        already. Build the flags from tensors without a host sync (no ``.item()``, ``float()``, ``if t:``).
+        """
+        return {}
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called by the engine before each epoch's first round (schedules, re-inits)."""
