@@ -73,6 +73,11 @@ class RunConfig:
     channels_last: str = "auto"  # auto (on: CPU and CUDA) | on | off; see datafree/runtime.py
     cpu_malloc: str = "tuned"  # tuned (glibc keeps freed memory for reuse) | default; see datafree/runtime.py
     compile: bool = False  # torch.compile the student and teacher forward
+    # collapse to chance: an evaluation within a point of 100/classes is "at chance"; a run whose last
+    # collapse_patience evaluations (after the first collapse_grace) are all at chance is marked collapsed
+    collapse_patience: int = 3
+    collapse_grace: int = 2
+    stop_on_collapse: bool = False  # stop a collapsed run at once (status "collapsed", exit code 0)
     samples: int = 64  # images in each samples_<epoch>.png grid (0: none)
     log: str = "none"  # none | tensorboard
     progress: bool = True
@@ -258,24 +263,125 @@ def pair_key(dataset: str, teacher: Optional[str], student: str) -> str:
     return f"{dataset}/{teacher}-{student}"
 
 
+#: the accepted values of the run's string switches
+CHOICES = {
+    "amp": ("auto", "off", "bf16", "fp16"),
+    "channels_last": ("auto", "on", "off"),
+    "cpu_malloc": ("tuned", "default"),
+    "log": ("none", "tensorboard", ""),
+    "optim.name": ("sgd", "adam", "adamw"),
+    "optim.schedule": ("cosine", "multistep", "constant"),
+}
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range and choice checks of a resolved config, before any file is written or any model is loaded.
+
+    Raises :class:`ConfigError` naming the bad key and value.
+    """
+    def bad(key: str, value: Any, want: str) -> ConfigError:
+        return ConfigError(f"{key}={value!r} is out of range: {key} must be {want}")
+
+    for key in ("epochs", "batch_size", "eval_every", "eval_batch_size", "collapse_patience"):
+        if getattr(cfg, key) < 1:
+            raise bad(key, getattr(cfg, key), "at least 1")
+    for key in ("ep_steps", "kd_steps"):
+        v = getattr(cfg, key)
+        if v is not None and v < 1:
+            raise bad(key, v, "at least 1, or null" + (" (one pass over the data)" if key == "ep_steps"
+                                                       else " (one round per epoch)"))
+    for key in ("warmup", "samples", "threads", "collapse_grace", "seed"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, getattr(cfg, key), "0 or more")
+    if cfg.warmup >= cfg.epochs:
+        raise bad("warmup", cfg.warmup, f"smaller than epochs ({cfg.epochs}): the student must train at least one epoch")
+    o = cfg.optim
+    import math
+
+    if not (o.lr > 0 and math.isfinite(o.lr)):
+        raise bad("optim.lr", o.lr, "a finite number above 0")
+    for key in ("momentum", "weight_decay", "lr_min", "gamma"):
+        v = getattr(o, key)
+        if not (v >= 0 and math.isfinite(v)):
+            raise bad(f"optim.{key}", v, "a finite number, 0 or more")
+    for key, allowed in CHOICES.items():
+        obj, name = (o, key.split(".", 1)[1]) if key.startswith("optim.") else (cfg, key)
+        v = getattr(obj, name)
+        if v not in allowed:
+            close = close_matches(str(v), [a for a in allowed if a])
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key}={v!r} is not a known value: use one of {', '.join(a for a in allowed if a)}.{hint}")
+    from .data import get_source
+    from .registry import MODELS
+
+    get_source(cfg.dataset)  # an unknown dataset fails here, with suggestions
+    if not cfg.student.startswith("timm/") and cfg.student not in MODELS:
+        MODELS.get(cfg.student)
+    dev = cfg.device
+    if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"device={dev!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return cfg
+
+
+def complete_method_sections(cfg: RunConfig) -> RunConfig:
+    """Fill ``synth`` and ``distill`` with every default of the named classes' ``Config`` dataclasses.
+
+    A resolved config then records every value a run uses (DAFL's generator BN eps too), so a change of a
+    default shows as a changed config. Unknown keys are errors with suggestions.
+    """
+    from .registry import DISTILLERS, SYNTHESIZERS, config_class
+
+    for section, reg, name in (("synth", SYNTHESIZERS, cfg.synthesizer), ("distill", DISTILLERS, cfg.distiller)):
+        cls = config_class(reg.get(name), f"{reg.kind} {name!r}")
+        full = build_dataclass(cls, getattr(cfg, section), f"{section} ({name})")
+        setattr(cfg, section, to_dict(full))
+    return cfg
+
+
 def resolve(
     user: Optional[Dict[str, Any]] = None,
     overrides: Optional[Dict[str, Any]] = None,
 ) -> RunConfig:
-    """Resolve a run configuration from the method defaults, a user dict and overrides."""
-    from .methods import method_layers
+    """Resolve a run configuration from the method defaults, a user dict and overrides.
+
+    The result is complete (every synthesizer and distiller default filled in) and validated. Which
+    method sections applied, and why, is kept in ``provenance(cfg)``.
+    """
+    from .methods import method_layers_explained
+    from .registry import load_plugins
 
     user = deep_merge(user or {}, overrides or {})
     base = to_dict(RunConfig())
     head = deep_merge(base, user)
+    plugins = head.get("plugins") or []
+    load_plugins([plugins] if isinstance(plugins, str) else list(plugins))
     method = head.get("method") or base["method"]
-    layers = method_layers(str(method), str(head.get("dataset")), head.get("teacher"), str(head.get("student")))
+    explained = method_layers_explained(str(method), str(head.get("dataset")), head.get("teacher"),
+                                        str(head.get("student")))
     merged = base
-    for layer in layers:
+    for _, layer in explained:
         merged = deep_merge(merged, layer)
     merged = deep_merge(merged, user)
     merged["method"] = method
-    return build_dataclass(RunConfig, merged, "config")
+    cfg = build_dataclass(RunConfig, merged, "config")
+    complete_method_sections(cfg)
+    validate(cfg)
+    object.__setattr__(cfg, "_provenance", [why for why, _ in explained])
+    return cfg
+
+
+def provenance(cfg: RunConfig) -> List[str]:
+    """The method sections a resolved config was built from, each with why it applied."""
+    return list(getattr(cfg, "_provenance", []))
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The config as YAML, headed by comments that say which method sections applied and why."""
+    lines = [f"# {why}" for why in provenance(cfg)]
+    head = ("# resolved config of method " + cfg.method + ": every default included; "
+            "`datafree distill --config THIS_FILE` repeats the run\n")
+    body = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return head + "".join(l + "\n" for l in lines) + body
 
 
 def close_matches(name: str, known: List[str]) -> List[str]:

@@ -6,7 +6,10 @@ A method file (``datafree/configs/methods/<name>.yaml``) is a partial
 ``extends``
     another method whose entry this one starts from (presets such as ``fast10``);
 ``datasets``
-    per-dataset layers (``mnist: {epochs: 20}``);
+    per-dataset layers (``mnist: {epochs: 20}``); a section applies to its dataset's family (every
+    1-channel 28/32-pixel dataset takes ``mnist``'s), see :func:`dataset_section`;
+``students``
+    per-architecture layers keyed by a shell pattern of the student's name (``lenet5*: {optim: {lr: 0.01}}``);
 ``pairs``
     per-pair layers keyed ``<dataset>/<teacher>-<student>``;
 ``about``
@@ -25,15 +28,16 @@ from .errors import ConfigError
 from .registry import METHODS
 
 METHOD_DIR = os.path.join(os.path.dirname(__file__), "configs", "methods")
-_SECTIONS = ("extends", "datasets", "pairs", "about")
+_SECTIONS = ("extends", "datasets", "students", "pairs", "about")
 
 
 def register_method(name: str, entry: Any, override: bool = False) -> Dict[str, Any]:
-    """Register a method from a dict or a YAML file path."""
-    if isinstance(entry, str):
-        entry = load_yaml(entry)
+    """Register a method from a dict or a YAML file path (``str`` or any ``os.PathLike``)."""
+    if isinstance(entry, (str, os.PathLike)):
+        entry = load_yaml(os.fspath(entry))
     if not isinstance(entry, dict):
-        raise ConfigError(f"method {name!r}: entry must be a mapping")
+        raise ConfigError(f"method {name!r}: entry must be a mapping or a YAML file path, "
+                          f"got {type(entry).__name__}")
     if "synthesizer" not in entry and "extends" not in entry:
         raise ConfigError(f"method {name!r}: entry must name a synthesizer (or extend a method)")
     METHODS.register(name, dict(entry), override=override)
@@ -62,21 +66,72 @@ def method_entry(name: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]
     return dict(entry)
 
 
-def method_layers(name: str, dataset: str, teacher: Optional[str], student: str) -> List[Dict[str, Any]]:
-    """Config layers for a method: its defaults, its dataset section, its pair section."""
+def dataset_section(sections: Dict[str, Any], dataset: str) -> tuple:
+    """``(key, why)`` of the ``datasets`` section that applies to ``dataset``, or ``(None, why)`` for none.
+
+    A section applies to a dataset family, not only to one name: a dataset without a section of its own
+    takes the section of a dataset with the same image spec (channels and size; every 1-channel 28- or
+    32-pixel dataset takes ``mnist``'s). An ``imagefolder:`` takes its section by the spec it is read at.
+    Otherwise the entry's top level (the CIFAR recipe) applies.
+    """
+    if not sections:
+        return None, "no dataset sections: the top-level recipe"
+    if dataset in sections:
+        return dataset, f"its own section"
+    try:
+        from .data import get_spec
+
+        spec = get_spec(dataset)
+    except Exception:  # an unreadable image folder: its spec is unknown, take the top level
+        return None, f"{dataset}'s image spec is unknown: the top-level recipe"
+    shape = f"{spec.channels}x{spec.size}x{spec.size}"
+    if spec.channels == 1 and spec.size in (28, 32) and "mnist" in sections:
+        return "mnist", f"{dataset} is {shape}: the MNIST family (1 channel, 28 or 32 pixels) takes mnist's section"
+    for name in sections:
+        try:
+            from .data import get_spec
+
+            other = get_spec(name)
+        except Exception:
+            continue
+        if (other.channels, other.size) == (spec.channels, spec.size):
+            return name, f"{dataset} is {shape} like {name}: {name}'s section"
+    return None, f"no section for {dataset} ({shape}) or its family: the top-level recipe"
+
+
+def method_layers_explained(name: str, dataset: str, teacher: Optional[str], student: str) -> List[tuple]:
+    """``(why, layer)`` for each config layer of a method, in the order they apply.
+
+    The entry's top level, then its ``students`` section (shell patterns matched against the student's
+    name: recipes that depend on the architecture, e.g. the learning rate of a BN-free LeNet), then the
+    dataset section (:func:`dataset_section`), then the ``pairs`` section.
+    """
     entry = method_entry(name)
     base = {k: v for k, v in entry.items() if k not in _SECTIONS}
-    layers = [base]
-    ds = (entry.get("datasets") or {}).get(dataset)
-    if ds:
-        layers.append(ds)
+    layers = [(f"method {name}: its entry (datafree/configs/methods or a plugin)", base)]
+    import fnmatch
+
+    for pattern, layer in (entry.get("students") or {}).items():
+        if fnmatch.fnmatchcase(str(student), str(pattern)):
+            layers.append((f"students.{pattern!s}: the student {student} matches {pattern!r}", layer))
+    key, why = dataset_section(entry.get("datasets") or {}, dataset)
+    if key is not None:
+        layers.append((f"datasets.{key}: {why}", entry["datasets"][key]))
+    else:
+        layers.append((f"no datasets section: {why}", {}))
     teacher_name = os.path.splitext(os.path.basename(str(teacher)))[0] if teacher else teacher
     if teacher_name and teacher_name.startswith(f"{dataset}_"):
         teacher_name = teacher_name[len(dataset) + 1:]
-    pair = (entry.get("pairs") or {}).get(pair_key(dataset, teacher_name, student))
+    pk = pair_key(dataset, teacher_name, student)
+    pair = (entry.get("pairs") or {}).get(pk)
     if pair:
-        layers.append(pair)
-    return layers
+        layers.append((f"pairs.{pk}: the pair's own section", pair))
+    return [(w, l) for w, l in layers if l or w.startswith("no datasets")]
+
+
+def method_layers(name: str, dataset: str, teacher: Optional[str], student: str) -> List[Dict[str, Any]]:
+    """Config layers for a method: its defaults, its students, dataset and pair sections."""
+    return [layer for _, layer in method_layers_explained(name, dataset, teacher, student) if layer]
 
 
 def describe(name: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, UnknownNameError
+from ..errors import CheckpointError
 from ..registry import GENERATORS, MODELS
 from . import generators, lenet, mobilenetv2, resnet, vgg, wrn  # noqa: F401  (registration)
 from .base import Classifier
@@ -23,7 +23,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
     if name.startswith("timm/"):
         return timm_model(name.split("/", 1)[1], num_classes, in_channels, image_size)
     if name not in MODELS:
-        raise UnknownNameError("model", name, MODELS.list() + ["timm/<name>"])
+        raise MODELS.unknown(name, MODELS.list() + ["timm/<name>"])
     return MODELS.build(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
 
