@@ -8,6 +8,12 @@
 * :func:`runs_table`: one row per run;
 * :func:`write_tables`: all of them as markdown (README.md) and CSV, plus the figures;
 * :func:`plot_curves`, :func:`plot_acc_vs_hours`, :func:`save_sample_grid`.
+
+A run's ``status`` (summary.json) is finished, diverged or collapsed. A diverged run has no accuracy: its
+cells read ``diverged`` and it is left out of the mean of the other seeds, which then say how many diverged,
+e.g. ``97.50 ± 0.71 (1/3 diverged)``. A collapsed run's accuracy is real (near chance) and is shown as
+``10.09 (collapsed)``. Records :func:`~datafree.results.load_runs` could not use (``df.attrs["skipped"]``) are
+listed in the README's "Skipped records" section.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import datetime
 import io
 import math
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,10 +43,15 @@ def order_methods(names: Iterable[str]) -> List[str]:
     return sorted(names, key=key)
 
 
+def _md_cell(c: object) -> str:
+    # a reason or a bad line quoted from a record may hold a pipe or a newline, which would break the table
+    return "" if c is None else str(c).replace("|", "\\|").replace("\n", " ")
+
+
 def markdown(header: Sequence[str], rows: Sequence[Sequence[object]], align: Optional[str] = None) -> str:
     """A GitHub markdown table. ``align``: one char per column, l or r."""
     align = align or "l" + "r" * (len(header) - 1)
-    cells = [[str(c) for c in header]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[_md_cell(c) for c in header]] + [[_md_cell(c) for c in r] for r in rows]
     lines = ["| " + " | ".join(cells[0]) + " |",
              "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
@@ -74,13 +85,96 @@ def _num(v, digits=2, scale=1.0):
 
 
 def method_label(method: str, real: str) -> str:
-    return f"{method} †" if real else method
+    return f"{method} †" if isinstance(real, str) and real else method
 
 
 def _real_data(dm) -> str:
     if "uses_real_data" not in dm:
         return ""
     return next((r for r in dm["uses_real_data"] if isinstance(r, str) and r), "")
+
+
+# --------------------------------------------------------------------------- run status
+
+#: the columns the tables read; a frame built by hand, or from older records, may lack some
+_COLUMNS = ("dataset", "method", "pair", "seed", "last_acc", "best_acc", "mean_acc", "var_acc")
+
+
+def _frame(df):
+    """``df`` with every column the tables read and a ``status`` in each row (finished where it has none)."""
+    missing = [c for c in _COLUMNS if c not in df]
+    if not missing and "status" in df and not df["status"].isna().any():
+        return df
+    d = df.copy()
+    for c in missing:
+        d[c] = None
+    d["status"] = d["status"].fillna("finished") if "status" in d else "finished"
+    return d
+
+
+def _counts(g) -> Dict[str, int]:
+    status = list(g["status"])
+    return {"runs": len(status), "diverged": status.count("diverged"), "collapsed": status.count("collapsed")}
+
+
+def group_status(runs: int, diverged: int, collapsed: int) -> Optional[str]:
+    """One word for the runs of a cell: finished, diverged, collapsed (all of them), or mixed; None for none."""
+    if not runs:
+        return None
+    if diverged == runs:
+        return "diverged"
+    if collapsed == runs:
+        return "collapsed"
+    return "finished" if not diverged and not collapsed else "mixed"
+
+
+def status_note(runs: int, diverged: int, collapsed: int) -> str:
+    """What follows a cell's number: "" when every run finished, else e.g. " (collapsed)", " (1/3 diverged)"."""
+    if not runs or (not diverged and not collapsed):
+        return ""
+    if collapsed == runs:
+        return " (collapsed)"
+    return " (" + ", ".join(f"{k}/{runs} {w}" for k, w in ((diverged, "diverged"), (collapsed, "collapsed")) if k) + ")"
+
+
+def _acc_cell(text: str, runs: int, diverged: int, collapsed: int) -> str:
+    # a diverged run's accuracy is never shown as a number: the word stands in the cell instead
+    if runs and diverged == runs:
+        return "diverged"
+    return text + status_note(runs, diverged, collapsed)
+
+
+def run_status_text(r) -> str:
+    """A run's status for the per-run table, with where and why it diverged when the record says."""
+    status = r.get("status") or "finished"
+    info = r.get("diverged")
+    if status != "diverged" or not isinstance(info, dict):
+        return str(status)
+    where = ", ".join(f"{k} {info[k]}" for k in ("epoch", "step") if info.get(k) is not None)
+    return "diverged" + (f" at {where}" if where else "") + (f": {info['reason']}" if info.get("reason") else "")
+
+
+# --------------------------------------------------------------------------- skipped records
+
+
+def skipped_section(skipped: Sequence[Dict[str, str]]) -> str:
+    """The README's "Skipped records" section ("" when there are none)."""
+    if not skipped:
+        return ""
+    rows = [[f"`{s.get('path', '?')}`", s.get("reason", "")] for s in skipped]
+    return "\n".join(["## Skipped records", "",
+                      "These records could not be read or are incomplete, so the tables above leave them out (a run "
+                      "whose metrics.jsonl is bad keeps its row, from summary.json, but has no curve). Repair or "
+                      "delete them and run `datafree table` again.", "", markdown(["path", "reason"], rows, "ll"), ""])
+
+
+def describe_skipped(skipped: Sequence[Dict[str, str]], limit: int = 3) -> str:
+    """One line naming the skipped records, the first ``limit`` of them with why ("" when there are none)."""
+    if not skipped:
+        return ""
+    shown = "; ".join(f"{s.get('path', '?')} ({s.get('reason', '')})" for s in skipped[:limit])
+    more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"{len(skipped)} record{'s' if len(skipped) != 1 else ''} skipped: {shown}{more}"
 
 
 # --------------------------------------------------------------------------- references
@@ -140,7 +234,12 @@ def pair_order(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -> 
 
 
 def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
-    """Long-format records: one per (dataset, method, pair) with ours and the published value."""
+    """Long-format records: one per (dataset, method, pair) with ours and the published value.
+
+    ``seeds`` counts the values in the mean (diverged runs are left out), ``runs`` all the runs, with
+    ``status`` (see :func:`group_status`) and how many ``diverged`` and ``collapsed``.
+    """
+    df = _frame(df)
     out = []
     for dataset in sorted(df["dataset"].unique()):
         d = df[df["dataset"] == dataset]
@@ -152,12 +251,15 @@ def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, An
             if m == "teacher":  # its row comes from the run records, below
                 continue
             for p in pairs:
-                vals = _clean(dm[dm["pair"] == p][metric]) if len(dm) else []
+                g = dm[dm["pair"] == p]
+                c = _counts(g)
+                vals = _clean(g[g["status"] != "diverged"][metric])
                 pub = use_ref.get(m, {}).get(p)
-                if not vals and pub is None:
+                if not vals and not c["diverged"] and pub is None:
                     continue
                 mean = float(np.mean(vals)) if vals else None
-                out.append({"dataset": dataset, "method": m, "pair": p, "seeds": len(vals), "mean": mean,
+                out.append({"dataset": dataset, "method": m, "pair": p, "status": group_status(**c),
+                            "seeds": len(vals), **c, "mean": mean,
                             "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None, "published": pub,
                             "delta": (mean - pub) if (mean is not None and pub is not None) else None,
                             "real_data": _real_data(dm)})
@@ -166,7 +268,8 @@ def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, An
             t = _clean(d[d["pair"] == p]["teacher_acc"]) if "teacher_acc" in d else []
             pub = use_ref.get("teacher", {}).get(p)
             if t or pub is not None:
-                out.append({"dataset": dataset, "method": "teacher", "pair": p, "seeds": 1 if t else 0,
+                out.append({"dataset": dataset, "method": "teacher", "pair": p, "status": "finished" if t else None,
+                            "seeds": 1 if t else 0, "runs": 1 if t else 0, "diverged": 0, "collapsed": 0,
                             "mean": t[0] if t else None, "std": None, "published": pub,
                             "delta": (t[0] - pub) if (t and pub is not None) else None, "real_data": ""})
     return out
@@ -176,6 +279,7 @@ def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, A
     """Markdown accuracy tables, one per dataset, in the papers' layout."""
     if df is None or len(df) == 0:
         return "_no finished runs_"
+    df = _frame(df)
     recs = accuracy_rows(df, metric, reference)
     blocks = []
     for dataset in sorted({r["dataset"] for r in recs}):
@@ -195,6 +299,11 @@ def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, A
         lines = [f"**{dataset}**: top-1 accuracy (%) at the {what}; mean ± std over seeds where there are several."]
         if any(r["published"] is not None for r in rs):
             lines[0] += " Cells read `ours · published (ours − published)`; `-` where we have no run."
+        if any(r["diverged"] for r in rs):
+            lines[0] += (" `diverged`: the run's loss became non-finite, so it has no accuracy; a diverged seed is left"
+                         " out of the mean of the others.")
+        if any(r["collapsed"] for r in rs):
+            lines[0] += " `(collapsed)`: the student ended near chance accuracy."
         lines += ["", markdown(["method"] + pairs, rows)]
         if notes:
             lines += [""] + [f"† {m}: uses real data: {t}" for m, t in notes.items()]
@@ -215,6 +324,7 @@ def _cell(r: Optional[Dict[str, Any]]) -> str:
     if r is None:
         return ""
     ours = "-" if r["mean"] is None else (f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else ""))
+    ours = _acc_cell(ours, r.get("runs", 0), r.get("diverged", 0), r.get("collapsed", 0))
     if r["published"] is None:
         return ours
     delta = "" if r["delta"] is None else f" ({r['delta']:+.2f})"
@@ -226,13 +336,20 @@ def _hours_column(d) -> str:
 
 
 def stability_rows(df) -> List[Dict[str, Any]]:
+    """Per (dataset, pair, method): means over the seeds that did not diverge, ``seeds`` counting all of them."""
+    df = _frame(df)
     out = []
     for (dataset, pair, method), g in df.groupby(["dataset", "pair", "method"]):
+        c = _counts(g)
+        # a diverged run stopped where it broke: its accuracy, memory and time are not comparable with the others
+        ok = g[g["status"] != "diverged"]
+
         def mean(col):
-            v = _clean(g[col]) if col in g else []
+            v = _clean(ok[col]) if col in ok else []
             return float(np.mean(v)) if v else None
 
-        out.append({"dataset": dataset, "pair": pair, "method": method, "seeds": len(g),
+        out.append({"dataset": dataset, "pair": pair, "method": method, "status": group_status(**c), "seeds": len(g),
+                    "diverged": c["diverged"], "collapsed": c["collapsed"],
                     "mean_acc": mean("mean_acc"), "var_acc": mean("var_acc"), "best_acc": mean("best_acc"),
                     "last_acc": mean("last_acc"), "peak_memory_mb": mean("peak_memory_mb"),
                     "total_hours": mean("total_hours"), "gpu_hours": mean("gpu_hours"),
@@ -250,12 +367,14 @@ def stability_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
     """
     if df is None or len(df) == 0:
         return "_no finished runs_"
+    df = _frame(df)
     gpu = _hours_column(df) == "gpu_hours"
     has_pub = any(_ref(reference, d, "stability") for d in df["dataset"].unique())
     rows = []
     for r in stability_rows(df):
+        c = (r["seeds"], r["diverged"], r["collapsed"])
         row = [r["dataset"], r["pair"], method_label(r["method"], r["real_data"]), r["seeds"],
-               _num(r["mean_acc"]), _num(r["var_acc"]), _num(r["best_acc"]), _num(r["last_acc"]),
+               *(_acc_cell(_num(r[k]), *c) for k in ("mean_acc", "var_acc", "best_acc", "last_acc")),
                _num(r["peak_memory_mb"], 0), _num(r["gpu_hours"] if gpu else r["total_hours"], 3),
                _num(r["synthesis_hours"], 3)]
         if has_pub:
@@ -275,38 +394,48 @@ def speed_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
     rows = []
     for r in stability_rows(df):
         pub = _ref(reference, r["dataset"], "synthesis_hours").get(r["method"], {}).get(r["pair"])
-        rows.append([r["dataset"], r["pair"], r["method"], _num(r["last_acc"]), _num(r["synthesis_hours"], 3),
-                     _num(pub, 2)])
+        rows.append([r["dataset"], r["pair"], r["method"],
+                     _acc_cell(_num(r["last_acc"]), r["seeds"], r["diverged"], r["collapsed"]),
+                     _num(r["synthesis_hours"], 3), _num(pub, 2)])
     return markdown(["dataset", "pair", "method", "last acc", "synthesis h (ours)", "synthesis h (published)"], rows,
                     "lllrrr")
 
 
 def runs_table(df) -> str:
-    """One row per run: accuracy statistics and resources."""
+    """One row per run: status, accuracy statistics and resources."""
     if df is None or len(df) == 0:
         return "_no finished runs_"
-    d = df.copy()
+    d = _frame(df).copy()
     d["_order"] = d["method"].map({m: i for i, m in enumerate(order_methods(d["method"]))})
     d = d.sort_values(["dataset", "pair", "_order", "seed"])
     rows = []
     for _, r in d.iterrows():
+        c = (1, int(r["status"] == "diverged"), int(r["status"] == "collapsed"))
         rows.append([
             r["dataset"], method_label(r["method"], r.get("uses_real_data") or ""), r["pair"], int(r["seed"]),
-            _num(r["best_acc"]), _num(r["last_acc"]), _num(r["mean_acc"]), _num(r["var_acc"]),
+            run_status_text(r), *(_acc_cell(_num(r[k]), *c) for k in ("best_acc", "last_acc", "mean_acc", "var_acc")),
             _num(r.get("peak_memory_mb"), 0), _num(r.get("total_seconds"), 0),
             _num(r.get("synthesis_seconds"), 0), _num(r.get("gpu_hours"), 3),
             f"{int(_clean([r.get('images_synthesized')])[0]) if _clean([r.get('images_synthesized')]) else 0:,}",
         ])
-    header = ["dataset", "method", "pair", "seed", "best", "last", "mean", "var", "peak mem (MB)", "wall (s)",
-              "synthesis (s)", "GPU-h", "images synthesized"]
-    return markdown(header, rows, "lllr" + "r" * 9)
+    header = ["dataset", "method", "pair", "seed", "status", "best", "last", "mean", "var", "peak mem (MB)",
+              "wall (s)", "synthesis (s)", "GPU-h", "images synthesized"]
+    return markdown(header, rows, "lllrl" + "r" * 9)
 
 
 def tables_markdown(df, title: str = "Results", note: str = "", reference: Optional[Dict[str, Any]] = None,
-                    metric: str = "last_acc") -> str:
-    machines = sorted(set(df["machine"])) if len(df) and "machine" in df else []
+                    metric: str = "last_acc", skipped: Optional[Sequence[Dict[str, str]]] = None,
+                    figures: Sequence[str] = ()) -> str:
+    """The README: accuracy, stability (and synthesis time) and per-run tables, then ``figures`` (markdown
+    lines) and the "Skipped records" section. ``skipped`` defaults to ``df.attrs["skipped"]`` (from load_runs)."""
+    df = _frame(df)
+    skipped = list(df.attrs.get("skipped", []) if skipped is None else skipped)
+    machines = sorted({m for m in df["machine"] if isinstance(m, str)}) if len(df) and "machine" in df else []
     lines = [f"# {title}", "",
              f"Generated by `datafree table` on {datetime.date.today().isoformat()} from {len(df)} run records."]
+    if skipped:
+        lines[-1] += (f" {len(skipped)} record{'s' if len(skipped) != 1 else ''} could not be used: see "
+                      "[Skipped records](#skipped-records).")
     if machines:
         lines.append("Measured on: " + "; ".join(machines) + ".")
     if note:
@@ -323,44 +452,56 @@ def tables_markdown(df, title: str = "Results", note: str = "", reference: Optio
                   "ones were measured on the authors' GPUs, ours on the machine named above.", "",
                   speed_table(df, reference), ""]
     lines += ["## Per run", "", runs_table(df), ""]
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    if figures:
+        text += "".join(f"\n{f}\n" for f in figures)
+    if skipped:
+        text += "\n" + skipped_section(skipped)
+    return text
 
 
 def write_tables(df, out_dir: str, title: str = "Results", reference: Optional[str] = None, note: str = "",
                  metric: str = "last_acc", readme: Optional[str] = None) -> str:
-    """README.md (markdown tables), accuracy.csv, stability.csv, curves.png and acc_vs_hours.png in ``out_dir``."""
+    """README.md (markdown tables), accuracy.csv, stability.csv, curves.png and acc_vs_hours.png in ``out_dir``.
+
+    The README lists the records that could not be used: ``df.attrs["skipped"]`` (as load_runs leaves it) and,
+    for a frame without a ``curve`` column, any metrics.jsonl that cannot be read here. Every output is built
+    in memory first and the files are written last, so a failure leaves the previous ones as they were.
+    """
     import pandas as pd
 
-    from .results import atomic_write_text
+    from .results import _atomic_write_bytes
 
     ref = load_reference(reference) if isinstance(reference, str) else (reference or {})
-    text = tables_markdown(df, title=title, note=note, reference=ref, metric=metric)
+    df = _frame(df)
+    skipped = list(df.attrs.get("skipped", []))
+    files = {os.path.join(out_dir, "accuracy.csv"): pd.DataFrame(accuracy_rows(df, metric, ref)).to_csv(index=False),
+             os.path.join(out_dir, "stability.csv"): pd.DataFrame(stability_rows(df)).to_csv(index=False)}
+    figures: List[str] = []
+    if "run_dir" in df and len(df):
+        files[os.path.join(out_dir, "curves.png")] = _curves_png(_curves(df, skipped, base=out_dir), title)
+        files[os.path.join(out_dir, "acc_vs_hours.png")] = _acc_vs_hours_png(df)
+        figures = ["![accuracy per evaluation](curves.png)", "![accuracy against hours](acc_vs_hours.png)"]
+    text = tables_markdown(df, title=title, note=note, reference=ref, metric=metric, skipped=skipped, figures=figures)
+    files[readme or os.path.join(out_dir, "README.md")] = text
     os.makedirs(out_dir, exist_ok=True)
-    atomic_write_text(os.path.join(out_dir, "accuracy.csv"),
-                      pd.DataFrame(accuracy_rows(df, metric, ref)).to_csv(index=False))
-    atomic_write_text(os.path.join(out_dir, "stability.csv"), pd.DataFrame(stability_rows(df)).to_csv(index=False))
-    runs = sorted(df["run_dir"]) if "run_dir" in df else []
-    if runs:
-        plot_curves(runs, os.path.join(out_dir, "curves.png"), title=title)
-        plot_acc_vs_hours(df, os.path.join(out_dir, "acc_vs_hours.png"))
-        text += "\n![accuracy per evaluation](curves.png)\n\n![accuracy against hours](acc_vs_hours.png)\n"
-    atomic_write_text(readme or os.path.join(out_dir, "README.md"), text)
+    for path, data in files.items():
+        _atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     return text
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def _save_fig(fig, path: str) -> str:
+def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
-    from .results import _atomic_write_bytes
-
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
-    return path
+    try:
+        fig.savefig(buf, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
 
 
 def _plt():
@@ -372,46 +513,108 @@ def _plt():
     return plt
 
 
-def plot_curves(run_dirs: Sequence[str], path: str, title: str = "") -> str:
-    """Accuracy per evaluation, one line per run (labelled method pair seed)."""
-    from .results import read_json, read_jsonl
+def _curves(runs, skipped: Optional[List[Dict[str, str]]] = None,
+            base: Optional[str] = None) -> List[Tuple[str, List[Tuple[float, Optional[float]]]]]:
+    """(label, points) per run that has evaluations.
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for d in run_dirs:
-        m = read_jsonl(os.path.join(d, "metrics.jsonl"))
-        if not m:
+    ``runs``: a frame from load_runs (its ``curve`` column holds the points, read already; rows in run-directory
+    order) or run directories, whose metrics.jsonl are read here; one that cannot be read is left out and
+    noted in ``skipped`` (path relative to ``base`` when given).
+    """
+    from .results import RecordError, read_curve, read_summary
+
+    if hasattr(runs, "columns"):
+        frame = runs.sort_values("run_dir") if "run_dir" in runs else runs.iloc[:0]
+        items = [(r["run_dir"], r.to_dict()) for _, r in frame.iterrows()]
+    else:
+        items = []
+        for d in runs:
+            try:
+                items.append((d, read_summary(os.path.join(d, "summary.json"))))
+            except (OSError, RecordError):  # the label falls back to the folder's name
+                items.append((d, {}))
+    out = []
+    for d, s in items:
+        if "curve" in s:
+            points = s["curve"]
+        else:
+            path = os.path.join(d, "metrics.jsonl")
+            try:
+                points = read_curve(path)
+            except (OSError, RecordError) as e:
+                if skipped is not None:
+                    why = f"cannot be read: {e.strerror or e}" if isinstance(e, OSError) else str(e)
+                    skipped.append({"path": os.path.relpath(path, base) if base else path,
+                                    "reason": f"{why}; its curve is left out"})
+                continue
+        if not isinstance(points, list) or not points:
             continue
-        s = read_json(os.path.join(d, "summary.json")) if os.path.isfile(os.path.join(d, "summary.json")) else {}
-        label = f"{s.get('method', os.path.basename(d))} {s.get('pair', '')}".strip()
+        label = f"{s.get('method') or os.path.basename(d)} {s.get('pair') or ''}".strip()
         if s.get("seed"):
             label += f" s{s['seed']}"
-        ax.plot([r["epoch"] for r in m], [r["acc"] for r in m], marker="o", ms=2.5, lw=1.2, label=label)
+        out.append((label, points))
+    return out
+
+
+def _curves_png(curves, title: str = "") -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, points in curves:
+        # a null accuracy (the engine's record of a non-finite one) is a gap in the line
+        ax.plot([e for e, _ in points], [math.nan if a is None else a for _, a in points], marker="o", ms=2.5,
+                lw=1.2, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right", ncol=2)
+    if curves:
+        ax.legend(fontsize=6, loc="lower right", ncol=2)
     fig.tight_layout()
-    return _save_fig(fig, path)
+    return _png(fig)
 
 
-def plot_acc_vs_hours(df, path: str) -> str:
-    """Last accuracy against GPU-hours (wall hours on CPU), one point per run."""
+def plot_curves(run_dirs, path: str, title: str = "", skipped: Optional[List[Dict[str, str]]] = None) -> str:
+    """Accuracy per evaluation, one line per run (labelled method pair seed).
+
+    ``run_dirs``: run directories, or a frame from load_runs (whose curves are read already). A metrics.jsonl
+    that cannot be read is left out, and noted in ``skipped`` when a list is given.
+    """
+    from .results import _atomic_write_bytes
+
+    _atomic_write_bytes(path, _curves_png(_curves(run_dirs, skipped), title))
+    return path
+
+
+def _acc_vs_hours_png(df) -> bytes:
+    import pandas as pd
+
     plt = _plt()
-    col = _hours_column(df)
+    d = _frame(df)
+    d = d[d["status"] != "diverged"]  # a diverged run has no last accuracy to place
+    col = _hours_column(d)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for m in order_methods(df["method"]):
-        g = df[df["method"] == m]
-        ax.scatter(g[col].astype(float), g["last_acc"].astype(float), label=m, s=22)
+    methods = order_methods(m for m in d["method"] if isinstance(m, str))
+    for m in methods:
+        g = d[d["method"] == m]
+        hours = pd.to_numeric(g[col], errors="coerce") if col in g else pd.Series(math.nan, index=g.index)
+        ax.scatter(hours, pd.to_numeric(g["last_acc"], errors="coerce"), label=m, s=22)
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set_xlabel("GPU-hours" if col == "gpu_hours" else "wall hours (CPU)")
     ax.set_ylabel("last test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if methods:
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save_fig(fig, path)
+    return _png(fig)
+
+
+def plot_acc_vs_hours(df, path: str) -> str:
+    """Last accuracy against GPU-hours (wall hours on CPU), one point per run that did not diverge."""
+    from .results import _atomic_write_bytes
+
+    _atomic_write_bytes(path, _acc_vs_hours_png(df))
+    return path
 
 
 def save_sample_grid(images, labels, path: str, ncol: int = 8, cell: int = 40) -> str:
@@ -462,10 +665,13 @@ def write_index(root: str = "results", title: str = "Results measured by this pr
         if not os.path.isdir(d) or name in ("runs", "teachers"):
             continue
         df = load_runs(d)
+        skipped = df.attrs.get("skipped", [])
         if len(df) == 0:
+            if skipped:  # a folder of unreadable records is named, not left out unseen
+                lines += [f"## {name}", "", f"No readable runs: {describe_skipped(skipped)}.", ""]
             continue
-        machines = "; ".join(sorted(set(df["machine"]))) if "machine" in df else "unknown"
-        dates = sorted(str(f)[:10] for f in df.get("finished", []) if f)
+        machines = "; ".join(sorted({m for m in df["machine"] if isinstance(m, str)})) if "machine" in df else "unknown"
+        dates = sorted(str(f)[:10] for f in df.get("finished", []) if isinstance(f, str) and f)
         reference = None
         suite = os.path.join("benchmarks", "suites", f"{name}.yaml")
         if os.path.isfile(suite):
@@ -476,7 +682,10 @@ def write_index(root: str = "results", title: str = "Results measured by this pr
         ref = load_reference(reference) if reference and os.path.isfile(reference) else None
         lines += [f"## {name}", "",
                   f"{len(df)} runs, {dates[0]} to {dates[-1]}, on {machines}. Full tables: [{name}/README.md]({name}/README.md)."
-                  if dates else f"{len(df)} runs on {machines}.", "", accuracy_table(df, reference=ref), ""]
+                  if dates else f"{len(df)} runs on {machines}."]
+        if skipped:
+            lines[-1] += f" {describe_skipped(skipped)}."
+        lines += ["", accuracy_table(df, reference=ref), ""]
     if os.path.isfile(os.path.join(root, "perf.md")):
         lines += ["## Speed and memory", "",
                   "Each method's synthesis round and student step against its compute floor, and our DeepInversion, "
