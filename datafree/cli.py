@@ -9,8 +9,9 @@
     datafree demo
     datafree data download|check NAME
 
-Bad input (unknown names, missing data, unusable checkpoints or configs)
-prints one ``error:`` line and exits with status 2.
+Bad input (unknown names, missing data, unusable checkpoints or configs,
+a full disk) prints one ``error:`` line and exits with status 2; a run that
+diverged exits with status 3.
 """
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from .errors import DatafreeError
+
+#: exit codes: 2 bad input (one ``error:`` line), 3 the run diverged (its summary says where)
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -101,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train a small teacher on digits and run every method with a small budget")
     p.add_argument("--suite", default=None, help="suite file (default: benchmarks/suites/demo.yaml)")
-    p.add_argument("--out", default=os.path.join("results", "demo"))
+    p.add_argument("--out", default=os.path.join("results", "runs", "demo"),
+                   help="folder of the demo's runs and tables (default results/runs/demo, git-ignored; "
+                        "results/demo holds our committed run)")
     p.add_argument("--fresh", action="store_true", help="delete earlier demo runs first")
     _common(p)
 
@@ -181,16 +188,21 @@ def cmd_distill(args) -> int:
     for key in ("method", "dataset", "student"):
         if key not in user and not args.config:
             raise DatafreeError(f"distill needs --{key} (or --config FILE)")
-    cfg = resolve(user)
+    cfg = resolve(user)  # validated: a bad key or value fails here, before any file is written
     if args.print_config:
-        import yaml
+        from .config import config_yaml
 
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(config_yaml(cfg), end="")
         return 0
     engine = Engine(cfg, resume=args.resume, overwrite=args.overwrite)
     summary = engine.run()
+    if summary.get("status") == "diverged":
+        d = summary.get("diverged", {})
+        print(f"diverged at epoch {d.get('epoch')} step {d.get('step')} ({d.get('reason')})  -> {engine.out_dir}")
+        return EXIT_DIVERGED
     if summary.get("last_acc") is not None:
-        print(f"last {summary['last_acc']:.2f}  best {summary['best_acc']:.2f}  -> {engine.out_dir}")
+        print(f"last {summary['last_acc']:.2f}  best {summary['best_acc']:.2f}"
+              + ("  (collapsed to chance)" if summary.get("status") == "collapsed" else "") + f"  -> {engine.out_dir}")
     return 0
 
 
@@ -216,7 +228,7 @@ def cmd_train_teacher(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from .report import write_tables
+    from .report import describe_skipped, write_tables
     from .results import load_runs
 
     if not os.path.isdir(args.dir):
@@ -226,9 +238,12 @@ def cmd_table(args) -> int:
 
         print(write_index(args.dir))
         return 0
+    # every record (summaries and metrics files) is read here, before any output is written
     df = load_runs(args.dir)
+    skipped = df.attrs.get("skipped", [])
     if len(df) == 0:
-        raise DatafreeError(f"no finished runs (summary.json files) under {args.dir}")
+        raise DatafreeError(f"no readable runs (summary.json files) under {args.dir}"
+                            + (f": {describe_skipped(skipped)}" if skipped else ""))
     metric = "best_acc" if args.metric == "best" else "last_acc"
     title = args.title or f"Results: {os.path.basename(os.path.abspath(args.dir))}"
     out = args.out or os.path.join(args.dir, "README.md")
@@ -241,6 +256,8 @@ def cmd_table(args) -> int:
                         metric=metric, readme=out, note=args.note or "")
     print(text)
     print(f"wrote {out} (+ accuracy.csv, stability.csv, curves.png, acc_vs_hours.png beside it)", file=sys.stderr)
+    if skipped:
+        print(f"{describe_skipped(skipped)}; all are listed under \"Skipped records\" in {out}", file=sys.stderr)
     return 0
 
 
@@ -258,17 +275,21 @@ def cmd_bench(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .report import plot_acc_vs_hours, plot_curves
+    from .report import describe_skipped, plot_acc_vs_hours, plot_curves
     from .results import load_runs
 
-    df = load_runs(args.dir) if os.path.isdir(args.dir) else []
-    if len(df) == 0:
-        raise DatafreeError(f"no finished runs under {args.dir}")
+    df = load_runs(args.dir) if os.path.isdir(args.dir) else None
+    skipped = df.attrs.get("skipped", []) if df is not None else []
+    if df is None or len(df) == 0:
+        raise DatafreeError(f"no readable runs under {args.dir}"
+                            + (f": {describe_skipped(skipped)}" if skipped else ""))
     out = args.out or os.path.join(args.dir, "curves.png")
-    plot_curves(sorted(df["run_dir"]), out)
+    plot_curves(df, out)  # the curves load_runs read: a bad metrics.jsonl is in skipped, not plotted
     hours = os.path.join(os.path.dirname(out), "acc_vs_hours.png")
     plot_acc_vs_hours(df, hours)
     print(f"wrote {out} and {hours}")
+    if skipped:
+        print(describe_skipped(skipped, limit=len(skipped)), file=sys.stderr)
     return 0
 
 
@@ -322,6 +343,19 @@ COMMANDS = {"list": cmd_list, "distill": cmd_distill, "train-teacher": cmd_train
             "plot": cmd_plot, "demo": cmd_demo, "data": cmd_data, "bench": cmd_bench, "perf": cmd_perf}
 
 
+def os_error_message(e: OSError) -> str:
+    import errno
+
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    text = f"{e.strerror or e}{where}"
+    if e.errno == errno.ENOSPC:
+        return (f"{text}: the disk is full. Free some space; a run continues from its last checkpoint with "
+                "--resume (records are written atomically, so none was left half-written)")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{text}: no permission to write there. Choose another folder with --out (or fix its permissions)"
+    return text
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     # key=value overrides may come before or after options: collect the ones argparse leaves over
@@ -335,7 +369,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return COMMANDS[args.command](args)
     except DatafreeError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except OSError as e:  # a full disk, a read-only folder, a missing file: the user's to fix, no traceback
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; a run continues from its last checkpoint with --resume", file=sys.stderr)
         return 130

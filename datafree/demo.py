@@ -1,9 +1,20 @@
 """``datafree demo``: every registered method on scikit-learn's digits, small budgets.
 
 Trains (or reuses) the digits teacher, runs each method of the demo suite in
-turn (a finished run is reused; ``--fresh`` starts over), then writes
-``results/demo/README.md`` (both tables) and ``results/demo/curves.png``.
+turn, then writes ``<out>/README.md`` (both tables) and ``<out>/curves.png``.
 A method that fails is reported and the others go on.
+
+A finished run is reused only when it is this run: the same config and the
+same teacher weights (by sha256, :mod:`datafree.identity`). A record of
+another teacher or config is kept aside as ``<run>.stale-<n>/`` and the run
+starts again; ``--fresh`` deletes every earlier run first.
+
+The output goes to ``results/runs/demo/`` (git-ignored) by default, so that
+a fresh clone's ``make demo`` leaves ``git status`` clean: its teacher is
+trained on that machine, and teacher training is not bit-identical across
+CPUs, so its runs are never the committed ones. ``results/demo/`` holds the
+record of our own run (``datafree demo --out results/demo``), for
+comparison.
 """
 from __future__ import annotations
 
@@ -18,17 +29,28 @@ from .config import deep_merge, resolve
 from .engine import Engine
 from .errors import DatafreeError
 from .registry import load_plugins
-from .runner import expand, is_finished, load_suite, teachers_needed
+from .identity import set_aside
+from .runner import classify, expand, load_suite, teachers_needed
 
 DEFAULT_SUITE = os.path.join("benchmarks", "suites", "demo.yaml")
+DEFAULT_OUT = os.path.join("results", "runs", "demo")
+COMMITTED = os.path.join("results", "demo", "README.md")
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_demo(suite: Optional[str] = None, out: str = os.path.join("results", "demo"), fresh: bool = False,
+def run_demo(suite: Optional[str] = None, out: str = DEFAULT_OUT, fresh: bool = False,
              data_root: Optional[str] = None, plugins: Optional[List[str]] = None) -> str:
+    from .lock import DirLock
+
+    with DirLock(out, "demo folder"):
+        return _run_demo(suite, out, fresh, data_root, plugins)
+
+
+def _run_demo(suite: Optional[str], out: str, fresh: bool, data_root: Optional[str],
+              plugins: Optional[List[str]]) -> str:
     from .report import write_tables
     from .results import load_runs, machine
     from .train import train_teacher
@@ -37,25 +59,37 @@ def run_demo(suite: Optional[str] = None, out: str = os.path.join("results", "de
     path = suite or DEFAULT_SUITE
     if not os.path.isfile(path):
         raise DatafreeError(f"demo suite {path} not found: run from the repository root or pass --suite FILE")
-    s = load_suite(path)
+    s = load_suite(path, plugins=plugins)
     if fresh and os.path.isdir(out):
-        shutil.rmtree(out)
+        for name in os.listdir(out):  # everything but the lock this process holds
+            p = os.path.join(out, name)
+            if name != ".datafree.lock":
+                shutil.rmtree(p) if os.path.isdir(p) else os.unlink(p)
     cells = expand(s, out=out)
     t0 = time.time()
     extra = {"data_root": data_root} if data_root else {}
     for dataset, model in teachers_needed(cells):
         _say(f"[demo] teacher {model} on {dataset}")
-        train_teacher(dataset, model, deep_merge(s.teacher_training, extra), log=_say)
-    failures, reused = {}, 0
+        train_teacher(dataset, model, deep_merge(s.teacher_training, extra), log=_say, other_recipe="retrain")
+    failures, reused, stale, diverged = {}, 0, 0, []
     for i, cell in enumerate(cells, 1):
-        if is_finished(cell):
-            _say(f"[demo {i}/{len(cells)}] {cell.name}: finished earlier, reused")
-            reused += 1
-            continue
-        _say(f"[demo {i}/{len(cells)}] {cell.name}")
         try:
+            status = classify(cell, extra)
+            if status == "finished":
+                _say(f"[demo {i}/{len(cells)}] {cell.name}: finished earlier with this config and teacher, reused")
+                reused += 1
+                continue
+            if status == "stale":
+                moved = set_aside(cell.out)
+                stale += 1
+                _say(f"[demo {i}/{len(cells)}] {cell.name}: earlier record of another config or teacher kept as "
+                     f"{moved}; running it again")
+            else:
+                _say(f"[demo {i}/{len(cells)}] {cell.name}")
             cfg = resolve(deep_merge(cell.user_config(), extra))
-            Engine(cfg, resume=True).run()
+            summary = Engine(cfg, resume=True).run()
+            if summary.get("status") == "diverged":
+                diverged.append(cell.entry)
         except Exception as e:  # one broken method must not stop the demo
             failures[cell.entry] = f"{type(e).__name__}: {e}"
             _say(f"[demo] {cell.entry} failed: {e}")
@@ -64,9 +98,17 @@ def run_demo(suite: Optional[str] = None, out: str = os.path.join("results", "de
     df = load_runs(out)
     note = (f"`make demo` (`datafree demo`): every registered method on scikit-learn's 8x8 digits "
             f"(lenet5 -> lenet5_half), budgets from `{path}`. This invocation took {wall:.0f} s on {machine()}"
-            + (f" ({reused} of {len(cells)} runs finished earlier were reused)" if reused else "") + ". "
+            + (f" ({reused} of {len(cells)} runs finished earlier with the same config and teacher were reused)"
+               if reused else "")
+            + (f"; {stale} earlier records of another config or teacher were set aside and run again" if stale else "")
+            + ". "
             "Budgets are tiny: the table shows that every method runs end to end and what it makes of a few "
             "seconds of CPU each, not what it reaches with its published schedule.")
+    if os.path.abspath(out) != os.path.abspath(os.path.dirname(COMMITTED)) and os.path.isfile(COMMITTED):
+        note += (f"\n\nThe committed record of our own run, for comparison: `{COMMITTED}` (another machine, so "
+                 "another teacher: numbers differ in the details).")
+    if diverged:
+        note += "\n\nDiverged: " + ", ".join(diverged)
     if failures:
         note += "\n\nFailed: " + "; ".join(f"{m}: {e}" for m, e in failures.items())
     text = write_tables(df, out, title="Demo: every method on digits", note=note, reference=s.reference)

@@ -24,18 +24,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import results
-from .config import RunConfig, to_dict
+from . import identity, results
+from .config import RunConfig, config_yaml, to_dict, validate
 from .data import get_source, iterate_eval
 from .errors import CheckpointError, ConfigError, DatafreeError
+from .health import Guard, checks_of, collapse_streak
+from .lock import DirLock
 from .meter import Meter
-from .models import create_model, load_model, load_state, save_model
+from .models import create_model, load_model, load_state, read_checkpoint, save_model
 from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
 from .runtime import tune_cpu_malloc, use_channels_last
 from .synthesis.base import Amp, Context
-from .zoo import resolve_teacher, teacher_record
+from .zoo import measured_accuracy, remember_accuracy
 
 CHECKPOINT = "checkpoint.pt"
+ATTEMPTS = "attempts.json"
+#: student steps between two reads of the divergence flags (the only host syncs the checks cost)
+CHECK_EVERY = 50
 
 
 # --------------------------------------------------------------------------- helpers
@@ -137,6 +142,12 @@ class Engine:
         self.start_epoch = 0
         self.writer = None
         self.rank, self.world_size, self.local_rank = 0, 1, 0
+        self.lock: Optional[DirLock] = None
+        self.identity: Optional[identity.Identity] = None
+        self.previous_summary: Optional[Dict[str, Any]] = None
+        self.attempts: List[Dict[str, Any]] = []
+        self._attempt_t0 = time.time()
+        self._attempt_saved = 0.0
 
     # -- setup -------------------------------------------------------------
     @property
@@ -144,53 +155,104 @@ class Engine:
         return self.rank == 0
 
     def _prepare_dir(self) -> Optional[Dict[str, Any]]:
-        """Create the run directory; refuse to overwrite a run unless asked. Returns a checkpoint to resume.
+        """Check the run directory against the run's identity; clear it if asked. Returns a checkpoint to resume.
 
-        On several ranks, rank 0 clears or creates the directory and every rank reads the checkpoint
-        (rank r > 0 adds its own synthesizer and random state from ``checkpoint.rank<r>.pt``).
+        The directory is locked already (rank 0). On several ranks, rank 0 clears the directory and every
+        rank reads the checkpoint (rank r > 0 adds its own synthesizer and random state from
+        ``checkpoint.rank<r>.pt``).
         """
         d = self.out_dir
         ckpt_path = os.path.join(d, CHECKPOINT)
-        has_records = any(os.path.exists(os.path.join(d, f)) for f in ("summary.json", "metrics.jsonl", CHECKPOINT))
+        has_records = identity.has_records(d)
         if has_records and not self.resume and not self.overwrite:
             raise DatafreeError(
                 f"run directory {d} already holds a run. Use --resume to continue it, --overwrite to start it "
                 "again (its records are deleted), or out=<new dir> for a separate run"
             )
+        if has_records and self.resume and not self.overwrite:
+            old = identity.read_identity(d)
+            if old is None or old.fingerprint != self.identity.fingerprint:
+                raise DatafreeError(
+                    f"cannot resume {d}: it holds a run of another config or teacher "
+                    f"({identity.differences(old, self.identity)}). Use --overwrite to start it again, "
+                    "or out=<new dir> for a separate run")
         barrier(self.world_size)
         if self.is_main:
             if self.overwrite and os.path.isdir(d):
-                shutil.rmtree(d)
+                for name in os.listdir(d):  # everything but the lock this process holds
+                    if name == self.lock_name:
+                        continue
+                    p = os.path.join(d, name)
+                    shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
             os.makedirs(d, exist_ok=True)
+            results.remove_stale_temporaries(d)
         barrier(self.world_size)
+        summary_path = os.path.join(d, "summary.json")
+        if self.resume and os.path.isfile(summary_path):
+            try:
+                self.previous_summary = results.read_json(summary_path)
+            except (OSError, ValueError):
+                self.previous_summary = None
         if self.resume and os.path.isfile(ckpt_path):
             try:
                 state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
                 if not self.is_main:
                     own = torch.load(self._rank_checkpoint_path(), map_location="cpu", weights_only=True)
                     state.update(own)
-                return state
             except Exception as e:
                 raise CheckpointError(f"cannot resume: {ckpt_path} is unreadable ({e}); use --overwrite") from e
+            if not isinstance(state, dict) or not all(k in state for k in ("epoch", "student", "rng", "metrics")):
+                raise CheckpointError(f"cannot resume: {ckpt_path} is not a datafree run checkpoint; use --overwrite")
+            return state
         return None
+
+    lock_name = ".datafree.lock"
 
     def _rank_checkpoint_path(self) -> str:
         return os.path.join(self.out_dir, f"checkpoint.rank{self.rank}.pt")
 
     def setup(self) -> None:
+        """Validate, lock the run directory, then build everything; a failed setup leaves no empty directory."""
         cfg = self.cfg
         load_plugins(cfg.plugins)
         if cfg.synthesizer not in SYNTHESIZERS:
             SYNTHESIZERS.get(cfg.synthesizer)  # raises with suggestions
         if cfg.distiller not in DISTILLERS:
             DISTILLERS.get(cfg.distiller)
-        if cfg.kd_steps is not None and cfg.kd_steps <= 0:
-            raise ConfigError("kd_steps must be positive (or null for one round per epoch)")
-        if cfg.warmup >= cfg.epochs and cfg.epochs > 0:
-            raise ConfigError(f"warmup ({cfg.warmup}) must be smaller than epochs ({cfg.epochs})")
+        validate(cfg)
+        self.teacher_file = identity.teacher_path(cfg)  # before any file is written
+        self.identity = identity.run_identity(cfg, self.teacher_file)
+        self.rank, self.world_size, self.local_rank = init_distributed()
+        created = not os.path.isdir(self.out_dir)
+        if self.is_main:
+            self.lock = DirLock(self.out_dir, "run directory").acquire()
+        try:
+            self._setup()
+        except BaseException:
+            self.release()
+            if created and self.is_main:
+                self._remove_if_empty()
+            raise
+
+    def _remove_if_empty(self) -> None:
+        """Remove a run directory this process created and left without records (only the lock, temporaries)."""
+        d = self.out_dir
+        try:
+            left = [n for n in os.listdir(d) if n != self.lock_name and not n.endswith(".tmp")]
+            if not left:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _setup(self) -> None:
+        cfg = self.cfg
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        self.rank, self.world_size, self.local_rank = init_distributed()
         tune_cpu_malloc(cfg.cpu_malloc)
         self.device = resolve_device(cfg.device)
         if self.world_size > 1 and self.device.type == "cuda":
@@ -211,17 +273,17 @@ class Engine:
         needs_teacher = getattr(synth_cls, "needs_teacher", True) or getattr(dist_cls, "needs_teacher", True)
         self.teacher, self.teacher_info = None, {}
         if needs_teacher:
-            if not cfg.teacher:
-                raise ConfigError(f"method {cfg.method} needs a teacher: set teacher=<model or path>")
-            path = resolve_teacher(cfg.teacher, cfg.dataset, cfg.model_zoo)
+            path = self.teacher_file
+            ckpt0 = read_checkpoint(path)
+            self._check_teacher_fits(ckpt0, path)  # before building: a clear error, not a shape mismatch
             model, ckpt = load_model(path, num_classes=self.spec.num_classes, in_channels=self.spec.channels,
                                      image_size=self.spec.size)
-            self._check_teacher_fits(ckpt, path)
             self.teacher = model.to(self.device).eval().requires_grad_(False)
             if channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
-            self.teacher_info = {"path": path, "arch": ckpt.get("arch"), "accuracy": ckpt.get("accuracy"),
-                                 **{k: v for k, v in teacher_record(path, cfg.model_zoo).items() if k in ("sha256",)}}
+            stored = ckpt.get("accuracy")
+            self.teacher_info = {"path": path, "arch": ckpt.get("arch"), "sha256": self.identity.fields["teacher.sha256"],
+                                 "stored_accuracy": float(stored) if isinstance(stored, (int, float)) else None}
         self.student = create_model(cfg.student, self.spec.num_classes, self.spec.channels, self.spec.size).to(self.device)
         if channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
@@ -236,18 +298,51 @@ class Engine:
         if cfg.compile:
             self._compile()
         self.meter = Meter(self.device, self.ctx.world_size)
-        if self.teacher is not None and self.teacher_info.get("accuracy") is None:
-            self.teacher_info["accuracy"] = self.evaluate(self.teacher)
+        self.guard = Guard(self.device)
+        if self.teacher is not None:
+            self._measure_teacher()
         if self.checkpoint is not None:
             self._load_checkpoint(self.checkpoint)
-        else:
-            results.atomic_write_yaml(os.path.join(self.out_dir, "config.yaml"), to_dict(cfg))
+        elif self.is_main:
+            identity.write_identity(self.out_dir, self.identity)
+            results.atomic_write_text(os.path.join(self.out_dir, "config.yaml"), config_yaml(cfg))
         if cfg.log == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
-        elif cfg.log not in ("none", ""):
-            raise ConfigError(f"log must be none or tensorboard, got {cfg.log!r}")
+
+    def _measure_teacher(self) -> None:
+        """The teacher's test accuracy, measured once per (sha256, dataset) and cached in the zoo."""
+        sha = self.teacher_info["sha256"]
+        acc = measured_accuracy(sha, self.cfg.dataset, self.cfg.model_zoo)
+        if acc is None:
+            acc = self.evaluate(self.teacher)
+            if self.is_main:
+                remember_accuracy(sha, self.cfg.dataset, acc, self.teacher_info["path"], self.cfg.model_zoo)
+        self.teacher_info["accuracy"] = acc
+
+    # -- attempts: wall time across every process that worked on this run --------------------
+    def _start_attempt(self) -> None:
+        path = os.path.join(self.out_dir, ATTEMPTS)
+        try:
+            self.attempts = list(results.read_json(path).get("attempts", [])) if self.checkpoint is not None else []
+        except (OSError, ValueError, AttributeError):
+            self.attempts = []
+        self._attempt_t0 = time.time()
+        self.attempts.append({"started": datetime.datetime.now().isoformat(timespec="seconds"), "pid": os.getpid(),
+                              "seconds": 0.0, "from_epoch": self.start_epoch})
+        self._save_attempts(force=True)
+
+    def _save_attempts(self, force: bool = False) -> None:
+        """Record this attempt's wall time so far (at most every 10 s unless forced)."""
+        if not self.is_main or not self.attempts:
+            return
+        now = time.time()
+        if not force and now - self._attempt_saved < 10:
+            return
+        self.attempts[-1]["seconds"] = round(now - self._attempt_t0, 3)
+        results.atomic_write_json(os.path.join(self.out_dir, ATTEMPTS), {"attempts": self.attempts})
+        self._attempt_saved = now
 
     @property
     def ep_steps(self) -> int:
@@ -259,13 +354,19 @@ class Engine:
         return int(math.ceil(max(1, self.spec.train_size) / self.cfg.batch_size))
 
     def _check_teacher_fits(self, ckpt: Dict[str, Any], path: str) -> None:
+        """Refuse a teacher trained on another dataset: its name, classes, channels and image size."""
         spec = ckpt.get("spec") or {}
         ds = ckpt.get("dataset")
-        for key, want in (("num_classes", self.spec.num_classes), ("channels", self.spec.channels)):
+        fix = (f"pick a teacher trained on {self.cfg.dataset}, e.g. `datafree train-teacher --dataset "
+               f"{self.cfg.dataset} --model {ckpt.get('arch') or '<model>'}`")
+        if isinstance(ds, str) and ds and ds != self.cfg.dataset:
+            raise CheckpointError(f"teacher {path} was trained on {ds}, but this run's dataset is {self.cfg.dataset}: {fix}")
+        for key, want in (("num_classes", self.spec.num_classes), ("channels", self.spec.channels),
+                          ("size", self.spec.size)):
             if key in spec and spec[key] != want:
                 raise CheckpointError(
                     f"teacher {path} was trained for {ds or 'another dataset'} with {key}={spec[key]}, "
-                    f"but {self.cfg.dataset} has {key}={want}: pick a teacher trained on {self.cfg.dataset}")
+                    f"but {self.cfg.dataset} has {key}={want}: {fix}")
 
     def _compile(self) -> None:
         self.student.forward = torch.compile(self.student.forward)
@@ -296,16 +397,22 @@ class Engine:
         barrier(self.world_size)
 
     def _load_checkpoint(self, state: Dict[str, Any]) -> None:
-        load_state(self.student, state["student"], "the run's checkpoint")
-        self.distiller.load_state_dict(state["distiller"])
-        self.synth.load_state_dict(state["synthesizer"])
-        self.meter.load_state_dict(state["meter"])
-        self.metrics = list(state["metrics"])
-        self.ctx.step = int(state["ctx"]["step"])
-        self.ctx.round = int(state["ctx"]["round"])
-        self.teacher_info.update(state.get("teacher_info", {}))
-        self.start_epoch = int(state["epoch"]) + 1
-        set_rng_state(state["rng"])
+        try:
+            load_state(self.student, state["student"], "the run's checkpoint")
+            self.distiller.load_state_dict(state["distiller"])
+            self.synth.load_state_dict(state["synthesizer"])
+            self.meter.load_state_dict(state["meter"])
+            self.metrics = list(state["metrics"])
+            self.ctx.step = int(state["ctx"]["step"])
+            self.ctx.round = int(state["ctx"]["round"])
+            self.start_epoch = int(state["epoch"]) + 1
+            set_rng_state(state["rng"])
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot resume {self.out_dir}: {e}; use --overwrite to start it again") from e
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(
+                f"cannot resume: {os.path.join(self.out_dir, CHECKPOINT)} does not fit this run "
+                f"({type(e).__name__}: {e}); use --overwrite to start it again") from e
         if self.is_main:  # drop any record written after the checkpoint the run resumes from
             results.atomic_write_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), self.metrics)
             self.log(f"resuming {self.out_dir} after epoch {self.start_epoch}")
@@ -356,24 +463,40 @@ class Engine:
     # -- the loop ----------------------------------------------------------
     def run(self) -> Dict[str, Any]:
         self.setup()
-        summary_path = os.path.join(self.out_dir, "summary.json")
-        if self.start_epoch >= self.cfg.epochs and os.path.isfile(summary_path):
-            self.log(f"{self.out_dir} is already finished")
-            return results.read_json(summary_path)
         try:
-            summary = self._loop()
-            barrier(self.world_size)  # no rank tears its process group down while another still uses it
-            return summary
-        finally:
-            self.synth.close()
-            if self.writer is not None:
-                self.writer.close()
-            if self.world_size > 1:
-                import torch.distributed as dist
+            prev = self.previous_summary
+            if prev is not None and (self.start_epoch >= self.cfg.epochs or prev.get("status") in ("diverged", "collapsed")):
+                self.log(f"{self.out_dir} is already finished ({prev.get('status', 'finished')})")
+                return prev
+            if self.is_main:
+                self._start_attempt()
+            try:
+                summary = self._loop()
+                barrier(self.world_size)  # no rank tears its process group down while another still uses it
+                return summary
+            finally:
+                self.synth.close()
+                if self.writer is not None:
+                    self.writer.close()
+                if self.world_size > 1:
+                    import torch.distributed as dist
 
-                self.distiller.release_distributed()
-                if dist.is_initialized():
-                    dist.destroy_process_group()
+                    self.distiller.release_distributed()
+                    if dist.is_initialized():
+                        dist.destroy_process_group()
+        finally:
+            self._save_attempts(force=True)
+            self.release()
+
+    def _check_health(self, epoch: int, weights: bool = True) -> Optional[Dict[str, Any]]:
+        """Read the divergence flags (one host sync); the divergence record, or None while all is finite."""
+        bad = self.guard.first_failure()
+        if bad is None and weights and not all_finite(self.student):
+            bad = (self.ctx.step, "student weights non-finite")
+        if bad is None:
+            return None
+        step, reason = bad
+        return {"epoch": epoch + 1, "step": int(step), "reason": reason}
 
     def _loop(self) -> Dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
@@ -387,6 +510,10 @@ class Engine:
                        desc=f"{cfg.method} {cfg.teacher or ''}->{cfg.student}", leave=False, dynamic_ncols=True,
                        mininterval=1.0, file=sys.stderr)
         wall0 = time.time()
+        guard = self.guard
+        diverged: Optional[Dict[str, Any]] = None
+        collapsed = False
+        next_check = ctx.step + CHECK_EVERY
         for epoch in range(self.start_epoch, cfg.epochs):
             ctx.epoch = epoch
             train_student = epoch >= cfg.warmup
@@ -396,8 +523,11 @@ class Engine:
             done = 0
             while done < ep_steps:
                 with self.meter.phase("synthesis"):
-                    for k, v in (self.synth.synthesize() or {}).items():
+                    logs = self.synth.synthesize() or {}
+                    for k, v in logs.items():
                         synth_logs.setdefault(k, []).append(torch.as_tensor(v).detach())
+                    guard.watch(ctx.step, "synthesis loss non-finite", logs.values())
+                    guard.flags(ctx.step, checks_of(self.synth))
                 ctx.round += 1
                 n = min(kd_steps, ep_steps - done)
                 if train_student:
@@ -405,13 +535,26 @@ class Engine:
                         for _ in range(n):
                             batch = self.synth.sample(cfg.batch_size)
                             x, y = batch if isinstance(batch, tuple) else (batch, None)
-                            for k, v in self.distiller.step(ctx.to_device(x), y).items():
+                            logs = self.distiller.step(ctx.to_device(x), y)
+                            for k, v in logs.items():
                                 dist_logs.setdefault(k, []).append(torch.as_tensor(v).detach())
+                            guard.watch(ctx.step, "student loss non-finite", logs.values())
+                            guard.flags(ctx.step, checks_of(self.distiller))
                             ctx.step += 1
                             self.meter.images_seen += x.shape[0]
                 done += n
                 if bar is not None:
                     bar.update(n)
+                if ctx.step >= next_check and done < ep_steps:  # a log point inside a long epoch
+                    next_check = ctx.step + CHECK_EVERY
+                    diverged = self._check_health(epoch)
+                    if diverged is not None:
+                        break
+                    self._save_attempts()
+            if diverged is None:
+                diverged = self._check_health(epoch)
+            if diverged is not None:
+                break
             self.meter.images_synthesized = self.synth.images_synthesized
             if train_student:
                 self.distiller.on_epoch_end()
@@ -420,6 +563,9 @@ class Engine:
                 with self.meter.phase("eval"):
                     acc = self.evaluate()
                     self.save_samples(epoch)
+                if not math.isfinite(acc):  # cannot happen for a top-1 count, but a plugin's predict may
+                    diverged = {"epoch": epoch + 1, "step": ctx.step, "reason": "accuracy non-finite"}
+                    break
                 record = {"epoch": epoch + 1, "acc": acc, "lr": self.distiller.lr, "step": ctx.step,
                           "images_synthesized": self.meter.images_synthesized, "images_seen": self.meter.images_seen,
                           "seconds": self.meter.total_seconds,
@@ -437,11 +583,25 @@ class Engine:
                 else:
                     self.log(f"epoch {epoch + 1}/{cfg.epochs}: acc {acc:.2f} (best {best:.2f}), "
                              f"{self.meter.total_seconds:.0f} s")
+                if cfg.stop_on_collapse and self._collapsed():
+                    self.log(f"accuracy at chance for {cfg.collapse_patience} evaluations in a row: stopping "
+                             "(stop_on_collapse)")
+                    collapsed = True
             with self.meter.phase("other"):
                 self.save_checkpoint(epoch)
+            self._save_attempts()
+            if collapsed:
+                break
         if bar is not None:
             bar.close()
-        return self.finish(time.time() - wall0)
+        if diverged is not None:
+            self.log(f"diverged at epoch {diverged['epoch']}, step {diverged['step']}: {diverged['reason']}")
+        return self.finish(time.time() - wall0, diverged=diverged)
+
+    def _collapsed(self) -> bool:
+        """True when the last ``collapse_patience`` evaluations after the first ``collapse_grace`` sat at chance."""
+        accs = [m["acc"] for m in self.metrics][self.cfg.collapse_grace:]
+        return collapse_streak(accs, self.spec.num_classes) >= self.cfg.collapse_patience
 
     def _ranks_in_sync(self) -> bool:
         """True when every rank ends with the same student weights (DDP kept them together)."""
@@ -463,24 +623,30 @@ class Engine:
         prefix = self.cfg.dataset.replace("/", "-") + "_"
         return name[len(prefix):] if name.startswith(prefix) else name
 
-    def finish(self, wall: float) -> Dict[str, Any]:
+    def finish(self, wall: float, diverged: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         cfg = self.cfg
-        accs = [m["acc"] for m in self.metrics]
-        if self.is_main:
+        accs = [m["acc"] for m in self.metrics if isinstance(m.get("acc"), (int, float)) and math.isfinite(m["acc"])]
+        collapsed = diverged is None and self._collapsed()
+        status = "diverged" if diverged is not None else ("collapsed" if collapsed else "finished")
+        if self.is_main and diverged is None:  # a diverged student's weights are not a model
             save_model(os.path.join(self.out_dir, "student.pt"), self.student, cfg.student, cfg.dataset,
                        self.spec.as_dict(), extra={"accuracy": accs[-1] if accs else None,
                                                    "extra_modules": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()}
                                                                      for k, m in self.distiller.extra_modules().items()},
                                                    **self.distiller.export_extra()})
         teacher_name = self.teacher_info.get("arch") or self.teacher_name()
+        self._save_attempts(force=True)
         summary = {
             "run_id": os.path.basename(self.out_dir),
+            "status": status,
+            "fingerprint": self.identity.fingerprint if self.identity else None,
             "method": cfg.method,
             "synthesizer": cfg.synthesizer,
             "distiller": cfg.distiller,
             "dataset": cfg.dataset,
             "teacher": teacher_name,
             "teacher_path": self.teacher_info.get("path"),
+            "teacher_sha256": self.teacher_info.get("sha256"),
             "student": cfg.student,
             "pair": f"{teacher_name}->{cfg.student}" if teacher_name else cfg.student,
             "seed": cfg.seed,
@@ -494,12 +660,25 @@ class Engine:
             "mean_acc": float(np.mean(accs)) if accs else None,
             "var_acc": float(np.var(accs)) if accs else None,
             "teacher_acc": self.teacher_info.get("accuracy"),
+            "teacher_acc_stored": self.teacher_info.get("stored_accuracy"),
             "device": str(self.device),
             "machine": results.machine(),
             "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": results.versions(),
         }
+        if diverged is not None:
+            summary["diverged"] = diverged
+        if collapsed:
+            summary["collapsed"] = True
+            summary["collapse"] = {"chance": 100.0 / self.spec.num_classes,
+                                   "evaluations_at_chance": collapse_streak(accs, self.spec.num_classes),
+                                   "stopped": bool(cfg.stop_on_collapse)}
         summary.update(self.meter.report())
+        # total_seconds is the time inside the epochs the checkpoints kept; wall time counts every attempt,
+        # the work a killed attempt lost after its last checkpoint included
+        summary["checkpointed_seconds"] = summary["total_seconds"]
+        summary["attempts"] = len(self.attempts)
+        summary["wall_seconds"] = float(sum(a.get("seconds", 0.0) for a in self.attempts))
         summary["world_size"] = self.world_size
         if self.world_size > 1:  # every rank synthesised and trained on its own batches
             summary["ranks_in_sync"] = self._ranks_in_sync()
@@ -509,10 +688,25 @@ class Engine:
         if not self.is_main:
             return summary
         results.atomic_write_json(os.path.join(self.out_dir, "summary.json"), summary)
-        self.log(f"{cfg.method} {summary['pair']} on {cfg.dataset}: last {summary['last_acc']:.2f} "
-                 f"best {summary['best_acc']:.2f} ({summary['total_seconds']:.0f} s) -> {self.out_dir}"
-                 if accs else f"{cfg.method}: finished without evaluation -> {self.out_dir}")
+        if diverged is not None:
+            last = f"{summary['last_acc']:.2f}" if accs else "none"
+            self.log(f"{cfg.method} {summary['pair']} on {cfg.dataset}: DIVERGED at epoch {diverged['epoch']} step "
+                     f"{diverged['step']} ({diverged['reason']}); last finite accuracy {last} -> {self.out_dir}")
+        elif accs:
+            self.log(f"{cfg.method} {summary['pair']} on {cfg.dataset}: last {summary['last_acc']:.2f} "
+                     f"best {summary['best_acc']:.2f} ({summary['total_seconds']:.0f} s)"
+                     + (" COLLAPSED to chance" if collapsed else "") + f" -> {self.out_dir}")
+        else:
+            self.log(f"{cfg.method}: finished without evaluation -> {self.out_dir}")
         return summary
+
+
+def all_finite(module: nn.Module) -> bool:
+    """True when every parameter of ``module`` is finite (one host sync)."""
+    params = [p.detach() for p in module.parameters()]
+    if not params:
+        return True
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:

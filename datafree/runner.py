@@ -17,6 +17,9 @@ seeds of one table and the overrides that set its budget::
       dafl: {epochs: 5, ep_steps: 40}
     variants:                    # a method under another name with its own settings (rows of their own)
       hidfd_rho0.1: {method: hidfd, tag: rho0.1, synth.rho: 0.1}
+    plugins: [my_plugin.py]      # imported first, like --plugin (a .py path is relative to the suite file)
+
+Unknown keys are errors with suggestions (docs/suites.md lists every key).
 
 :func:`expand` turns a suite into :class:`Cell` objects (method x pair x seed),
 each with a stable run directory ``<out>/<dataset>/<method>/<teacher>-<student>-s<seed>``.
@@ -25,6 +28,9 @@ its own process through an executor (``local``: one cell per visible GPU, one
 at a time on CPU; ``slurm``/``submitit-local`` through submitit), records a
 failed cell's error in ``error.json`` and goes on. Cells resume from their
 checkpoints, so a killed suite continues where it stopped when run again.
+A finished cell is reused only when its record's fingerprint is the cell's
+(:mod:`datafree.identity`); a stale one is kept aside as ``<cell>.stale-<n>/``
+and the cell runs again. One ``bench`` process owns a suite folder at a time.
 """
 from __future__ import annotations
 
@@ -79,6 +85,7 @@ class Suite:
     reference: Optional[str] = None
     path: str = ""
     raw: Dict[str, Any] = field(default_factory=dict)
+    plugins: List[str] = field(default_factory=list)
 
 
 def _dotted(d: Dict[str, Any]) -> Dict[str, Any]:
@@ -105,18 +112,37 @@ def find_suite(path: str) -> str:
     raise UnknownNameError("suite", path, known)
 
 
-def load_suite(path: str) -> Suite:
-    from .registry import METHODS, load_builtins
+#: every key a suite file may hold (docs/suites.md explains each)
+SUITE_KEYS = ("name", "out", "dataset", "pairs", "methods", "exclude", "seeds", "reference", "teacher_training",
+              "defaults", "overrides", "variants", "note", "plugins")
+PAIR_KEYS = ("dataset", "teacher", "student")
+
+
+def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
+    from .errors import UnknownNameError
+    from .registry import METHODS, load_builtins, load_plugins
 
     load_builtins()
     path = find_suite(path)
     raw = load_yaml(path)
+    for k in raw:
+        if k not in SUITE_KEYS:
+            raise UnknownNameError(f"key in suite {path}", str(k), SUITE_KEYS)
+    suite_plugins = raw.get("plugins") or []
+    suite_plugins = [suite_plugins] if isinstance(suite_plugins, str) else list(suite_plugins)
+    # a plugin path in a suite file is relative to the suite file
+    base = os.path.dirname(os.path.abspath(path))
+    suite_plugins = [os.path.join(base, p) if p.endswith(".py") and not os.path.isabs(p) else p for p in suite_plugins]
+    load_plugins(list(plugins or []) + suite_plugins)
     name = raw.get("name") or os.path.splitext(os.path.basename(path))[0]
     dataset = raw.get("dataset")
     pairs = []
     for p in raw.get("pairs") or []:
         if not isinstance(p, dict) or "student" not in p:
             raise ConfigError(f"suite {path}: each pair needs a student (and usually a teacher): {p!r}")
+        for k in p:
+            if k not in PAIR_KEYS:
+                raise UnknownNameError(f"key in a pair of suite {path}", str(k), PAIR_KEYS)
         ds = p.get("dataset", dataset)
         if not ds:
             raise ConfigError(f"suite {path}: pair {p!r} has no dataset (set `dataset:` at the top or in the pair)")
@@ -133,7 +159,11 @@ def load_suite(path: str) -> Suite:
     methods = raw.get("methods", "*")
     if isinstance(methods, str):
         patterns = [m.strip() for m in methods.split(",")]
-        methods = [m for m in METHODS.list() + list(variants) if any(fnmatch.fnmatchcase(m, pat) for pat in patterns)]
+        known = METHODS.list() + list(variants)
+        methods = [m for m in known if any(fnmatch.fnmatchcase(m, pat) for pat in patterns)]
+        for pat in patterns:
+            if not any(fnmatch.fnmatchcase(m, pat) for m in known):
+                METHODS.get(pat)  # a pattern that matches nothing is a typo: fail with suggestions
     else:
         for m in methods:
             if m not in variants:
@@ -148,7 +178,7 @@ def load_suite(path: str) -> Suite:
         name=name, out=raw.get("out") or os.path.join("results", name), pairs=pairs, methods=list(methods),
         seeds=[int(s) for s in raw.get("seeds", [0])], defaults=_dotted(raw.get("defaults", {})),
         overrides=overrides, teacher_training=_dotted(raw.get("teacher_training", {})), variants=variants,
-        reference=raw.get("reference"), path=path, raw=raw,
+        reference=raw.get("reference"), path=path, raw=raw, plugins=suite_plugins,
     )
 
 
@@ -165,6 +195,8 @@ def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] 
                 over = deep_merge(suite.defaults, suite.overrides.get(method, {}))
                 over = deep_merge(over, variant)
                 over = deep_merge(over, {"suite": suite.name})
+                if suite.plugins:
+                    over = deep_merge(over, {"plugins": list(suite.plugins)})
                 teacher = pair["teacher"]
                 cell = Cell(entry, method, pair["dataset"], teacher, pair["student"], seed, over)
                 cell.out = os.path.join(root, pair["dataset"].replace(":", "_").replace("/", "_"), entry,
@@ -192,17 +224,38 @@ def teachers_needed(cells: Sequence[Cell]) -> List[tuple]:
 
 
 def is_finished(cell: Cell) -> bool:
+    """The cell has a summary (of whatever run: see :func:`classify` for whether it is this cell's)."""
     return os.path.isfile(os.path.join(cell.out, "summary.json"))
 
 
-def cell_status(cell: Cell) -> str:
+def cell_config(cell: Cell, extra: Optional[Dict[str, Any]] = None):
+    """The cell's resolved config (with the runner's extra overrides), as its process will resolve it."""
+    from .config import resolve
+
+    return resolve(deep_merge(cell.user_config(), extra or {}))
+
+
+def classify(cell: Cell, extra: Optional[Dict[str, Any]] = None) -> str:
+    """``finished`` (a record of exactly this cell), ``stale`` (a record of another config or teacher),
+    ``partial`` (this cell's checkpoint), ``failed`` or ``pending``."""
+    from .identity import has_records, matches, run_identity
+
+    if not has_records(cell.out):
+        return "failed" if os.path.isfile(os.path.join(cell.out, "error.json")) else "pending"
+    if not matches(cell.out, run_identity(cell_config(cell, extra))):
+        return "stale"
     if is_finished(cell):
         return "finished"
-    if os.path.isfile(os.path.join(cell.out, "error.json")):
-        return "failed"
-    if os.path.isfile(os.path.join(cell.out, "checkpoint.pt")):
-        return "partial"
-    return "pending"
+    return "partial"
+
+
+def cell_status(cell: Cell, extra: Optional[Dict[str, Any]] = None) -> str:
+    try:
+        return classify(cell, extra)
+    except DatafreeError:  # e.g. its teacher is not trained yet
+        if is_finished(cell):
+            return "unverified"
+        return "pending"
 
 
 # --------------------------------------------------------------------------- one cell, one process
@@ -230,13 +283,27 @@ def run_cell_process(cell_out: str, cmd: List[str], env: Optional[Dict[str, str]
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     result = {"returncode": proc.returncode, "seconds": time.time() - t0}
     err_path = os.path.join(cell_out, "error.json")
-    if proc.returncode == 0 and os.path.isfile(os.path.join(cell_out, "summary.json")):
+    # exit 3: the run diverged, and its summary says so; an outcome, not a failure
+    if proc.returncode in (0, 3) and os.path.isfile(os.path.join(cell_out, "summary.json")):
         if os.path.isfile(err_path):
             os.unlink(err_path)
     else:
         result["error"] = _log_tail(log_path)
         atomic_write_json(err_path, {**result, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": cmd})
     return result
+
+
+def record_cell_error(cell_out: str, e: BaseException) -> Dict[str, Any]:
+    """Write ``error.json`` for a cell that could not be started or run; return the result record."""
+    import traceback
+
+    res = {"returncode": -1, "seconds": 0.0, "error": f"{type(e).__name__}: {e}",
+           "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]}
+    try:
+        atomic_write_json(os.path.join(cell_out, "error.json"), {**res, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except OSError:
+        pass
+    return res
 
 
 def _log_tail(path: str, lines: int = 20) -> str:
@@ -283,15 +350,23 @@ class LocalExecutor:
         threads: List[threading.Thread] = []
 
         def work(cell: Cell, slot: int) -> None:
-            env = dict(os.environ)
-            if self.gpus > 0:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot)
-            elif self.jobs > 1:
-                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
-            res = run_cell_process(cell.out, cell_command(cell), env)
-            with lock:
-                free.append(slot)
-            done(cell, res)
+            # whatever goes wrong starting or running the cell is that cell's error: the slot always comes back
+            try:
+                env = dict(os.environ)
+                if self.gpus > 0:
+                    env["CUDA_VISIBLE_DEVICES"] = str(slot)
+                elif self.jobs > 1:
+                    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+                res = run_cell_process(cell.out, cell_command(cell), env)
+            except BaseException as e:  # noqa: BLE001 (a thread that dies silently hangs the suite)
+                res = record_cell_error(cell.out, e)
+            finally:
+                with lock:
+                    free.append(slot)
+            try:
+                done(cell, res)
+            except Exception as e:  # noqa: BLE001
+                _say(f"[bench] reporting {cell.name} failed: {type(e).__name__}: {e}")
 
         while queue or any(t.is_alive() for t in threads):
             with lock:
@@ -331,7 +406,12 @@ class SubmititExecutor:
         self.executor.update_parameters(**params)
 
     def run(self, cells: Sequence[Cell], done: Callable[[Cell, Dict[str, Any]], None]) -> None:
-        jobs = [(c, self.executor.submit(_submitit_job, c.out, cell_command(c))) for c in cells]
+        jobs = []
+        for c in cells:
+            try:
+                jobs.append((c, self.executor.submit(_submitit_job, c.out, cell_command(c))))
+            except Exception as e:  # noqa: BLE001 (a refused submission is that cell's error)
+                done(c, record_cell_error(c.out, e))
         pending = list(jobs)
         while pending:
             still = []
@@ -372,32 +452,78 @@ def _say(msg: str) -> None:
 def run_suite(path: str, seeds: Optional[List[int]] = None, only: Optional[str] = None, dry_run: bool = False,
               executor: str = "local", out: Optional[str] = None, extra: Optional[Dict[str, Any]] = None,
               tables: bool = True, **executor_opts: Any) -> Dict[str, Any]:
-    """Run every unfinished cell of a suite; return counts. ``extra`` overrides go into every cell."""
-    suite = load_suite(path)
+    """Run every cell of a suite that has no record of its own; return counts. ``extra`` overrides go into
+    every cell.
+
+    A cell is reused only when its record's fingerprint is the cell's (config with every default, teacher
+    sha256, dataset); a record of another config or teacher is set aside as ``<cell>.stale-<n>/`` and the
+    cell runs again. Every cell's config is resolved (and so validated) before anything runs.
+    """
+    from .lock import DirLock
+
+    extra = dict(extra or {})
+    suite = load_suite(path, plugins=extra.get("plugins"))
     cells = expand(suite, seeds=seeds, only=only, out=out)
     root = out or suite.out
+    for c in cells:  # a bad key or value in any cell fails here, before a teacher trains or a cell runs
+        cell_config(c, extra)
     if dry_run:
         for c in cells:
-            print(f"{cell_status(c):<9} {c.name:<60} {c.out}")
-        print(f"{len(cells)} cells ({sum(is_finished(c) for c in cells)} finished) in suite {suite.name}")
+            print(f"{cell_status(c, extra):<10} {c.name:<60} {c.out}")
+        print(f"{len(cells)} cells ({sum(cell_status(c, extra) == 'finished' for c in cells)} finished) "
+              f"in suite {suite.name}")
         return {"cells": len(cells)}
+    with DirLock(root, f"suite folder of {suite.name}"):
+        return _run_locked(suite, cells, root, executor, extra, tables, executor_opts)
+
+
+def _run_locked(suite: Suite, cells: List[Cell], root: str, executor: str, extra: Dict[str, Any], tables: bool,
+                executor_opts: Dict[str, Any]) -> Dict[str, Any]:
+    from .identity import set_aside
+
     t0 = time.time()
     train_missing_teachers(suite, cells, extra)
-    todo = [c for c in cells if not is_finished(c)]
-    skipped = len(cells) - len(todo)
-    _say(f"[bench {suite.name}] {len(cells)} cells: {skipped} finished earlier, {len(todo)} to run "
-         f"({executor} executor)")
+    todo, reused, stale, failed0 = [], 0, 0, []
+    for c in cells:
+        try:
+            status = classify(c, extra)
+        except DatafreeError as e:  # e.g. its teacher could not be found: the cell's error
+            failed0.append((c.name, str(e)))
+            os.makedirs(c.out, exist_ok=True)
+            record_cell_error(c.out, e)
+            continue
+        if status == "finished":
+            reused += 1
+            continue
+        if status == "stale":
+            moved = set_aside(c.out)
+            stale += 1
+            _say(f"[bench {suite.name}] {c.name}: record of another config or teacher, kept as {moved}")
+        todo.append(c)
+    _say(f"[bench {suite.name}] {len(cells)} cells: {reused} reused, {stale} stale -> rerun, "
+         f"{len(todo) - stale} to run ({executor} executor)")
     for c in todo:
         prepare_cell(c, extra)
-    state = {"done": 0, "failed": []}
+    state = {"done": 0, "failed": list(failed0), "diverged": 0}
 
     def done(cell: Cell, res: Dict[str, Any]) -> None:
         state["done"] += 1
-        ok = res.get("returncode") == 0 and is_finished(cell)
+        ok = res.get("returncode") in (0, 3) and is_finished(cell)
         elapsed = time.time() - t0
         if ok:
-            s = json.load(open(os.path.join(cell.out, "summary.json")))
-            what = f"last {s['last_acc']:.2f} best {s['best_acc']:.2f} ({res['seconds']:.0f} s)"
+            try:
+                s = json.load(open(os.path.join(cell.out, "summary.json")))
+            except (OSError, ValueError) as e:
+                s, ok = {}, False
+                res = {**res, "error": f"unreadable summary.json: {e}"}
+        if ok and s.get("status") == "diverged":
+            state["diverged"] += 1
+            d = s.get("diverged", {})
+            what = f"DIVERGED at epoch {d.get('epoch')} step {d.get('step')} ({d.get('reason')})"
+        elif ok:
+            acc = lambda k: f"{s[k]:.2f}" if isinstance(s.get(k), (int, float)) else "-"  # noqa: E731
+            what = (f"last {acc('last_acc')} best {acc('best_acc')} ({res.get('seconds', 0):.0f} s)"
+                    + (" COLLAPSED" if s.get("status") == "collapsed" else ""))
         else:
             state["failed"].append((cell.name, res.get("error", "")))
             what = f"FAILED: {res.get('error', '')}"
@@ -410,12 +536,14 @@ def run_suite(path: str, seeds: Optional[List[int]] = None, only: Optional[str] 
     wall = time.time() - t0
     if tables:
         write_suite_tables(suite, root)
-    _say(f"[bench {suite.name}] done in {wall:.0f} s: {len(todo) - len(state['failed'])} ran, {skipped} reused, "
-         f"{len(state['failed'])} failed")
+    nfail = len(state["failed"])
+    ran = len(todo) - (nfail - len(failed0))
+    _say(f"[bench {suite.name}] done in {wall:.0f} s: {ran} ran ({state['diverged']} diverged), {reused} reused, "
+         f"{stale} stale -> rerun, {nfail} failed")
     for name, err in state["failed"]:
         _say(f"  failed {name}: {err}")
-    return {"cells": len(cells), "ran": len(todo) - len(state["failed"]), "reused": skipped,
-            "failed": len(state["failed"]), "seconds": wall}
+    return {"cells": len(cells), "ran": ran, "reused": reused, "stale": stale, "failed": nfail,
+            "diverged": state["diverged"], "seconds": wall}
 
 
 def train_missing_teachers(suite: Suite, cells: Sequence[Cell], extra: Optional[Dict[str, Any]] = None) -> None:
@@ -429,6 +557,8 @@ def train_missing_teachers(suite: Suite, cells: Sequence[Cell], extra: Optional[
         over = deep_merge(suite.teacher_training, {"progress": False})
         if extra and extra.get("data_root"):
             over["data_root"] = extra["data_root"]
+        if suite.plugins or (extra and extra.get("plugins")):
+            over["plugins"] = list((extra or {}).get("plugins") or []) + list(suite.plugins)
         train_teacher(dataset, model, over, log=_say)
 
 

@@ -1,9 +1,16 @@
 """The teacher zoo: ``model_zoo/<dataset>_<model>.pt`` and ``model_zoo/manifest.yaml``.
 
-Weights are git-ignored and made by ``datafree train-teacher``; the manifest
-(tracked) records for each one its accuracy, sha256, recipe and machine. A
-teacher is named either by its model name (looked up in the zoo for the run's
-dataset) or by a path to a checkpoint.
+Weights are made by ``datafree train-teacher``; the manifest records for each
+one its accuracy, sha256, recipe (and the recipe's fingerprint) and machine.
+Both are local to a machine and git-ignored: teacher training is not
+bit-identical across CPUs, so a tracked manifest would be rewritten by every
+fresh ``make demo``. ``model_zoo/reference_manifest.yaml`` (tracked) records
+the teachers behind the committed results.
+
+A teacher is named either by its model name (looked up in the zoo for the
+run's dataset) or by a path to a checkpoint. Its test accuracy is measured by
+the engine, never taken from the file, and cached by (sha256, dataset) in
+``model_zoo/measured.yaml``.
 """
 from __future__ import annotations
 
@@ -51,9 +58,7 @@ def resolve_teacher(teacher: str, dataset: str, directory: Optional[str] = None)
     if teacher.endswith((".pt", ".pth", ".ckpt")) or os.sep in teacher and not teacher.startswith("timm/"):
         raise CheckpointError(f"teacher checkpoint {teacher!r} does not exist")
     if not teacher.startswith("timm/") and teacher not in MODELS:
-        from .errors import UnknownNameError
-
-        raise UnknownNameError("model", teacher, MODELS.list() + ["timm/<name>"])
+        raise MODELS.unknown(teacher, MODELS.list() + ["timm/<name>"])
     path = zoo_path(dataset, teacher, directory)
     if not os.path.isfile(path):
         raise DatafreeError(
@@ -70,3 +75,40 @@ def teacher_record(path: str, directory: Optional[str] = None) -> Dict[str, Any]
     if os.path.abspath(os.path.dirname(path)) != zoo_dir(directory):
         return {}
     return read_manifest(directory).get(name, {})
+
+
+MEASURED = "measured.yaml"
+
+
+def _measured_path(directory: Optional[str] = None) -> str:
+    return os.path.join(zoo_dir(directory), MEASURED)
+
+
+def measured_accuracy(sha256: str, dataset: str, directory: Optional[str] = None) -> Optional[float]:
+    """The cached measured test accuracy of the teacher with this sha256 on ``dataset``, or None."""
+    try:
+        with open(_measured_path(directory)) as f:
+            cache = yaml.safe_load(f) or {}
+        acc = cache.get(f"{sha256}/{dataset}", {}).get("accuracy")
+        return float(acc) if acc is not None else None
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def remember_accuracy(sha256: str, dataset: str, accuracy: float, path: str, directory: Optional[str] = None) -> None:
+    """Cache a measured teacher accuracy (best effort: a read-only zoo only means measuring again)."""
+    import datetime
+
+    from .results import atomic_write_yaml
+
+    target = _measured_path(directory)
+    try:
+        cache = {}
+        if os.path.isfile(target):
+            with open(target) as f:
+                cache = yaml.safe_load(f) or {}
+        cache[f"{sha256}/{dataset}"] = {"accuracy": round(float(accuracy), 4), "file": os.path.basename(path),
+                                       "date": datetime.date.today().isoformat()}
+        atomic_write_yaml(target, dict(sorted(cache.items())))
+    except (OSError, yaml.YAMLError):
+        pass

@@ -47,14 +47,22 @@ def test_unknown_method_in_suite_is_an_error(tmp_path, capsys):
     assert "unknown method 'cmii'" in capsys.readouterr().err
 
 
+def test_a_bad_key_in_any_cell_fails_the_suite_before_anything_runs(zoo, tmp_path, capsys):
+    path = _suite(tmp_path, overrides={"deepinv": {"synth.no_such_key": 1}})
+    assert main(["bench", path]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "digits").exists()
+
+
 def test_run_skip_finished_and_record_failures(zoo, tmp_path):
+    # a value that passes the config's checks and fails in the cell's own process
     path = _suite(tmp_path, overrides={"dafl": {"synth.synthesis_batch_size": 8, "synth.ngf": 8},
-                                       "deepinv": {"synth.no_such_key": 1}})
+                                       "deepinv": {"synth.pool_dtype": "float7"}})
     res = run_suite(path)
     assert res["failed"] == 1 and res["ran"] == 1
     root = tmp_path / "results" / "digits"
     err = json.loads((root / "deepinv" / "lenet5-lenet5_half-s0" / "error.json").read_text())
-    assert "no_such_key" in err["error"]
+    assert "float7" in err["error"]
     dafl_summary = root / "dafl" / "lenet5-lenet5_half-s0" / "summary.json"
     mtime = dafl_summary.stat().st_mtime
     assert (tmp_path / "results" / "README.md").exists() and (tmp_path / "results" / "accuracy.csv").exists()

@@ -1,0 +1,178 @@
+"""Run identity: what makes a record the result of the run that is asked for.
+
+A run's fingerprint is the sha256 of
+
+* its resolved config (every synthesizer and distiller default included, see
+  :func:`datafree.config.resolve`) minus the keys that do not change results
+  (:data:`NEUTRAL_KEYS`: where files go, progress bars, logging, thread count);
+* the teacher file's sha256 (in place of the teacher's name or path: the same
+  weights under another path are the same teacher, new weights under the same
+  name are not);
+* the dataset's name and spec (channels, size, classes).
+
+``fingerprint.json`` in the run directory keeps the fingerprint and the flat
+key/value fields it was hashed from, so a mismatch can be explained key by
+key. The fingerprint is checked by ``--resume`` (another config or teacher is
+refused), by the benchmark runner and the demo (a finished cell is reused only
+when it matches; otherwise it is set aside as ``<cell>.stale-<n>/`` and run
+again), and by ``train-teacher`` (a teacher run is reused only for the same
+recipe and seed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from .config import RunConfig, to_dict
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+#: config keys that say where and how loudly a run runs, not what it computes
+NEUTRAL_KEYS = ("out", "progress", "log", "data_root", "model_zoo", "suite", "threads", "plugins", "tag")
+
+_SHA_CACHE: Dict[tuple, str] = {}
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file, cached per (path, size, mtime) within the process."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        from .models import sha256_file
+
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
+def flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"synth": {"lr_g": 1e-3}}`` -> ``{"synth.lr_g": 1e-3}`` (lists stay values)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+@dataclass
+class Identity:
+    fingerprint: str
+    fields: Dict[str, Any]
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "fields": self.fields}
+
+
+def needs_teacher(cfg: RunConfig) -> bool:
+    from .registry import DISTILLERS, SYNTHESIZERS
+
+    return bool(getattr(SYNTHESIZERS.get(cfg.synthesizer), "needs_teacher", True)
+                or getattr(DISTILLERS.get(cfg.distiller), "needs_teacher", True))
+
+
+def teacher_path(cfg: RunConfig) -> Optional[str]:
+    """The checkpoint file of the run's teacher, or None for methods that use none."""
+    if not needs_teacher(cfg):
+        return None
+    from .errors import ConfigError
+    from .zoo import resolve_teacher
+
+    if not cfg.teacher:
+        raise ConfigError(f"method {cfg.method} needs a teacher: set teacher=<model or path>")
+    return resolve_teacher(cfg.teacher, cfg.dataset, cfg.model_zoo)
+
+
+def run_identity(cfg: RunConfig, teacher_file: Optional[str] = "auto") -> Identity:
+    """The identity of the run ``cfg`` describes. ``teacher_file="auto"`` looks the teacher up."""
+    from .data import get_spec
+
+    if teacher_file == "auto":
+        teacher_file = teacher_path(cfg)
+    conf = to_dict(cfg)
+    for k in NEUTRAL_KEYS:
+        conf.pop(k, None)
+    fields = flatten(conf)
+    if teacher_file:
+        fields.pop("teacher", None)  # the weights say which teacher it is, not the name or path
+        fields["teacher.sha256"] = file_sha256(teacher_file)
+    try:
+        spec = get_spec(cfg.dataset)
+        fields.update({"dataset.channels": spec.channels, "dataset.size": spec.size,
+                       "dataset.classes": spec.num_classes})
+    except Exception:  # an image folder that is not there: the engine reports it
+        pass
+    blob = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
+    return Identity(hashlib.sha256(blob.encode()).hexdigest(), fields)
+
+
+def read_identity(run_dir: str) -> Optional[Identity]:
+    """The identity recorded in ``run_dir``, or None (no record, or one from before fingerprints)."""
+    path = os.path.join(run_dir, FINGERPRINT_FILE)
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        return Identity(str(d["fingerprint"]), dict(d["fields"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_identity(run_dir: str, ident: Identity) -> None:
+    from .results import atomic_write_json
+
+    atomic_write_json(os.path.join(run_dir, FINGERPRINT_FILE), ident.as_dict())
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, default=str) if not isinstance(v, str) else v
+    return s if len(s) <= 24 else s[:12] + "..."
+
+
+def differences(old: Optional[Identity], new: Identity, limit: int = 6) -> str:
+    """``"synth.lr_g 0.001 -> 0.002, teacher.sha256 27cf5cd0... -> 9a1b..."`` (or why there is nothing to compare)."""
+    if old is None:
+        return "it has no fingerprint.json (recorded before run fingerprints, or not by datafree)"
+    keys = sorted(set(old.fields) | set(new.fields))
+    missing = object()
+    diffs: List[str] = []
+    for k in keys:
+        a, b = old.fields.get(k, missing), new.fields.get(k, missing)
+        if a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+            diffs.append(f"{k} {'(unset)' if a is missing else _short(a)} -> {'(unset)' if b is missing else _short(b)}")
+    if not diffs:
+        return "the fingerprints differ"
+    more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return ", ".join(diffs[:limit]) + more
+
+
+def matches(run_dir: str, ident: Identity) -> bool:
+    old = read_identity(run_dir)
+    return old is not None and old.fingerprint == ident.fingerprint
+
+
+def stale_name(run_dir: str) -> str:
+    n = 1
+    while os.path.exists(f"{run_dir}.stale-{n}"):
+        n += 1
+    return f"{run_dir}.stale-{n}"
+
+
+def set_aside(run_dir: str) -> str:
+    """Move a stale record to ``<run_dir>.stale-<n>/`` (under its lock); return the new path."""
+    from .lock import DirLock
+
+    target = stale_name(run_dir)
+    with DirLock(run_dir, "run directory"):
+        os.rename(run_dir, target)
+    return target
+
+
+def has_records(run_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(run_dir, f))
+               for f in ("summary.json", "metrics.jsonl", "checkpoint.pt", FINGERPRINT_FILE))
