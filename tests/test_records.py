@@ -426,10 +426,13 @@ def test_records_honour_the_umask(zoo, tmp_path):
 
 
 def test_failed_setup_leaves_no_empty_run_directory(zoo, tmp_path, capsys):
+    """The data is missing: the run fails after it took its directory, and leaves none behind."""
     out = tmp_path / "r"
-    assert main(["distill", "--method", "scratch", "--dataset", "mnist", "--student", "lenet5_half", "--out",
-                 str(out), "--data-root", str(tmp_path / "nodata")]) == 2
-    assert "mnist" in capsys.readouterr().err and not out.exists()
+    missing = tmp_path / "no_such_folder"
+    assert main(["distill", "--method", "scratch", "--dataset", f"imagefolder:{missing}", "--student",
+                 "lenet5_half", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err and str(missing) in err and not out.exists()
 
 
 def test_a_full_disk_is_one_error_line(zoo, tmp_path, capsys, monkeypatch):

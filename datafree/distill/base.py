@@ -154,13 +154,8 @@ class Distiller:
         return logs
 
     def health_checks(self) -> Dict[str, torch.Tensor]:
-        """Per-step divergence checks this distiller declares: ``{name: 0-d bool tensor}``, True = broken.
-
-        The engine calls this after every student step and keeps, on the device, the first step at which
-        each check failed; it reads them every few dozen steps and stops the run as ``diverged`` with the
-        check's name as the reason (see :mod:`datafree.health`). Non-finite logged losses are checked
-        already. Build the flags from tensors without a host sync (no ``.item()``, ``float()``, ``if t:``).
-        """
+        """Divergence checks this distiller declares, called after every student step; the contract is
+        :meth:`datafree.synthesis.base.Synthesizer.health_checks`'s (0-d bool tensors, True = broken, no host sync)."""
         return {}
 
     @torch.no_grad()
