@@ -27,5 +27,6 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# the demo's own output (results/demo is the committed record of our run: not touched)
 clean-demo:
-	rm -rf results/demo
+	rm -rf results/runs/demo

@@ -334,8 +334,37 @@ def complete_method_sections(cfg: RunConfig) -> RunConfig:
     for section, reg, name in (("synth", SYNTHESIZERS, cfg.synthesizer), ("distill", DISTILLERS, cfg.distiller)):
         cls = config_class(reg.get(name), f"{reg.kind} {name!r}")
         full = build_dataclass(cls, getattr(cfg, section), f"{section} ({name})")
+        check_method_values(full, section)
         setattr(cfg, section, to_dict(full))
     return cfg
+
+
+#: method hyper-parameters that are counts of at least one, by name (``*batch_size`` too)
+POSITIVE_INTS = ("ngf", "nz", "iterations", "g_steps", "n_neg", "vae_width")
+#: method hyper-parameters that must be above 0, by name (``lr*`` too)
+POSITIVE_FLOATS = ("T", "adv_T", "temperature", "tau")
+
+
+def check_method_values(hp: Any, section: str) -> None:
+    """Range checks of a synthesizer's or distiller's hyper-parameters, by the conventions of their names:
+    every float finite, learning rates and temperatures above 0, batch sizes and the counts above at least 1.
+    A ``Config`` may add its own checks in a ``validate()`` method that raises :class:`ConfigError`."""
+    import math
+
+    for f in fields(hp):
+        v, key = getattr(hp, f.name), f"{section}.{f.name}"
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key}={v!r} is out of range: {key} must be a finite number")
+        positive = f.name in POSITIVE_FLOATS or f.name.startswith("lr") and not f.name.startswith("lr_min")
+        if isinstance(v, (int, float)) and positive and not v > 0:
+            raise ConfigError(f"{key}={v!r} is out of range: {key} must be above 0")
+        if isinstance(v, int) and (f.name in POSITIVE_INTS or f.name.endswith("batch_size")) and v < 1:
+            raise ConfigError(f"{key}={v!r} is out of range: {key} must be at least 1")
+    check = getattr(hp, "validate", None)
+    if callable(check):
+        check()
 
 
 def resolve(

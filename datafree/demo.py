@@ -70,7 +70,8 @@ def _run_demo(suite: Optional[str], out: str, fresh: bool, data_root: Optional[s
     extra = {"data_root": data_root} if data_root else {}
     for dataset, model in teachers_needed(cells):
         _say(f"[demo] teacher {model} on {dataset}")
-        train_teacher(dataset, model, deep_merge(s.teacher_training, extra), log=_say, other_recipe="retrain")
+        train_teacher(dataset, model, deep_merge(deep_merge(s.teacher_training, {"progress": False}), extra), log=_say,
+                      other_recipe="retrain")
     failures, reused, stale, diverged = {}, 0, 0, []
     for i, cell in enumerate(cells, 1):
         try:

@@ -148,6 +148,8 @@ class Engine:
         self.attempts: List[Dict[str, Any]] = []
         self._attempt_t0 = time.time()
         self._attempt_saved = 0.0
+        self._finished = False
+        self._backup: Optional[str] = None
 
     # -- setup -------------------------------------------------------------
     @property
@@ -178,12 +180,17 @@ class Engine:
                     "or out=<new dir> for a separate run")
         barrier(self.world_size)
         if self.is_main:
-            if self.overwrite and os.path.isdir(d):
-                for name in os.listdir(d):  # everything but the lock this process holds
-                    if name == self.lock_name:
-                        continue
-                    p = os.path.join(d, name)
-                    shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+            if self.overwrite and has_records:
+                # moved aside, not deleted: they come back if the new run fails to set up (a teacher that does
+                # not fit, a bad method value), and go once it is set up
+                b = os.path.join(d, self.BACKUP)
+                if os.path.isdir(b):
+                    shutil.rmtree(b)
+                os.makedirs(b)
+                for name in os.listdir(d):
+                    if name not in (self.lock_name, self.BACKUP):
+                        os.rename(os.path.join(d, name), os.path.join(b, name))
+                self._backup = b
             os.makedirs(d, exist_ok=True)
             results.remove_stale_temporaries(d)
         barrier(self.world_size)
@@ -220,6 +227,7 @@ class Engine:
         if cfg.distiller not in DISTILLERS:
             DISTILLERS.get(cfg.distiller)
         validate(cfg)
+        self._attempt_t0 = time.time()  # an attempt's wall time includes its setup (data, teacher measurement)
         self.teacher_file = identity.teacher_path(cfg)  # before any file is written
         self.identity = identity.run_identity(cfg, self.teacher_file)
         self.rank, self.world_size, self.local_rank = init_distributed()
@@ -229,16 +237,37 @@ class Engine:
         try:
             self._setup()
         except BaseException:
+            if self.is_main:
+                self._restore_backup()
+                if created:
+                    self._remove_if_empty()
             self.release()
-            if created and self.is_main:
-                self._remove_if_empty()
             raise
+        if self.is_main and self._backup is not None:  # the new run is set up: the old records can go
+            shutil.rmtree(self._backup, ignore_errors=True)
+            self._backup = None
+
+    BACKUP = ".overwritten"
+
+    def _restore_backup(self) -> None:
+        """Put back the records that --overwrite moved aside, when the new run failed to set up."""
+        b = self._backup
+        if b is None or not os.path.isdir(b):
+            return
+        for name in os.listdir(self.out_dir):  # what the failed setup wrote
+            if name not in (self.lock_name, self.BACKUP):
+                p = os.path.join(self.out_dir, name)
+                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+        for name in os.listdir(b):
+            os.rename(os.path.join(b, name), os.path.join(self.out_dir, name))
+        os.rmdir(b)
+        self._backup = None
 
     def _remove_if_empty(self) -> None:
         """Remove a run directory this process created and left without records (only the lock, temporaries)."""
         d = self.out_dir
         try:
-            left = [n for n in os.listdir(d) if n != self.lock_name and not n.endswith(".tmp")]
+            left = [n for n in os.listdir(d) if n not in (self.lock_name, self.BACKUP) and not n.endswith(".tmp")]
             if not left:
                 shutil.rmtree(d, ignore_errors=True)
         except OSError:
@@ -314,28 +343,29 @@ class Engine:
     def _measure_teacher(self) -> None:
         """The teacher's test accuracy, measured once per (sha256, dataset) and cached in the zoo."""
         sha = self.teacher_info["sha256"]
-        acc = measured_accuracy(sha, self.cfg.dataset, self.cfg.model_zoo)
+        amp = self.amp.mode
+        acc = measured_accuracy(sha, self.cfg.dataset, self.cfg.model_zoo, amp=amp)
         if acc is None:
             acc = self.evaluate(self.teacher)
             if self.is_main:
-                remember_accuracy(sha, self.cfg.dataset, acc, self.teacher_info["path"], self.cfg.model_zoo)
+                remember_accuracy(sha, self.cfg.dataset, acc, self.teacher_info["path"], self.cfg.model_zoo, amp=amp)
         self.teacher_info["accuracy"] = acc
 
     # -- attempts: wall time across every process that worked on this run --------------------
     def _start_attempt(self) -> None:
         path = os.path.join(self.out_dir, ATTEMPTS)
-        try:
-            self.attempts = list(results.read_json(path).get("attempts", [])) if self.checkpoint is not None else []
+        try:  # the directory holds this run's identity (or nothing): every earlier attempt was this run's
+            self.attempts = list(results.read_json(path).get("attempts", []))
         except (OSError, ValueError, AttributeError):
             self.attempts = []
-        self._attempt_t0 = time.time()
         self.attempts.append({"started": datetime.datetime.now().isoformat(timespec="seconds"), "pid": os.getpid(),
                               "seconds": 0.0, "from_epoch": self.start_epoch})
         self._save_attempts(force=True)
 
     def _save_attempts(self, force: bool = False) -> None:
-        """Record this attempt's wall time so far (at most every 10 s unless forced)."""
-        if not self.is_main or not self.attempts:
+        """Record this attempt's wall time so far (since its setup began): at every checkpoint and log point,
+        at most every 10 s between checkpoints unless forced, so a SIGKILL loses at most 10 s of it."""
+        if not self.is_main or not self.attempts or self._finished:
             return
         now = time.time()
         if not force and now - self._attempt_saved < 10:
@@ -391,6 +421,7 @@ class Engine:
         state = self._checkpoint_state(epoch)
         if self.is_main:
             results.atomic_torch_save(state, os.path.join(self.out_dir, CHECKPOINT))
+            self._save_attempts(force=True)  # the wall time that produced this checkpoint is on record with it
         else:  # the model, optimiser and records are rank 0's; a rank keeps its own data side and randomness
             results.atomic_torch_save({"synthesizer": state["synthesizer"], "rng": state["rng"]},
                                       self._rank_checkpoint_path())
@@ -465,7 +496,9 @@ class Engine:
         self.setup()
         try:
             prev = self.previous_summary
-            if prev is not None and (self.start_epoch >= self.cfg.epochs or prev.get("status") in ("diverged", "collapsed")):
+            stopped = prev is not None and prev.get("status") == "collapsed" and (prev.get("collapse") or {}).get("stopped")
+            outcome = prev is not None and (prev.get("status") == "diverged" or (stopped and self.cfg.stop_on_collapse))
+            if prev is not None and (self.start_epoch >= self.cfg.epochs or outcome):
                 self.log(f"{self.out_dir} is already finished ({prev.get('status', 'finished')})")
                 return prev
             if self.is_main:
@@ -493,10 +526,33 @@ class Engine:
         bad = self.guard.first_failure()
         if bad is None and weights and not all_finite(self.student):
             bad = (self.ctx.step, "student weights non-finite")
+        if self.world_size > 1:  # every rank stops together, at the earliest failure of any rank
+            import torch.distributed as dist
+
+            never = 2 ** 62
+            first = torch.tensor([bad[0] if bad is not None else never], dtype=torch.long, device=self.device)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            step = int(first.item())
+            if step == never:
+                return None
+            reasons: List[Any] = [None] * self.world_size  # a failure is rare: the names can travel as objects
+            dist.all_gather_object(reasons, bad)
+            rank, (step, reason) = min(((r, b) for r, b in enumerate(reasons) if b is not None), key=lambda rb: rb[1][0])
+            bad = (step, reason if rank == self.rank else f"rank {rank}: {reason}")
         if bad is None:
             return None
         step, reason = bad
         return {"epoch": epoch + 1, "step": int(step), "reason": reason}
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's decision (it alone evaluates), on every rank."""
+        if self.world_size <= 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if flag else 0], dtype=torch.long, device=self.device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
 
     def _loop(self) -> Dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
@@ -559,13 +615,17 @@ class Engine:
             if train_student:
                 self.distiller.on_epoch_end()
             last = epoch == cfg.epochs - 1
+            acc_bad = False
             if train_student and self.is_main and ((epoch + 1) % max(1, cfg.eval_every) == 0 or last):
                 with self.meter.phase("eval"):
                     acc = self.evaluate()
                     self.save_samples(epoch)
                 if not math.isfinite(acc):  # cannot happen for a top-1 count, but a plugin's predict may
-                    diverged = {"epoch": epoch + 1, "step": ctx.step, "reason": "accuracy non-finite"}
-                    break
+                    acc_bad = True
+            if self._agree(acc_bad):
+                diverged = {"epoch": epoch + 1, "step": ctx.step, "reason": "accuracy non-finite"}
+                break
+            if train_student and self.is_main and ((epoch + 1) % max(1, cfg.eval_every) == 0 or last):
                 record = {"epoch": epoch + 1, "acc": acc, "lr": self.distiller.lr, "step": ctx.step,
                           "images_synthesized": self.meter.images_synthesized, "images_seen": self.meter.images_seen,
                           "seconds": self.meter.total_seconds,
@@ -587,9 +647,9 @@ class Engine:
                     self.log(f"accuracy at chance for {cfg.collapse_patience} evaluations in a row: stopping "
                              "(stop_on_collapse)")
                     collapsed = True
+            collapsed = self._agree(collapsed)
             with self.meter.phase("other"):
                 self.save_checkpoint(epoch)
-            self._save_attempts()
             if collapsed:
                 break
         if bar is not None:
@@ -636,6 +696,7 @@ class Engine:
                                                    **self.distiller.export_extra()})
         teacher_name = self.teacher_info.get("arch") or self.teacher_name()
         self._save_attempts(force=True)
+        self._finished = True  # the summary's wall time is the record's last word
         summary = {
             "run_id": os.path.basename(self.out_dir),
             "status": status,

@@ -30,8 +30,21 @@ from .config import RunConfig, to_dict
 
 FINGERPRINT_FILE = "fingerprint.json"
 
-#: config keys that say where and how loudly a run runs, not what it computes
-NEUTRAL_KEYS = ("out", "progress", "log", "data_root", "model_zoo", "suite", "threads", "plugins", "tag")
+#: config keys that say where and how loudly a run runs, or how it is watched, not what it computes
+#: (the allocator and the evaluation batch change speed only; the collapse settings only when a run is
+#: marked or stopped, which :func:`datafree.runner.classify` checks on the record itself)
+NEUTRAL_KEYS = ("out", "progress", "log", "data_root", "model_zoo", "suite", "threads", "plugins", "tag",
+                "eval_batch_size", "cpu_malloc", "collapse_patience", "collapse_grace", "stop_on_collapse")
+
+
+def resolved_device(cfg: RunConfig) -> tuple:
+    """``(device type, amp mode)`` the run will use: ``auto`` resolved as the engine resolves it."""
+    import torch
+
+    dev = cfg.device
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev.split(":")[0]
+    amp = cfg.amp if cfg.amp != "auto" else ("bf16" if kind == "cuda" else "off")
+    return kind, amp
 
 _SHA_CACHE: Dict[tuple, str] = {}
 
@@ -99,6 +112,8 @@ def run_identity(cfg: RunConfig, teacher_file: Optional[str] = "auto") -> Identi
     for k in NEUTRAL_KEYS:
         conf.pop(k, None)
     fields = flatten(conf)
+    # a CPU float32 record is not a CUDA bf16 one, though both configs say device=auto
+    fields["device"], fields["amp"] = resolved_device(cfg)
     if teacher_file:
         fields.pop("teacher", None)  # the weights say which teacher it is, not the name or path
         fields["teacher.sha256"] = file_sha256(teacher_file)

@@ -87,15 +87,14 @@ def dataset_section(sections: Dict[str, Any], dataset: str) -> tuple:
     shape = f"{spec.channels}x{spec.size}x{spec.size}"
     if spec.channels == 1 and spec.size in (28, 32) and "mnist" in sections:
         return "mnist", f"{dataset} is {shape}: the MNIST family (1 channel, 28 or 32 pixels) takes mnist's section"
-    for name in sections:
-        try:
-            from .data import get_spec
-
-            other = get_spec(name)
-        except Exception:
-            continue
-        if (other.channels, other.size) == (spec.channels, spec.size):
-            return name, f"{dataset} is {shape} like {name}: {name}'s section"
+    if dataset.startswith("imagefolder:"):  # an image folder has no recipe of its own: its spec picks one
+        for name in sections:
+            try:
+                other = get_spec(name)
+            except Exception:
+                continue
+            if (other.channels, other.size) == (spec.channels, spec.size):
+                return name, f"{dataset} is read at {shape}, like {name}: {name}'s section"
     return None, f"no section for {dataset} ({shape}) or its family: the top-level recipe"
 
 

@@ -249,6 +249,9 @@ def read_summary(path: str) -> Dict[str, Any]:
             raise RecordError(f"{k} is not a string: {_clip(json.dumps(s[k]))}")
     if not isinstance(s["seed"], int) or isinstance(s["seed"], bool):
         raise RecordError(f"seed is not an integer: {_clip(json.dumps(s['seed']))}")
+    for k in ("last_acc", "best_acc", "mean_acc", "var_acc", "teacher_acc"):  # a cell no table could show
+        if s.get(k) is not None and not _is_number(s[k]):
+            raise RecordError(f"{k} is not a number or null: {_clip(json.dumps(s[k]))}")
     status = s.get("status")
     if status is None:
         status = "finished"

@@ -118,6 +118,42 @@ SUITE_KEYS = ("name", "out", "dataset", "pairs", "methods", "exclude", "seeds", 
 PAIR_KEYS = ("dataset", "teacher", "student")
 
 
+def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
+    """Every suite value has the type docs/suites.md gives it; else one ConfigError naming key and value."""
+    def bad(key: str, want: str) -> ConfigError:
+        return ConfigError(f"suite {path}: {key} must be {want}, got {raw[key]!r}")
+
+    def str_or_list(key: str) -> None:
+        v = raw.get(key)
+        if v is not None and not isinstance(v, str) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            raise bad(key, "a name or a list of names")
+
+    for key in ("name", "out", "dataset", "reference", "note"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise bad(key, "a string")
+    if "pairs" in raw and not isinstance(raw["pairs"], list):
+        raise bad("pairs", "a list of {teacher, student} mappings")
+    str_or_list("methods")
+    str_or_list("exclude")
+    str_or_list("plugins")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise bad("seeds", "a non-empty list of integers, e.g. [0, 1, 2]")
+    for key in ("defaults", "teacher_training"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise bad(key, "a mapping of run-config keys")
+    for key in ("overrides", "variants"):
+        v = raw.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, dict) or not all(isinstance(x, dict) for x in v.values()):
+            raise bad(key, "a mapping of method names to mappings of run-config keys")
+    ref = raw.get("reference")
+    if ref and not os.path.isfile(ref):
+        raise ConfigError(f"suite {path}: reference file {ref} does not exist (published numbers live in "
+                          "benchmarks/reference/)")
+
+
 def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
     from .errors import UnknownNameError
     from .registry import METHODS, load_builtins, load_plugins
@@ -128,6 +164,7 @@ def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
     for k in raw:
         if k not in SUITE_KEYS:
             raise UnknownNameError(f"key in suite {path}", str(k), SUITE_KEYS)
+    _check_suite_types(raw, path)
     suite_plugins = raw.get("plugins") or []
     suite_plugins = [suite_plugins] if isinstance(suite_plugins, str) else list(suite_plugins)
     # a plugin path in a suite file is relative to the suite file
@@ -168,7 +205,11 @@ def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
         for m in methods:
             if m not in variants:
                 METHODS.get(m)  # unknown names fail here, with suggestions
-    excluded = set(raw.get("exclude", []) or [])
+    excluded = raw.get("exclude", []) or []
+    excluded = set([excluded] if isinstance(excluded, str) else excluded)
+    for m in excluded:
+        if m not in variants and m not in METHODS:
+            METHODS.get(m)  # a typo in exclude would silently keep the method: fail with suggestions
     methods = [m for m in methods if m not in excluded]
     overrides = {k: _dotted(v) for k, v in (raw.get("overrides") or {}).items()}
     for m in overrides:
@@ -242,9 +283,16 @@ def classify(cell: Cell, extra: Optional[Dict[str, Any]] = None) -> str:
 
     if not has_records(cell.out):
         return "failed" if os.path.isfile(os.path.join(cell.out, "error.json")) else "pending"
-    if not matches(cell.out, run_identity(cell_config(cell, extra))):
+    cfg = cell_config(cell, extra)
+    if not matches(cell.out, run_identity(cfg)):
         return "stale"
     if is_finished(cell):
+        try:
+            s = json.load(open(os.path.join(cell.out, "summary.json")))
+        except (OSError, ValueError):
+            return "stale"
+        if s.get("status") == "collapsed" and (s.get("collapse") or {}).get("stopped") and not cfg.stop_on_collapse:
+            return "partial"  # stopped on collapse, asked to run on: it resumes from its checkpoint
         return "finished"
     return "partial"
 
@@ -467,6 +515,11 @@ def run_suite(path: str, seeds: Optional[List[int]] = None, only: Optional[str] 
     root = out or suite.out
     for c in cells:  # a bad key or value in any cell fails here, before a teacher trains or a cell runs
         cell_config(c, extra)
+    for dataset, model in teachers_needed(cells):  # and in the teacher recipe
+        from .config import resolve
+
+        resolve(deep_merge({"method": "scratch", "dataset": dataset, "student": model, "teacher": None},
+                           deep_merge(suite.teacher_training, {k: v for k, v in extra.items() if k == "data_root"})))
     if dry_run:
         for c in cells:
             print(f"{cell_status(c, extra):<10} {c.name:<60} {c.out}")
@@ -485,25 +538,29 @@ def _run_locked(suite: Suite, cells: List[Cell], root: str, executor: str, extra
     train_missing_teachers(suite, cells, extra)
     todo, reused, stale, failed0 = [], 0, 0, []
     for c in cells:
+        # whatever goes wrong with one cell (its teacher is missing, its folder is in use or not a folder) is
+        # that cell's error: the suite goes on with the others
         try:
             status = classify(c, extra)
-        except DatafreeError as e:  # e.g. its teacher could not be found: the cell's error
-            failed0.append((c.name, str(e)))
-            os.makedirs(c.out, exist_ok=True)
-            record_cell_error(c.out, e)
+            if status == "finished":
+                reused += 1
+                continue
+            if status == "stale":
+                moved = set_aside(c.out)
+                stale += 1
+                _say(f"[bench {suite.name}] {c.name}: record of another config or teacher, kept as {moved}")
+            prepare_cell(c, extra)
+        except Exception as e:  # noqa: BLE001
+            failed0.append((c.name, f"{type(e).__name__}: {e}" if not isinstance(e, DatafreeError) else str(e)))
+            try:
+                os.makedirs(c.out, exist_ok=True)
+                record_cell_error(c.out, e)
+            except OSError:
+                pass
             continue
-        if status == "finished":
-            reused += 1
-            continue
-        if status == "stale":
-            moved = set_aside(c.out)
-            stale += 1
-            _say(f"[bench {suite.name}] {c.name}: record of another config or teacher, kept as {moved}")
         todo.append(c)
     _say(f"[bench {suite.name}] {len(cells)} cells: {reused} reused, {stale} stale -> rerun, "
-         f"{len(todo) - stale} to run ({executor} executor)")
-    for c in todo:
-        prepare_cell(c, extra)
+         f"{len(todo) - stale} to run, {len(failed0)} failed to start ({executor} executor)")
     state = {"done": 0, "failed": list(failed0), "diverged": 0}
 
     def done(cell: Cell, res: Dict[str, Any]) -> None:

@@ -110,11 +110,12 @@ def train_teacher(dataset: str, model: str, overrides: Optional[Dict[str, Any]] 
         log(f"teacher run {cfg.out} was another recipe ({differences(read_identity(old_dir), recipe_id)}); "
             f"kept as {old_dir}")
     summary = engine.Engine(cfg, resume=resume and not force, overwrite=force).run()
-    if summary.get("status") == "diverged" or summary.get("last_acc") is None:
+    if summary.get("status") in ("diverged", "collapsed") or summary.get("last_acc") is None:
         from .errors import DatafreeError
 
         raise DatafreeError(f"training the {model} teacher on {dataset} {summary.get('status', 'failed')} "
-                            f"({summary.get('diverged', {}).get('reason', 'no evaluation')}); see {cfg.out}")
+                            f"({summary.get('diverged', {}).get('reason', 'accuracy at chance')}); nothing was "
+                            f"added to the zoo. Try another recipe (e.g. a lower optim.lr); the run is in {cfg.out}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     ckpt = torch.load(os.path.join(cfg.out, "student.pt"), map_location="cpu", weights_only=True)
     from .models import create_model, load_state

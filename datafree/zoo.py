@@ -39,8 +39,16 @@ def read_manifest(directory: Optional[str] = None) -> Dict[str, Any]:
     path = os.path.join(zoo_dir(directory), "manifest.yaml")
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    fix = (f"fix or delete {path}: it is local to this machine, and `datafree train-teacher ... --force` "
+           "writes a teacher's entry again")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise DatafreeError(f"the zoo manifest is not valid YAML ({str(e).splitlines()[0]}): {fix}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise DatafreeError(f"the zoo manifest must map names to entries: {fix}")
+    return data
 
 
 def write_manifest_entry(dataset: str, model: str, entry: Dict[str, Any], directory: Optional[str] = None) -> None:
@@ -84,18 +92,24 @@ def _measured_path(directory: Optional[str] = None) -> str:
     return os.path.join(zoo_dir(directory), MEASURED)
 
 
-def measured_accuracy(sha256: str, dataset: str, directory: Optional[str] = None) -> Optional[float]:
-    """The cached measured test accuracy of the teacher with this sha256 on ``dataset``, or None."""
+def _cache_key(sha256: str, dataset: str, amp: str = "off") -> str:
+    return f"{sha256}/{dataset}" + ("" if amp == "off" else f"/{amp}")
+
+
+def measured_accuracy(sha256: str, dataset: str, directory: Optional[str] = None, amp: str = "off") -> Optional[float]:
+    """The cached measured test accuracy of the teacher with this sha256 on ``dataset`` (evaluated in float32,
+    or under ``amp``), or None."""
     try:
         with open(_measured_path(directory)) as f:
             cache = yaml.safe_load(f) or {}
-        acc = cache.get(f"{sha256}/{dataset}", {}).get("accuracy")
+        acc = cache.get(_cache_key(sha256, dataset, amp), {}).get("accuracy")
         return float(acc) if acc is not None else None
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
         return None
 
 
-def remember_accuracy(sha256: str, dataset: str, accuracy: float, path: str, directory: Optional[str] = None) -> None:
+def remember_accuracy(sha256: str, dataset: str, accuracy: float, path: str, directory: Optional[str] = None,
+                      amp: str = "off") -> None:
     """Cache a measured teacher accuracy (best effort: a read-only zoo only means measuring again)."""
     import datetime
 
@@ -107,7 +121,7 @@ def remember_accuracy(sha256: str, dataset: str, accuracy: float, path: str, dir
         if os.path.isfile(target):
             with open(target) as f:
                 cache = yaml.safe_load(f) or {}
-        cache[f"{sha256}/{dataset}"] = {"accuracy": round(float(accuracy), 4), "file": os.path.basename(path),
+        cache[_cache_key(sha256, dataset, amp)] = {"accuracy": round(float(accuracy), 4), "file": os.path.basename(path),
                                        "date": datetime.date.today().isoformat()}
         atomic_write_yaml(target, dict(sorted(cache.items())))
     except (OSError, yaml.YAMLError):

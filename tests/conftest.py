@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every test starts from the same random state, whatever ran before it (the suite runs in random order,
-    pytest-randomly; its seed is printed in the header, and `-p randomly -p "randomly_seed=N"` replays it)."""
+    pytest-randomly; its seed is printed in the header, and `-p randomly --randomly-seed=N` replays it)."""
     import random
 
     import numpy as np

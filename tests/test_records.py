@@ -405,7 +405,10 @@ def test_interrupted_write_temporaries_are_removed_on_restart(zoo, tmp_path, mon
     junk.write_bytes(b"half a checkpoint")
     s = run(tiny("scratch", tmp_path / "r", epochs=3, teacher=None), resume=True)
     assert not junk.exists()
-    assert s["attempts"] == 2 and s["wall_seconds"] >= s["checkpointed_seconds"] * 0.5
+    attempts = json.loads((tmp_path / "r" / "attempts.json").read_text())["attempts"]
+    assert s["attempts"] == 2 and attempts[0]["seconds"] > 0  # the killed attempt's time is on record
+    assert s["wall_seconds"] >= s["checkpointed_seconds"]  # wall time covers every attempt, setup included
+    assert s["wall_seconds"] == pytest.approx(sum(a["seconds"] for a in attempts))
 
 
 def test_records_honour_the_umask(zoo, tmp_path):
@@ -494,3 +497,123 @@ def test_config_yaml_says_which_section_applied(zoo, tmp_path, capsys):
     assert "# datasets.mnist: kmnist is 1x32x32" in out
     run(tiny("dafl", tmp_path / "r"))
     assert "# datasets.digits: its own section" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+# --------------------------------------------------------------------------- found in review
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(zoo, tmp_path, capsys):
+    from datafree.data import get_spec
+
+    out = tmp_path / "r"
+    assert main(_cli_distill(out)) == 0
+    before = sorted(os.listdir(out))
+    wrong = tmp_path / "mnist_teacher.pt"
+    _save_lenet(wrong, dataset="mnist", spec=get_spec("digits").as_dict())
+    assert main(["distill", "--method", "kd_real", "--dataset", "digits", "--teacher", str(wrong), "--student",
+                 "lenet5_half", "--out", str(out), "progress=false", "--overwrite"]) == 2
+    assert "trained on mnist" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == before and json.load(open(out / "summary.json"))["method"] == "scratch"
+    assert main(_cli_distill(out, "epochs=3", "--overwrite")) == 0  # a good overwrite replaces it
+    assert json.load(open(out / "summary.json"))["epochs"] == 3 and not (out / ".overwritten").exists()
+
+
+@pytest.mark.parametrize("bad", ["synth.synthesis_batch_size=0", "synth.ngf=0", "synth.lr_g=-1", "synth.lr_g=nan",
+                                 "distill.T=0"])
+def test_method_values_are_range_checked_before_any_io(zoo, tmp_path, capsys, bad):
+    out = tmp_path / "r"
+    assert main(["distill", "--method", "dafl", "--dataset", "digits", "--teacher", "lenet5", "--student",
+                 "lenet5_half", "--out", str(out), bad]) == 2
+    err = capsys.readouterr().err
+    assert len(_lines(err)) == 1 and bad.split("=")[0] in err and not out.exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_keeps_its_attempt(zoo, tmp_path, monkeypatch):
+    import datafree.engine as engine
+
+    real = engine.Engine._loop
+
+    def die(self):
+        self._save_attempts(force=True)
+        raise KeyboardInterrupt("killed in epoch 1")
+
+    monkeypatch.setattr(engine.Engine, "_loop", die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny("scratch", tmp_path / "r", teacher=None))
+    monkeypatch.setattr(engine.Engine, "_loop", real)
+    s = run(tiny("scratch", tmp_path / "r", teacher=None), resume=True)
+    assert s["attempts"] == 2
+
+
+def test_fingerprint_leaves_out_what_only_watches_and_resolves_the_device(zoo, tmp_path):
+    from datafree.identity import run_identity
+
+    a = run_identity(tiny("dafl", tmp_path / "a"))
+    assert a.fingerprint == run_identity(tiny("dafl", tmp_path / "a", eval_batch_size=7, stop_on_collapse=True,
+                                              collapse_patience=9, cpu_malloc="default")).fingerprint
+    assert a.fields["device"] in ("cpu", "cuda") and a.fields["amp"] in ("off", "bf16")
+    assert run_identity(tiny("dafl", tmp_path / "a", amp="fp16")).fingerprint != a.fingerprint
+
+
+def test_a_run_stopped_on_collapse_continues_when_asked_to_run_on(zoo, tmp_path, monkeypatch):
+    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: 10.0 if model is None else 97.0)
+    s = run(tiny("scratch", tmp_path / "r", epochs=7, teacher=None, stop_on_collapse=True))
+    assert s["evaluations"] == 5 and s["collapse"]["stopped"]
+    assert run(tiny("scratch", tmp_path / "r", epochs=7, teacher=None, stop_on_collapse=True),
+               resume=True)["evaluations"] == 5  # the same request: the record is the outcome
+    s = run(tiny("scratch", tmp_path / "r", epochs=7, teacher=None), resume=True)
+    assert s["evaluations"] == 7 and s["status"] == "collapsed"
+
+
+def test_one_bad_cell_folder_does_not_stop_the_suite(zoo, tmp_path, monkeypatch):
+    from datafree.runner import run_suite
+
+    _in_process(monkeypatch)
+    path = _suite(tmp_path)
+    os.makedirs(tmp_path / "suite" / "digits")
+    (tmp_path / "suite" / "digits" / "scratch").write_text("not a folder")
+    res = run_suite(path, tables=False)
+    assert res["failed"] == 1 and res["ran"] == 1
+
+
+@pytest.mark.parametrize("line,needle", [("seeds: 0", "seeds"), ("exclude: [dafll]", "'dafl'"),
+                                         ("reference: /nonexistent.yaml", "does not exist"),
+                                         ("overrides: [dafl]", "overrides"), ("defaults: 5", "defaults"),
+                                         ("teacher_training: {epochz: 3}", "'epochs'")])
+def test_suite_values_are_checked(zoo, tmp_path, capsys, line, needle):
+    path = tmp_path / "s.yaml"
+    path.write_text("dataset: digits\nmethods: [dafl]\npairs: [{teacher: lenet5, student: lenet5_half}]\n" + line + "\n")
+    assert main(["bench", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert len(_lines(err)) == 1 and err.startswith("error:") and needle in err
+
+
+def test_a_corrupt_local_manifest_is_one_error_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATAFREE_ZOO", str(tmp_path / "zoo"))
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "zoo" / "digits_lenet5.pt").write_bytes(b"")
+    for text in ("[unclosed", "digits_lenet5: 5"):
+        (tmp_path / "zoo" / "manifest.yaml").write_text(text)
+        assert main(["train-teacher", "--dataset", "digits", "--model", "lenet5", "epochs=1"]) == 2
+        err = capsys.readouterr().err
+        assert len(_lines(err)) == 1 and "manifest" in err
+
+
+def test_a_collapsed_teacher_is_not_added_to_the_zoo(tmp_path, monkeypatch):
+    from datafree.errors import DatafreeError
+    from datafree.train import train_teacher
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATAFREE_ZOO", str(tmp_path / "zoo"))
+    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: 10.0)
+    with pytest.raises(DatafreeError, match="collapsed"):
+        train_teacher("digits", "lenet5", {"epochs": 6, "progress": False}, log=lambda *a: None)
+    assert not (tmp_path / "zoo" / "digits_lenet5.pt").exists()
+
+
+def test_named_three_channel_datasets_do_not_borrow_each_others_sections():
+    from datafree.methods import dataset_section
+
+    assert dataset_section({"cifar100": {}}, "cifar10")[0] is None
+    assert dataset_section({"cifar100": {}}, "svhn")[0] is None

@@ -80,6 +80,7 @@ def _section(text, header):
     (json.dumps({k: v for k, v in _summary("cmi").items() if k not in ("method", "dataset")}),
      "missing method, dataset"),
     (json.dumps(_summary("cmi", status="exploded")), "unknown status"),
+    (json.dumps(_summary("cmi", last_acc="high")), "last_acc is not a number"),
 ])
 def test_an_unreadable_summary_is_listed_as_skipped_and_the_good_run_tabled(tmp_path, bad, why):
     _run(tmp_path, "dafl/s0")
