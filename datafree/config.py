@@ -300,6 +300,8 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     if not (o.lr > 0 and math.isfinite(o.lr)):
         raise bad("optim.lr", o.lr, "a finite number above 0")
+    if not all(0 <= b < 1 for b in o.betas):
+        raise bad("optim.betas", list(o.betas), "two numbers in [0, 1)")
     for key in ("momentum", "weight_decay", "lr_min", "gamma"):
         v = getattr(o, key)
         if not (v >= 0 and math.isfinite(v)):
@@ -342,7 +344,7 @@ def complete_method_sections(cfg: RunConfig) -> RunConfig:
 #: method hyper-parameters that are counts of at least one, by name (``*batch_size`` too)
 POSITIVE_INTS = ("ngf", "nz", "iterations", "g_steps", "n_neg", "vae_width")
 #: method hyper-parameters that must be above 0, by name (``lr*`` too)
-POSITIVE_FLOATS = ("T", "adv_T", "temperature", "tau")
+POSITIVE_FLOATS = ("T", "adv_T", "temperature", "tau", "bn_eps", "eps")
 
 
 def check_method_values(hp: Any, section: str) -> None:
@@ -362,6 +364,8 @@ def check_method_values(hp: Any, section: str) -> None:
             raise ConfigError(f"{key}={v!r} is out of range: {key} must be above 0")
         if isinstance(v, int) and (f.name in POSITIVE_INTS or f.name.endswith("batch_size")) and v < 1:
             raise ConfigError(f"{key}={v!r} is out of range: {key} must be at least 1")
+        if f.name == "betas" and isinstance(v, (list, tuple)) and not all(0 <= b < 1 for b in v):
+            raise ConfigError(f"{key}={list(v)!r} is out of range: {key} must be numbers in [0, 1)")
     check = getattr(hp, "validate", None)
     if callable(check):
         check()

@@ -165,6 +165,15 @@ class Engine:
         """
         d = self.out_dir
         ckpt_path = os.path.join(d, CHECKPOINT)
+        leftover = os.path.join(d, self.BACKUP)
+        if self.is_main and os.path.isdir(leftover):  # an --overwrite killed during its setup: the old run is back
+            self._backup = leftover
+            if self.overwrite:
+                shutil.rmtree(leftover)
+                self._backup = None
+            else:
+                self._restore_backup()
+                self.log(f"{d}: restored the records an interrupted --overwrite had moved aside")
         has_records = identity.has_records(d)
         if has_records and not self.resume and not self.overwrite:
             raise DatafreeError(
@@ -207,7 +216,9 @@ class Engine:
                     own = torch.load(self._rank_checkpoint_path(), map_location="cpu", weights_only=True)
                     state.update(own)
             except Exception as e:
-                raise CheckpointError(f"cannot resume: {ckpt_path} is unreadable ({e}); use --overwrite") from e
+                first = (str(e).splitlines() or [""])[0]
+                raise CheckpointError(f"cannot resume: {ckpt_path} is unreadable ({type(e).__name__}: {first}); "
+                                      "use --overwrite to start the run again") from e
             if not isinstance(state, dict) or not all(k in state for k in ("epoch", "student", "rng", "metrics")):
                 raise CheckpointError(f"cannot resume: {ckpt_path} is not a datafree run checkpoint; use --overwrite")
             return state
@@ -321,8 +332,15 @@ class Engine:
                            world_size=self.world_size)
         if self.world_size > 1:
             seed_everything(cfg.seed + 1000 * self.rank)  # each rank synthesises with its own seed
-        self.synth = SYNTHESIZERS.build(cfg.synthesizer, self.ctx, **cfg.synth)
-        self.distiller = DISTILLERS.build(cfg.distiller, self.ctx, **cfg.distill)
+        try:  # a value only the method can judge (an unknown generator output, a pool dtype) is still bad input
+            self.synth = SYNTHESIZERS.build(cfg.synthesizer, self.ctx, **cfg.synth)
+            self.distiller = DISTILLERS.build(cfg.distiller, self.ctx, **cfg.distill)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            if isinstance(e, DatafreeError):
+                raise
+            first = (str(e).splitlines() or [""])[0]
+            raise ConfigError(f"method {cfg.method} cannot be built from its synth/distill values "
+                              f"({type(e).__name__}: {first}); check them with --print-config") from e
         self.ctx.total_steps = (cfg.epochs - cfg.warmup) * self.ep_steps
         if cfg.compile:
             self._compile()
@@ -363,8 +381,8 @@ class Engine:
         self._save_attempts(force=True)
 
     def _save_attempts(self, force: bool = False) -> None:
-        """Record this attempt's wall time so far (since its setup began): at every checkpoint and log point,
-        at most every 10 s between checkpoints unless forced, so a SIGKILL loses at most 10 s of it."""
+        """Record this attempt's wall time so far (since its setup began): at every checkpoint, and after every
+        synthesis round at most every 10 s, so a SIGKILL loses at most 10 s of it (or one round, if longer)."""
         if not self.is_main or not self.attempts or self._finished:
             return
         now = time.time()
@@ -496,9 +514,7 @@ class Engine:
         self.setup()
         try:
             prev = self.previous_summary
-            stopped = prev is not None and prev.get("status") == "collapsed" and (prev.get("collapse") or {}).get("stopped")
-            outcome = prev is not None and (prev.get("status") == "diverged" or (stopped and self.cfg.stop_on_collapse))
-            if prev is not None and (self.start_epoch >= self.cfg.epochs or outcome):
+            if prev is not None and not run_on_after_collapse(prev, self.cfg):  # same identity: the record stands
                 self.log(f"{self.out_dir} is already finished ({prev.get('status', 'finished')})")
                 return prev
             if self.is_main:
@@ -585,6 +601,7 @@ class Engine:
                     guard.watch(ctx.step, "synthesis loss non-finite", logs.values())
                     guard.flags(ctx.step, checks_of(self.synth))
                 ctx.round += 1
+                self._save_attempts()  # at most every 10 s: a SIGKILL loses at most that much wall time
                 n = min(kd_steps, ep_steps - done)
                 if train_student:
                     with self.meter.phase("distill"):
@@ -656,7 +673,7 @@ class Engine:
             bar.close()
         if diverged is not None:
             self.log(f"diverged at epoch {diverged['epoch']}, step {diverged['step']}: {diverged['reason']}")
-        return self.finish(time.time() - wall0, diverged=diverged)
+        return self.finish(time.time() - wall0, diverged=diverged, stopped=collapsed)
 
     def _collapsed(self) -> bool:
         """True when the last ``collapse_patience`` evaluations after the first ``collapse_grace`` sat at chance."""
@@ -683,7 +700,7 @@ class Engine:
         prefix = self.cfg.dataset.replace("/", "-") + "_"
         return name[len(prefix):] if name.startswith(prefix) else name
 
-    def finish(self, wall: float, diverged: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    def finish(self, wall: float, diverged: Optional[Dict[str, Any]] = None, stopped: bool = False) -> Dict[str, Any]:
         cfg = self.cfg
         accs = [m["acc"] for m in self.metrics if isinstance(m.get("acc"), (int, float)) and math.isfinite(m["acc"])]
         collapsed = diverged is None and self._collapsed()
@@ -733,7 +750,8 @@ class Engine:
             summary["collapsed"] = True
             summary["collapse"] = {"chance": 100.0 / self.spec.num_classes,
                                    "evaluations_at_chance": collapse_streak(accs, self.spec.num_classes),
-                                   "stopped": bool(cfg.stop_on_collapse)}
+                                   "stopped": bool(stopped),
+                                   "patience": cfg.collapse_patience, "grace": cfg.collapse_grace}
         summary.update(self.meter.report())
         # total_seconds is the time inside the epochs the checkpoints kept; wall time counts every attempt,
         # the work a killed attempt lost after its last checkpoint included
@@ -760,6 +778,16 @@ class Engine:
         else:
             self.log(f"{cfg.method}: finished without evaluation -> {self.out_dir}")
         return summary
+
+
+def run_on_after_collapse(summary: Dict[str, Any], cfg: RunConfig) -> bool:
+    """True when a record stopped on collapse must run on: the request no longer stops there (another
+    stop_on_collapse, collapse_patience or collapse_grace; those keys are outside the fingerprint)."""
+    c = summary.get("collapse") or {}
+    if summary.get("status") != "collapsed" or not c.get("stopped"):
+        return False
+    return (not cfg.stop_on_collapse or c.get("patience", cfg.collapse_patience) != cfg.collapse_patience
+            or c.get("grace", cfg.collapse_grace) != cfg.collapse_grace)
 
 
 def all_finite(module: nn.Module) -> bool:

@@ -25,7 +25,8 @@ class UnknownNameError(DatafreeError, KeyError):
         if close:
             msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
         shown = ", ".join(self.known[:40]) + (" ..." if len(self.known) > 40 else "")
-        msg += f" Known {kind}s: {shown or '(none registered)'}"
+        head, sep, tail = kind.partition(" in ")  # "key in synth (dafl)" -> "keys in synth (dafl)"
+        msg += f" Known {head}s{sep}{tail}: {shown or '(none registered)'}"
         super().__init__(msg)
 
     def __str__(self) -> str:  # KeyError would quote the message

@@ -37,12 +37,16 @@ NEUTRAL_KEYS = ("out", "progress", "log", "data_root", "model_zoo", "suite", "th
                 "eval_batch_size", "cpu_malloc", "collapse_patience", "collapse_grace", "stop_on_collapse")
 
 
-def resolved_device(cfg: RunConfig) -> tuple:
-    """``(device type, amp mode)`` the run will use: ``auto`` resolved as the engine resolves it."""
+def resolved_device(cfg: RunConfig, device_kind: Optional[str] = None) -> tuple:
+    """``(device type, amp mode)`` the run will use: ``auto`` resolved as the engine resolves it, on this machine
+    or, with ``device_kind``, on the machine the run goes to (a Slurm GPU node, seen from a login node)."""
     import torch
 
     dev = cfg.device
-    kind = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev.split(":")[0]
+    if dev == "auto":
+        kind = device_kind or ("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        kind = dev.split(":")[0]
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if kind == "cuda" else "off")
     return kind, amp
 
@@ -102,8 +106,9 @@ def teacher_path(cfg: RunConfig) -> Optional[str]:
     return resolve_teacher(cfg.teacher, cfg.dataset, cfg.model_zoo)
 
 
-def run_identity(cfg: RunConfig, teacher_file: Optional[str] = "auto") -> Identity:
-    """The identity of the run ``cfg`` describes. ``teacher_file="auto"`` looks the teacher up."""
+def run_identity(cfg: RunConfig, teacher_file: Optional[str] = "auto", device_kind: Optional[str] = None) -> Identity:
+    """The identity of the run ``cfg`` describes. ``teacher_file="auto"`` looks the teacher up; ``device_kind``
+    says where ``device=auto`` will run when that is not this machine."""
     from .data import get_spec
 
     if teacher_file == "auto":
@@ -113,7 +118,7 @@ def run_identity(cfg: RunConfig, teacher_file: Optional[str] = "auto") -> Identi
         conf.pop(k, None)
     fields = flatten(conf)
     # a CPU float32 record is not a CUDA bf16 one, though both configs say device=auto
-    fields["device"], fields["amp"] = resolved_device(cfg)
+    fields["device"], fields["amp"] = resolved_device(cfg, device_kind)
     if teacher_file:
         fields.pop("teacher", None)  # the weights say which teacher it is, not the name or path
         fields["teacher.sha256"] = file_sha256(teacher_file)

@@ -148,6 +148,25 @@ def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
             continue
         if not isinstance(v, dict) or not all(isinstance(x, dict) for x in v.values()):
             raise bad(key, "a mapping of method names to mappings of run-config keys")
+    # a cell's identity (its folder, seed, pair and method) is the suite's layout, not an override
+    identity_keys = ("method", "dataset", "teacher", "student", "seed", "out")
+    layers = [("defaults", raw.get("defaults") or {})] + [(f"overrides.{m}", v) for m, v in (raw.get("overrides") or {}).items()]
+    layers += [(f"variants.{m}", {k: x for k, x in v.items() if k != "method"}) for m, v in (raw.get("variants") or {}).items()]
+    for where, layer in layers:
+        for k in identity_keys:
+            if k in layer:
+                raise ConfigError(f"suite {path}: {where} sets {k!r}, which the suite's layout decides "
+                                  f"(pairs, seeds, methods, out); set it there instead")
+    for name, v in (raw.get("variants") or {}).items():
+        if not isinstance(v.get("method"), str):
+            raise ConfigError(f"suite {path}: variant {name!r} must name its method (a string), got {v.get('method')!r}")
+    for p in raw.get("pairs") or []:
+        if isinstance(p, dict):
+            for k in PAIR_KEYS:
+                if p.get(k) is not None and not isinstance(p[k], str):
+                    raise ConfigError(f"suite {path}: pair {p!r}: {k} must be a string")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"suite {path}: seeds {seeds} lists a seed twice")
     ref = raw.get("reference")
     if ref and not os.path.isfile(ref):
         raise ConfigError(f"suite {path}: reference file {ref} does not exist (published numbers live in "
@@ -186,6 +205,12 @@ def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
         pairs.append({"dataset": ds, "teacher": p.get("teacher"), "student": p["student"]})
     if not pairs:
         raise ConfigError(f"suite {path} lists no pairs")
+    seen = set()
+    for p in pairs:
+        key = (p["dataset"], p["teacher"], p["student"])
+        if key in seen:
+            raise ConfigError(f"suite {path}: the pair {p['teacher']} -> {p['student']} on {p['dataset']} is listed twice")
+        seen.add(key)
     variants = {}
     for vname, v in (raw.get("variants") or {}).items():
         v = _dotted(v)
@@ -276,7 +301,7 @@ def cell_config(cell: Cell, extra: Optional[Dict[str, Any]] = None):
     return resolve(deep_merge(cell.user_config(), extra or {}))
 
 
-def classify(cell: Cell, extra: Optional[Dict[str, Any]] = None) -> str:
+def classify(cell: Cell, extra: Optional[Dict[str, Any]] = None, device_kind: Optional[str] = None) -> str:
     """``finished`` (a record of exactly this cell), ``stale`` (a record of another config or teacher),
     ``partial`` (this cell's checkpoint), ``failed`` or ``pending``."""
     from .identity import has_records, matches, run_identity
@@ -284,14 +309,16 @@ def classify(cell: Cell, extra: Optional[Dict[str, Any]] = None) -> str:
     if not has_records(cell.out):
         return "failed" if os.path.isfile(os.path.join(cell.out, "error.json")) else "pending"
     cfg = cell_config(cell, extra)
-    if not matches(cell.out, run_identity(cfg)):
+    if not matches(cell.out, run_identity(cfg, device_kind=device_kind)):
         return "stale"
     if is_finished(cell):
         try:
             s = json.load(open(os.path.join(cell.out, "summary.json")))
         except (OSError, ValueError):
             return "stale"
-        if s.get("status") == "collapsed" and (s.get("collapse") or {}).get("stopped") and not cfg.stop_on_collapse:
+        from .engine import run_on_after_collapse
+
+        if run_on_after_collapse(s, cfg):
             return "partial"  # stopped on collapse, asked to run on: it resumes from its checkpoint
         return "finished"
     return "partial"
@@ -468,9 +495,11 @@ class SubmititExecutor:
                     try:
                         res = job.result()
                     except Exception as e:  # the job itself died (time limit, node failure)
-                        res = {"returncode": -1, "error": f"{type(e).__name__}: {e}"}
-                        atomic_write_json(os.path.join(cell.out, "error.json"), res)
-                    done(cell, res)
+                        res = record_cell_error(cell.out, e)
+                    try:
+                        done(cell, res)
+                    except Exception as e:  # noqa: BLE001 (reporting one cell must not end the wait for the others)
+                        _say(f"[bench] reporting {cell.name} failed: {type(e).__name__}: {e}")
                 else:
                     still.append((cell, job))
             pending = still
@@ -535,13 +564,16 @@ def _run_locked(suite: Suite, cells: List[Cell], root: str, executor: str, extra
     from .identity import set_aside
 
     t0 = time.time()
-    train_missing_teachers(suite, cells, extra)
+    no_teacher = train_missing_teachers(suite, cells, extra)
+    device_kind = "cuda" if executor == "slurm" else None  # where the cells will run, not where bench runs
     todo, reused, stale, failed0 = [], 0, 0, []
     for c in cells:
         # whatever goes wrong with one cell (its teacher is missing, its folder is in use or not a folder) is
         # that cell's error: the suite goes on with the others
         try:
-            status = classify(c, extra)
+            if (c.dataset, c.teacher) in no_teacher:
+                raise DatafreeError(no_teacher[(c.dataset, c.teacher)])
+            status = classify(c, extra, device_kind)
             if status == "finished":
                 reused += 1
                 continue
@@ -603,20 +635,32 @@ def _run_locked(suite: Suite, cells: List[Cell], root: str, executor: str, extra
             "diverged": state["diverged"], "seconds": wall}
 
 
-def train_missing_teachers(suite: Suite, cells: Sequence[Cell], extra: Optional[Dict[str, Any]] = None) -> None:
+def train_missing_teachers(suite: Suite, cells: Sequence[Cell], extra: Optional[Dict[str, Any]] = None) -> Dict[tuple, str]:
+    """Train the zoo teachers the cells need and lack; return ``{(dataset, model): error}`` of those that failed
+    (their cells fail, the others run)."""
+    failed: Dict[tuple, str] = {}
+    for dataset, model in teachers_needed(cells):
+        try:
+            _train_one_teacher(suite, dataset, model, extra)
+        except Exception as e:  # noqa: BLE001 (one teacher's missing data must not stop the other pairs)
+            failed[(dataset, model)] = f"its teacher {model} on {dataset} could not be trained: {e}"
+            _say(f"[bench {suite.name}] {failed[(dataset, model)]}")
+    return failed
+
+
+def _train_one_teacher(suite: Suite, dataset: str, model: str, extra: Optional[Dict[str, Any]]) -> None:
     from .train import train_teacher
     from .zoo import zoo_path
 
-    for dataset, model in teachers_needed(cells):
-        if os.path.isfile(zoo_path(dataset, model)):
-            continue
-        _say(f"[bench {suite.name}] training the {model} teacher on {dataset} first")
-        over = deep_merge(suite.teacher_training, {"progress": False})
-        if extra and extra.get("data_root"):
-            over["data_root"] = extra["data_root"]
-        if suite.plugins or (extra and extra.get("plugins")):
-            over["plugins"] = list((extra or {}).get("plugins") or []) + list(suite.plugins)
-        train_teacher(dataset, model, over, log=_say)
+    if os.path.isfile(zoo_path(dataset, model)):
+        return
+    _say(f"[bench {suite.name}] training the {model} teacher on {dataset} first")
+    over = deep_merge(suite.teacher_training, {"progress": False})
+    if extra and extra.get("data_root"):
+        over["data_root"] = extra["data_root"]
+    if suite.plugins or (extra and extra.get("plugins")):
+        over["plugins"] = list((extra or {}).get("plugins") or []) + list(suite.plugins)
+    train_teacher(dataset, model, over, log=_say)
 
 
 def write_suite_tables(suite: Suite, root: str) -> Optional[str]:

@@ -102,6 +102,8 @@ def measured_accuracy(sha256: str, dataset: str, directory: Optional[str] = None
     try:
         with open(_measured_path(directory)) as f:
             cache = yaml.safe_load(f) or {}
+        if not isinstance(cache, dict) or not isinstance(cache.get(_cache_key(sha256, dataset, amp), {}), dict):
+            return None  # a damaged cache only means measuring again (and rewriting it)
         acc = cache.get(_cache_key(sha256, dataset, amp), {}).get("accuracy")
         return float(acc) if acc is not None else None
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
@@ -121,6 +123,8 @@ def remember_accuracy(sha256: str, dataset: str, accuracy: float, path: str, dir
         if os.path.isfile(target):
             with open(target) as f:
                 cache = yaml.safe_load(f) or {}
+        if not isinstance(cache, dict):
+            cache = {}
         cache[_cache_key(sha256, dataset, amp)] = {"accuracy": round(float(accuracy), 4), "file": os.path.basename(path),
                                        "date": datetime.date.today().isoformat()}
         atomic_write_yaml(target, dict(sorted(cache.items())))

@@ -617,3 +617,111 @@ def test_named_three_channel_datasets_do_not_borrow_each_others_sections():
 
     assert dataset_section({"cifar100": {}}, "cifar10")[0] is None
     assert dataset_section({"cifar100": {}}, "svhn")[0] is None
+
+
+# --------------------------------------------------------------------------- found in the second review
+
+
+def test_a_value_only_the_method_can_judge_is_one_error_line_and_no_directory(zoo, tmp_path, capsys):
+    """The run takes its directory, then its synthesizer refuses a value: exit 2, one line, nothing left."""
+    out = tmp_path / "r"
+    assert main(["distill", "--method", "deepinv", "--dataset", "digits", "--teacher", "lenet5", "--student",
+                 "lenet5_half", "--out", str(out), "synth.pool_dtype=float7", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert len(_lines(err)) == 1 and "float7" in err and not out.exists()
+
+
+def test_resume_refuses_another_teacher(zoo, tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["distill", "--method", "kd_real", "--dataset", "digits", "--student", "lenet5_half", "--out", str(out),
+            "epochs=2", "ep_steps=2", "batch_size=16", "samples=0", "progress=false"]
+    assert main(args + ["--teacher", "lenet5"]) == 0
+    other = tmp_path / "other.pt"
+    _save_lenet(other)
+    capsys.readouterr()
+    assert main(args + ["--teacher", str(other), "--resume"]) == 2
+    assert "teacher.sha256" in capsys.readouterr().err
+
+
+def test_what_make_demo_and_make_test_write_is_git_ignored():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isdir(os.path.join(repo, ".git")):
+        pytest.skip("not a git checkout")
+    paths = ["results/runs/demo/README.md", "model_zoo/manifest.yaml", "model_zoo/measured.yaml",
+             "model_zoo/digits_lenet5.pt", "results/teachers/digits_lenet5/summary.json",
+             "results/demo/digits/dafl/lenet5-lenet5_half-s0/.datafree.lock",
+             "results/demo/digits/dafl/lenet5-lenet5_half-s0/.overwritten/summary.json",
+             "results/mnist/mnist/dafl/lenet5-lenet5_half-s0.stale-1/summary.json"]
+    res = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=repo, capture_output=True, text=True)
+    assert sorted(res.stdout.split()) == sorted(paths)
+
+
+@pytest.mark.parametrize("line", ["defaults: {seed: 5}", "defaults: {out: x}", "overrides: {dafl: {method: cmi}}",
+                                  "seeds: [0, 0]", "variants: {v: {method: 5}}"])
+def test_a_suite_cannot_override_its_cells_identity(zoo, tmp_path, capsys, line):
+    path = tmp_path / "s.yaml"
+    path.write_text("dataset: digits\nmethods: [dafl]\npairs: [{teacher: lenet5, student: lenet5_half}]\n" + line + "\n")
+    assert main(["bench", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert len(_lines(err)) == 1 and err.startswith("error:")
+
+
+def test_a_teacher_that_cannot_be_trained_fails_only_its_cells(zoo, tmp_path, monkeypatch):
+    from datafree.runner import run_suite
+
+    _in_process(monkeypatch)
+    monkeypatch.setenv("DATAFREE_DATA", str(tmp_path / "nodata"))
+    monkeypatch.chdir(tmp_path)  # no ./data here either
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "suite"), "methods": ["kd_real"],
+        "pairs": [{"dataset": "digits", "teacher": "lenet5", "student": "lenet5_half"},
+                  {"dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"}],
+        "defaults": {"samples": 0, "epochs": 2, "ep_steps": 2, "batch_size": 16}}))
+    res = run_suite(str(path), tables=False, extra={"data_root": str(tmp_path / "nodata")})
+    assert res["ran"] == 1 and res["failed"] == 1
+    err = json.load(open(tmp_path / "suite" / "mnist" / "kd_real" / "lenet5-lenet5_half-s0" / "error.json"))
+    assert "could not be trained" in err["error"]
+
+
+def test_other_collapse_settings_resume_a_run_stopped_on_collapse(zoo, tmp_path, monkeypatch):
+    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: 10.0 if model is None else 97.0)
+    quick = dict(epochs=7, teacher=None, stop_on_collapse=True, collapse_grace=0)
+    assert run(tiny("scratch", tmp_path / "r", collapse_patience=1, **quick))["evaluations"] == 1
+    assert run(tiny("scratch", tmp_path / "r", collapse_patience=4, **quick), resume=True)["evaluations"] == 4
+
+
+def test_a_finished_run_without_its_checkpoint_is_not_rerun(zoo, tmp_path):
+    out = tmp_path / "r"
+    first = run(tiny("scratch", out, teacher=None))
+    os.unlink(out / "checkpoint.pt")  # checkpoints are not committed
+    again = run(tiny("scratch", out, teacher=None), resume=True)
+    assert again["finished"] == first["finished"] and again["attempts"] == 1
+
+
+def test_a_damaged_accuracy_cache_is_measured_again(zoo, tmp_path):
+    (open(os.path.join(zoo, "measured.yaml"), "w")).write("- a\n")
+    s = run(tiny("kd_real", tmp_path / "r"))
+    assert s["teacher_acc"] > 50
+    assert isinstance(yaml.safe_load(open(os.path.join(zoo, "measured.yaml"))), dict)
+
+
+def test_an_interrupted_overwrite_is_undone_on_the_next_start(zoo, tmp_path):
+    out = tmp_path / "r"
+    assert run(tiny("scratch", out, teacher=None))["epochs"] == 2
+    backup = out / ".overwritten"
+    backup.mkdir()
+    for name in os.listdir(out):  # what an --overwrite killed during its setup leaves
+        if name not in (".overwritten", ".datafree.lock"):
+            os.rename(out / name, backup / name)
+    s = run(tiny("scratch", out, teacher=None), resume=True)
+    assert s["epochs"] == 2 and not backup.exists() and (out / "summary.json").exists()
+
+
+def test_a_slurm_cell_is_judged_by_the_device_it_runs_on(zoo, tmp_path):
+    from datafree.identity import run_identity
+
+    cfg = tiny("dafl", tmp_path / "a")
+    assert run_identity(cfg, device_kind="cuda").fields["device"] == "cuda"
+    assert run_identity(cfg, device_kind="cuda").fields["amp"] == "bf16"
+    assert run_identity(cfg, device_kind="cuda").fingerprint != run_identity(cfg, device_kind="cpu").fingerprint

@@ -66,8 +66,9 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        first = (str(e).splitlines() or [""])[0]
         raise CheckpointError(
-            f"checkpoint {path!r} cannot be read with torch.load(weights_only=True): {e}. "
+            f"checkpoint {path!r} cannot be read with torch.load(weights_only=True) ({type(e).__name__}: {first}). "
             "Only plain state dicts (and datafree checkpoints) are accepted; re-save the model's state_dict()"
         ) from e
     if isinstance(ckpt, dict) and "state_dict" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
