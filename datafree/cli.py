@@ -179,7 +179,7 @@ def _user_config(args) -> Dict[str, Any]:
 
 
 def cmd_distill(args) -> int:
-    from .config import resolve, to_dict
+    from .config import resolve
     from .engine import Engine
     from .registry import load_plugins
 

@@ -19,7 +19,6 @@ comparison.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -29,8 +28,9 @@ from .config import deep_merge, resolve
 from .engine import Engine
 from .errors import DatafreeError
 from .registry import load_plugins
-from .identity import set_aside
-from .runner import classify, expand, load_suite, teachers_needed
+from .lock import LOCK_NAME, DirLock
+from .results import empty_directory
+from .runner import expand, load_suite, settle, teachers_needed
 
 DEFAULT_SUITE = os.path.join("benchmarks", "suites", "demo.yaml")
 DEFAULT_OUT = os.path.join("results", "runs", "demo")
@@ -43,8 +43,6 @@ def _say(msg: str) -> None:
 
 def run_demo(suite: Optional[str] = None, out: str = DEFAULT_OUT, fresh: bool = False,
              data_root: Optional[str] = None, plugins: Optional[List[str]] = None) -> str:
-    from .lock import DirLock
-
     with DirLock(out, "demo folder"):
         return _run_demo(suite, out, fresh, data_root, plugins)
 
@@ -61,10 +59,7 @@ def _run_demo(suite: Optional[str], out: str, fresh: bool, data_root: Optional[s
         raise DatafreeError(f"demo suite {path} not found: run from the repository root or pass --suite FILE")
     s = load_suite(path, plugins=plugins)
     if fresh and os.path.isdir(out):
-        for name in os.listdir(out):  # everything but the lock this process holds
-            p = os.path.join(out, name)
-            if name != ".datafree.lock":
-                shutil.rmtree(p) if os.path.isdir(p) else os.unlink(p)
+        empty_directory(out, keep=(LOCK_NAME,))  # everything but the lock this process holds
     cells = expand(s, out=out)
     t0 = time.time()
     extra = {"data_root": data_root} if data_root else {}
@@ -75,13 +70,12 @@ def _run_demo(suite: Optional[str], out: str, fresh: bool, data_root: Optional[s
     failures, reused, stale, diverged = {}, 0, 0, []
     for i, cell in enumerate(cells, 1):
         try:
-            status = classify(cell, extra)
+            status, moved = settle(cell, extra)
             if status == "finished":
                 _say(f"[demo {i}/{len(cells)}] {cell.name}: finished earlier with this config and teacher, reused")
                 reused += 1
                 continue
-            if status == "stale":
-                moved = set_aside(cell.out)
+            if moved:
                 stale += 1
                 _say(f"[demo {i}/{len(cells)}] {cell.name}: earlier record of another config or teacher kept as "
                      f"{moved}; running it again")

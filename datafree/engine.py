@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from . import identity, results
-from .config import RunConfig, config_yaml, to_dict, validate
+from .config import RunConfig, config_yaml, validate
 from .data import get_source, iterate_eval
 from .errors import CheckpointError, ConfigError, DatafreeError
-from .health import Guard, checks_of, collapse_streak
-from .lock import DirLock
+from .health import Guard, collapse_streak
+from .lock import LOCK_NAME, DirLock
 from .meter import Meter
-from .models import create_model, load_model, load_state, read_checkpoint, save_model
+from .models import create_model, load_state, model_from_checkpoint, read_checkpoint, save_model
 from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
 from .runtime import tune_cpu_malloc, use_channels_last
 from .synthesis.base import Amp, Context
@@ -197,7 +197,7 @@ class Engine:
                     shutil.rmtree(b)
                 os.makedirs(b)
                 for name in os.listdir(d):
-                    if name not in (self.lock_name, self.BACKUP):
+                    if name not in (LOCK_NAME, self.BACKUP):
                         os.rename(os.path.join(d, name), os.path.join(b, name))
                 self._backup = b
             os.makedirs(d, exist_ok=True)
@@ -223,8 +223,6 @@ class Engine:
                 raise CheckpointError(f"cannot resume: {ckpt_path} is not a datafree run checkpoint; use --overwrite")
             return state
         return None
-
-    lock_name = ".datafree.lock"
 
     def _rank_checkpoint_path(self) -> str:
         return os.path.join(self.out_dir, f"checkpoint.rank{self.rank}.pt")
@@ -265,10 +263,7 @@ class Engine:
         b = self._backup
         if b is None or not os.path.isdir(b):
             return
-        for name in os.listdir(self.out_dir):  # what the failed setup wrote
-            if name not in (self.lock_name, self.BACKUP):
-                p = os.path.join(self.out_dir, name)
-                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+        results.empty_directory(self.out_dir, keep=(LOCK_NAME, self.BACKUP))  # what the failed setup wrote
         for name in os.listdir(b):
             os.rename(os.path.join(b, name), os.path.join(self.out_dir, name))
         os.rmdir(b)
@@ -278,7 +273,7 @@ class Engine:
         """Remove a run directory this process created and left without records (only the lock, temporaries)."""
         d = self.out_dir
         try:
-            left = [n for n in os.listdir(d) if n not in (self.lock_name, self.BACKUP) and not n.endswith(".tmp")]
+            left = [n for n in os.listdir(d) if n not in (LOCK_NAME, self.BACKUP) and not n.endswith(".tmp")]
             if not left:
                 shutil.rmtree(d, ignore_errors=True)
         except OSError:
@@ -308,16 +303,13 @@ class Engine:
         self.amp = Amp(self.device, cfg.amp)
         channels_last = use_channels_last(cfg.channels_last, self.device)
 
-        synth_cls = SYNTHESIZERS.get(cfg.synthesizer)
-        dist_cls = DISTILLERS.get(cfg.distiller)
-        needs_teacher = getattr(synth_cls, "needs_teacher", True) or getattr(dist_cls, "needs_teacher", True)
         self.teacher, self.teacher_info = None, {}
-        if needs_teacher:
+        if self.teacher_file is not None:  # identity.teacher_path decided whether the method needs one
             path = self.teacher_file
-            ckpt0 = read_checkpoint(path)
-            self._check_teacher_fits(ckpt0, path)  # before building: a clear error, not a shape mismatch
-            model, ckpt = load_model(path, num_classes=self.spec.num_classes, in_channels=self.spec.channels,
-                                     image_size=self.spec.size)
+            ckpt = read_checkpoint(path)
+            self._check_teacher_fits(ckpt, path)  # before building: a clear error, not a shape mismatch
+            model = model_from_checkpoint(ckpt, path, num_classes=self.spec.num_classes,
+                                          in_channels=self.spec.channels, image_size=self.spec.size)
             self.teacher = model.to(self.device).eval().requires_grad_(False)
             if channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
@@ -599,7 +591,7 @@ class Engine:
                     for k, v in logs.items():
                         synth_logs.setdefault(k, []).append(torch.as_tensor(v).detach())
                     guard.watch(ctx.step, "synthesis loss non-finite", logs.values())
-                    guard.flags(ctx.step, checks_of(self.synth))
+                    guard.flags(ctx.step, self.synth.health_checks())
                 ctx.round += 1
                 self._save_attempts()  # at most every 10 s: a SIGKILL loses at most that much wall time
                 n = min(kd_steps, ep_steps - done)
@@ -612,7 +604,7 @@ class Engine:
                             for k, v in logs.items():
                                 dist_logs.setdefault(k, []).append(torch.as_tensor(v).detach())
                             guard.watch(ctx.step, "student loss non-finite", logs.values())
-                            guard.flags(ctx.step, checks_of(self.distiller))
+                            guard.flags(ctx.step, self.distiller.health_checks())
                             ctx.step += 1
                             self.meter.images_seen += x.shape[0]
                 done += n

@@ -67,12 +67,6 @@ class Guard:
         return min(failed) if failed else None
 
 
-def checks_of(obj: Any) -> Dict[str, torch.Tensor]:
-    """A synthesizer's or distiller's declared checks ({} when it declares none)."""
-    fn = getattr(obj, "health_checks", None)
-    return fn() if callable(fn) else {}
-
-
 def at_chance(acc: float, num_classes: int, band: float = CHANCE_BAND) -> bool:
     return abs(float(acc) - 100.0 / max(1, num_classes)) <= band
 

@@ -77,7 +77,7 @@ def dataset_section(sections: Dict[str, Any], dataset: str) -> tuple:
     if not sections:
         return None, "no dataset sections: the top-level recipe"
     if dataset in sections:
-        return dataset, f"its own section"
+        return dataset, "its own section"
     try:
         from .data import get_spec
 

@@ -47,6 +47,17 @@ def remove_stale_temporaries(directory: str) -> List[str]:
     return removed
 
 
+def empty_directory(directory: str, keep: Iterable[str] = ()) -> None:
+    """Delete every entry of ``directory`` except the names in ``keep`` (a lock this process holds)."""
+    import shutil
+
+    for name in os.listdir(directory):
+        if name in keep:
+            continue
+        p = os.path.join(directory, name)
+        shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+
+
 def _atomic_write_bytes(path: str, data: bytes) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)

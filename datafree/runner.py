@@ -324,6 +324,15 @@ def classify(cell: Cell, extra: Optional[Dict[str, Any]] = None, device_kind: Op
     return "partial"
 
 
+def settle(cell: Cell, extra: Optional[Dict[str, Any]] = None, device_kind: Optional[str] = None) -> tuple:
+    """``(status, moved)``: :func:`classify` the cell and set a stale record aside (``moved`` is where it went).
+    What the runner and the demo do with every cell before they run it."""
+    from .identity import set_aside
+
+    status = classify(cell, extra, device_kind)
+    return status, (set_aside(cell.out) if status == "stale" else None)
+
+
 def cell_status(cell: Cell, extra: Optional[Dict[str, Any]] = None) -> str:
     try:
         return classify(cell, extra)
@@ -561,8 +570,6 @@ def run_suite(path: str, seeds: Optional[List[int]] = None, only: Optional[str] 
 
 def _run_locked(suite: Suite, cells: List[Cell], root: str, executor: str, extra: Dict[str, Any], tables: bool,
                 executor_opts: Dict[str, Any]) -> Dict[str, Any]:
-    from .identity import set_aside
-
     t0 = time.time()
     no_teacher = train_missing_teachers(suite, cells, extra)
     device_kind = "cuda" if executor == "slurm" else None  # where the cells will run, not where bench runs
@@ -573,12 +580,11 @@ def _run_locked(suite: Suite, cells: List[Cell], root: str, executor: str, extra
         try:
             if (c.dataset, c.teacher) in no_teacher:
                 raise DatafreeError(no_teacher[(c.dataset, c.teacher)])
-            status = classify(c, extra, device_kind)
+            status, moved = settle(c, extra, device_kind)
             if status == "finished":
                 reused += 1
                 continue
-            if status == "stale":
-                moved = set_aside(c.out)
+            if moved:
                 stale += 1
                 _say(f"[bench {suite.name}] {c.name}: record of another config or teacher, kept as {moved}")
             prepare_cell(c, extra)

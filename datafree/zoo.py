@@ -77,14 +77,6 @@ def resolve_teacher(teacher: str, dataset: str, directory: Optional[str] = None)
     return path
 
 
-def teacher_record(path: str, directory: Optional[str] = None) -> Dict[str, Any]:
-    """The manifest entry whose file is ``path`` (empty when it is not a zoo file)."""
-    name = os.path.splitext(os.path.basename(path))[0]
-    if os.path.abspath(os.path.dirname(path)) != zoo_dir(directory):
-        return {}
-    return read_manifest(directory).get(name, {})
-
-
 MEASURED = "measured.yaml"
 
 

@@ -90,6 +90,20 @@ def changed_params(module, snap) -> set:
     return {k for k, p in module.named_parameters() if not torch.equal(p.detach(), snap[k])}
 
 
+def count_calls(monkeypatch, owner, name: str) -> dict:
+    """Wrap ``owner.name`` (a method of an instance or a class) so that calls are counted in the returned
+    ``{"n": ...}``; it still does what it did."""
+    calls = {"n": 0}
+    real = getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
 def grad_norm(loss, module) -> float:
     """Sum of |d loss / d p| over the module's parameters (0 when none is reached)."""
     params = [p for p in module.parameters() if p.requires_grad]

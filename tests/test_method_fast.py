@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import changed_params, engine_for, interrupted_then_resumed, run_killed, snapshot, tiny, unchanged
+from conftest import changed_params, count_calls, engine_for, interrupted_then_resumed, run_killed, snapshot, tiny, unchanged
 from datafree.config import RunConfig, resolve
 from datafree.data.datasets import get_spec
 from datafree.engine import run
@@ -117,14 +117,7 @@ def test_meta_none_trains_the_generator_in_place(zoo, tmp_path, monkeypatch):
 
 def test_no_adversarial_term_during_warmup(zoo, tmp_path, monkeypatch):
     e = _engine(tmp_path, warmup=2)
-    calls = {"n": 0}
-    real = e.synth.student_logits
-
-    def counting(x):
-        calls["n"] += 1
-        return real(x)
-
-    monkeypatch.setattr(e.synth, "student_logits", counting)
+    calls = count_calls(monkeypatch, e.synth, "student_logits")
     for epoch in (0, 1):
         e.ctx.epoch = epoch
         assert float(e.synth.synthesize()["adv"]) == 0.0

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_killed, tiny
+from conftest import count_calls, run_killed, tiny
 from datafree.cli import main
 from datafree.engine import Engine, run
 
@@ -243,14 +243,7 @@ def test_the_divergence_check_does_not_sync_every_step(zoo, tmp_path, monkeypatc
     """The flags are read at log points only: a few reads per epoch, not one per step."""
     from datafree import health
 
-    reads = {"n": 0}
-    real = health.Guard.first_failure
-
-    def counted(self):
-        reads["n"] += 1
-        return real(self)
-
-    monkeypatch.setattr(health.Guard, "first_failure", counted)
+    reads = count_calls(monkeypatch, health.Guard, "first_failure")
     run(tiny("scratch", tmp_path / "r", epochs=2, ep_steps=120, teacher=None))
     assert 2 <= reads["n"] <= 2 * (1 + 120 // 50)
 

@@ -105,6 +105,13 @@ def load_model(path: str, arch: Optional[str] = None, num_classes: Optional[int]
                in_channels: Optional[int] = None, image_size: Optional[int] = None) -> Tuple[Classifier, Dict[str, Any]]:
     """Load a classifier checkpoint; the architecture comes from the file unless given."""
     ckpt = read_checkpoint(path)
+    return model_from_checkpoint(ckpt, path, arch, num_classes, in_channels, image_size), ckpt
+
+
+def model_from_checkpoint(ckpt: Dict[str, Any], path: str, arch: Optional[str] = None,
+                          num_classes: Optional[int] = None, in_channels: Optional[int] = None,
+                          image_size: Optional[int] = None) -> Classifier:
+    """The classifier of a checkpoint already read with :func:`read_checkpoint` (``path`` names it in errors)."""
     spec = ckpt.get("spec") or {}
     arch = arch or ckpt.get("arch")
     if not arch:
@@ -116,4 +123,4 @@ def load_model(path: str, arch: Optional[str] = None, num_classes: Optional[int]
         image_size=image_size or spec.get("size", 32),
     )
     load_state(model, ckpt["state_dict"], f"checkpoint {path!r}")
-    return model, ckpt
+    return model
