@@ -72,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(p)
     _common(p)
 
+    p = sub.add_parser("inspect", help="what a teacher checkpoint holds (architecture, layout, classes, sha256)")
+    p.add_argument("path", help="checkpoint file, or a model name looked up in the zoo for --dataset")
+    p.add_argument("--dataset", help="check the checkpoint against this dataset and measure its test accuracy")
+    p.add_argument("--arch", help="the architecture of a file that does not say (a bare state dict)")
+    p.add_argument("--zoo", help="model zoo folder (default: $DATAFREE_ZOO or ./model_zoo)")
+    p.add_argument("--device", default="cpu", help="device for the accuracy (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    _common(p)
+
     p = sub.add_parser("table", help="markdown tables from the run records under DIR")
     p.add_argument("dir")
     p.add_argument("--out", help="markdown file to write (default: DIR/README.md; '-' prints only)")
@@ -158,6 +167,29 @@ def cmd_list(args) -> int:
             print(n)
         if args.what == "models" and args.pattern == "*":
             print("timm/<name>  (any timm model, e.g. timm/resnet18)")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .registry import load_plugins
+    from .teacher import check_arch, load_teacher, test_accuracy
+
+    load_plugins(args.plugin)
+    if args.arch:
+        check_arch(args.arch)
+    model, record = load_teacher(args.path, dataset=args.dataset, arch=args.arch, model_zoo=args.zoo)
+    if args.dataset:
+        record["test_accuracy"] = round(test_accuracy(model.to(args.device), args.dataset, args.data_root,
+                                                      args.device), 2)
+        record["measured_on"] = args.dataset
+    if args.json:
+        import json
+
+        print(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        width = max(len(k) for k in record)
+        for k, v in record.items():
+            print(f"{k:<{width}}  {v}")
     return 0
 
 
@@ -340,7 +372,8 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "distill": cmd_distill, "train-teacher": cmd_train_teacher, "table": cmd_table,
-            "plot": cmd_plot, "demo": cmd_demo, "data": cmd_data, "bench": cmd_bench, "perf": cmd_perf}
+            "plot": cmd_plot, "demo": cmd_demo, "data": cmd_data, "bench": cmd_bench, "perf": cmd_perf,
+            "inspect": cmd_inspect}
 
 
 def os_error_message(e: OSError) -> str:

@@ -52,6 +52,7 @@ class RunConfig:
     method: str = "dafl"
     dataset: str = "digits"
     teacher: Optional[str] = "lenet5"  # model name (model_zoo/<dataset>_<name>.pt) or a path
+    teacher_arch: Optional[str] = None  # the teacher file's architecture, when it does not say (a bare state dict)
     student: str = "lenet5_half"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -319,6 +320,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     get_source(cfg.dataset)  # an unknown dataset fails here, with suggestions
     if not cfg.student.startswith("timm/") and cfg.student not in MODELS:
         MODELS.get(cfg.student)
+    if cfg.teacher_arch is not None:
+        from .teacher import check_arch
+
+        check_arch(cfg.teacher_arch)
     dev = cfg.device
     if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"device={dev!r} is not a device: use auto, cpu, cuda or cuda:N")

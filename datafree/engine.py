@@ -31,7 +31,8 @@ from .errors import CheckpointError, ConfigError, DatafreeError
 from .health import Guard, collapse_streak
 from .lock import LOCK_NAME, DirLock
 from .meter import Meter
-from .models import create_model, load_state, model_from_checkpoint, read_checkpoint, save_model
+from .models import create_model, load_state, save_model
+from .teacher import describe as describe_teacher, load_teacher, name_from_file, source_of
 from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
 from .runtime import tune_cpu_malloc, use_channels_last
 from .synthesis.base import Amp, Context
@@ -112,7 +113,7 @@ def barrier(world_size: int) -> None:
 
 
 def default_run_dir(cfg: RunConfig) -> str:
-    teacher = os.path.splitext(os.path.basename(cfg.teacher))[0] if cfg.teacher else "none"
+    teacher = name_from_file(cfg.teacher, cfg.dataset) or "none"
     name = f"{teacher}-{cfg.student}-s{cfg.seed}" + (f"-{cfg.tag}" if cfg.tag else "")
     return os.path.join("results", "runs", cfg.dataset.replace(":", "_").replace("/", "_"), cfg.method, name)
 
@@ -305,17 +306,10 @@ class Engine:
 
         self.teacher, self.teacher_info = None, {}
         if self.teacher_file is not None:  # identity.teacher_path decided whether the method needs one
-            path = self.teacher_file
-            ckpt = read_checkpoint(path)
-            self._check_teacher_fits(ckpt, path)  # before building: a clear error, not a shape mismatch
-            model = model_from_checkpoint(ckpt, path, num_classes=self.spec.num_classes,
-                                          in_channels=self.spec.channels, image_size=self.spec.size)
-            self.teacher = model.to(self.device).eval().requires_grad_(False)
-            if channels_last:
-                self.teacher = self.teacher.to(memory_format=torch.channels_last)
-            stored = ckpt.get("accuracy")
-            self.teacher_info = {"path": path, "arch": ckpt.get("arch"), "sha256": self.identity.fields["teacher.sha256"],
-                                 "stored_accuracy": float(stored) if isinstance(stored, (int, float)) else None}
+            model, record = load_teacher(self.teacher_file, dataset=cfg.dataset, arch=cfg.teacher_arch,
+                                         device=self.device, spec=self.spec)
+            self.teacher = model.to(memory_format=torch.channels_last) if channels_last else model
+            self.teacher_info = dict(record)
         self.student = create_model(cfg.student, self.spec.num_classes, self.spec.channels, self.spec.size).to(self.device)
         if channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
@@ -340,6 +334,9 @@ class Engine:
         self.guard = Guard(self.device)
         if self.teacher is not None:
             self._measure_teacher()
+            if self.is_main and not self.checkpoint:  # once the run is set up: a failed setup says only why
+                self.log(f"teacher: {describe_teacher(self.teacher_info)}, test accuracy "
+                         f"{self.teacher_info['accuracy']:.2f}%")
         if self.checkpoint is not None:
             self._load_checkpoint(self.checkpoint)
         elif self.is_main:
@@ -392,21 +389,6 @@ class Engine:
         if n:
             return int(math.ceil(n / self.cfg.batch_size))
         return int(math.ceil(max(1, self.spec.train_size) / self.cfg.batch_size))
-
-    def _check_teacher_fits(self, ckpt: Dict[str, Any], path: str) -> None:
-        """Refuse a teacher trained on another dataset: its name, classes, channels and image size."""
-        spec = ckpt.get("spec") or {}
-        ds = ckpt.get("dataset")
-        fix = (f"pick a teacher trained on {self.cfg.dataset}, e.g. `datafree train-teacher --dataset "
-               f"{self.cfg.dataset} --model {ckpt.get('arch') or '<model>'}`")
-        if isinstance(ds, str) and ds and ds != self.cfg.dataset:
-            raise CheckpointError(f"teacher {path} was trained on {ds}, but this run's dataset is {self.cfg.dataset}: {fix}")
-        for key, want in (("num_classes", self.spec.num_classes), ("channels", self.spec.channels),
-                          ("size", self.spec.size)):
-            if key in spec and spec[key] != want:
-                raise CheckpointError(
-                    f"teacher {path} was trained for {ds or 'another dataset'} with {key}={spec[key]}, "
-                    f"but {self.cfg.dataset} has {key}={want}: {fix}")
 
     def _compile(self) -> None:
         self.student.forward = torch.compile(self.student.forward)
@@ -685,12 +667,7 @@ class Engine:
 
     def teacher_name(self) -> Optional[str]:
         """The configured teacher's model name (also for methods that do not load it, e.g. scratch)."""
-        t = self.cfg.teacher
-        if not t:
-            return None
-        name = os.path.splitext(os.path.basename(t))[0]
-        prefix = self.cfg.dataset.replace("/", "-") + "_"
-        return name[len(prefix):] if name.startswith(prefix) else name
+        return name_from_file(self.cfg.teacher, self.cfg.dataset)
 
     def finish(self, wall: float, diverged: Optional[Dict[str, Any]] = None, stopped: bool = False) -> Dict[str, Any]:
         cfg = self.cfg
@@ -731,6 +708,7 @@ class Engine:
             "var_acc": float(np.var(accs)) if accs else None,
             "teacher_acc": self.teacher_info.get("accuracy"),
             "teacher_acc_stored": self.teacher_info.get("stored_accuracy"),
+            "teacher_source": source_of(self.teacher_info) if self.teacher_info else None,
             "device": str(self.device),
             "machine": results.machine(),
             "finished": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -118,9 +118,10 @@ def method_layers_explained(name: str, dataset: str, teacher: Optional[str], stu
         layers.append((f"datasets.{key}: {why}", entry["datasets"][key]))
     else:
         layers.append((f"no datasets section: {why}", {}))
-    teacher_name = os.path.splitext(os.path.basename(str(teacher)))[0] if teacher else teacher
-    if teacher_name and teacher_name.startswith(f"{dataset}_"):
-        teacher_name = teacher_name[len(dataset) + 1:]
+    from .teacher import ARCH_ALIASES, name_from_file
+
+    teacher_name = name_from_file(teacher, dataset)
+    teacher_name = ARCH_ALIASES.get(teacher_name, teacher_name)
     pk = pair_key(dataset, teacher_name, student)
     pair = (entry.get("pairs") or {}).get(pk)
     if pair:

@@ -654,11 +654,25 @@ def train_missing_teachers(suite: Suite, cells: Sequence[Cell], extra: Optional[
     return failed
 
 
+def teacher_origin(dataset: str, model: str) -> str:
+    """Where a suite's named teacher comes from: a published file in the zoo, one trained here, or neither."""
+    from .zoo import published_path, zoo_path
+
+    published = published_path(dataset, model)
+    if published:
+        return f"published file {os.path.relpath(published)} (used before any teacher trained here)"
+    if os.path.isfile(zoo_path(dataset, model)):
+        return f"trained here, {os.path.relpath(zoo_path(dataset, model))}"
+    return (f"not in the zoo: trained here first with the suite's teacher_training recipe (or put the published "
+            f"file in {os.path.relpath(os.path.dirname(zoo_path(dataset, model)))}/, see the README)")
+
+
 def _train_one_teacher(suite: Suite, dataset: str, model: str, extra: Optional[Dict[str, Any]]) -> None:
     from .train import train_teacher
-    from .zoo import zoo_path
+    from .zoo import published_path, zoo_path
 
-    if os.path.isfile(zoo_path(dataset, model)):
+    if published_path(dataset, model) or os.path.isfile(zoo_path(dataset, model)):
+        _say(f"[bench {suite.name}] teacher {model} on {dataset}: {teacher_origin(dataset, model)}")
         return
     _say(f"[bench {suite.name}] training the {model} teacher on {dataset} first")
     over = deep_merge(suite.teacher_training, {"progress": False})

@@ -59,22 +59,63 @@ def write_manifest_entry(dataset: str, model: str, entry: Dict[str, Any], direct
     atomic_write_yaml(os.path.join(zoo_dir(directory), "manifest.yaml"), dict(sorted(manifest.items())))
 
 
+#: the file names the reference repositories publish teachers under, tried before our own ``<key>.pt``: the CMI
+#: repository's ``cifar10_resnet34.pth`` (README, "pretrained teachers"; also Fast-Datafree and ljrprocc/DataFree)
+#: and DFAD's ``cifar10-resnet34_8x.pt`` (train_teacher.py: "%s-%s.pt" % (dataset, model))
+PUBLISHED_NAMES = ("{key}.pth", "{dataset}-{model}_8x.pt", "{dataset}-{model}.pt")
+
+
+def published_path(dataset: str, model: str, directory: Optional[str] = None) -> Optional[str]:
+    """A reference repository's teacher file for (dataset, model) in the zoo, or None."""
+    for pattern in PUBLISHED_NAMES:
+        path = os.path.join(zoo_dir(directory), pattern.format(key=zoo_key(dataset, model), dataset=dataset,
+                                                               model=model.replace("/", "-")))
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def resolve_teacher(teacher: str, dataset: str, directory: Optional[str] = None) -> str:
-    """A checkpoint path for ``teacher``: a path as given, else the zoo's file for (dataset, name)."""
+    """A checkpoint path for ``teacher``: a path as given; else, for a model name, the zoo's published file
+    (:data:`PUBLISHED_NAMES`), then its own ``<dataset>_<name>.pt``; for ``timm/<name>`` without either,
+    timm's pretrained weights in the local cache."""
     if os.path.isfile(teacher):
         return teacher
     if teacher.endswith((".pt", ".pth", ".ckpt")) or os.sep in teacher and not teacher.startswith("timm/"):
         raise CheckpointError(f"teacher checkpoint {teacher!r} does not exist")
     if not teacher.startswith("timm/") and teacher not in MODELS:
         raise MODELS.unknown(teacher, MODELS.list() + ["timm/<name>"])
+    published = published_path(dataset, teacher, directory)
+    if published:
+        return published
     path = zoo_path(dataset, teacher, directory)
-    if not os.path.isfile(path):
-        raise DatafreeError(
-            f"no {teacher} teacher for {dataset} in the zoo ({path} is missing). Train one with\n"
-            f"  datafree train-teacher --dataset {dataset} --model {teacher}\n"
-            f"or pass a checkpoint path: teacher=/path/to/model.pt"
-        )
-    return path
+    if os.path.isfile(path):
+        return path
+    hint = ""
+    if teacher.startswith("timm/"):
+        from .models.timm_models import fetch_hint, pretrained_file
+
+        name = teacher.split("/", 1)[1]
+        try:
+            cached = pretrained_file(name)
+        except CheckpointError:  # timm has no pretrained weights for it: only a trained teacher will do
+            cached = None
+        else:
+            if cached:
+                return cached
+            hint = f"\nor, for timm's pretrained weights: {fetch_hint(name)}"
+    raise DatafreeError(
+        f"no {teacher} teacher for {dataset} in the zoo ({path} is missing). Train one with\n"
+        f"  datafree train-teacher --dataset {dataset} --model {teacher}\n"
+        f"or pass a checkpoint path: teacher=/path/to/model.pt" + hint
+    )
+
+
+def timm_pretrained_file(path: str) -> Optional[str]:
+    """The timm model name (with its tag) when ``path`` is timm's pretrained weights in the cache, else None."""
+    from .models.timm_models import name_of_cached
+
+    return name_of_cached(path)
 
 
 MEASURED = "measured.yaml"

@@ -43,7 +43,8 @@ def test_builtins_are_registered():
     load_plugins([])
     for m in ("dafl", "deepinv", "scratch", "kd_real"):
         assert m in METHODS
-    assert {"lenet5", "lenet5_half", "resnet8", "resnet110", "resnet50", "wrn40_2", "vgg13", "mobilenetv2"} <= set(MODELS)
+    assert {"lenet5", "lenet5_half", "resnet8", "resnet110", "resnet50", "wrn40_2", "vgg13", "mobilenetv2",
+            "mobilenetv2_cifar"} <= set(MODELS)
 
 
 PLUGIN = textwrap.dedent('''

@@ -10,18 +10,20 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..registry import GENERATORS, MODELS
-from . import generators, lenet, mobilenetv2, resnet, vgg, wrn  # noqa: F401  (registration)
+from . import generators, layouts, lenet, mobilenetv2, resnet, vgg, wrn  # noqa: F401  (registration)
 from .base import Classifier
 from .features import FeatureTap, bn_layers, conv_layers  # noqa: F401
 from .timm_models import TimmClassifier, timm_model
 
-CHECKPOINT_FORMAT = "datafree-model/1"
+CHECKPOINT_FORMAT = "datafree-model/2"  # /2: mobilenetv2 is the reference network (RENAMED)
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> Classifier:
-    """Build a classifier by name: a zoo name (``resnet18``) or ``timm/<name>``."""
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                 pretrained_file: Optional[str] = None) -> Classifier:
+    """Build a classifier by name: a zoo name (``resnet18``) or ``timm/<name>`` (with timm's pretrained weights
+    read from ``pretrained_file``, a local file)."""
     if name.startswith("timm/"):
-        return timm_model(name.split("/", 1)[1], num_classes, in_channels, image_size)
+        return timm_model(name.split("/", 1)[1], num_classes, in_channels, image_size, pretrained_file=pretrained_file)
     if name not in MODELS:
         raise MODELS.unknown(name, MODELS.list() + ["timm/<name>"])
     return MODELS.build(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
@@ -69,7 +71,9 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
         first = (str(e).splitlines() or [""])[0]
         raise CheckpointError(
             f"checkpoint {path!r} cannot be read with torch.load(weights_only=True) ({type(e).__name__}: {first}). "
-            "Only plain state dicts (and datafree checkpoints) are accepted; re-save the model's state_dict()"
+            "Only state dicts (bare or in a checkpoint dict, as ours and the CMI repository's) are accepted; a whole "
+            "pickled model (DAFL's teacher-train.py saves torch.save(net, ...)) must be re-saved as its state_dict(), "
+            "where you trust the file: torch.save(torch.load(path, weights_only=False).state_dict(), 'teacher.pt')"
         ) from e
     if isinstance(ckpt, dict) and "state_dict" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         ckpt = {"state_dict": ckpt}  # a bare state dict
@@ -78,49 +82,61 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     return ckpt
 
 
-def load_state(model: nn.Module, state: Dict[str, torch.Tensor], where: str) -> None:
-    """Load a state dict strictly, explaining a mismatch in one readable message."""
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+def load_state(model: nn.Module, state: Dict[str, torch.Tensor], where: str, arch: Optional[str] = None,
+               image_size: int = 32) -> str:
+    """Load a state dict strictly into ``model`` and return the layout it came in (``datafree``, ``cmi``, ``dafl``).
+
+    ``state`` may be ours or a reference repository's (see :mod:`datafree.models.layouts`), with or without the
+    ``{'state_dict': ...}`` wrapper and ``module.`` prefixes. ``arch`` is the model's name (it picks the rename
+    rules); without it, any known layout whose names map exactly onto the model's is taken. A state that does
+    not fit raises :class:`CheckpointError` with one line naming the likely cause (another naming scheme,
+    architecture, class or channel count) and the fix; ``where`` names the checkpoint in it, ``image_size`` is
+    the size the model was built for (used to recognise another architecture).
+    """
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatches (checkpoint vs model), e.g. {wrong[0]}")
-        if missing:
-            parts.append(f"{len(missing)} keys missing, e.g. {missing[0]!r}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}")
-        raise CheckpointError(
-            f"{where} does not fit the model {type(model).__name__}: " + "; ".join(parts)
-            + ". Check the architecture name and the dataset (channels, classes) the checkpoint was trained for"
-        )
-    model.load_state_dict(state)
+    raw = layouts.unwrap(state)
+    renamed, layout = layouts.to_datafree(arch, raw, expected=list(own))
+    renamed = layouts.fill_untracked_counts(own, renamed)
+    if set(renamed) != set(own) or any(not isinstance(renamed[k], torch.Tensor) or tuple(renamed[k].shape) !=
+                                       tuple(v.shape) for k, v in own.items()):
+        raise CheckpointError(layouts.explain(where, model, arch, raw, layout, image_size))
+    model.load_state_dict(renamed)
+    return layout
 
 
 def load_model(path: str, arch: Optional[str] = None, num_classes: Optional[int] = None,
                in_channels: Optional[int] = None, image_size: Optional[int] = None) -> Tuple[Classifier, Dict[str, Any]]:
-    """Load a classifier checkpoint; the architecture comes from the file unless given."""
+    """Load a classifier checkpoint; the architecture comes from the file unless given. (Teachers:
+    :func:`datafree.load_teacher`, which also checks the file against a dataset and says what it loaded.)"""
     ckpt = read_checkpoint(path)
-    return model_from_checkpoint(ckpt, path, arch, num_classes, in_channels, image_size), ckpt
+    return build_from_checkpoint(ckpt, path, arch, num_classes, in_channels, image_size)[0], ckpt
 
 
-def model_from_checkpoint(ckpt: Dict[str, Any], path: str, arch: Optional[str] = None,
+#: architectures whose name meant another network in an earlier checkpoint format: ``mobilenetv2`` was the
+#: CIFAR-stride network until datafree-model/2, when the name went to the reference repositories' network
+RENAMED = {"datafree-model/1": {"mobilenetv2": "mobilenetv2_cifar"}}
+
+
+def build_from_checkpoint(ckpt: Dict[str, Any], path: str, arch: Optional[str] = None,
                           num_classes: Optional[int] = None, in_channels: Optional[int] = None,
-                          image_size: Optional[int] = None) -> Classifier:
-    """The classifier of a checkpoint already read with :func:`read_checkpoint` (``path`` names it in errors)."""
+                          image_size: Optional[int] = None) -> Tuple[Classifier, str]:
+    """The classifier of a checkpoint already read with :func:`read_checkpoint` (``path`` names it in errors),
+    and the layout its names came in. ``arch`` overrides the file's; counts default to the file's spec, else to
+    what its classifier rows and first convolution say."""
     spec = ckpt.get("spec") or {}
-    arch = arch or ckpt.get("arch")
+    if not arch:
+        arch = ckpt.get("arch")
+        arch = RENAMED.get(str(ckpt.get("format")), {}).get(arch, arch)
     if not arch:
         raise CheckpointError(f"checkpoint {path!r} does not say its architecture: pass the model name")
+    # a reference checkpoint records no spec: its classifier's rows and first convolution's inputs tell
+    classes, channels = (None, None) if spec else layouts.read_counts(layouts.to_datafree(arch, ckpt["state_dict"])[0])
+    size = image_size or spec.get("size", 32)
     model = create_model(
         arch,
-        num_classes=num_classes or spec.get("num_classes", 10),
-        in_channels=in_channels or spec.get("channels", 3),
-        image_size=image_size or spec.get("size", 32),
+        num_classes=num_classes or spec.get("num_classes", classes or 10),
+        in_channels=in_channels or spec.get("channels", channels or 3),
+        image_size=size,
     )
-    load_state(model, ckpt["state_dict"], f"checkpoint {path!r}")
-    return model
+    layout = load_state(model, ckpt["state_dict"], f"checkpoint {path!r}", arch=arch, image_size=size)
+    return model, layout
