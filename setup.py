@@ -25,9 +25,10 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-randomly>=3.15", "tensorboard"],
+        "test": ["pytest>=7", "pytest-randomly>=3.15", "tensorboard", "wandb"],
         "slurm": ["submitit>=1.5"],
         "tensorboard": ["tensorboard"],
+        "wandb": ["wandb"],  # log=wandb
     },
     entry_points={"console_scripts": ["datafree=datafree.cli:main"]},
 )

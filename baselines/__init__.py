@@ -3,7 +3,9 @@
 Installed as ``datafree.baselines``. Each YAML file here is a method entry:
 
 * ``scratch``: a model trained from scratch on the original data (the papers'
-  "T. Scratch" / "S. Scratch" rows; also the recipe of ``datafree train-teacher``);
+  "T. Scratch" / "S. Scratch" rows; also the default recipe of ``datafree train-teacher``);
+* ``scratch_cmi``: the CMI repository's scratch training, ``train-teacher --recipe cmi``
+  (docs/teachers.md);
 * ``kd_real``: KD from the teacher with the original training data, the upper
   bound a data-free method chases.
 """

@@ -1,7 +1,7 @@
 """The ``datafree`` command line.
 
     datafree list models|methods|datasets|synthesizers|distillers|generators [PATTERN]
-    datafree train-teacher --dataset D --model M [key=value ...]
+    datafree train-teacher --dataset D --model M [--recipe datafree|cmi] [key=value ...]
     datafree distill --method M --teacher T --student S --dataset D [key=value ...]
     datafree bench SUITE [--dry-run] [--only PATTERN] [--seeds 0,1,2] [--executor local|slurm]
     datafree table DIR [--reference benchmarks/reference/<table>.yaml]
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--zoo", help="model zoo folder (default: $DATAFREE_ZOO or ./model_zoo)")
     p.add_argument("--force", action="store_true", help="retrain even if the zoo has this teacher")
+    p.add_argument("--recipe", help="teacher recipe: datafree (ours, the default) or cmi (the CMI repository's "
+                                    "train_scratch.py); see docs/teachers.md")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     _common(p)
 
@@ -251,11 +253,12 @@ def _plugins_and_overrides(args) -> dict:
 
 
 def cmd_train_teacher(args) -> int:
-    from .train import train_teacher
+    from .train import recipe_of, train_teacher
 
     overrides = _plugins_and_overrides(args)
-    entry = train_teacher(args.dataset, args.model, overrides, zoo=args.zoo, force=args.force)
-    print(f"{args.dataset} {args.model}: {entry.get('accuracy')}%")
+    entry = train_teacher(args.dataset, args.model, overrides, zoo=args.zoo, force=args.force, recipe=args.recipe)
+    print(f"{args.dataset} {args.model} (recipe {recipe_of(entry)}): "
+          f"{entry.get('accuracy')}%")
     return 0
 
 

@@ -64,6 +64,9 @@ class RunConfig:
     batch_size: int = 128  # student batch
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     eval_batch_size: int = 512
+    # which student weights a run keeps besides the last: null (or "last") none; "best" also writes
+    # student_best.pt at each evaluation that beats the best so far (selected on the test split)
+    keep: Optional[str] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     synthesizer: str = "dafl"
     synth: Dict[str, Any] = field(default_factory=dict)
@@ -80,7 +83,7 @@ class RunConfig:
     collapse_grace: int = 2
     stop_on_collapse: bool = False  # stop a collapsed run at once (status "collapsed", exit code 0)
     samples: int = 64  # images in each samples_<epoch>.png grid (0: none)
-    log: str = "none"  # none | tensorboard
+    log: str = "none"  # none | csv | tensorboard | wandb, or several: csv,tensorboard (see datafree/loggers.py)
     progress: bool = True
     data_root: Optional[str] = None
     model_zoo: Optional[str] = None
@@ -269,7 +272,6 @@ CHOICES = {
     "amp": ("auto", "off", "bf16", "fp16"),
     "channels_last": ("auto", "on", "off"),
     "cpu_malloc": ("tuned", "default"),
-    "log": ("none", "tensorboard", ""),
     "optim.name": ("sgd", "adam", "adamw"),
     "optim.schedule": ("cosine", "multistep", "constant"),
 }
@@ -314,9 +316,17 @@ def validate(cfg: RunConfig) -> RunConfig:
             close = close_matches(str(v), [a for a in allowed if a])
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{key}={v!r} is not a known value: use one of {', '.join(a for a in allowed if a)}.{hint}")
+    if cfg.keep not in (None, "last", "best"):
+        close = close_matches(str(cfg.keep), ["last", "best"])
+        raise ConfigError(f"keep={cfg.keep!r} is not a known value: use last or best."
+                          + (f" Did you mean {close[0]!r}?" if close else ""))
+    if cfg.keep == "last":
+        cfg.keep = None  # the default, spelled one way: keep=last is the same run (and fingerprint) as no keep
     from .data import get_source
+    from .loggers import check as check_loggers
     from .registry import MODELS
 
+    check_loggers(cfg.log)  # log=none | csv | tensorboard | wandb, or a comma list: a name or a missing package
     get_source(cfg.dataset)  # an unknown dataset fails here, with suggestions
     if not cfg.student.startswith("timm/") and cfg.student not in MODELS:
         MODELS.get(cfg.student)

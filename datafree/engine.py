@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import identity, results
-from .config import RunConfig, config_yaml, validate
+from . import identity, loggers, results
+from .config import RunConfig, config_yaml, to_dict, validate
 from .data import get_source, iterate_eval
 from .errors import CheckpointError, ConfigError, DatafreeError
 from .health import Guard, collapse_streak
@@ -39,6 +39,7 @@ from .synthesis.base import Amp, Context
 from .zoo import measured_accuracy, remember_accuracy
 
 CHECKPOINT = "checkpoint.pt"
+BEST_STUDENT = "student_best.pt"  # keep=best: the student of the best evaluation
 ATTEMPTS = "attempts.json"
 #: student steps between two reads of the divergence flags (the only host syncs the checks cost)
 CHECK_EVERY = 50
@@ -141,7 +142,7 @@ class Engine:
         self.out_dir = os.path.abspath(cfg.out or default_run_dir(cfg))
         self.metrics: List[Dict[str, Any]] = []
         self.start_epoch = 0
-        self.writer = None
+        self.logger: loggers.Logger = loggers.NullLogger()  # the run's log= logger(s), opened by run() on rank 0
         self.rank, self.world_size, self.local_rank = 0, 1, 0
         self.lock: Optional[DirLock] = None
         self.identity: Optional[identity.Identity] = None
@@ -342,10 +343,6 @@ class Engine:
         elif self.is_main:
             identity.write_identity(self.out_dir, self.identity)
             results.atomic_write_text(os.path.join(self.out_dir, "config.yaml"), config_yaml(cfg))
-        if cfg.log == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
 
     def _measure_teacher(self) -> None:
         """The teacher's test accuracy, measured once per (sha256, dataset) and cached in the zoo."""
@@ -419,6 +416,15 @@ class Engine:
                                       self._rank_checkpoint_path())
         barrier(self.world_size)
 
+    def save_best(self, epoch: int, acc: float) -> None:
+        """``keep=best``: write the student as ``student_best.pt`` when ``acc`` beats every earlier evaluation
+        on record (rank 0, after the evaluation is recorded; a resumed run compares with the records it kept)."""
+        earlier = [m["acc"] for m in self.metrics[:-1] if isinstance(m.get("acc"), (int, float))]
+        if earlier and acc <= max(earlier):
+            return
+        save_model(os.path.join(self.out_dir, BEST_STUDENT), self.student, self.cfg.student, self.cfg.dataset,
+                   self.spec.as_dict(), extra={"accuracy": acc, "epoch": epoch + 1})
+
     def _load_checkpoint(self, state: Dict[str, Any]) -> None:
         try:
             load_state(self.student, state["student"], "the run's checkpoint")
@@ -477,10 +483,11 @@ class Engine:
             images = self.ctx.normalizer.denormalize(x.float()).clamp(0, 1)
         path = os.path.join(self.out_dir, f"samples_{epoch:04d}.png")
         save_sample_grid(images, labels, path)
-        if self.writer is not None:
+        if not isinstance(self.logger, loggers.NullLogger):
             import torchvision
 
-            self.writer.add_image("samples", torchvision.utils.make_grid(images.cpu(), nrow=8), epoch)
+            # at the step of the epoch's scalars (epoch + 1), beside the accuracy of the same student
+            self.logger.image("samples", torchvision.utils.make_grid(images.cpu(), nrow=8), epoch + 1)
         return path
 
     # -- the loop ----------------------------------------------------------
@@ -494,13 +501,18 @@ class Engine:
             if self.is_main:
                 self._start_attempt()
             try:
+                if self.is_main:  # after the checkpoint is loaded: a resumed run's logs go on after its epoch
+                    self.logger = loggers.open_logger(self.cfg.log, self.out_dir, os.path.basename(self.out_dir),
+                                                      start_step=self.start_epoch)
+                    self.logger.config({**to_dict(self.cfg), "run_id": os.path.basename(self.out_dir),
+                                        "fingerprint": self.identity.fingerprint if self.identity else None})
                 summary = self._loop()
                 barrier(self.world_size)  # no rank tears its process group down while another still uses it
                 return summary
             finally:
                 self.synth.close()
-                if self.writer is not None:
-                    self.writer.close()
+                logger, self.logger = self.logger, loggers.NullLogger()
+                logger.close()
                 if self.world_size > 1:
                     import torch.distributed as dist
 
@@ -623,11 +635,11 @@ class Engine:
                           "synth": _mean_logs(synth_logs), "distill": _mean_logs(dist_logs)}
                 self.metrics.append(record)
                 results.atomic_write_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), self.metrics)
-                if self.writer is not None:
-                    self.writer.add_scalar("acc", acc, epoch + 1)
-                    for sec in ("synth", "distill"):
-                        for k, v in record[sec].items():
-                            self.writer.add_scalar(f"{sec}/{k}", v, epoch + 1)
+                if cfg.keep == "best":
+                    self.save_best(epoch, acc)
+                # the record's numbers at step epoch + 1: acc, lr, ..., synth/<loss>, distill/<loss>
+                scalars = {("student_steps" if k == "step" else k): v for k, v in record.items() if k != "epoch"}
+                self.logger.scalars(loggers.flatten(scalars), epoch + 1)
                 best = max(m["acc"] for m in self.metrics)
                 if bar is not None:
                     bar.set_postfix(epoch=epoch + 1, acc=f"{acc:.2f}", best=f"{best:.2f}", refresh=False)

@@ -43,3 +43,7 @@ class CheckpointError(DatafreeError):
 
 class ConfigError(DatafreeError, ValueError):
     """A configuration value that cannot be used."""
+
+
+class MissingPackageError(DatafreeError, ImportError):
+    """An optional package that a chosen feature needs is not installed (the message says what to pip install)."""

@@ -14,6 +14,12 @@ cells read ``diverged`` and it is left out of the mean of the other seeds, which
 e.g. ``97.50 ± 0.71 (1/3 diverged)``. A collapsed run's accuracy is real (near chance) and is shown as
 ``10.09 (collapsed)``. Records :func:`~datafree.results.load_runs` could not use (``df.attrs["skipped"]``) are
 listed in the README's "Skipped records" section.
+
+Each accuracy table says which teacher produced its cells (:func:`teacher_rows`, the "Teachers" list under
+it: file, sha256 prefix, published or trained here with which recipe, measured accuracy), from the record's
+``teacher_source`` (older records: ``teacher`` / ``teacher_path`` and ``teacher_sha256``, origin unknown). A
+cell whose measured teacher accuracy is more than :data:`TEACHER_TOLERANCE` points from the published
+teacher's (the reference's ``teacher`` row) carries :data:`TEACHER_MARK` and a footnote.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import numpy as np
 
 #: the papers' row order; methods not listed follow alphabetically
 METHOD_ORDER = [
-    "teacher", "scratch", "kd_real", "collected_kd", "dafl", "zskt", "dfad", "deepinv", "dfq", "cmi", "mbdfkd",
+    "teacher", "scratch", "scratch_cmi", "kd_real", "collected_kd", "dafl", "zskt", "dfad", "deepinv", "dfq", "cmi", "mbdfkd",
     "predfkd", "cudfkd", "fast", "fast1", "fast2", "fast5", "fast10", "hidfd",
 ]
 
@@ -217,6 +223,121 @@ def _ref_sources(reference: Optional[Dict[str, Any]], dataset: str, kind: str) -
     return ((reference or {}).get("sources", {}).get(dataset, {}) or {}).get(kind, {}) or {}
 
 
+# --------------------------------------------------------------------------- teachers
+
+#: a cell is flagged when its measured teacher accuracy is more than this many points from the published teacher's
+TEACHER_TOLERANCE = 0.5
+#: the flag's marker (``†`` marks methods that use real data)
+TEACHER_MARK = "‡"
+
+
+def _text(v: Any) -> Optional[str]:
+    return v if isinstance(v, str) and v else None
+
+
+def teacher_source(r: Any) -> Optional[Dict[str, Any]]:
+    """Which teacher a run record used: ``{kind, file, sha256, layout, recipe}``, or None for a run without one.
+
+    From the record's ``teacher_source`` (kind ``published``: a reference repository's file, by its layout;
+    ``trained``: a datafree checkpoint, with its recipe; ``pretrained``; ``unknown``). A record from before that
+    field is ``unknown``, its file and sha256 taken from ``teacher_path`` (or ``teacher``) and ``teacher_sha256``.
+    """
+    get = r.get if hasattr(r, "get") else (lambda k, d=None: d)
+    src = get("teacher_source")
+    if isinstance(src, dict):
+        recipe = src.get("recipe")
+        if isinstance(recipe, dict):  # a checkpoint's recipe values, not only the name
+            recipe = recipe.get("name") or "datafree"
+        kind = _text(src.get("kind")) or "unknown"
+        return {"kind": kind, "file": _text(src.get("file")) or _text(get("teacher")),
+                "sha256": _text(src.get("sha256")) or _text(get("teacher_sha256")), "layout": _text(src.get("layout")),
+                "recipe": _text(recipe) or ("datafree" if kind == "trained" else None)}
+    sha = _text(get("teacher_sha256"))
+    path = _text(get("teacher_path"))
+    if not sha and not path and not _clean([get("teacher_acc")]):
+        return None  # a method without a teacher (scratch), or a record that cannot say
+    return {"kind": "unknown", "file": os.path.basename(path) if path else _text(get("teacher")), "sha256": sha,
+            "layout": None, "recipe": None}
+
+
+def describe_teacher_source(src: Optional[Dict[str, Any]]) -> str:
+    """``published (cmi layout)``, ``trained here, recipe cmi``, ``timm pretrained`` or ``unknown``."""
+    if not src:
+        return "unknown"
+    kind = src.get("kind")
+    if kind == "published":
+        return "published" + (f" ({src['layout']} layout)" if src.get("layout") else "")
+    if kind == "trained":
+        return f"trained here, recipe {src.get('recipe') or 'datafree'}"
+    if kind == "pretrained":
+        return "timm pretrained"
+    return "unknown (the record does not say)" if kind == "unknown" else str(kind)
+
+
+def _rows_of(g) -> List[Dict[str, Any]]:
+    return [r.to_dict() for _, r in g.iterrows()]
+
+
+def teacher_off(measured: Optional[float], published: Optional[float]) -> bool:
+    """True when a measured teacher accuracy is more than :data:`TEACHER_TOLERANCE` points from the published one."""
+    if measured is None or published is None:
+        return False
+    return round(abs(float(measured) - float(published)), 6) > TEACHER_TOLERANCE  # 95.7 - 95.2 is 0.50000000000001
+
+
+def _teacher_check(g, published: Optional[float]) -> Dict[str, Any]:
+    """The teacher accuracies measured by the runs of one cell, and whether any is off the published one."""
+    accs = sorted(set(round(a, 2) for a in _clean(g["teacher_acc"]))) if "teacher_acc" in g else []
+    off = [a for a in accs if teacher_off(a, published)]
+    return {"teacher_acc": float(np.mean(accs)) if accs else None, "teacher_published": published,
+            "teacher_flag": bool(off), "teacher_off": off}
+
+
+def teacher_rows(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """Per pair of ``dataset``, one record per teacher its runs used: file, sha256, kind, layout, recipe, the
+    measured accuracy (the runs' ``teacher_acc``), the published teacher's, the flag, and which methods and how
+    many runs it served."""
+    df = _frame(df)
+    d = df[df["dataset"] == dataset]
+    published = _ref(reference, dataset, "accuracy").get("teacher", {})
+    out = []
+    for p in pair_order(df, dataset, reference):
+        groups: Dict[Tuple, Dict[str, Any]] = {}
+        for r in _rows_of(d[d["pair"] == p]):
+            src = teacher_source(r)
+            if src is None:
+                continue
+            key = (src.get("sha256") or src.get("file"), src.get("kind"), src.get("recipe"), src.get("layout"))
+            e = groups.setdefault(key, {"source": src, "accs": [], "methods": [], "runs": 0})
+            e["accs"] += _clean([r.get("teacher_acc")])
+            e["methods"].append(str(r.get("method")))
+            e["runs"] += 1
+        for e in groups.values():
+            accs = sorted(set(round(a, 2) for a in e["accs"]))
+            pub = published.get(p)
+            out.append({"dataset": dataset, "pair": p, **e["source"], "measured": accs, "published": pub,
+                        "flag": any(teacher_off(a, pub) for a in accs),
+                        "methods": order_methods(e["methods"]), "runs": e["runs"]})
+    return out
+
+
+def teachers_section(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -> List[str]:
+    """The "Teachers" list under a dataset's accuracy table (no lines when no run used a teacher)."""
+    recs = teacher_rows(df, dataset, reference)
+    if not recs:
+        return []
+    rows = []
+    for t in recs:
+        measured = ", ".join(f"{a:.2f}" for a in t["measured"]) or "-"
+        rows.append([t["pair"], f"`{t['file']}`" if t.get("file") else "?",
+                     f"`{t['sha256'][:12]}`" if t.get("sha256") else "-", describe_teacher_source(t),
+                     measured + (f" {TEACHER_MARK}" if t["flag"] else ""),
+                     "-" if t["published"] is None else f"{t['published']:.2f}", t["runs"]])
+    return ["", f"Teachers of the {dataset} cells (measured: the teacher's test accuracy as the runs measured it):",
+            "", markdown(["pair", "teacher file", "sha256", "origin", "measured", "published", "runs"], rows,
+                         "lllllrr")]
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -246,6 +367,7 @@ def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, An
         use_ref = _ref(reference, dataset, "accuracy")
         pairs = pair_order(df, dataset, reference)
         methods = order_methods(list(d["method"]) + list(use_ref))
+        teacher_pub = use_ref.get("teacher", {})
         for m in methods:
             dm = d[d["method"] == m]
             if m == "teacher":  # its row comes from the run records, below
@@ -262,7 +384,7 @@ def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, An
                             "seeds": len(vals), **c, "mean": mean,
                             "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None, "published": pub,
                             "delta": (mean - pub) if (mean is not None and pub is not None) else None,
-                            "real_data": _real_data(dm)})
+                            "real_data": _real_data(dm), **_teacher_check(g, teacher_pub.get(p))})
         # the teacher row comes from the run records
         for p in pairs:
             t = _clean(d[d["pair"] == p]["teacher_acc"]) if "teacher_acc" in d else []
@@ -271,7 +393,8 @@ def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, An
                 out.append({"dataset": dataset, "method": "teacher", "pair": p, "status": "finished" if t else None,
                             "seeds": 1 if t else 0, "runs": 1 if t else 0, "diverged": 0, "collapsed": 0,
                             "mean": t[0] if t else None, "std": None, "published": pub,
-                            "delta": (t[0] - pub) if (t and pub is not None) else None, "real_data": ""})
+                            "delta": (t[0] - pub) if (t and pub is not None) else None, "real_data": "",
+                            **_teacher_check(d[d["pair"] == p], pub)})
     return out
 
 
@@ -307,6 +430,16 @@ def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, A
         lines += ["", markdown(["method"] + pairs, rows)]
         if notes:
             lines += [""] + [f"† {m}: uses real data: {t}" for m, t in notes.items()]
+        off = {}
+        for r in rs:
+            if r.get("teacher_flag"):
+                off.setdefault(r["pair"], (set(), r["teacher_published"]))[0].update(r["teacher_off"])
+        if off:
+            lines += [""] + [
+                f"{TEACHER_MARK} {p}: teacher {', '.join(f'{a:.2f}%' for a in sorted(accs))} vs published {pub:.2f}%: "
+                f"the teacher behind these cells measures more than {TEACHER_TOLERANCE:g} points from the published "
+                "teacher's accuracy, so they are not comparable with the published cells as they stand"
+                for p, (accs, pub) in off.items()]
         used = sorted({r["method"] for r in rs if r["published"] is not None})
         sources = _ref_sources(reference, dataset, "accuracy")
         if used and sources:
@@ -316,6 +449,7 @@ def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, A
                     by_source.setdefault(sources[m], []).append(m)
             lines += ["", "Published numbers: " + "; ".join(f"{src} ({', '.join(ms)})" for src, ms in by_source.items())
                       + "."]
+        lines += teachers_section(df, dataset, reference)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -325,6 +459,8 @@ def _cell(r: Optional[Dict[str, Any]]) -> str:
         return ""
     ours = "-" if r["mean"] is None else (f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else ""))
     ours = _acc_cell(ours, r.get("runs", 0), r.get("diverged", 0), r.get("collapsed", 0))
+    if r.get("teacher_flag"):
+        ours += f" {TEACHER_MARK}"
     if r["published"] is None:
         return ours
     delta = "" if r["delta"] is None else f" ({r['delta']:+.2f})"
@@ -475,7 +611,8 @@ def write_tables(df, out_dir: str, title: str = "Results", reference: Optional[s
     ref = load_reference(reference) if isinstance(reference, str) else (reference or {})
     df = _frame(df)
     skipped = list(df.attrs.get("skipped", []))
-    files = {os.path.join(out_dir, "accuracy.csv"): pd.DataFrame(accuracy_rows(df, metric, ref)).to_csv(index=False),
+    acc_rows = [{k: v for k, v in r.items() if k != "teacher_off"} for r in accuracy_rows(df, metric, ref)]
+    files = {os.path.join(out_dir, "accuracy.csv"): pd.DataFrame(acc_rows).to_csv(index=False),
              os.path.join(out_dir, "stability.csv"): pd.DataFrame(stability_rows(df)).to_csv(index=False)}
     figures: List[str] = []
     if "run_dir" in df and len(df):

@@ -553,12 +553,14 @@ def run_suite(path: str, seeds: Optional[List[int]] = None, only: Optional[str] 
     root = out or suite.out
     for c in cells:  # a bad key or value in any cell fails here, before a teacher trains or a cell runs
         cell_config(c, extra)
-    for dataset, model in teachers_needed(cells):  # and in the teacher recipe
-        from .config import resolve
+    for dataset, model in teachers_needed(cells):  # and in the teacher recipe (teacher_training may name one)
+        from .train import teacher_config
 
-        resolve(deep_merge({"method": "scratch", "dataset": dataset, "student": model, "teacher": None},
-                           deep_merge(suite.teacher_training, {k: v for k, v in extra.items() if k == "data_root"})))
+        teacher_config(dataset, model, deep_merge(suite.teacher_training,
+                                                  {k: v for k, v in extra.items() if k == "data_root"}))
     if dry_run:
+        for dataset, model in teachers_needed(cells):
+            print(f"teacher {model} on {dataset}: {teacher_origin(dataset, model)}")
         for c in cells:
             print(f"{cell_status(c, extra):<10} {c.name:<60} {c.out}")
         print(f"{len(cells)} cells ({sum(cell_status(c, extra) == 'finished' for c in cells)} finished) "

@@ -5,13 +5,17 @@ that serves shuffled, augmented batches of a dataset's training split with
 their labels; ``synthesize()`` does nothing. With the ``ce`` distiller this
 trains a model from scratch (``datafree train-teacher`` and the ``scratch``
 reference row); with ``kd`` it is KD with the original data (``kd_real``).
+
+A teacher recipe is such a method entry: ``datafree`` (ours, ``scratch``) or
+``scratch_<name>`` for ``--recipe <name>`` (``scratch_cmi``: the CMI
+repository's ``train_scratch.py``); see docs/teachers.md.
 """
 from __future__ import annotations
 
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -19,6 +23,7 @@ from .config import resolve
 from .data import Batches, get_source
 from .registry import SYNTHESIZERS
 from .synthesis.base import Synthesizer
+from .zoo import zoo_key
 
 
 @SYNTHESIZERS.register("real")
@@ -61,49 +66,118 @@ class RealData(Synthesizer):
         return {"real_images": self.epoch_length}
 
 
+#: the teacher recipe ``train-teacher`` uses unless told: ours, the ``scratch`` method entry
+DEFAULT_RECIPE = "datafree"
+#: method entries whose names make them teacher recipes: ``scratch_<recipe>`` (``scratch_cmi``: ``--recipe cmi``)
+RECIPE_PREFIX = "scratch_"
+
+
+def teacher_recipes() -> List[str]:
+    """The known teacher recipes: ``datafree`` (the ``scratch`` entry) and every ``scratch_<name>`` method."""
+    from .registry import METHODS, load_builtins
+
+    load_builtins()
+    return [DEFAULT_RECIPE] + sorted(m[len(RECIPE_PREFIX):] for m in METHODS.list() if m.startswith(RECIPE_PREFIX))
+
+
+def recipe_method(recipe: Optional[str] = None) -> str:
+    """The method entry of a teacher recipe: ``datafree`` -> ``scratch``, ``cmi`` -> ``scratch_cmi``.
+
+    An unknown recipe is an :class:`~datafree.errors.UnknownNameError` naming the close matches.
+    """
+    from .errors import UnknownNameError
+
+    name = DEFAULT_RECIPE if recipe is None else str(recipe)
+    known = teacher_recipes()
+    if name not in known:
+        raise UnknownNameError("teacher recipe", name, known)
+    return "scratch" if name == DEFAULT_RECIPE else RECIPE_PREFIX + name
+
+
+def recipe_of(entry: Dict[str, Any]) -> str:
+    """The recipe a zoo manifest entry (or a checkpoint) records; one from before recipe names is ours."""
+    values = entry.get("recipe")
+    return str(values.get("name") or DEFAULT_RECIPE) if isinstance(values, dict) else DEFAULT_RECIPE
+
+
+def teacher_config(dataset: str, model: str, overrides: Optional[Dict[str, Any]] = None,
+                   recipe: Optional[str] = None) -> Tuple[Any, str]:
+    """``(resolved config, recipe name)`` of training ``model`` on ``dataset`` as a teacher.
+
+    ``overrides`` may name the recipe too (``{"recipe": "cmi"}``, as a suite's ``teacher_training`` does);
+    naming two different ones is an error.
+    """
+    from .errors import ConfigError
+
+    over = dict(overrides or {})
+    named = over.pop("recipe", None)
+    if named is not None and recipe is not None and str(named) != str(recipe):
+        raise ConfigError(f"two teacher recipes asked for: {recipe!r} and recipe={named!r} in the overrides")
+    name = str(recipe if recipe is not None else named if named is not None else DEFAULT_RECIPE)
+    user = {"method": recipe_method(name), "dataset": dataset, "student": model, "teacher": None}
+    user.update(over)
+    cfg = resolve(user)
+    if not cfg.out:
+        key = zoo_key(dataset, model)
+        cfg.out = os.path.join("results", "teachers", key if name == DEFAULT_RECIPE else f"{key}-{name}")
+    return cfg, name
+
+
+def recipe_values(cfg, name: str, spec) -> Dict[str, Any]:
+    """What the manifest and the checkpoint record of a recipe: its name, method entry and values."""
+    o = cfg.optim
+    values = {"name": name, "method": cfg.method, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+              "optimizer": o.name, "lr": o.lr, "momentum": o.momentum, "weight_decay": o.weight_decay,
+              "schedule": o.schedule}
+    if o.schedule == "multistep":
+        values.update(milestones=list(o.milestones), gamma=o.gamma)
+    values.update(augment=cfg.synth.get("augment") or spec.augment, seed=cfg.seed, keep=cfg.keep or "last")
+    return values
+
+
 def train_teacher(dataset: str, model: str, overrides: Optional[Dict[str, Any]] = None, zoo: Optional[str] = None,
                   force: bool = False, resume: bool = True, log=print,
-                  other_recipe: str = "error") -> Dict[str, Any]:
+                  other_recipe: str = "error", recipe: Optional[str] = None) -> Dict[str, Any]:
     """Train ``model`` on ``dataset`` from scratch and add it to the zoo. Returns its manifest entry.
 
-    The recipe is the ``scratch`` method's entry for the dataset (cosine SGD,
-    the dataset's standard augmentation), changed by ``overrides``. An
-    existing zoo entry is reused only when its recipe fingerprint (the
-    resolved scratch config, seed included) is this one; another recipe is
-    an error unless ``force``. A teacher run of another recipe left in
-    ``results/teachers/`` is set aside, never resumed under the new label.
-    ``other_recipe="retrain"`` retrains instead of raising (the demo's own teacher).
+    ``recipe`` names the method entry that trains it (:func:`recipe_method`): ``datafree`` (the default, the
+    ``scratch`` entry: cosine SGD, the dataset's standard augmentation) or ``cmi`` (``scratch_cmi``: the CMI
+    repository's ``train_scratch.py``, see docs/teachers.md); ``overrides`` change it. The recipe's name goes
+    into the manifest entry and the checkpoint (``recipe.name``). An existing zoo entry is reused only when
+    its recipe fingerprint (the resolved config, method and seed included) is this one; another recipe is
+    an error unless ``force``. A teacher run of another recipe left in ``results/teachers/`` is set aside,
+    never resumed under the new label. ``other_recipe="retrain"`` retrains instead of raising (the demo's
+    own teacher). With ``keep=best`` (the cmi recipe) the zoo gets the weights of the best evaluation.
     """
     from . import engine
     from .models import save_model
     from .results import machine
-    from .zoo import read_manifest, write_manifest_entry, zoo_key, zoo_path
+    from .zoo import read_manifest, write_manifest_entry, zoo_path
 
     from .errors import ConfigError
     from .identity import differences, matches, read_identity, run_identity, set_aside
 
     path = zoo_path(dataset, model, zoo)
     key = zoo_key(dataset, model)
-    user = {"method": "scratch", "dataset": dataset, "student": model, "teacher": None}
-    user.update(overrides or {})
-    cfg = resolve(user)
-    if not cfg.out:
-        cfg.out = os.path.join("results", "teachers", key)
+    cfg, name = teacher_config(dataset, model, overrides, recipe)
     recipe_id = run_identity(cfg, teacher_file=None)
     if os.path.isfile(path) and not force:
         entry = read_manifest(zoo).get(key, {})
         if entry.get("fingerprint") == recipe_id.fingerprint:
-            log(f"teacher {path} exists (accuracy {entry.get('accuracy', '?')}); reusing it (--force retrains)")
+            log(f"teacher {path} exists (recipe {name}, accuracy {entry.get('accuracy', '?')}); "
+                "reusing it (--force retrains)")
             return entry
         from .identity import Identity
 
         if other_recipe == "retrain":
             log(f"teacher {path} was trained with another recipe: retraining it")
-            return train_teacher(dataset, model, overrides, zoo=zoo, force=True, resume=resume, log=log)
+            return train_teacher(dataset, model, overrides, zoo=zoo, force=True, resume=resume, log=log, recipe=recipe)
         old = Identity(entry["fingerprint"], entry.get("recipe_fields", {})) if entry.get("fingerprint") else None
+        old_name = recipe_of(entry) if entry else None
+        which = (f"recipe {old_name}, not {name}: " if old_name and old_name != name else "")
         raise ConfigError(
             f"teacher {path} exists but was trained with another recipe "
-            f"({differences(old, recipe_id) if old else 'the manifest does not record its recipe fingerprint'}). "
+            f"({which}{differences(old, recipe_id) if old else 'the manifest does not record its recipe fingerprint'}). "
             f"Use --force to retrain and replace it, or --zoo DIR for a zoo of its own")
     if os.path.isdir(cfg.out) and not force and not matches(cfg.out, recipe_id) and os.listdir(cfg.out):
         old_dir = set_aside(cfg.out)  # another recipe or seed: its weights must not be relabelled
@@ -117,23 +191,26 @@ def train_teacher(dataset: str, model: str, overrides: Optional[Dict[str, Any]] 
                             f"({summary.get('diverged', {}).get('reason', 'accuracy at chance')}); nothing was "
                             f"added to the zoo. Try another recipe (e.g. a lower optim.lr); the run is in {cfg.out}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    ckpt = torch.load(os.path.join(cfg.out, "student.pt"), map_location="cpu", weights_only=True)
+    kept = engine.BEST_STUDENT if cfg.keep == "best" else "student.pt"
+    ckpt = torch.load(os.path.join(cfg.out, kept), map_location="cpu", weights_only=True)
+    accuracy = float(ckpt["accuracy"]) if cfg.keep == "best" else float(summary["last_acc"])
     from .models import create_model, load_state
 
     spec = get_source(dataset).spec
     net = create_model(model, spec.num_classes, spec.channels, spec.size)
     load_state(net, ckpt["state_dict"], "the trained teacher")
-    recipe = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
-              "momentum": cfg.optim.momentum, "weight_decay": cfg.optim.weight_decay,
-              "schedule": cfg.optim.schedule, "augment": spec.augment, "seed": cfg.seed}
-    sha = save_model(path, net, model, dataset, spec.as_dict(), extra={"accuracy": summary["last_acc"], "recipe": recipe})
+    values = recipe_values(cfg, name, spec)
+    sha = save_model(path, net, model, dataset, spec.as_dict(), extra={"accuracy": accuracy, "recipe": values})
     entry = {
-        "dataset": dataset, "arch": model, "file": os.path.basename(path), "accuracy": round(summary["last_acc"], 2),
-        "best_accuracy": round(summary["best_acc"], 2), "sha256": sha, "recipe": recipe,
+        "dataset": dataset, "arch": model, "file": os.path.basename(path), "accuracy": round(accuracy, 2),
+        "best_accuracy": round(summary["best_acc"], 2), "last_accuracy": round(summary["last_acc"], 2),
+        "kept": (f"best (epoch {ckpt.get('epoch')}, selected on the test split)" if cfg.keep == "best" else "last"),
+        "sha256": sha, "recipe": values,
         "seconds": round(summary["total_seconds"], 1), "machine": machine(),
         "date": datetime.date.today().isoformat(), "run_dir": os.path.relpath(cfg.out),
         "fingerprint": recipe_id.fingerprint, "recipe_fields": recipe_id.fields,
     }
     write_manifest_entry(dataset, model, entry, zoo)
-    log(f"teacher {model} on {dataset}: {summary['last_acc']:.2f}% -> {path}")
+    log(f"teacher {model} on {dataset} (recipe {name}): {accuracy:.2f}%"
+        + (" (best evaluation)" if cfg.keep == "best" else "") + f" -> {path}")
     return entry
