@@ -8,6 +8,7 @@
     datafree plot DIR
     datafree demo
     datafree data download|check NAME
+    datafree export RUN_DIR --out DIR [--overwrite]
 
 Bad input (unknown names, missing data, unusable checkpoints or configs,
 a full disk) prints one ``error:`` line and exits with status 2; a run that
@@ -134,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time at most this many inner iterations of a round and scale to the full round")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=os.path.join("results", "perf"), help="folder for perf.json and perf.md")
+    _common(p)
+
+    p = sub.add_parser("export", help="write a finished run's synthetic pool as an image folder (one PNG per image, "
+                                      "one folder per teacher class, manifest.json)")
+    p.add_argument("run_dir", help="the run directory (of cmi, deepinv, fast, ...: a method that keeps a pool)")
+    p.add_argument("--out", required=True, help="the folder to write (refused if not empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    p.add_argument("--teacher", help="the teacher file to label with (default: the one the run's config names, "
+                                     "checked against the sha256 the run recorded)")
+    p.add_argument("--zoo", help="model zoo folder (default: the run's model_zoo, $DATAFREE_ZOO or ./model_zoo)")
+    p.add_argument("--device", default="auto", help="device for the teacher's labels (default auto)")
     _common(p)
 
     p = sub.add_parser("data", help="download or check a dataset")
@@ -374,9 +386,21 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_run
+    from .registry import load_plugins
+
+    load_plugins(args.plugin)
+    m = export_run(args.run_dir, args.out, overwrite=args.overwrite, device=args.device, teacher=args.teacher,
+                   zoo=args.zoo, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    classes = " ".join(f"{c}:{n}" for c, n in m["per_class"].items())
+    print(f"exported {m['images']} images ({m['method']} on {m['dataset']}; per teacher class {classes}) -> {args.out}")
+    return 0
+
+
 COMMANDS = {"list": cmd_list, "distill": cmd_distill, "train-teacher": cmd_train_teacher, "table": cmd_table,
             "plot": cmd_plot, "demo": cmd_demo, "data": cmd_data, "bench": cmd_bench, "perf": cmd_perf,
-            "inspect": cmd_inspect}
+            "inspect": cmd_inspect, "export": cmd_export}
 
 
 def os_error_message(e: OSError) -> str:

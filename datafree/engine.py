@@ -692,6 +692,9 @@ class Engine:
                                                    "extra_modules": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()}
                                                                      for k, m in self.distiller.extra_modules().items()},
                                                    **self.distiller.export_extra()})
+        if self.is_main:  # what the method keeps past its checkpoint (a pool method's pool.pt), diverged or not
+            for name, obj in self.synth.final_files().items():
+                results.atomic_torch_save(obj, os.path.join(self.out_dir, name))
         teacher_name = self.teacher_info.get("arch") or self.teacher_name()
         self._save_attempts(force=True)
         self._finished = True  # the summary's wall time is the record's last word

@@ -10,6 +10,10 @@ A run's fingerprint is the sha256 of
   name are not);
 * the dataset's name and spec (channels, size, classes).
 
+A saved image set named by ``synth.init_from`` or ``synth.folder`` enters by the sha256 of its
+files, not its path. Keys whose value is None are left out: a new option whose default None means
+"off" does not make the records made before it stale.
+
 ``fingerprint.json`` in the run directory keeps the fingerprint and the flat
 key/value fields it was hashed from, so a mismatch can be explained key by
 key. The fingerprint is checked by ``--resume`` (another config or teacher is
@@ -61,6 +65,34 @@ def file_sha256(path: str) -> str:
         from .models import sha256_file
 
         _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
+#: config keys that name a saved image set (``datafree export``): the set's files go into the fingerprint
+SET_KEYS = ("synth.init_from", "synth.folder")
+
+
+def folder_sha256(path: str) -> str:
+    """sha256 over a folder's image files (relative path and bytes, in sorted order), cached per process by the
+    files' (path, size, mtime)."""
+    from .data.image_set import IMAGE_EXTENSIONS
+
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for n in sorted(names):
+            if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."):
+                full = os.path.join(root, n)
+                st = os.stat(full)
+                files.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns, full))
+    key = ("folder", os.path.abspath(path), tuple(f[:3] for f in files))
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        for rel, _, _, full in files:
+            h.update(rel.encode() + b"\0")
+            with open(full, "rb") as f:
+                h.update(f.read())
+        _SHA_CACHE[key] = h.hexdigest()
     return _SHA_CACHE[key]
 
 
@@ -116,9 +148,14 @@ def run_identity(cfg: RunConfig, teacher_file: Optional[str] = "auto", device_ki
     conf = to_dict(cfg)
     for k in NEUTRAL_KEYS:
         conf.pop(k, None)
-    fields = flatten(conf)
+    # an unset key (None) is left out, so that an option added later with the default None ("off") leaves the
+    # fingerprints of the records made before it as they were: they ran without it
+    fields = {k: v for k, v in flatten(conf).items() if v is not None}
     # a CPU float32 record is not a CUDA bf16 one, though both configs say device=auto
     fields["device"], fields["amp"] = resolved_device(cfg, device_kind)
+    for key in SET_KEYS:  # a saved image set is an input like the teacher: its content, not its path
+        if isinstance(fields.get(key), str) and os.path.isdir(fields[key]):
+            fields[f"{key}.sha256"] = folder_sha256(fields.pop(key))
     if teacher_file:
         fields.pop("teacher", None)  # the weights say which teacher it is, not the name or path
         fields["teacher.sha256"] = file_sha256(teacher_file)

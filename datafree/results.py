@@ -2,7 +2,8 @@
 
 A run directory holds ``config.yaml`` (resolved config), ``metrics.jsonl``
 (one line per evaluation), ``summary.json`` (written when the run finishes),
-``checkpoint.pt`` (for ``--resume``) and ``student.pt``. Every file is
+``checkpoint.pt`` (for ``--resume``) and ``student.pt`` (a pool method's run
+also ``pool.pt``, its synthetic pool, for ``datafree export``). Every file is
 written to a temporary name in the same directory and renamed into place, so
 a killed process leaves the previous complete version, never half a file.
 """

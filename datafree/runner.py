@@ -17,6 +17,7 @@ seeds of one table and the overrides that set its budget::
       dafl: {epochs: 5, ep_steps: 40}
     variants:                    # a method under another name with its own settings (rows of their own)
       hidfd_rho0.1: {method: hidfd, tag: rho0.1, synth.rho: 0.1}
+      cmi_init: {method: cmi, tag: init, pairs: [wrn40_2->wrn16_1], synth.init_from: data/set}  # some pairs only
     plugins: [my_plugin.py]      # imported first, like --plugin (a .py path is relative to the suite file)
 
 Unknown keys are errors with suggestions (docs/suites.md lists every key).
@@ -82,6 +83,7 @@ class Suite:
     overrides: Dict[str, Dict[str, Any]]
     teacher_training: Dict[str, Any]
     variants: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    variant_pairs: Dict[str, List[str]] = field(default_factory=dict)  # a variant's own pairs, "teacher->student"
     reference: Optional[str] = None
     path: str = ""
     raw: Dict[str, Any] = field(default_factory=dict)
@@ -211,12 +213,22 @@ def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
         if key in seen:
             raise ConfigError(f"suite {path}: the pair {p['teacher']} -> {p['student']} on {p['dataset']} is listed twice")
         seen.add(key)
-    variants = {}
+    variants, variant_pairs = {}, {}
+    pair_names = [f"{p['teacher']}->{p['student']}" for p in pairs]
     for vname, v in (raw.get("variants") or {}).items():
         v = _dotted(v)
         if "method" not in v:
             raise ConfigError(f"suite {path}: variant {vname!r} must name its method")
         METHODS.get(v["method"])
+        if "pairs" in v:  # a row for some of the suite's pairs only (a teacher's own saved set, say)
+            only = v.pop("pairs")
+            if not isinstance(only, list) or not only or not all(isinstance(x, str) for x in only):
+                raise ConfigError(f"suite {path}: variant {vname!r}: pairs must be a list of \"teacher->student\" "
+                                  f"names, got {only!r}")
+            for x in only:
+                if x not in pair_names:
+                    raise UnknownNameError(f"pair of variant {vname!r} in suite {path}", x, pair_names)
+            variant_pairs[vname] = list(only)
         variants[vname] = v
     methods = raw.get("methods", "*")
     if isinstance(methods, str):
@@ -244,6 +256,7 @@ def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
         name=name, out=raw.get("out") or os.path.join("results", name), pairs=pairs, methods=list(methods),
         seeds=[int(s) for s in raw.get("seeds", [0])], defaults=_dotted(raw.get("defaults", {})),
         overrides=overrides, teacher_training=_dotted(raw.get("teacher_training", {})), variants=variants,
+        variant_pairs=variant_pairs,
         reference=raw.get("reference"), path=path, raw=raw, plugins=suite_plugins,
     )
 
@@ -257,6 +270,8 @@ def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] 
         for entry in suite.methods:
             variant = dict(suite.variants.get(entry, {}))
             method = variant.pop("method", entry)
+            if entry in suite.variant_pairs and f"{pair['teacher']}->{pair['student']}" not in suite.variant_pairs[entry]:
+                continue
             for seed in seeds or suite.seeds:
                 over = deep_merge(suite.defaults, suite.overrides.get(method, {}))
                 over = deep_merge(over, variant)

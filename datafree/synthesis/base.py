@@ -192,6 +192,11 @@ class Synthesizer:
     def close(self) -> None:
         """Release hooks and other resources."""
 
+    def final_files(self) -> Dict[str, Any]:
+        """Files the run keeps when it ends, ``{file name: object for torch.save}`` (the pool methods' ``pool.pt``:
+        their synthetic set outlives the checkpoint). The engine writes them atomically beside ``student.pt``."""
+        return {}
+
     # -- resumability
     def extra_state(self) -> Dict[str, Any]:
         return {}

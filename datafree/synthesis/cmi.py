@@ -44,6 +44,10 @@ and ``datafree_kd.py`` (dcgan generator nz 256 ngf 64, lr_g 1e-3, betas
 cr_T 0.1, head_dim 256, bank 40960 entries, 4096 negatives; KD batch 128 at
 T = 20, 400 student steps per round and per epoch, 200 epochs).
 
+``synth.init_from`` (:class:`~datafree.synthesis.common.PoolOptions`) is the reference's ``--cmi_init``:
+the folder's images join the data the student draws from (``contrastive.py`` concatenates them to the
+inverted images before each round's KD loader); the memory bank, head and generator do not start from them.
+
 Deviations and reference-code bugs fixed:
 
 * the reference's memory bank, once it holds exactly ``bank_size`` entries
@@ -82,7 +86,7 @@ from ..models.features import FeatureTap, bn_layers, conv_layers
 from ..registry import SYNTHESIZERS
 from . import losses
 from .base import Synthesizer
-from .common import PoolSampling, TeacherTerms, random_labels
+from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels
 
 _BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -193,7 +197,7 @@ class CMI(PoolSampling, Synthesizer):
     """Contrastive Model Inversion (Fang et al., IJCAI 2021); see the module docstring."""
 
     @dataclass
-    class Config:
+    class Config(PoolOptions):
         generator: str = "dcgan"
         nz: int = 256
         ngf: int = 64

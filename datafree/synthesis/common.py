@@ -62,15 +62,73 @@ class TeacherTerms:
             self.bn.load_state_dict(state)
 
 
+#: the file a finished run of a pool method keeps its pool in (``datafree export`` reads it)
+POOL_FILE = "pool.pt"
+POOL_FORMAT = "datafree-pool/1"
+#: images per chunk when a saved set is copied into a pool (bounds the float copy's memory)
+_FILL_CHUNK = 4096
+
+
+@dataclass
+class PoolOptions:
+    """Options every pool method's ``Config`` inherits (CMI, DeepInversion, Fast-DFKD).
+
+    ``init_from``: a folder of images (a set written by ``datafree export``, or any image folder such as the
+    CMI repository's pre-inverted set) that fills the pool before the first round, as the CMI repository's
+    ``--cmi_init`` adds its pre-inverted set to the student's training data. The student then draws from
+    those images and every batch the run synthesises. None (the default) starts from an empty pool.
+    """
+
+    init_from: Optional[str] = None
+
+
 class PoolSampling:
-    """Mixin: ``sample(n)`` draws from ``self.pool`` with the dataset's standard augmentation."""
+    """Mixin: ``sample(n)`` draws from ``self.pool`` with the dataset's standard augmentation.
+
+    With ``init_from`` in the method's config (:class:`PoolOptions`) the pool starts filled from that folder.
+    A run's pool is also kept after the run as ``pool.pt`` (:meth:`final_files`).
+    """
 
     pool: DataPool
+    init_set = None  # the ImageSet the pool started from (init_from), if any
 
     def make_pool(self, capacity: Optional[int], dtype: str) -> DataPool:
         self.pool = DataPool(capacity=capacity or None, dtype=dtype, device=self.ctx.device)
         self.augment = standard_augment(self.ctx.spec.augment, self.ctx.spec.size)
+        init_from = getattr(self.cfg, "init_from", None)
+        if init_from:
+            self.fill_pool(init_from)
         return self.pool
+
+    @torch.no_grad()
+    def fill_pool(self, folder: str) -> int:
+        """Add every image of a saved set to the pool, with its folder labels; returns how many.
+
+        These images were not synthesised by this run: ``images_synthesized`` does not count them. A bounded
+        pool (``pool_size``) keeps the last ``pool_size`` of them, and new batches replace the oldest first.
+        """
+        from ..data.image_set import read_image_set
+
+        s = read_image_set(folder, self.ctx.spec, dataset=self.ctx.cfg.dataset, what="synth.init_from")
+        images, labels = s.split.images, s.split.labels
+        for i in range(0, len(s), _FILL_CHUNK):
+            self.pool.add(images[i:i + _FILL_CHUNK].to(self.ctx.device).float().div_(255.0),
+                          labels[i:i + _FILL_CHUNK])
+        self.init_set = s
+        return len(s)
+
+    def summary_extra(self) -> Dict:
+        out = {"pool_images": len(self.pool)}
+        if self.init_set is not None:
+            out.update(self.init_set.record("init_from"))
+        return out
+
+    def final_files(self) -> Dict:
+        """``pool.pt``: the pool's images ([0, 1] pixels, as stored) and labels, with the data spec."""
+        return {POOL_FILE: {"format": POOL_FORMAT, "pool": self.pool.state_dict(), "dtype": self.pool.dtype,
+                            "spec": self.ctx.spec.as_dict(), "method": self.ctx.cfg.method,
+                            "images_synthesized": self.images_synthesized,
+                            "init_images": 0 if self.init_set is None else len(self.init_set)}}
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 from ..registry import SYNTHESIZERS
 from . import losses
 from .base import Synthesizer
-from .common import PoolSampling, TeacherTerms, random_labels
+from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels
 
 
 def jitter_flip(x: torch.Tensor, lim: float, flip: bool) -> torch.Tensor:
@@ -51,7 +51,7 @@ def jitter_flip(x: torch.Tensor, lim: float, flip: bool) -> torch.Tensor:
 @SYNTHESIZERS.register("deepinv")
 class DeepInversion(PoolSampling, Synthesizer):
     @dataclass
-    class Config:
+    class Config(PoolOptions):
         iterations: int = 2000
         lr_g: float = 0.1
         betas: tuple = (0.5, 0.99)

@@ -72,7 +72,7 @@ from ..models import create_generator
 from ..registry import SYNTHESIZERS
 from . import losses
 from .base import Synthesizer
-from .common import PoolSampling, TeacherTerms, random_labels
+from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels
 
 META_MODES = ("fomaml", "reptile", "none")
 
@@ -105,7 +105,7 @@ class FastDFKD(PoolSampling, Synthesizer):
     """
 
     @dataclass
-    class Config:
+    class Config(PoolOptions):
         generator: str = "dcgan"
         nz: int = 256
         ngf: int = 64

@@ -6,7 +6,9 @@ quarter of the memory of float32), float16 or float32. The pool grows by
 doubling; with a ``capacity`` it becomes a ring buffer that overwrites the
 oldest images. Every pool belongs to one run: nothing is read from disk, so
 a new run can never see an earlier run's images (a trap of the reference
-code, whose image folders were never cleared).
+code, whose image folders were never cleared), unless it asks for a saved set
+by name (``synth.init_from``, see ``PoolSampling.fill_pool``). A run keeps its
+pool as ``pool.pt`` when it ends; ``datafree export`` writes that out as PNGs.
 """
 from __future__ import annotations
 
