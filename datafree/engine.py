@@ -316,7 +316,7 @@ class Engine:
             self.student = self.student.to(memory_format=torch.channels_last)
         self.ctx = Context(self.teacher, self.student, self.spec, self.device, cfg=cfg, amp=self.amp,
                            out_dir=self.out_dir, channels_last=channels_last, rank=self.rank,
-                           world_size=self.world_size)
+                           world_size=self.world_size, teacher_record=self.teacher_info)
         if self.world_size > 1:
             seed_everything(cfg.seed + 1000 * self.rank)  # each rank synthesises with its own seed
         try:  # a value only the method can judge (an unknown generator output, a pool dtype) is still bad input

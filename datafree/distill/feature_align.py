@@ -154,15 +154,8 @@ class FeatureAlign(Distiller):
 
 
 def _teacher_arch(ctx) -> Optional[str]:
-    """The teacher's architecture name, read from its checkpoint (None when it cannot be found)."""
-    try:
-        from ..models import read_checkpoint
-        from ..zoo import resolve_teacher
-
-        path = resolve_teacher(ctx.cfg.teacher, ctx.cfg.dataset, ctx.cfg.model_zoo)
-        return read_checkpoint(path).get("arch")
-    except Exception:
-        return None
+    """The teacher's architecture name, as :func:`datafree.load_teacher` found it (None without a teacher)."""
+    return (getattr(ctx, "teacher_record", None) or {}).get("arch")
 
 
 def load_deployed(path: str, teacher_arch: Optional[str] = None, map_location: str = "cpu") -> DeployedStudent:

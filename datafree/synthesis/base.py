@@ -63,6 +63,7 @@ class Context:
     round: int = 0  # synthesis rounds run so far
     total_steps: int = 0  # student steps in the whole run
     channels_last: bool = False
+    teacher_record: Dict[str, Any] = field(default_factory=dict)  # what datafree.load_teacher says of it
 
     def __post_init__(self):
         self.device = torch.device(self.device)
