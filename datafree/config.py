@@ -405,7 +405,7 @@ def resolve(
     load_plugins([plugins] if isinstance(plugins, str) else list(plugins))
     method = head.get("method") or base["method"]
     explained = method_layers_explained(str(method), str(head.get("dataset")), head.get("teacher"),
-                                        str(head.get("student")))
+                                        str(head.get("student")), teacher_arch=head.get("teacher_arch"))
     merged = base
     for _, layer in explained:
         merged = deep_merge(merged, layer)

@@ -27,7 +27,7 @@ from torch import nn
 from . import identity, loggers, results
 from .config import RunConfig, config_yaml, to_dict, validate
 from .data import get_source, iterate_eval
-from .errors import CheckpointError, ConfigError, DatafreeError
+from .errors import CheckpointError, ConfigError, DatafreeError, first_line
 from .health import Guard, collapse_streak
 from .lock import LOCK_NAME, DirLock
 from .meter import Meter
@@ -114,7 +114,7 @@ def barrier(world_size: int) -> None:
 
 
 def default_run_dir(cfg: RunConfig) -> str:
-    teacher = name_from_file(cfg.teacher, cfg.dataset) or "none"
+    teacher = (name_from_file(cfg.teacher, cfg.dataset) or "none").replace("/", "-")  # timm/x: one folder
     name = f"{teacher}-{cfg.student}-s{cfg.seed}" + (f"-{cfg.tag}" if cfg.tag else "")
     return os.path.join("results", "runs", cfg.dataset.replace(":", "_").replace("/", "_"), cfg.method, name)
 
@@ -184,7 +184,7 @@ class Engine:
             )
         if has_records and self.resume and not self.overwrite:
             old = identity.read_identity(d)
-            if old is None or old.fingerprint != self.identity.fingerprint:
+            if not identity.same_run(old, self.identity):
                 raise DatafreeError(
                     f"cannot resume {d}: it holds a run of another config or teacher "
                     f"({identity.differences(old, self.identity)}). Use --overwrite to start it again, "
@@ -218,7 +218,7 @@ class Engine:
                     own = torch.load(self._rank_checkpoint_path(), map_location="cpu", weights_only=True)
                     state.update(own)
             except Exception as e:
-                first = (str(e).splitlines() or [""])[0]
+                first = first_line(e)
                 raise CheckpointError(f"cannot resume: {ckpt_path} is unreadable ({type(e).__name__}: {first}); "
                                       "use --overwrite to start the run again") from e
             if not isinstance(state, dict) or not all(k in state for k in ("epoch", "student", "rng", "metrics")):
@@ -248,6 +248,8 @@ class Engine:
         try:
             self._setup()
         except BaseException:
+            logger, self.logger = self.logger, loggers.NullLogger()
+            logger.close()
             if self.is_main:
                 self._restore_backup()
                 if created:
@@ -325,7 +327,7 @@ class Engine:
         except (ValueError, TypeError, KeyError, IndexError) as e:
             if isinstance(e, DatafreeError):
                 raise
-            first = (str(e).splitlines() or [""])[0]
+            first = first_line(e)
             raise ConfigError(f"method {cfg.method} cannot be built from its synth/distill values "
                               f"({type(e).__name__}: {first}); check them with --print-config") from e
         self.ctx.total_steps = (cfg.epochs - cfg.warmup) * self.ep_steps
@@ -340,19 +342,41 @@ class Engine:
                          f"{self.teacher_info['accuracy']:.2f}%")
         if self.checkpoint is not None:
             self._load_checkpoint(self.checkpoint)
-        elif self.is_main:
+        self._open_logger()  # after the checkpoint: a resumed run's logs go on after its epoch
+        if self.checkpoint is None and self.is_main:
             identity.write_identity(self.out_dir, self.identity)
             results.atomic_write_text(os.path.join(self.out_dir, "config.yaml"), config_yaml(cfg))
+
+    def _open_logger(self) -> None:
+        """The run's ``log=`` logger(s), on rank 0, unless the run is already finished. A logger that fails to
+        start (wandb.init refused, say) fails the setup; what it left in a fresh run's directory goes with it."""
+        prev = self.previous_summary
+        if not self.is_main or (prev is not None and not run_on_after_collapse(prev, self.cfg)):
+            return
+        fresh = self.checkpoint is None
+        before = set(os.listdir(self.out_dir)) if fresh else set()
+        try:
+            self.logger = loggers.open_logger(self.cfg.log, self.out_dir, os.path.basename(self.out_dir),
+                                              start_step=self.start_epoch)
+        except BaseException:
+            for name in (set(os.listdir(self.out_dir)) - before) if fresh else ():
+                path = os.path.join(self.out_dir, name)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            raise
+        self.logger.config({**to_dict(self.cfg), "run_id": os.path.basename(self.out_dir),
+                            "fingerprint": self.identity.fingerprint if self.identity else None})
 
     def _measure_teacher(self) -> None:
         """The teacher's test accuracy, measured once per (sha256, dataset) and cached in the zoo."""
         sha = self.teacher_info["sha256"]
         amp = self.amp.mode
-        acc = measured_accuracy(sha, self.cfg.dataset, self.cfg.model_zoo, amp=amp)
+        arch = self.teacher_info.get("arch")
+        acc = measured_accuracy(sha, self.cfg.dataset, self.cfg.model_zoo, amp=amp, arch=arch)
         if acc is None:
             acc = self.evaluate(self.teacher)
             if self.is_main:
-                remember_accuracy(sha, self.cfg.dataset, acc, self.teacher_info["path"], self.cfg.model_zoo, amp=amp)
+                remember_accuracy(sha, self.cfg.dataset, acc, self.teacher_info["path"], self.cfg.model_zoo, amp=amp,
+                                  arch=arch)
         self.teacher_info["accuracy"] = acc
 
     # -- attempts: wall time across every process that worked on this run --------------------
@@ -501,11 +525,6 @@ class Engine:
             if self.is_main:
                 self._start_attempt()
             try:
-                if self.is_main:  # after the checkpoint is loaded: a resumed run's logs go on after its epoch
-                    self.logger = loggers.open_logger(self.cfg.log, self.out_dir, os.path.basename(self.out_dir),
-                                                      start_step=self.start_epoch)
-                    self.logger.config({**to_dict(self.cfg), "run_id": os.path.basename(self.out_dir),
-                                        "fingerprint": self.identity.fingerprint if self.identity else None})
                 summary = self._loop()
                 barrier(self.world_size)  # no rank tears its process group down while another still uses it
                 return summary

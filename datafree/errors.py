@@ -47,3 +47,8 @@ class ConfigError(DatafreeError, ValueError):
 
 class MissingPackageError(DatafreeError, ImportError):
     """An optional package that a chosen feature needs is not installed (the message says what to pip install)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (torch's are often several)."""
+    return (str(e).splitlines() or [""])[0]

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .data.image_set import MANIFEST, SET_FORMAT, class_folder, pixel_digest
-from .errors import CheckpointError, ConfigError, DatafreeError
+from .errors import CheckpointError, ConfigError, DatafreeError, first_line
 
 CHECKPOINT = "checkpoint.pt"  # the engine's name (engine.CHECKPOINT; not imported, to keep this module light)
 
@@ -78,14 +78,14 @@ def read_pool(run_dir: str, method: str, synthesizer: str) -> Tuple[torch.Tensor
             saved = torch.load(pool_file, map_location="cpu", weights_only=True)
             state = saved["pool"]
         except Exception as e:
-            raise CheckpointError(f"{pool_file} is unreadable ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
+            raise CheckpointError(f"{pool_file} is unreadable ({type(e).__name__}: {first_line(e)})") from e
         source = {"file": POOL_FILE, "images_synthesized": saved.get("images_synthesized"),
                   "init_images": saved.get("init_images")}
     elif os.path.isfile(ckpt_file):
         try:
             ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
-            raise CheckpointError(f"{ckpt_file} is unreadable ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
+            raise CheckpointError(f"{ckpt_file} is unreadable ({type(e).__name__}: {first_line(e)})") from e
         synth_state = ckpt.get("synthesizer") if isinstance(ckpt, dict) else None
         if not isinstance(synth_state, dict) or not isinstance(synth_state.get("pool"), dict):
             raise DatafreeError(
@@ -109,6 +109,17 @@ def read_pool(run_dir: str, method: str, synthesizer: str) -> Tuple[torch.Tensor
     return images, labels, source
 
 
+def _summary(run_dir: str) -> Dict[str, Any]:
+    """The run's summary.json, or {} (a run stopped before it wrote one)."""
+    from .results import read_json
+
+    try:
+        summary = read_json(os.path.join(run_dir, "summary.json"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def _teacher_for(run_dir: str, cfg: Dict[str, Any], teacher: Optional[str], zoo: Optional[str]) -> str:
     """The run's teacher file: ``teacher`` if given, else the one its config names (in the zoo), checked against
     the sha256 the run recorded (a teacher retrained since would relabel the set)."""
@@ -117,12 +128,7 @@ def _teacher_for(run_dir: str, cfg: Dict[str, Any], teacher: Optional[str], zoo:
 
     ident = read_identity(run_dir)
     recorded = (ident.fields.get("teacher.sha256") if ident else None)
-    summary = {}
-    try:
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        pass
+    summary = _summary(run_dir)
     recorded = recorded or summary.get("teacher_sha256")
     candidates: List[str] = []
     if teacher:
@@ -224,12 +230,7 @@ def export_run(run_dir: str, out: str, overwrite: bool = False, device: str = "a
     counts = torch.bincount(labels, minlength=k)
     order = torch.sort(labels, stable=True).indices  # file order: by class, then by pool index
     width = max(6, len(str(images.shape[0] - 1)))
-    summary = {}
-    try:
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        pass
+    summary = _summary(run_dir)
     ident = read_identity(run_dir)
     known = pool_labels >= 0
     from . import __version__

@@ -68,30 +68,28 @@ def file_sha256(path: str) -> str:
     return _SHA_CACHE[key]
 
 
+#: architectures whose name was given to another network: a record of the old one is another run (mobilenetv2
+#: was the CIFAR-stride network, now mobilenetv2_cifar, until the name went to the reference repositories' one)
+MODEL_REVISIONS = {"mobilenetv2": 2}
+
 #: config keys that name a saved image set (``datafree export``): the set's files go into the fingerprint
 SET_KEYS = ("synth.init_from", "synth.folder")
 
 
 def folder_sha256(path: str) -> str:
-    """sha256 over a folder's image files (relative path and bytes, in sorted order), cached per process by the
-    files' (path, size, mtime)."""
-    from .data.image_set import IMAGE_EXTENSIONS
+    """sha256 over the image files a saved set is read from (:func:`datafree.data.image_set.list_images`: their
+    paths relative to the set and their bytes, in its order), cached per process by the files' (size, mtime)."""
+    from .data.image_set import list_images
 
-    files = []
-    for root, dirs, names in os.walk(path):
-        dirs.sort()
-        for n in sorted(names):
-            if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."):
-                full = os.path.join(root, n)
-                st = os.stat(full)
-                files.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns, full))
-    key = ("folder", os.path.abspath(path), tuple(f[:3] for f in files))
+    files = [f for f, _ in list_images(path)]
+    stats = tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+    key = ("folder", os.path.abspath(path), stats)
     if key not in _SHA_CACHE:
         h = hashlib.sha256()
-        for rel, _, _, full in files:
-            h.update(rel.encode() + b"\0")
-            with open(full, "rb") as f:
-                h.update(f.read())
+        for f in files:
+            h.update(os.path.relpath(f, path).encode() + b"\0")
+            with open(f, "rb") as fh:
+                h.update(fh.read())
         _SHA_CACHE[key] = h.hexdigest()
     return _SHA_CACHE[key]
 
@@ -154,8 +152,12 @@ def run_identity(cfg: RunConfig, teacher_file: Optional[str] = "auto", device_ki
     # a CPU float32 record is not a CUDA bf16 one, though both configs say device=auto
     fields["device"], fields["amp"] = resolved_device(cfg, device_kind)
     for key in SET_KEYS:  # a saved image set is an input like the teacher: its content, not its path
-        if isinstance(fields.get(key), str) and os.path.isdir(fields[key]):
-            fields[f"{key}.sha256"] = folder_sha256(fields.pop(key))
+        if isinstance(fields.get(key), str) and os.path.isdir(os.path.expanduser(fields[key])):
+            fields[f"{key}.sha256"] = folder_sha256(os.path.expanduser(fields.pop(key)))
+    for key in ("student", "teacher_arch"):  # a name that now means another network is another run
+        rev = MODEL_REVISIONS.get(str(fields.get(key)))
+        if rev:
+            fields[f"{key}.revision"] = rev
     if teacher_file:
         fields.pop("teacher", None)  # the weights say which teacher it is, not the name or path
         fields["teacher.sha256"] = file_sha256(teacher_file)
@@ -165,8 +167,23 @@ def run_identity(cfg: RunConfig, teacher_file: Optional[str] = "auto", device_ki
                        "dataset.classes": spec.num_classes})
     except Exception:  # an image folder that is not there: the engine reports it
         pass
+    return Identity(fingerprint_of(fields), fields)
+
+
+def fingerprint_of(fields: Dict[str, Any]) -> str:
     blob = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
-    return Identity(hashlib.sha256(blob.encode()).hexdigest(), fields)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def same_run(old: Optional[Identity], new: Identity) -> bool:
+    """Whether a recorded identity is the one asked for: the same fingerprint, or a record made before unset
+    (None) keys were left out whose fields, without them, give the new fingerprint."""
+    if old is None:
+        return False
+    if old.fingerprint == new.fingerprint:
+        return True
+    legacy = {k: v for k, v in old.fields.items() if v is not None}
+    return len(legacy) < len(old.fields) and fingerprint_of(legacy) == new.fingerprint
 
 
 def read_identity(run_dir: str) -> Optional[Identity]:
@@ -209,8 +226,7 @@ def differences(old: Optional[Identity], new: Identity, limit: int = 6) -> str:
 
 
 def matches(run_dir: str, ident: Identity) -> bool:
-    old = read_identity(run_dir)
-    return old is not None and old.fingerprint == ident.fingerprint
+    return same_run(read_identity(run_dir), ident)
 
 
 def stale_name(run_dir: str) -> str:

@@ -33,7 +33,7 @@ import secrets
 import string
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .errors import ConfigError, DatafreeError, MissingPackageError
+from .errors import ConfigError, DatafreeError, MissingPackageError, first_line
 from .registry import Registry
 
 LOGGERS = Registry("logger")
@@ -325,7 +325,7 @@ class WandbLogger(Logger):
                 # console off: the run's own output (progress bar, log lines) stays as it is
                 settings=wandb.Settings(console="off", quiet=True))
         except Exception as e:  # noqa: BLE001 - W&B raises many kinds; the user needs one line
-            first = (str(e).splitlines() or [""])[0]
+            first = first_line(e)
             raise DatafreeError(f"log=wandb: wandb.init failed in mode {mode!r} ({type(e).__name__}: {first}); "
                                 "set WANDB_MODE=offline to log without a network, or run `wandb login`") from e
         self._wandb = wandb

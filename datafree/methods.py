@@ -98,7 +98,8 @@ def dataset_section(sections: Dict[str, Any], dataset: str) -> tuple:
     return None, f"no section for {dataset} ({shape}) or its family: the top-level recipe"
 
 
-def method_layers_explained(name: str, dataset: str, teacher: Optional[str], student: str) -> List[tuple]:
+def method_layers_explained(name: str, dataset: str, teacher: Optional[str], student: str,
+                            teacher_arch: Optional[str] = None) -> List[tuple]:
     """``(why, layer)`` for each config layer of a method, in the order they apply.
 
     The entry's top level, then its ``students`` section (shell patterns matched against the student's
@@ -120,7 +121,8 @@ def method_layers_explained(name: str, dataset: str, teacher: Optional[str], stu
         layers.append((f"no datasets section: {why}", {}))
     from .teacher import ARCH_ALIASES, name_from_file
 
-    teacher_name = name_from_file(teacher, dataset)
+    # the pair is named by the teacher's architecture: teacher_arch= when given, else the name or file name
+    teacher_name = str(teacher_arch) if teacher_arch else name_from_file(teacher, dataset)
     teacher_name = ARCH_ALIASES.get(teacher_name, teacher_name)
     pk = pair_key(dataset, teacher_name, student)
     pair = (entry.get("pairs") or {}).get(pk)
@@ -129,9 +131,10 @@ def method_layers_explained(name: str, dataset: str, teacher: Optional[str], stu
     return [(w, l) for w, l in layers if l or w.startswith("no datasets")]
 
 
-def method_layers(name: str, dataset: str, teacher: Optional[str], student: str) -> List[Dict[str, Any]]:
+def method_layers(name: str, dataset: str, teacher: Optional[str], student: str,
+                  teacher_arch: Optional[str] = None) -> List[Dict[str, Any]]:
     """Config layers for a method: its defaults, its students, dataset and pair sections."""
-    return [layer for _, layer in method_layers_explained(name, dataset, teacher, student) if layer]
+    return [layer for _, layer in method_layers_explained(name, dataset, teacher, student, teacher_arch) if layer]
 
 
 def describe(name: str) -> str:

@@ -271,7 +271,9 @@ def describe_teacher_source(src: Optional[Dict[str, Any]]) -> str:
         return f"trained here, recipe {src.get('recipe') or 'datafree'}"
     if kind == "pretrained":
         return "timm pretrained"
-    return "unknown (the record does not say)" if kind == "unknown" else str(kind)
+    if kind == "unknown":  # a bare state dict in our names says nothing of its origin; an old record says nothing
+        return "unknown origin (a bare state dict)" if src.get("layout") else "unknown (the record does not say)"
+    return str(kind)
 
 
 def _rows_of(g) -> List[Dict[str, Any]]:

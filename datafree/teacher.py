@@ -22,7 +22,6 @@ published one (a reference layout), trained here (with which recipe) or unknown.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -35,9 +34,6 @@ from .errors import CheckpointError
 #: stride-1 stem, four stages and a linear classifier, the CMI repository's resnet18/34/50) and its file names
 #: (train_teacher.py saves "checkpoint/teacher/%s-%s.pt" % (dataset, model), e.g. cifar10-resnet34_8x.pt)
 ARCH_ALIASES = {"resnet18_8x": "resnet18", "resnet34_8x": "resnet34", "resnet50_8x": "resnet50"}
-
-#: how a teacher file came to be: a datafree checkpoint, a reference repository's layout, or neither
-KINDS = ("trained", "published", "pretrained", "unknown")
 
 
 def check_arch(name: Any) -> str:
@@ -71,10 +67,12 @@ def name_from_file(teacher: Optional[str], dataset: Optional[str] = None) -> Opt
 
 def arch_from_file(path: str, dataset: Optional[str] = None) -> Optional[str]:
     """A registered architecture named by the file (``cifar10_wrn40_2.pth`` -> ``wrn40_2``), or None."""
-    from .registry import MODELS
+    from .registry import DATASETS, MODELS, load_builtins
 
+    load_builtins()
     name = name_from_file(path, dataset) or ""
-    candidates = [name, re.sub(r"^(cifar10|cifar100|mnist|svhn|tinyimagenet|imagenet)[_-]", "", name)]
+    candidates = [name] + [name[len(d) + 1:] for d in sorted(DATASETS.list(), key=len, reverse=True)
+                           if name.startswith((f"{d}_", f"{d}-"))]
     for c in candidates:
         c = ARCH_ALIASES.get(c, c)
         if c in MODELS:
@@ -128,12 +126,15 @@ def load_teacher(path_or_name: str, dataset: Optional[str] = None, arch: Optiona
     ``dataset`` (that the checkpoint names, if any) and ``stored_accuracy`` (what the file claims, not measured).
     """
     from .identity import file_sha256
-    from .models import RENAMED, build_from_checkpoint, read_checkpoint
+    from .models import arch_of_checkpoint, build_from_checkpoint, read_checkpoint
     from .models.layouts import read_counts
     from .models.timm_models import TimmClassifier
     from .zoo import resolve_teacher, timm_pretrained_file
 
     if not os.path.isfile(path_or_name):
+        if str(path_or_name).endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors")) or os.sep in str(path_or_name) \
+                and not str(path_or_name).startswith("timm/"):
+            raise CheckpointError(f"teacher checkpoint {path_or_name!r} does not exist")
         if dataset is None:
             raise CheckpointError(f"teacher {path_or_name!r} is not a file; a model name is looked up in the zoo "
                                   "for a dataset: pass dataset=... (--dataset)")
@@ -155,8 +156,7 @@ def load_teacher(path_or_name: str, dataset: Optional[str] = None, arch: Optiona
         ckpt = read_checkpoint(path)
         chosen, source = arch, "argument"
         if not chosen and ckpt.get("arch"):
-            chosen, source = str(ckpt["arch"]), "checkpoint"
-            chosen = RENAMED.get(str(ckpt.get("format")), {}).get(chosen, chosen)
+            chosen, source = arch_of_checkpoint(ckpt), "checkpoint"
         if not chosen and str(path_or_name).startswith("timm/"):
             chosen, source = str(path_or_name), "name"
         if not chosen:
@@ -164,13 +164,13 @@ def load_teacher(path_or_name: str, dataset: Optional[str] = None, arch: Optiona
         if not chosen:
             raise CheckpointError(
                 f"checkpoint {path} does not say its architecture (a bare state dict): name it with "
-                f"teacher_arch=<model> (load_teacher(..., arch=...)), e.g. teacher_arch=resnet34; "
-                f"`datafree list models` lists them")
+                f"teacher_arch=<model> (`datafree inspect --arch`, load_teacher(..., arch=...)), e.g. "
+                f"teacher_arch=resnet34; `datafree list models` lists them")
         chosen = ARCH_ALIASES.get(chosen, chosen)
         if spec is not None:
             _fits(path, ckpt, spec, dataset, chosen)
         counts = (spec.num_classes, spec.channels, spec.size) if spec is not None else (None, None, None)
-        model, layout = build_from_checkpoint(ckpt, f"teacher {path}", chosen, *counts)
+        model, layout = build_from_checkpoint(ckpt, path, chosen, *counts)
         datafree_file = str(ckpt.get("format", "")).startswith("datafree-model")
         recipe = ckpt.get("recipe") if isinstance(ckpt.get("recipe"), dict) else {}
         stored = ckpt.get("accuracy", ckpt.get("best_acc1"))

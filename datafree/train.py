@@ -155,7 +155,7 @@ def train_teacher(dataset: str, model: str, overrides: Optional[Dict[str, Any]] 
     from .zoo import read_manifest, write_manifest_entry, zoo_path
 
     from .errors import ConfigError
-    from .identity import differences, matches, read_identity, run_identity, set_aside
+    from .identity import Identity, differences, matches, read_identity, run_identity, same_run, set_aside
 
     path = zoo_path(dataset, model, zoo)
     key = zoo_key(dataset, model)
@@ -163,16 +163,15 @@ def train_teacher(dataset: str, model: str, overrides: Optional[Dict[str, Any]] 
     recipe_id = run_identity(cfg, teacher_file=None)
     if os.path.isfile(path) and not force:
         entry = read_manifest(zoo).get(key, {})
-        if entry.get("fingerprint") == recipe_id.fingerprint:
+        recorded = Identity(entry["fingerprint"], entry.get("recipe_fields") or {}) if entry.get("fingerprint") else None
+        if same_run(recorded, recipe_id):
             log(f"teacher {path} exists (recipe {name}, accuracy {entry.get('accuracy', '?')}); "
                 "reusing it (--force retrains)")
             return entry
-        from .identity import Identity
-
         if other_recipe == "retrain":
             log(f"teacher {path} was trained with another recipe: retraining it")
             return train_teacher(dataset, model, overrides, zoo=zoo, force=True, resume=resume, log=log, recipe=recipe)
-        old = Identity(entry["fingerprint"], entry.get("recipe_fields", {})) if entry.get("fingerprint") else None
+        old = recorded
         old_name = recipe_of(entry) if entry else None
         which = (f"recipe {old_name}, not {name}: " if old_name and old_name != name else "")
         raise ConfigError(
@@ -211,6 +210,12 @@ def train_teacher(dataset: str, model: str, overrides: Optional[Dict[str, Any]] 
         "fingerprint": recipe_id.fingerprint, "recipe_fields": recipe_id.fields,
     }
     write_manifest_entry(dataset, model, entry, zoo)
+    from .zoo import published_path
+
+    shadow = published_path(dataset, model, zoo)
+    if shadow:  # the zoo's lookup takes a published file first: say which file a run of this name gets
+        log(f"note: the zoo also holds the published {shadow}, which a run naming teacher={model} uses before "
+            f"this one; pass teacher={path} to use this one")
     log(f"teacher {model} on {dataset} (recipe {name}): {accuracy:.2f}%"
         + (" (best evaluation)" if cfg.keep == "best" else "") + f" -> {path}")
     return entry

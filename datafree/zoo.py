@@ -83,8 +83,11 @@ def resolve_teacher(teacher: str, dataset: str, directory: Optional[str] = None)
         return teacher
     if teacher.endswith((".pt", ".pth", ".ckpt")) or os.sep in teacher and not teacher.startswith("timm/"):
         raise CheckpointError(f"teacher checkpoint {teacher!r} does not exist")
-    if not teacher.startswith("timm/") and teacher not in MODELS:
-        raise MODELS.unknown(teacher, MODELS.list() + ["timm/<name>"])
+    from .teacher import ARCH_ALIASES
+
+    if not teacher.startswith("timm/") and teacher not in MODELS and teacher not in ARCH_ALIASES:
+        raise MODELS.unknown(teacher, MODELS.list() + list(ARCH_ALIASES) + ["timm/<name>"])
+    teacher = ARCH_ALIASES.get(teacher, teacher)  # DFAD's resnet34_8x is our resnet34 (and its file name says so)
     published = published_path(dataset, teacher, directory)
     if published:
         return published
@@ -125,26 +128,29 @@ def _measured_path(directory: Optional[str] = None) -> str:
     return os.path.join(zoo_dir(directory), MEASURED)
 
 
-def _cache_key(sha256: str, dataset: str, amp: str = "off") -> str:
-    return f"{sha256}/{dataset}" + ("" if amp == "off" else f"/{amp}")
+def _cache_key(sha256: str, dataset: str, amp: str = "off", arch: Optional[str] = None) -> str:
+    # the architecture too: one bare state dict can load into two networks of the same names and shapes
+    return f"{sha256}/{dataset}" + (f"/{arch}" if arch else "") + ("" if amp == "off" else f"/{amp}")
 
 
-def measured_accuracy(sha256: str, dataset: str, directory: Optional[str] = None, amp: str = "off") -> Optional[float]:
+def measured_accuracy(sha256: str, dataset: str, directory: Optional[str] = None, amp: str = "off",
+                      arch: Optional[str] = None) -> Optional[float]:
     """The cached measured test accuracy of the teacher with this sha256 on ``dataset`` (evaluated in float32,
     or under ``amp``), or None."""
     try:
         with open(_measured_path(directory)) as f:
             cache = yaml.safe_load(f) or {}
-        if not isinstance(cache, dict) or not isinstance(cache.get(_cache_key(sha256, dataset, amp), {}), dict):
+        key = _cache_key(sha256, dataset, amp, arch)
+        if not isinstance(cache, dict) or not isinstance(cache.get(key, {}), dict):
             return None  # a damaged cache only means measuring again (and rewriting it)
-        acc = cache.get(_cache_key(sha256, dataset, amp), {}).get("accuracy")
+        acc = cache.get(key, {}).get("accuracy")
         return float(acc) if acc is not None else None
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
         return None
 
 
 def remember_accuracy(sha256: str, dataset: str, accuracy: float, path: str, directory: Optional[str] = None,
-                      amp: str = "off") -> None:
+                      amp: str = "off", arch: Optional[str] = None) -> None:
     """Cache a measured teacher accuracy (best effort: a read-only zoo only means measuring again)."""
     import datetime
 
@@ -158,7 +164,7 @@ def remember_accuracy(sha256: str, dataset: str, accuracy: float, path: str, dir
                 cache = yaml.safe_load(f) or {}
         if not isinstance(cache, dict):
             cache = {}
-        cache[_cache_key(sha256, dataset, amp)] = {"accuracy": round(float(accuracy), 4), "file": os.path.basename(path),
+        cache[_cache_key(sha256, dataset, amp, arch)] = {"accuracy": round(float(accuracy), 4), "file": os.path.basename(path),
                                        "date": datetime.date.today().isoformat()}
         atomic_write_yaml(target, dict(sorted(cache.items())))
     except (OSError, yaml.YAMLError):

@@ -212,3 +212,80 @@ def test_an_old_mobilenetv2_checkpoint_is_the_cifar_network(tmp_path):
     torch.save(ckpt, path)
     model, rec = load_teacher(str(path))
     assert rec["arch"] == "mobilenetv2_cifar" and _same_function(net, model, (2, 3, 32, 32))
+
+
+# -- review fixes: identity and lookups ------------------------------------------------------------------
+
+def test_a_record_from_before_unset_keys_were_dropped_is_still_the_same_run(tmp_path):
+    from datafree.config import resolve
+    from datafree.identity import Identity, fingerprint_of, run_identity, same_run
+
+    new = run_identity(resolve({"method": "scratch", "dataset": "digits", "student": "lenet5", "teacher": None}),
+                       teacher_file=None)
+    legacy_fields = {**new.fields, "ep_steps": None, "teacher": None}  # what the old code hashed
+    old = Identity(fingerprint_of(legacy_fields), legacy_fields)
+    assert old.fingerprint != new.fingerprint and same_run(old, new)
+    other = {**legacy_fields, "seed": 7}
+    assert not same_run(Identity(fingerprint_of(other), other), new)
+
+
+def test_a_renamed_architecture_is_another_run():
+    from datafree.config import resolve
+    from datafree.identity import run_identity
+
+    base = {"method": "scratch", "dataset": "cifar10", "teacher": None}
+    a = run_identity(resolve({**base, "student": "mobilenetv2"}), teacher_file=None)
+    b = run_identity(resolve({**base, "student": "mobilenetv2_cifar"}), teacher_file=None)
+    assert a.fields["student.revision"] == 2 and "student.revision" not in b.fields
+
+
+def test_teacher_arch_names_the_pair_for_its_settings():
+    from datafree.config import resolve
+
+    by_name = resolve({"method": "cmi", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
+    by_arch = resolve({"method": "cmi", "dataset": "cifar10", "teacher": "/x/my_teacher.pt",
+                       "teacher_arch": "resnet34", "student": "resnet18"})
+    by_alias = resolve({"method": "cmi", "dataset": "cifar10", "teacher": "/x/cifar10-resnet34_8x.pt",
+                        "student": "resnet18"})
+    assert by_arch.synth == by_name.synth == by_alias.synth
+
+
+def test_dfad_names_find_the_published_file(tmp_path, monkeypatch):
+    from datafree.zoo import resolve_teacher
+
+    monkeypatch.setenv("DATAFREE_ZOO", str(tmp_path))
+    torch.save(create_model("resnet8").state_dict(), tmp_path / "cifar10-resnet8.pt")
+    assert resolve_teacher("resnet8", "cifar10").endswith("cifar10-resnet8.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_teacher(str(tmp_path / "nope.pt"))
+
+
+def test_old_timm_checkpoints_and_timm_counts_without_a_dataset(tmp_path):
+    import timm
+
+    ref = timm.create_model("test_resnet", num_classes=100)
+    f = tmp_path / "c100.pth"
+    torch.save(ref.state_dict(), f)
+    model, rec = load_teacher(str(f), arch="timm/test_resnet")  # counts read at timm's own classifier
+    assert (rec["num_classes"], rec["channels"], rec["layout"]) == (100, 3, "timm")
+    old = tmp_path / "old.pt"  # datafree-model/1 kept the wrapper's prefix and the classifier twice
+    state = {"model." + k: v for k, v in ref.state_dict().items()}
+    state.update({"head.fc." + k: v for k, v in ref.get_classifier().state_dict().items()})
+    torch.save({"format": "datafree-model/1", "arch": "timm/test_resnet", "dataset": "x",
+                "spec": {"num_classes": 100, "channels": 3, "size": 32}, "state_dict": state}, old)
+    again, rec = load_teacher(str(old))
+    assert rec["layout"] == "timm" and _same_function(ref, again, (2, 3, 32, 32))
+
+
+def test_a_logger_that_fails_to_start_leaves_no_run_directory(zoo, tiny_cfg, tmp_path, monkeypatch):
+    from datafree import loggers
+    from datafree.engine import Engine
+
+    def broken(spec, run_dir, name, start_step=0):
+        os.makedirs(os.path.join(run_dir, "wandb"))
+        raise loggers.DatafreeError("log=wandb: wandb.init failed")
+
+    monkeypatch.setattr(loggers, "open_logger", broken)
+    with pytest.raises(Exception, match="wandb.init failed"):
+        Engine(tiny_cfg("dafl", tmp_path / "r", epochs=1, ep_steps=1)).run()
+    assert not (tmp_path / "r").exists()

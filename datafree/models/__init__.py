@@ -8,12 +8,12 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..registry import GENERATORS, MODELS
 from . import generators, layouts, lenet, mobilenetv2, resnet, vgg, wrn  # noqa: F401  (registration)
 from .base import Classifier
 from .features import FeatureTap, bn_layers, conv_layers  # noqa: F401
-from .timm_models import TimmClassifier, timm_model
+from .timm_models import TimmClassifier, counts_of, legacy_state, timm_model
 
 CHECKPOINT_FORMAT = "datafree-model/2"  # /2: mobilenetv2 is the reference network (RENAMED)
 
@@ -68,7 +68,7 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = (str(e).splitlines() or [""])[0]
+        first = first_line(e)
         raise CheckpointError(
             f"checkpoint {path!r} cannot be read with torch.load(weights_only=True) ({type(e).__name__}: {first}). "
             "Only state dicts (bare or in a checkpoint dict, as ours and the CMI repository's) are accepted; a whole "
@@ -95,6 +95,11 @@ def load_state(model: nn.Module, state: Dict[str, torch.Tensor], where: str, arc
     """
     own = model.state_dict()
     raw = layouts.unwrap(state)
+    if isinstance(model, TimmClassifier):  # timm's own names; or the prefixed ones datafree-model/1 wrote
+        raw = legacy_state(raw)
+        if set(raw) == set(own) and all(tuple(raw[k].shape) == tuple(v.shape) for k, v in own.items()):
+            model.load_state_dict(raw)
+            return "timm"
     renamed, layout = layouts.to_datafree(arch, raw, expected=list(own))
     renamed = layouts.fill_untracked_counts(own, renamed)
     if set(renamed) != set(own) or any(not isinstance(renamed[k], torch.Tensor) or tuple(renamed[k].shape) !=
@@ -117,6 +122,14 @@ def load_model(path: str, arch: Optional[str] = None, num_classes: Optional[int]
 RENAMED = {"datafree-model/1": {"mobilenetv2": "mobilenetv2_cifar"}}
 
 
+def arch_of_checkpoint(ckpt: Dict[str, Any]) -> Optional[str]:
+    """The architecture a checkpoint names (its ``arch``, under today's name: :data:`RENAMED`), or None."""
+    arch = ckpt.get("arch")
+    if not arch:
+        return None
+    return RENAMED.get(str(ckpt.get("format")), {}).get(str(arch), str(arch))
+
+
 def build_from_checkpoint(ckpt: Dict[str, Any], path: str, arch: Optional[str] = None,
                           num_classes: Optional[int] = None, in_channels: Optional[int] = None,
                           image_size: Optional[int] = None) -> Tuple[Classifier, str]:
@@ -124,13 +137,15 @@ def build_from_checkpoint(ckpt: Dict[str, Any], path: str, arch: Optional[str] =
     and the layout its names came in. ``arch`` overrides the file's; counts default to the file's spec, else to
     what its classifier rows and first convolution say."""
     spec = ckpt.get("spec") or {}
-    if not arch:
-        arch = ckpt.get("arch")
-        arch = RENAMED.get(str(ckpt.get("format")), {}).get(arch, arch)
+    arch = arch or arch_of_checkpoint(ckpt)
     if not arch:
         raise CheckpointError(f"checkpoint {path!r} does not say its architecture: pass the model name")
     # a reference checkpoint records no spec: its classifier's rows and first convolution's inputs tell
-    classes, channels = (None, None) if spec else layouts.read_counts(layouts.to_datafree(arch, ckpt["state_dict"])[0])
+    classes, channels = None, None
+    if not spec and str(arch).startswith("timm/"):
+        classes, channels = counts_of(arch.split("/", 1)[1], legacy_state(layouts.unwrap(ckpt["state_dict"])))
+    elif not spec:
+        classes, channels = layouts.read_counts(layouts.to_datafree(arch, ckpt["state_dict"])[0])
     size = image_size or spec.get("size", 32)
     model = create_model(
         arch,

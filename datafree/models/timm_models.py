@@ -72,6 +72,32 @@ def _add_prefix(module, state_dict, prefix, local_metadata, strict, missing_keys
         state_dict[prefix + _PREFIX + key[len(prefix):]] = state_dict.pop(key)
 
 
+def legacy_state(state):
+    """A timm wrapper's state dict as datafree-model/1 saved it (``model.`` before timm's names, the classifier a
+    second time as ``head.fc.``) in timm's own names; any other state as it is."""
+    if not any(k.startswith(_PREFIX) for k in state):
+        return state
+    return {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
+
+
+def counts_of(name: str, state) -> tuple:
+    """(classes, input channels) of a state dict of timm's ``name``, read at the model's classifier and first
+    convolution (timm's ``pretrained_cfg`` names them); None where it cannot tell."""
+    import timm
+
+    try:
+        cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+    except Exception:  # noqa: BLE001 (an unknown name fails where the model is built, with suggestions)
+        return None, None
+    classifier = cfg.get("classifier")
+    classifier = classifier[0] if isinstance(classifier, (list, tuple)) else classifier
+    first = cfg.get("first_conv")
+    first = first[0] if isinstance(first, (list, tuple)) else first
+    w, c = state.get(f"{classifier}.weight"), state.get(f"{first}.weight")
+    return (int(w.shape[0]) if w is not None and w.dim() >= 2 else None,
+            int(c.shape[1]) if c is not None and c.dim() == 4 else None)
+
+
 def timm_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
                pretrained_file: Optional[str] = None) -> TimmClassifier:
     return TimmClassifier(name, num_classes, in_channels, image_size, pretrained_file=pretrained_file)
