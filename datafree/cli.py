@@ -192,18 +192,23 @@ def cmd_inspect(args) -> int:
     if args.arch:
         check_arch(args.arch)
     model, record = load_teacher(args.path, dataset=args.dataset, arch=args.arch, model_zoo=args.zoo)
-    if args.dataset:
-        record["test_accuracy"] = round(test_accuracy(model.to(args.device), args.dataset, args.data_root,
-                                                      args.device), 2)
-        record["measured_on"] = args.dataset
+
+    def accuracy() -> float:  # the dataset's test split may be missing: the record is printed first
+        return round(test_accuracy(model.to(args.device), args.dataset, args.data_root, args.device), 2)
+
     if args.json:
         import json
 
+        if args.dataset:
+            record.update(test_accuracy=accuracy(), measured_on=args.dataset)
         print(json.dumps(record, indent=2, sort_keys=True))
-    else:
-        width = max(len(k) for k in record)
-        for k, v in record.items():
-            print(f"{k:<{width}}  {v}")
+        return 0
+    width = max(len(k) for k in list(record) + ["test_accuracy"])
+    for k, v in record.items():
+        print(f"{k:<{width}}  {v}")
+    if args.dataset:
+        sys.stdout.flush()
+        print(f"{'test_accuracy':<{width}}  {accuracy()} ({args.dataset} test split)")
     return 0
 
 
