@@ -32,6 +32,7 @@ from .health import Guard, collapse_streak
 from .lock import LOCK_NAME, DirLock
 from .meter import Meter
 from .models import create_model, load_state, save_model
+from .methods import method_folder
 from .teacher import describe as describe_teacher, load_teacher, name_from_file, source_of
 from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
 from .runtime import tune_cpu_malloc, use_channels_last
@@ -116,7 +117,8 @@ def barrier(world_size: int) -> None:
 def default_run_dir(cfg: RunConfig) -> str:
     teacher = (name_from_file(cfg.teacher, cfg.dataset) or "none").replace("/", "-")  # timm/x: one folder
     name = f"{teacher}-{cfg.student}-s{cfg.seed}" + (f"-{cfg.tag}" if cfg.tag else "")
-    return os.path.join("results", "runs", cfg.dataset.replace(":", "_").replace("/", "_"), cfg.method, name)
+    return os.path.join("results", "runs", cfg.dataset.replace(":", "_").replace("/", "_"), method_folder(cfg.method),
+                        name)
 
 
 def _mean_logs(acc: Dict[str, List[torch.Tensor]]) -> Dict[str, float]:

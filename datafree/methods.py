@@ -13,7 +13,12 @@ A method file (``datafree/configs/methods/<name>.yaml``) is a partial
 ``pairs``
     per-pair layers keyed ``<dataset>/<teacher>-<student>``;
 ``about``
-    free text shown by ``datafree list methods`` (paper, source of defaults).
+    free text shown by ``datafree list methods`` (paper, source of defaults);
+``presets``
+    named variants of the method, each registered as the method ``<name>:<preset>`` (e.g. ``hidfd:released``):
+    a preset is an entry that extends this one (its own ``about``, values and sections). The convention:
+    the plain name runs the protocol behind the number a table sets it beside; a preset is another protocol
+    (``:paper``, ``:fixed``, ``:released``), documented on the method's page.
 
 Plugins add methods with :func:`register_method` (a dict or a YAML path).
 """
@@ -28,7 +33,9 @@ from .errors import ConfigError
 from .registry import METHODS
 
 METHOD_DIR = os.path.join(os.path.dirname(__file__), "configs", "methods")
-_SECTIONS = ("extends", "datasets", "students", "pairs", "about")
+_SECTIONS = ("extends", "datasets", "students", "pairs", "about", "presets")
+#: a preset's name: letters, digits, ``_``, ``.`` and ``-`` (it becomes part of the method name and run folders)
+_PRESET_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 def register_method(name: str, entry: Any, override: bool = False) -> Dict[str, Any]:
@@ -40,8 +47,30 @@ def register_method(name: str, entry: Any, override: bool = False) -> Dict[str, 
                           f"got {type(entry).__name__}")
     if "synthesizer" not in entry and "extends" not in entry:
         raise ConfigError(f"method {name!r}: entry must name a synthesizer (or extend a method)")
+    presets = entry.get("presets") or {}
+    if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
+        raise ConfigError(f"method {name!r}: presets must map preset names to entries, got {presets!r}")
+    for preset in presets:
+        if not str(preset) or set(str(preset)) - _PRESET_CHARS:
+            raise ConfigError(f"method {name!r}: preset name {preset!r} may hold only letters, digits, _ . -")
+        if "extends" in presets[preset]:
+            raise ConfigError(f"method {name!r}: preset {preset!r} extends {name} already; drop its extends")
     METHODS.register(name, dict(entry), override=override)
+    for preset, body in presets.items():
+        METHODS.register(f"{name}:{preset}", {"extends": name, **body}, override=override)
     return entry
+
+
+def method_folder(name: str) -> str:
+    """A method's name as a folder: ``hidfd@released`` for the preset ``hidfd:released`` (a ``:`` cannot be
+    part of a path on every system a results folder is cloned to)."""
+    return str(name).replace(":", "@")
+
+
+def preset_of(name: str) -> tuple:
+    """``("hidfd", "released")`` for ``hidfd:released``; ``(name, None)`` for a plain method."""
+    base, _, preset = str(name).partition(":")
+    return base, (preset or None)
 
 
 def load_method_files(directory: str = METHOD_DIR) -> None:
@@ -61,8 +90,9 @@ def method_entry(name: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]
         raise ConfigError(f"method {name!r} extends itself through {' -> '.join(seen)}")
     entry = METHODS.get(name)
     parent = entry.get("extends")
-    if parent:
-        return deep_merge(method_entry(parent, seen + [name]), {k: v for k, v in entry.items() if k != "extends"})
+    if parent:  # a method's presets are its own: they do not pass to what extends it
+        base = {k: v for k, v in method_entry(parent, seen + [name]).items() if k != "presets"}
+        return deep_merge(base, {k: v for k, v in entry.items() if k != "extends"})
     return dict(entry)
 
 

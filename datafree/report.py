@@ -39,12 +39,13 @@ METHOD_ORDER = [
 
 
 def order_methods(names: Iterable[str]) -> List[str]:
-    """The papers' order; a variant ``name (tag)`` follows its method."""
+    """The papers' order; a variant ``name (tag)`` and a preset ``name:preset`` follow their method."""
     names = list(dict.fromkeys(names))
 
     def key(n: str):
         base = n.split(" (")[0]
-        return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), base, n)
+        root = base.split(":")[0]
+        return (METHOD_ORDER.index(root) if root in METHOD_ORDER else len(METHOD_ORDER), root, base != root, n)
 
     return sorted(names, key=key)
 

@@ -48,6 +48,7 @@ import yaml
 
 from .config import deep_merge, load_yaml
 from .errors import ConfigError, DatafreeError
+from .methods import method_folder
 from .results import atomic_write_json, atomic_write_text
 
 
@@ -280,7 +281,7 @@ def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] 
                     over = deep_merge(over, {"plugins": list(suite.plugins)})
                 teacher = pair["teacher"]
                 cell = Cell(entry, method, pair["dataset"], teacher, pair["student"], seed, over)
-                cell.out = os.path.join(root, pair["dataset"].replace(":", "_").replace("/", "_"), entry,
+                cell.out = os.path.join(root, pair["dataset"].replace(":", "_").replace("/", "_"), method_folder(entry),
                                         f"{teacher or 'none'}-{pair['student']}-s{seed}")
                 if only and not any(fnmatch.fnmatchcase(cell.name, pat) or pat in cell.name
                                     for pat in only.split(",")):

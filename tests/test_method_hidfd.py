@@ -208,7 +208,7 @@ def test_resume_in_the_middle_of_gan_training(zoo, tmp_path, monkeypatch):
 def test_released_preset_and_mnist_section_resolve():
     from datafree.config import resolve
 
-    cfg = resolve({"method": "hidfd_released", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
+    cfg = resolve({"method": "hidfd:released", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
     assert cfg.synth["lr_g"] == cfg.synth["lr_d"] == 2e-4 and cfg.synth["ema"] and cfg.synth["gan_epochs"] == 400
     assert cfg.distiller == "feature_align" and cfg.optim.milestones == [150, 180, 210]
     paper = resolve({"method": "hidfd", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})

@@ -265,3 +265,38 @@ def test_adding_a_method_doc_lists_the_inherited_config_fields():
     assert "`(loss, logs)`" in doc and "`(logits, features,\nbn_loss)`" in doc
     assert "is not a\n@dataclass" in doc or "is not a @dataclass" in doc
     assert "pathlib.Path" in doc and "plugins: [my_plugin.py]" in doc
+
+
+# -- presets: method:preset --------------------------------------------------------------------------------
+
+def test_a_preset_is_a_method_that_extends_its_own(tmp_path):
+    from datafree.config import resolve
+    from datafree.methods import method_entry, method_folder, register_method
+    from datafree.registry import METHODS
+    from datafree.report import order_methods
+
+    register_method("mythod", {"synthesizer": "dafl", "synth": {"ngf": 8, "oh": 1.0},
+                               "datasets": {"digits": {"epochs": 3}},
+                               "presets": {"paper": {"about": "the paper's values", "synth": {"oh": 0.05}}}},
+                    override=True)
+    assert "mythod:paper" in METHODS.list("mythod*")
+    e = method_entry("mythod:paper")
+    assert e["synth"] == {"ngf": 8, "oh": 0.05} and e["datasets"]["digits"] == {"epochs": 3}
+    assert "presets" not in e and method_entry("mythod")["synth"]["oh"] == 1.0
+    cfg = resolve({"method": "mythod:paper", "dataset": "digits", "teacher": "lenet5", "student": "lenet5_half"})
+    assert cfg.method == "mythod:paper" and cfg.synth["oh"] == 0.05 and cfg.epochs == 3
+    assert method_folder("hidfd:released") == "hidfd@released"
+    assert order_methods(["hidfd:released", "dafl", "hidfd", "cmi"]) == ["dafl", "cmi", "hidfd", "hidfd:released"]
+    with pytest.raises(Exception, match="mythod:paper"):  # a typo names the preset that exists
+        METHODS.get("mythod:papr")
+    with pytest.raises(Exception, match="preset name"):
+        register_method("bad", {"synthesizer": "dafl", "presets": {"a/b": {}}}, override=True)
+
+
+def test_hidfd_released_is_a_preset_and_suites_run_it(zoo, tmp_path):
+    from datafree.runner import expand, load_suite
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    suite = load_suite(os.path.join(repo, "benchmarks", "suites", "demo.yaml"))
+    cells = [c for c in expand(suite, out=str(tmp_path)) if c.method == "hidfd:released"]
+    assert len(cells) == 1 and cells[0].out.endswith(os.path.join("hidfd@released", "lenet5-lenet5_half-s0"))

@@ -162,7 +162,7 @@ class HiDFD(CollectedSampling, Synthesizer):
     batch 100, z dim 128, width 64 and the N(0, 0.02) initialisation from the
     released script; data inflation N = 10 with 50,000 of 100,000 generated
     images (the paper's best setting). The released script's optimiser (2e-4
-    for both, 400 epochs, EMA of G) is the ``hidfd_released`` preset.
+    for both, 400 epochs, EMA of G) is the ``hidfd:released`` preset.
 
     Reference-code bugs fixed (we follow the paper):
 
