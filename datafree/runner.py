@@ -274,7 +274,10 @@ def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] 
             if entry in suite.variant_pairs and f"{pair['teacher']}->{pair['student']}" not in suite.variant_pairs[entry]:
                 continue
             for seed in seeds or suite.seeds:
-                over = deep_merge(suite.defaults, suite.overrides.get(method, {}))
+                base = method.split(":")[0]  # a method's overrides apply to its presets (the preset's own win)
+                own = suite.overrides.get(method, {})
+                over = deep_merge(suite.defaults, deep_merge(suite.overrides.get(base, {}), own) if base != method
+                                  else own)
                 over = deep_merge(over, variant)
                 over = deep_merge(over, {"suite": suite.name})
                 if suite.plugins:

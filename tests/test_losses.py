@@ -119,3 +119,37 @@ def test_image_priors_and_info_nce():
     easy = losses.info_nce(q, q, torch.randn(64, 16), T=0.1)
     hard = losses.info_nce(q, torch.randn(8, 16), torch.randn(64, 16), T=0.1)
     assert easy < hard
+
+
+def test_js_clamped_is_the_reference_competition_term():
+    """zju-vipa/CMI criterions.py jsdiv (and NVlabs' DeepInversion): P = softmax(s/T), Q = softmax(t/T),
+    M = (P + Q)/2, P, Q, M clamped to [0.01, 0.99], then 0.5 F.kl_div(log P, M) + 0.5 F.kl_div(log Q, M),
+    i.e. 0.5 KL(M||P) + 0.5 KL(M||Q), per sample summed over classes."""
+    from datafree.synthesis.losses import DIVERGENCES, js_clamped, js_div
+
+    s = torch.tensor([[2.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
+    t = torch.tensor([[0.0, 2.0, 0.0], [0.0, 10.0, 0.0]])
+    # row 1, no clamp active: P = (e^2, 1, 1)/(e^2 + 2) = (0.786986, 0.106507, 0.106507), Q its mirror,
+    #   M = (0.446747, 0.446747, 0.106507): KL(M||P) = KL(M||Q) = 0.387580, so 0.5 + 0.5 of it = 0.387580
+    # row 2, clamps active: P -> (0.99, 0.01, 0.01), Q -> (0.01, 0.99, 0.01), M = (0.499977, 0.499977, 4.54e-5)
+    #   -> (0.499977, 0.499977, 0.01): M0 ln(M0/0.99) + M0 ln(M0/0.01) + 0 = 1.614344
+    expected = torch.tensor([0.387580, 1.614344])
+    got = js_clamped(s, t, reduction="none")
+    # float32 softmax/log over 3 classes: relative error a few ulps; 1e-5 absolute covers the 6-digit literals
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+    assert torch.allclose(js_clamped(s, t), expected.mean(), atol=1e-5, rtol=0)  # batchmean
+    true_js = js_div(s, t, reduction="none")  # not the same quantity: the true JS is 0.292899, 0.692616
+    assert torch.allclose(true_js, torch.tensor([0.292899, 0.692616]), atol=1e-5, rtol=0)
+    assert DIVERGENCES["js_clamped"] is js_clamped
+
+
+def test_deepinv_runs_the_scripts_protocol_and_the_paper_preset_the_papers():
+    from datafree.config import resolve
+
+    base = {"dataset": "cifar10", "teacher": "wrn40_2", "student": "wrn16_1"}
+    plain = resolve({**base, "method": "deepinv"})
+    paper = resolve({**base, "method": "deepinv:paper"})
+    assert (plain.synth["iterations"], plain.synth["adv_kind"]) == (1000, "js_clamped")  # --g_steps 1000
+    assert (paper.synth["iterations"], paper.synth["adv_kind"]) == (2000, "js_clamped")
+    with pytest.raises(Exception, match="adv_kind"):
+        resolve({**base, "method": "deepinv", "synth": {"adv_kind": "jsd"}})

@@ -12,8 +12,10 @@ step. The batch with the lowest total loss is kept and added to the pool, from
 which the student draws batches with the dataset's standard augmentation.
 
 Defaults follow the CMI repository's DeepInversion script for CIFAR-10
-(2000 iterations as in the paper; the CMI script uses 1000), bn 10, oh 1,
-adv 1, tv 1e-3, l2 0, lr 0.1, synthesis batch 256; KD at T=20.
+(scripts/deepinv/deepinv_cifar10_wrn402_wrn161.sh: --g_steps 1000 iterations, bn 10, oh 1, adv 1, lr 0.1,
+synthesis batch 256, KD at T=20; datafree_kd.py:252 passes tv 0.001, l2 0), with its competition term
+(``adv_kind="js_clamped"``, criterions.py ``jsdiv``). The preset ``deepinv:paper`` runs the paper's 2000
+iterations; ``synth.adv_kind=js`` gives the true Jensen-Shannon divergence.
 
 Fixed reference-code bug: the reference keeps ``best_inputs = inputs.data``
 without a copy, so the optimiser's next in-place step overwrites the "best"
@@ -60,6 +62,15 @@ class DeepInversion(PoolSampling, Synthesizer):
         oh: float = 1.0
         adv: float = 1.0
         adv_T: float = 3.0
+        # the competition term: js_clamped, the reference code's form (losses.js_clamped), or js, the true JS
+        adv_kind: str = "js_clamped"
+
+        def validate(self) -> None:
+            if self.adv_kind not in ("js_clamped", "js"):
+                from ..errors import ConfigError
+
+                raise ConfigError(f"synth.adv_kind={self.adv_kind!r}: use js_clamped (the reference code's "
+                                  "competition term) or js (the true Jensen-Shannon divergence)")
         tv: float = 1e-3
         l2: float = 0.0
         jitter: float = 0.125
@@ -93,7 +104,7 @@ class DeepInversion(PoolSampling, Synthesizer):
             loss = c.bn * l_bn + c.oh * l_oh
             if c.adv > 0:
                 s = self.student_logits(view)
-                l_adv = losses.adversarial(s, t, kind="js", T=c.adv_T)
+                l_adv = losses.adversarial(s, t, kind=c.adv_kind, T=c.adv_T)
                 loss = loss + c.adv * l_adv
                 logs["adv"] = l_adv.detach()
             if c.tv > 0:

@@ -55,13 +55,28 @@ def js_div(s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str = "b
     return per_sample if reduction == "none" else per_sample.mean() if reduction in ("batchmean", "mean") else per_sample.sum()
 
 
+def js_clamped(s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str = "batchmean",
+               lo: float = 0.01, hi: float = 0.99) -> torch.Tensor:
+    """The competition term of the DeepInversion code (zju-vipa/CMI datafree/criterions.py ``jsdiv``, the form
+    NVlabs/DeepInversion also uses): P = softmax(s/T), Q = softmax(t/T), M = (P + Q) / 2, then P, Q and M
+    clamped to [0.01, 0.99], and 0.5 KL(M || P) + 0.5 KL(M || Q) in ``F.kl_div(log P, M)``'s argument order,
+    per sample summed over classes. Not a Jensen-Shannon divergence (:func:`js_div` is): the clamps change
+    its value and, on confident logits, its gradient."""
+    p = F.softmax(s.float() / T, dim=1)
+    q = F.softmax(t.float() / T, dim=1)
+    m = (0.5 * (p + q)).clamp(lo, hi)
+    p, q = p.clamp(lo, hi), q.clamp(lo, hi)
+    per_sample = 0.5 * (m * (m.log() - p.log())).sum(1) + 0.5 * (m * (m.log() - q.log())).sum(1)
+    return per_sample if reduction == "none" else per_sample.mean() if reduction in ("batchmean", "mean") else per_sample.sum()
+
+
 def l1_logits(s: torch.Tensor, t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Mean absolute difference of logits (DFAD); ``none`` gives one value per sample."""
     d = (s.float() - t.float()).abs().mean(1)
     return d if reduction == "none" else d.mean() if reduction == "mean" else d.sum()
 
 
-DIVERGENCES = {"kl": kl_div, "js": js_div, "l1": lambda s, t, T=1.0, reduction="mean": l1_logits(s, t, reduction)}
+DIVERGENCES = {"kl": kl_div, "js": js_div, "js_clamped": js_clamped, "l1": lambda s, t, T=1.0, reduction="mean": l1_logits(s, t, reduction)}
 
 
 def agreement_mask(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
