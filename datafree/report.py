@@ -261,22 +261,6 @@ def teacher_source(r: Any) -> Optional[Dict[str, Any]]:
             "layout": None, "recipe": None}
 
 
-def describe_teacher_source(src: Optional[Dict[str, Any]]) -> str:
-    """``published (cmi layout)``, ``trained here, recipe cmi``, ``timm pretrained`` or ``unknown``."""
-    if not src:
-        return "unknown"
-    kind = src.get("kind")
-    if kind == "published":
-        return "published" + (f" ({src['layout']} layout)" if src.get("layout") else "")
-    if kind == "trained":
-        return f"trained here, recipe {src.get('recipe') or 'datafree'}"
-    if kind == "pretrained":
-        return "timm pretrained"
-    if kind == "unknown":  # a bare state dict in our names says nothing of its origin; an old record says nothing
-        return "unknown origin (a bare state dict)" if src.get("layout") else "unknown (the record does not say)"
-    return str(kind)
-
-
 def _rows_of(g) -> List[Dict[str, Any]]:
     return [r.to_dict() for _, r in g.iterrows()]
 
@@ -326,6 +310,7 @@ def teacher_rows(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -
 
 def teachers_section(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -> List[str]:
     """The "Teachers" list under a dataset's accuracy table (no lines when no run used a teacher)."""
+    from .teacher import origin as teacher_origin  # not at import: teacher.py brings torch
     recs = teacher_rows(df, dataset, reference)
     if not recs:
         return []
@@ -333,7 +318,7 @@ def teachers_section(df, dataset: str, reference: Optional[Dict[str, Any]] = Non
     for t in recs:
         measured = ", ".join(f"{a:.2f}" for a in t["measured"]) or "-"
         rows.append([t["pair"], f"`{t['file']}`" if t.get("file") else "?",
-                     f"`{t['sha256'][:12]}`" if t.get("sha256") else "-", describe_teacher_source(t),
+                     f"`{t['sha256'][:12]}`" if t.get("sha256") else "-", teacher_origin(t),
                      measured + (f" {TEACHER_MARK}" if t["flag"] else ""),
                      "-" if t["published"] is None else f"{t['published']:.2f}", t["runs"]])
     return ["", f"Teachers of the {dataset} cells (measured: the teacher's test accuracy as the runs measured it):",

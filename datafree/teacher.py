@@ -212,12 +212,27 @@ def _timm_pretrained(name: str, path: str, spec, dataset: Optional[str]) -> nn.M
                         image_size=spec.size if spec is not None else 224, pretrained_file=path)
 
 
+def origin(src: Optional[Dict[str, Any]]) -> str:
+    """How a teacher file came to be, from a record or a run's ``teacher_source``: ``published (cmi layout)``,
+    ``trained here, recipe cmi``, ``timm pretrained`` or ``unknown ...`` (the tables and the engine's log say it
+    the same way)."""
+    if not src:
+        return "unknown"
+    kind = src.get("kind")
+    if kind == "published":
+        return "published" + (f" ({src['layout']} layout)" if src.get("layout") else "")
+    if kind == "trained":
+        return f"trained here, recipe {src.get('recipe') or 'datafree'}"
+    if kind == "pretrained":
+        return "timm pretrained"
+    if kind == "unknown":  # a bare state dict in our names says nothing of its origin; an old record says nothing
+        return "unknown origin (a bare state dict)" if src.get("layout") else "unknown (the record does not say)"
+    return str(kind)
+
+
 def describe(record: Dict[str, Any]) -> str:
-    """One line: ``published cifar10_resnet34.pth (cmi layout, sha256 1a2b3c4d), resnet34, 10 classes``."""
-    kind = record.get("kind", "unknown")
-    how = {"trained": f"trained here (recipe {record.get('recipe') or 'datafree'})",
-           "published": "published", "pretrained": "timm pretrained", "unknown": "of unknown origin"}.get(kind, kind)
-    return (f"{how} {record.get('file')} ({record.get('layout')} layout, sha256 {str(record.get('sha256'))[:8]}), "
+    """One line: ``published (cmi layout): cifar10_resnet34.pth (sha256 1a2b3c4d), resnet34, 10 classes``."""
+    return (f"{origin(record)}: {record.get('file')} (sha256 {str(record.get('sha256'))[:8]}), "
             f"{record.get('arch')}, {record.get('num_classes')} classes")
 
 

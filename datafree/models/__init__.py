@@ -142,9 +142,10 @@ def build_from_checkpoint(ckpt: Dict[str, Any], path: str, arch: Optional[str] =
         raise CheckpointError(f"checkpoint {path!r} does not say its architecture: pass the model name")
     # a reference checkpoint records no spec: its classifier's rows and first convolution's inputs tell
     classes, channels = None, None
-    if not spec and str(arch).startswith("timm/"):
+    given = num_classes is not None and in_channels is not None  # a caller with a dataset's spec: no reading
+    if not spec and not given and str(arch).startswith("timm/"):
         classes, channels = counts_of(arch.split("/", 1)[1], legacy_state(layouts.unwrap(ckpt["state_dict"])))
-    elif not spec:
+    elif not spec and not given:
         classes, channels = layouts.read_counts(layouts.to_datafree(arch, ckpt["state_dict"])[0])
     size = image_size or spec.get("size", 32)
     model = create_model(
