@@ -111,6 +111,19 @@ def test_class_balance_and_activation():
     assert losses.one_hot(peaked).item() < 1e-3
 
 
+def test_class_balance_log10_is_dafl_code_form():
+    # DAFL_train.py:178-179 (huawei-noah/Efficient-Computing): p = softmax(t).mean(0); (p * log10(p)).sum().
+    # Fixed logits, two samples, three classes: p = mean of softmax([2, 0, 0]) and softmax([0, 1, 0]).
+    t = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    # softmax([2,0,0]) = [0.786986, 0.106507, 0.106507]; softmax([0,1,0]) = [0.211942, 0.576117, 0.211942]
+    # p = [0.499464, 0.341312, 0.159224]; sum p log10 p = -0.150586 - 0.159341 - 0.127059 = -0.436987
+    # (float32 of a three-term sum of values < 1: error ~1e-7; the figures are written to 1e-6)
+    assert losses.class_balance(t, log="10").item() == pytest.approx(-0.436987, abs=2e-6)
+    assert losses.class_balance(t, log="e").item() == pytest.approx(-0.436987 * 2.302585, abs=5e-6)
+    with pytest.raises(ValueError, match="log base"):
+        losses.class_balance(t, log="2")
+
+
 def test_image_priors_and_info_nce():
     flat = torch.ones(2, 3, 8, 8)
     assert losses.total_variation(flat).item() == 0

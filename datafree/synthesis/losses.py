@@ -18,6 +18,7 @@ logits; divergences with a temperature ``T`` follow Hinton's KD.
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence
 
 import torch
@@ -116,9 +117,19 @@ def class_entropy(t: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum()
 
 
-def class_balance(t: torch.Tensor, T: float = 1.0) -> torch.Tensor:
-    """sum_k p_k log p_k = -H(mean softmax): minimising it balances the classes (DAFL, DFQ)."""
-    return -class_entropy(t, T)
+def class_balance(t: torch.Tensor, T: float = 1.0, log: str = "e") -> torch.Tensor:
+    """sum_k p_k log p_k = -H(mean softmax): minimising it balances the classes (DAFL, DFQ).
+
+    ``log="10"`` takes the base-10 logarithm, as DAFL's code does (``torch.log10`` in DAFL_train.py) and
+    the MB-DFKD/PRE-DFKD code after it: the same term divided by ln 10, so its weight acts 2.3x smaller.
+    """
+    if log not in LOG_BASES:
+        raise ValueError(f"class_balance: unknown log base {log!r}; choose one of {sorted(LOG_BASES)}")
+    return -class_entropy(t, T) / LOG_BASES[log]
+
+
+# the divisor that turns a natural logarithm into each base's
+LOG_BASES = {"e": 1.0, "10": math.log(10.0)}
 
 
 def activation(features: torch.Tensor) -> torch.Tensor:
