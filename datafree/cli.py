@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered models, methods, datasets, ...")
     p.add_argument("what", choices=["models", "methods", "datasets", "synthesizers", "distillers", "generators"])
     p.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'resnet*'")
+    p.add_argument("--sources", action="store_true",
+                   help="methods: where each dataset's and pair's values come from (docs/fidelity.md in full)")
     _common(p)
 
     p = sub.add_parser("train-teacher", help="train a model on real data and add it to model_zoo/")
@@ -162,14 +164,22 @@ def cmd_list(args) -> int:
     from .registry import all_registries, load_plugins
 
     load_plugins(args.plugin)
+    if args.sources and args.what != "methods":
+        from .errors import ConfigError
+
+        raise ConfigError(f"--sources lists where methods' values come from: use `datafree list methods --sources`, "
+                          f"not `datafree list {args.what}`")
     reg = all_registries()[args.what]
     names = reg.list(args.pattern)
     if args.what == "methods":
-        from .methods import describe
+        from .methods import describe, describe_sources
 
         width = max((len(n) for n in names), default=0)
         for n in names:
             print(f"{n:<{width}}  {describe(n)}")
+            if args.sources:
+                for line in describe_sources(n):
+                    print(f"    {line}")
     elif args.what == "datasets":
         for n in names:
             s = reg.get(n).spec

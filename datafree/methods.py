@@ -14,6 +14,10 @@ A method file (``datafree/configs/methods/<name>.yaml``) is a partial
     per-pair layers keyed ``<dataset>/<teacher>-<student>``;
 ``about``
     free text shown by ``datafree list methods`` (paper, source of defaults);
+``sources``
+    where the values come from, in short: ``{cifar10: "zju-vipa/CMI scripts/dafl/... + datafree_kd.py:255-265",
+    mnist: ..., cifar10/resnet34-resnet18: ...}`` keyed by dataset or pair (``datafree list methods --sources``;
+    docs/fidelity.md has the long form);
 ``presets``
     named variants of the method, each registered as the method ``<name>:<preset>`` (e.g. ``hidfd:released``):
     a preset is an entry that extends this one (its own ``about``, values and sections). The convention:
@@ -33,7 +37,7 @@ from .errors import ConfigError
 from .registry import METHODS
 
 METHOD_DIR = os.path.join(os.path.dirname(__file__), "configs", "methods")
-_SECTIONS = ("extends", "datasets", "students", "pairs", "about", "presets")
+_SECTIONS = ("extends", "datasets", "students", "pairs", "about", "presets", "sources")
 #: a preset's name: letters, digits, ``_``, ``.`` and ``-`` (it becomes part of the method name and run folders)
 _PRESET_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -47,6 +51,10 @@ def register_method(name: str, entry: Any, override: bool = False) -> Dict[str, 
                           f"got {type(entry).__name__}")
     if "synthesizer" not in entry and "extends" not in entry:
         raise ConfigError(f"method {name!r}: entry must name a synthesizer (or extend a method)")
+    sources = entry.get("sources") or {}
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise ConfigError(f"method {name!r}: sources must map a dataset or a pair (cifar10/resnet34-resnet18) "
+                          f"to one line of text, got {sources!r}")
     presets = entry.get("presets") or {}
     if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
         raise ConfigError(f"method {name!r}: presets must map preset names to entries, got {presets!r}")
@@ -171,3 +179,15 @@ def describe(name: str) -> str:
     entry = method_entry(name)
     about = entry.get("about", "")
     return f"{entry.get('synthesizer')} + {entry.get('distiller', 'kd')}" + (f"  -- {about}" if about else "")
+
+
+def describe_sources(name: str) -> List[str]:
+    """The ``sources`` lines of a method (a preset's own first, then those it keeps from its method), one
+    ``scope: text`` per line, datasets before pairs."""
+    entry = method_entry(name)
+    sources = entry.get("sources") or {}
+    if not sources:
+        return ["(no sources section: see the method's page in docs/methods/)"]
+    keys = sorted(sources, key=lambda k: ("/" in str(k), str(k)))
+    width = max(len(str(k)) for k in keys)
+    return [f"{str(k):<{width}}  {sources[k]}" for k in keys]

@@ -300,3 +300,29 @@ def test_hidfd_released_is_a_preset_and_suites_run_it(zoo, tmp_path):
     suite = load_suite(os.path.join(repo, "benchmarks", "suites", "demo.yaml"))
     cells = [c for c in expand(suite, out=str(tmp_path)) if c.method == "hidfd:released"]
     assert len(cells) == 1 and cells[0].out.endswith(os.path.join("hidfd@released", "lenet5-lenet5_half-s0"))
+
+
+def test_list_methods_sources_prints_each_scope_and_preset_overrides(capsys):
+    from datafree.cli import main
+
+    assert main(["list", "methods", "dafl*", "--sources"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    plain, preset = out.index(next(l for l in out if l.startswith("dafl "))), out.index(
+        next(l for l in out if l.startswith("dafl:cmi ")))
+    plain_lines, preset_lines = out[plain + 1:preset], out[preset + 1:]
+    pair = [l for l in plain_lines if "cifar10/resnet34-resnet18" in l]
+    assert pair and "DAFL README.md:29" in pair[0]
+    # datasets come before pairs; the preset keeps its method's dataset lines and replaces the pair's
+    assert plain_lines[0].strip().startswith("cifar10 ") and "README.md:29" not in "".join(preset_lines)
+    assert any("ljrprocc/DataFree" in l for l in preset_lines) and any(l.strip().startswith("mnist") for l in preset_lines)
+
+
+def test_sources_must_be_lines_and_apply_to_methods_only(capsys):
+    from datafree.cli import main
+    from datafree.errors import ConfigError
+    from datafree.methods import register_method
+
+    with pytest.raises(ConfigError, match="sources must map"):
+        register_method("bad_sources", {"synthesizer": "dafl", "sources": {"cifar10": ["a", "b"]}}, override=True)
+    assert main(["list", "models", "--sources"]) == 2
+    assert "datafree list methods --sources" in capsys.readouterr().err
