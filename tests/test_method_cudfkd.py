@@ -66,6 +66,8 @@ def test_weights_follow_the_lambda_schedule(zoo, tmp_path):
 
 def test_per_sample_weighting_differs_from_the_reference_per_batch_weight(zoo, tmp_path):
     d = _engine(tmp_path).distiller
+    assert d.cfg.per_sample is False  # cudfkd runs the reference's per-batch weight; cudfkd:fixed weighs samples
+    d.cfg.per_sample = True
     mixed = torch.tensor([0.05, 0.2, 4.0, 9.0], requires_grad=True)
     loss, v = d.weighted(mixed, 2.0)
     assert v.std() > 0.3  # easy and hard samples weighted differently
@@ -226,3 +228,11 @@ def test_engine_run_and_resume(zoo, tmp_path, monkeypatch):
     m = read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))
     assert [r["synth"]["adv_w"] for r in m] == pytest.approx([0.0, 0.0, 0.5])
     assert m[-1]["distill"]["lambda"] > m[0]["distill"]["lambda"]  # lambda grows with the student steps
+
+
+def test_fixed_preset_weighs_each_sample():
+    from datafree.config import resolve
+
+    assert resolve({"method": "cudfkd", "dataset": "cifar10"}).distill["per_sample"] is False
+    fixed = resolve({"method": "cudfkd:fixed", "dataset": "cifar100", "teacher": "resnet34", "student": "resnet18"})
+    assert fixed.distill["per_sample"] is True and fixed.distill["loss"] == "l1"  # the pair's script otherwise

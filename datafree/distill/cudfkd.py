@@ -66,11 +66,13 @@ class SelfPacedKD(Distiller):
     and schedule are the run's (the reference: SGD lr 0.1, momentum 0.9,
     weight decay 1e-4, cosine over the epochs).
 
-    Deviation from the reference code (fixed bug): its criterion reduces the
-    KD loss to one batch mean before the weight is computed, so a single v
-    scales the whole batch and no sample is ever weighted against another.
-    We weight each sample, as the paper describes. ``per_sample: false``
-    reproduces the reference (v from the batch-mean loss, times that loss).
+    The reference code's bug: its criterion reduces the KD loss to one batch
+    mean before the weight is computed, so a single v scales the whole batch
+    and no sample is ever weighted against another. ``per_sample: false``
+    reproduces it (v from the batch-mean loss, times that loss); the ``cudfkd``
+    method entry sets it, since that code produced the published numbers.
+    ``per_sample: true`` (this class's default, the preset ``cudfkd:fixed``)
+    weighs each sample, as the paper describes.
     The weighted sum is divided by the batch size (``normalize: batch``), which
     equals the reference's ``v * mean loss`` when all weights are equal;
     ``normalize: weights`` divides by sum(v) instead (a weighted mean, which
