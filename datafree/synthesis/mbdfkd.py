@@ -98,7 +98,7 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
         # "released": the released code's 1 - clamp(KLDivLoss-mean form) (losses.adversarial_elementmean);
         # a key of losses.DIVERGENCES ("js": the true Jensen-Shannon divergence) for -mean_i D_i
         adv_kind: str = "released"
-        ie_log: str = "10"  # the class-balance logarithm: "10" as the released code's torch.log10, "e"
+        ie_log: str = "10"  # the class-balance logarithm: "10" (the released torch.log10) or "e" (natural)
         student_mode: str = "train"  # the student in the generator loss: "train" (released) or "eval" (frozen)
         replay_ratio: float = 0.125  # replayed samples per novel sample in a student batch
 
