@@ -166,3 +166,48 @@ def test_deepinv_runs_the_scripts_protocol_and_the_paper_preset_the_papers():
     assert (paper.synth["iterations"], paper.synth["adv_kind"]) == (2000, "js_clamped")
     with pytest.raises(Exception, match="adv_kind"):
         resolve({**base, "method": "deepinv", "synth": {"adv_kind": "jsd"}})
+
+
+def test_adversarial_elementmean_is_the_released_mb_pre_dfkd_term():
+    """kuluhan/PRE-DFKD utils/aux.py:70-85 JS_divergence(student, teacher) at T = 3: P, Q = softmax(t/3),
+    softmax(s/3), M = (P + Q)/2, all three clamped to [0.01, 0.99], D = 0.5 KLDivLoss()(log P, M)
+    + 0.5 KLDivLoss()(log Q, M) with the default 'mean' (over batch x classes), returned as 1 - clamp(D, 0, 1).
+    The expected numbers were computed in float64 with that code's own operations (nn.KLDivLoss())."""
+    from datafree.synthesis.losses import adversarial_elementmean, js_clamped
+
+    s = torch.tensor([[12.0, 0.0, -3.0, 1.0], [0.5, -1.0, 2.0, 0.0], [-2.0, 9.0, 0.0, 1.5]], requires_grad=True)
+    t = torch.tensor([[0.0, 1.0, 10.0, -2.0], [1.0, 0.5, -0.5, 3.0], [-2.0, 9.0, 0.5, 1.0]])
+    # softmax(s[0]/3)[2] = 0.006413 < 0.01: a clamp is active in row 0
+    got = adversarial_elementmean(s, t, T=3.0)
+    # float32 over 12 elements, each softmax/log within a few ulps (~3e-7 relative) of float64, |D| < 1:
+    # their sum is within ~4e-6 of the float64 value, and 1e-5 bounds it
+    assert abs(float(got.detach()) - 0.8926408679235711) < 1e-5
+    # the same as js_clamped's batch mean divided by the class count
+    assert abs(float(got.detach()) - (1 - float(js_clamped(s.detach(), t, T=3.0)) / 4)) < 1e-6
+    (g,) = torch.autograd.grad(got, s)
+    expected = torch.tensor([
+        [-8.47801735859886e-04, 5.16995929696848e-04, -9.94636906910652e-05, 4.30269496854106e-04],
+        [1.23623884447429e-04, 4.37196820579453e-04, -2.20133821238606e-03, 1.64051750735918e-03],
+        [5.94897140844152e-07, 2.32731399966494e-05, 5.33528313768154e-05, -7.72208685143090e-05]])
+    # float32 backward through 4-class softmaxes: errors ~1e-7 relative to the largest entry (2.2e-3), i.e.
+    # ~3e-10 absolute; 1e-8 leaves a 30x margin and still separates every entry from its neighbours
+    assert torch.allclose(g, expected, atol=1e-8, rtol=0)
+
+
+def test_adversarial_elementmean_is_silent_on_near_uniform_100_class_outputs():
+    """With 100 classes most probabilities at T = 3 sit near 0.01, so the clamps lift them and D < 0; the
+    batch clamp to [0, 1] then makes the term a constant 1 with no gradient, although the student
+    disagrees with the teacher (the true JS has a gradient)."""
+    from datafree.synthesis.losses import adversarial, adversarial_elementmean, js_clamped
+
+    s = torch.linspace(-1.5, 1.5, 100).repeat(2, 1).requires_grad_(True)
+    t = torch.linspace(-1.5, 1.5, 100).flip(0).repeat(2, 1)
+    # float64, with the released code's operations: D = -9.284701645856626e-4, i.e. -0.0928470 per sample
+    # (float32 over 100 classes: ~1e-6 relative per term, 1e-5 absolute bounds the sum)
+    assert abs(float(js_clamped(s.detach(), t, T=3.0)) - (-0.09284701645856626)) < 1e-5
+    got = adversarial_elementmean(s, t, T=3.0)
+    assert float(got.detach()) == 1.0
+    (g,) = torch.autograd.grad(got, s)
+    assert torch.count_nonzero(g) == 0
+    (g_js,) = torch.autograd.grad(adversarial(s, t, kind="js", T=3.0), s)
+    assert g_js.abs().max() > 1e-4

@@ -1,8 +1,10 @@
 """PRE-DFKD: the adversarial generator, the VAE and its pseudo replay (no stored images)."""
 import pytest
 import torch
+from torch import nn
 
 from conftest import engine_for, interrupted_then_resumed, snapshot, tiny, unchanged
+from datafree.synthesis import losses
 
 SYNTH = {"synthesis_batch_size": 16, "ngf": 8, "nz": 16, "vae_width": 8}
 
@@ -125,3 +127,108 @@ def test_engine_runs_and_resumes(zoo, tmp_path, monkeypatch):
     cfg = lambda d: tiny("predfkd", d, synth=synth, kd_steps=3)  # noqa: E731  one round per epoch
     full, resumed = interrupted_then_resumed(cfg, tmp_path, monkeypatch)
     assert full["images_seen"] == resumed["images_seen"] == 2 * 3 * 18  # 16 novel + 2 replayed per step
+
+
+def _eps(module):
+    return [m.eps for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("method", ["predfkd", "predfkd:fixed"])
+def test_plain_name_runs_the_released_vae_and_the_preset_the_fixed_one(zoo, tmp_path, monkeypatch, method):
+    """predfkd: BatchNorm2d(C, 0.8) in the generator, the decoder and the encoder's first two BNs
+    (networks/generator.py:17,22,64,69,104,109), the encoder's height-axis L2 normalisation (:129), log10 in
+    latent tuning (distillation.py:25,110) and the tuning gradient in the VAE update; predfkd:fixed: none."""
+    released = method == "predfkd"
+    e = engine_for(method, tmp_path / "r", synth=SYNTH)
+    s = e.synth
+    eps = 0.8 if released else 1e-5
+    assert _eps(s.generator) == _eps(s.vae.decoder) == [1e-5, eps, eps, 1e-5]
+    assert _eps(s.vae.encoder) == [eps, eps, 1e-5]
+    assert s.vae.encoder.l2norm == s.cfg.vae_tuning_grad == released
+    assert (s.cfg.adv_kind, s.cfg.ie_log, s.cfg.student_mode) == (
+        ("released", "10", "train") if released else ("js", "e", "eval"))
+    seen = []
+    real = losses.class_balance
+    monkeypatch.setattr(losses, "class_balance", lambda t, **kw: seen.append(kw.get("log")) or real(t, **kw))
+    s.infer_memory(4, train=False)
+    assert seen == ["10" if released else "e"]
+
+
+def test_encoder_input_is_l2_normalised_along_the_height_axis(zoo, tmp_path):
+    """F.normalize(img, p=2, dim=2) on N x C x H x W (networks/generator.py:129): each column of each channel
+    becomes a unit vector, so a column (3, 4, 0, ...) enters the first convolution as (0.6, 0.8, 0, ...)."""
+    from datafree.synthesis.predfkd import ConvEncoder
+
+    enc = ConvEncoder(1, 32, 8, width=4, bn_eps=0.8, l2norm=True).eval()
+    seen = {}
+    enc.body[0].register_forward_pre_hook(lambda m, inp: seen.update(x=inp[0].detach().clone()))
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 0, 5], x[0, 0, 1, 5] = 3.0, 4.0
+    x[0, 0, :, 7] = 2.0  # 32 equal entries: 1 / sqrt(32) each
+    enc(x)
+    # exact in float32 up to one rounding of the norm: 5 and 2 * sqrt(32) are computed to < 1 ulp
+    assert torch.allclose(seen["x"][0, 0, :3, 5], torch.tensor([0.6, 0.8, 0.0]), atol=1e-7, rtol=0)
+    assert torch.allclose(seen["x"][0, 0, :, 7], torch.full((32,), 32 ** -0.5), atol=1e-7, rtol=0)
+    # a positive scale per column (n, c, w) does not change what the encoder computes
+    torch.manual_seed(0)
+    y = torch.randn(2, 1, 32, 32)
+    scale = torch.rand(2, 1, 1, 32) + 0.5
+    mu_a, lv_a = enc(y)
+    mu_b, lv_b = enc(y * scale)
+    # float32: normalising y and y * scale differ by ~1 ulp per entry; through two convolutions and a linear
+    # map of O(1) weights that stays below 1e-5
+    assert torch.allclose(mu_a, mu_b, atol=1e-5, rtol=0) and torch.allclose(lv_a, lv_b, atol=1e-5, rtol=0)
+
+
+def _vae_grads(s, seed, tuning_grad, state):
+    s.generator.load_state_dict(state["generator"])
+    s.vae.load_state_dict(state["vae"])
+    s.cfg.vae_tuning_grad = tuning_grad
+    real_step = s.vae_optimizer.step
+    s.vae_optimizer.step = lambda *a, **k: None  # keep the gradients, change no weight
+    try:
+        torch.manual_seed(seed)
+        s.vae_step()
+    finally:
+        s.vae_optimizer.step = real_step
+    enc = [p.grad.clone() for p in s.vae.encoder.parameters()]
+    dec = [p.grad.clone() for p in s.vae.decoder.parameters()]
+    return enc, dec
+
+
+def test_vae_update_carries_the_latent_tuning_gradient_as_the_released_code(zoo, tmp_path):
+    """distillation.py:75 zeroes the VAE's gradients, :114 back-propagates the latent-tuning loss
+    oh * CE + ie * sum p log10 p + |var z - 1|^2 + |mean z|^2 (also into the decoder), :143 the VAE loss,
+    then both optimisers step: the decoder's update is the VAE gradient plus the tuning gradient at the
+    memory codes' starting point; the encoder's is the VAE gradient alone."""
+    from torch.nn import functional as F
+
+    e = _engine(tmp_path, z_steps=1)
+    s = e.synth
+    s.synthesize()  # one round: the next VAE update infers memory samples
+    state = {"generator": snapshot(s.generator), "vae": snapshot(s.vae)}
+    enc_on, dec_on = _vae_grads(s, 5, True, state)
+    enc_off, dec_off = _vae_grads(s, 5, False, state)
+    for a, b in zip(enc_on, enc_off):
+        assert torch.equal(a, b)
+    # the tuning gradient, from its formula, at the same codes (drawn right after the novel batch's latents)
+    s.generator.load_state_dict(state["generator"])
+    s.vae.load_state_dict(state["vae"])
+    c, decoder = s.cfg, s.vae.decoder
+    torch.manual_seed(5)
+    n = c.synthesis_batch_size
+    s.latent(n)
+    z = torch.randn(int(n * c.replay_ratio), c.nz)
+    decoder.train()
+    t = e.teacher(decoder(z))
+    p = F.softmax(t, dim=1).mean(0)
+    tune = (c.oh * F.cross_entropy(t, t.argmax(1)) + c.ie * (p * torch.log10(p)).sum()
+            + F.mse_loss(z.var(0), torch.ones(c.nz)) + F.mse_loss(z.mean(0), torch.zeros(c.nz)))
+    expected = torch.autograd.grad(tune, list(decoder.parameters()), allow_unused=True)
+    moved = 0
+    for on, off, g in zip(dec_on, dec_off, expected):
+        g = torch.zeros_like(on) if g is None else g
+        # float32 sums of two gradients: the difference is exact to ~1 ulp of the larger one
+        assert torch.allclose(on - off, g, atol=1e-6, rtol=1e-4)
+        moved += int(g.abs().sum() > 0)
+    assert moved > 0

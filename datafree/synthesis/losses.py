@@ -9,6 +9,7 @@ logits; divergences with a temperature ``T`` follow Hinton's KD.
 * :func:`one_hot`: cross-entropy against the teacher's argmax or given labels;
 * :func:`adversarial`: minus a student-teacher divergence (KL, JS or L1),
   optionally masked to samples on which the two agree (CMI, Fast-DFKD, CuDFKD);
+* :func:`adversarial_elementmean`: the MB-DFKD/PRE-DFKD released code's clamped, element-mean form;
 * :func:`class_balance`: sum_k p_k log p_k of the batch-mean teacher softmax
   (minimising it maximises the class entropy: DAFL's information entropy);
 * :func:`activation`: minus the mean absolute penultimate activation (DAFL);
@@ -99,6 +100,22 @@ def adversarial(s: torch.Tensor, t: torch.Tensor, kind: str = "kl", T: float = 1
     if masked:
         per_sample = per_sample * agreement_mask(s, t).detach()
     return -per_sample.mean()
+
+
+def adversarial_elementmean(s: torch.Tensor, t: torch.Tensor, T: float = 3.0, lo: float = 0.01,
+                            hi: float = 0.99) -> torch.Tensor:
+    """The adversarial term of Binici et al.'s released code (kuluhan/PRE-DFKD utils/aux.py:70-85
+    ``JS_divergence``, also MB-DFKD's in gaurav104/LRA src/graphs/losses/kd_losses.py:11-26), to minimise:
+
+        1 - clamp(D, 0, 1),   D = 0.5 mean_{i,k} M (log M - log P) + 0.5 mean_{i,k} M (log M - log Q)
+
+    with P, Q = softmax(t/T), softmax(s/T) and M = (P + Q) / 2, all three clamped to [lo, hi] (after M is
+    formed), and ``nn.KLDivLoss()``'s default reduction: the mean over all batch x class elements, i.e.
+    :func:`js_clamped`'s batch mean divided by the number of classes. The clamp to [0, 1] acts on the batch
+    value. No T^2 factor. Per unit weight, its gradient is roughly 1 / num_classes of :func:`js_clamped`'s,
+    and it vanishes on classes whose probabilities all sit below ``lo`` (near-uniform 100-class outputs)."""
+    d = js_clamped(s, t, T=T, reduction="batchmean", lo=lo, hi=hi) / s.shape[1]
+    return 1.0 - d.clamp(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- teacher-output priors

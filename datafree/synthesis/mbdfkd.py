@@ -3,8 +3,8 @@ Knowledge Distillation via Synthetic Data (Binici, Pham, Mitra and Leman, WACV 2
 
 Also home of :class:`AdversarialReplaySynthesizer`, the generator that MB-DFKD
 and PRE-DFKD (``predfkd.py``) share: DAFL's distribution-matching terms plus an
-adversarial Jensen-Shannon term, with student batches that mix fresh
-("novel") samples and replayed ones.
+adversarial student-teacher term (by default the released code's clamped form),
+with student batches that mix fresh ("novel") samples and replayed ones.
 """
 from __future__ import annotations
 
@@ -42,13 +42,30 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
 
     Generator loss on a batch x = G(z), minimised:
 
-        L_G = oh * CE(T(x), argmax T(x)) + ie * sum_k p_k log p_k + act * ( -mean |f_T(x)| )
-            + adv * ( -JS(S(x), T(x); T=adv_T) )
+        L_G = oh * CE(T(x), argmax T(x)) + ie * sum_k p_k log_b p_k + act * ( -mean |f_T(x)| ) + adv * L_adv
 
     (DAFL's three terms keep the images close to the teacher's data; the
-    JS term, against the frozen student, seeks samples the student has not
-    learnt yet). As in the released code the teacher's logits are a fixed
-    target in the JS term (no gradient through the teacher's side). A
+    adversarial term, against the student, seeks samples the student has not
+    learnt yet). By default every part is the released code's
+    (kuluhan/PRE-DFKD distillation.py:45-70, utils/aux.py:70-85,
+    networks/generator.py:5-50):
+
+    * ``adv_kind="released"``: L_adv = 1 - clamp(D, 0, 1) with D the clamped
+      0.5 KL(M||P) + 0.5 KL(M||Q) averaged over batch x classes
+      (:func:`~datafree.synthesis.losses.adversarial_elementmean`, T = 3);
+      any divergence of :data:`~datafree.synthesis.losses.DIVERGENCES` gives
+      L_adv = -mean_i D(S(x_i), T(x_i)) instead (``js``: the true
+      Jensen-Shannon divergence, the ``:fixed`` presets);
+    * ``ie_log="10"``: the class-balance term in base 10 (``torch.log10``);
+    * ``bn_eps=0.8``: the generator's ``BatchNorm2d(C, 0.8)`` (eps 0.8 on its
+      two inner BNs; momentum was probably meant);
+    * ``student_mode="train"``: the student runs in train mode in the
+      generator loss, as in the released loop (batch statistics, and its BN
+      running statistics move); its parameters get no gradient.
+      ``"eval"`` freezes it, as the rest of this toolkit does.
+
+    The teacher's logits are a fixed target in the adversarial term (no
+    gradient through the teacher's side), as in the released code. A
     BN-statistics term (``bn``, default 0) is not part of either method and
     is off unless asked for.
 
@@ -65,7 +82,7 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
         ngf: int = 64
         output: str = "tanh_bn"
         conv_bias: bool = True
-        bn_eps: float = 1e-5  # the reference's inner BNs pass 0.8 as eps (momentum was meant)
+        bn_eps: float = 0.8  # the released BatchNorm2d(C, 0.8) (networks/generator.py:17,22); 1e-5: PyTorch's
         spectral_norm: bool = True
         init_range: float = 0.08  # U(-0.08, 0.08) weights as in the released code; 0: PyTorch's init
         lr_g: float = 0.02
@@ -78,7 +95,24 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
         act: float = 0.1
         adv: float = 1.0
         adv_T: float = 3.0
+        # "released": the released code's 1 - clamp(KLDivLoss-mean form) (losses.adversarial_elementmean);
+        # a key of losses.DIVERGENCES ("js": the true Jensen-Shannon divergence) for -mean_i D_i
+        adv_kind: str = "released"
+        ie_log: str = "10"  # the class-balance logarithm: "10" (the released torch.log10) or "e" (natural)
+        student_mode: str = "train"  # the student in the generator loss: "train" (released) or "eval" (frozen)
         replay_ratio: float = 0.125  # replayed samples per novel sample in a student batch
+
+        def validate(self) -> None:
+            from ..errors import ConfigError
+
+            if self.adv_kind != "released" and self.adv_kind not in losses.DIVERGENCES:
+                raise ConfigError(f"synth.adv_kind={self.adv_kind!r}: use released (the released code's term) "
+                                  f"or one of {sorted(losses.DIVERGENCES)}")
+            if self.ie_log not in losses.LOG_BASES:
+                raise ConfigError(f"synth.ie_log={self.ie_log!r} is not a logarithm we know: choose one of "
+                                  f"{sorted(losses.LOG_BASES)}")
+            if self.student_mode not in ("train", "eval"):
+                raise ConfigError(f"synth.student_mode={self.student_mode!r}: use train or eval")
 
     def __init__(self, ctx, **params):
         super().__init__(ctx, **params)
@@ -116,7 +150,7 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
         c = self.cfg
         t, feats, l_bn = self.terms(x, features=c.act > 0)
         l_oh = losses.one_hot(t)
-        l_ie = losses.class_balance(t)
+        l_ie = losses.class_balance(t, log=c.ie_log)
         loss = c.oh * l_oh + c.ie * l_ie
         logs = {"oh": l_oh, "ie": l_ie}
         if c.bn > 0:  # not part of the method (default 0); available for BN teachers
@@ -128,10 +162,35 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
             logs["act"] = l_act
         if c.adv > 0:
             s = self.student_logits(x)
-            l_adv = losses.adversarial(s, t.detach(), kind="js", T=c.adv_T)
+            if c.adv_kind == "released":
+                l_adv = losses.adversarial_elementmean(s, t.detach(), T=c.adv_T)
+            else:
+                l_adv = losses.adversarial(s, t.detach(), kind=c.adv_kind, T=c.adv_T)
             loss = loss + c.adv * l_adv
             logs["adv"] = l_adv
         return loss, logs
+
+    def student_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Student logits for the adversarial term; gradients reach ``x``, never the student's parameters.
+
+        ``student_mode="train"`` runs the student in train mode, as the released loop leaves it
+        (main.py:91 and distillation.py:34 set ``student.train()``; nothing sets eval before the
+        generator step): BatchNorm uses the batch's statistics and updates its running statistics."""
+        if self.cfg.student_mode == "eval":
+            return super().student_logits(x)
+        student = self.student
+        was_training = student.training
+        flags = [p.requires_grad for p in student.parameters()]
+        student.train()
+        for p in student.parameters():
+            p.requires_grad_(False)
+        try:
+            with self.ctx.amp.autocast():
+                return student(x).float()
+        finally:
+            for p, f in zip(student.parameters(), flags):
+                p.requires_grad_(f)
+            student.train(was_training)
 
     # -- the replay mix
     def replay_count(self, n: int) -> int:
@@ -167,7 +226,7 @@ class MBDFKD(AdversarialReplaySynthesizer):
     """MB-DFKD (Binici et al., WACV 2022): adversarial generator plus a memory buffer of past samples.
 
     The generator is :class:`AdversarialReplaySynthesizer`'s (DAFL terms plus
-    the adversarial JS term). Every ``push_every`` epochs a batch of
+    the adversarial term). Every ``push_every`` epochs a batch of
     ``int(batch_size * replay_ratio)`` generator samples enters a ring buffer
     (a :class:`~datafree.synthesis.pool.DataPool`) that keeps the latest
     ``memory_capacity`` such batches; the oldest batch leaves when a new one
@@ -176,17 +235,21 @@ class MBDFKD(AdversarialReplaySynthesizer):
     student minimises the L1 distance between its logits and the teacher's
     (the ``l1`` distiller) on the whole batch.
 
-    Defaults and their source: the authors released no MB-DFKD code; the
-    memory settings follow the MB-DFKD configuration of Patel et al.'s LRA
-    code (CVPR 2023, github.com/gaurav104/LRA: ``configs/MB-DFKD.json``,
-    ``agents/predfkd_memory.py``), which re-implements MB-DFKD on Binici et
-    al.'s PRE-DFKD code base: memory of 10 batches of batch_size / 8 images,
-    a push after every 5th epoch (after epochs 0, 5, 10, ...), one replayed
-    batch of batch_size / 8 per student step; generator, losses and student
-    settings are those of PRE-DFKD's released code (CIFAR-100 resnet34 ->
-    resnet18: batch 1024, nz 1000, generator Adam lr 0.02, oh 1, ie 5,
-    act 0.1, JS at T = 3, 400 epochs x 36 rounds x 10 student steps, SGD 0.1,
-    wd 5e-4, cosine).
+    Defaults and their source: the authors released no MB-DFKD code (their
+    public repositories hold PRE-DFKD's only). The memory settings follow the
+    MB-DFKD configuration of Patel et al.'s LRA code (CVPR 2023,
+    gaurav104/LRA ``src/configs/MB-DFKD.json``, ``src/agents/predfkd_memory.py``),
+    which re-implements MB-DFKD on Binici et al.'s PRE-DFKD code: memory of 10
+    batches of batch_size / 8 images, a push after every 5th epoch (after
+    epochs 0, 5, 10, ...), one replayed batch of batch_size / 8 per student
+    step. The generator, its loss and the student settings are those of
+    PRE-DFKD's released code, which LRA's MB-DFKD agent keeps unchanged
+    (the same ``JS_divergence``, log10 class balance, BN eps 0.8, student in
+    train mode): CIFAR-100 resnet34 -> resnet18, batch 1024, nz 1000,
+    generator Adam lr 0.02, oh 1, ie 5, act 0.1, adv 1 (the released
+    adversarial term at T = 3), 400 epochs x 36 rounds x 10 student steps,
+    SGD 0.1, wd 5e-4, cosine. ``mbdfkd:fixed`` swaps in the true JS, the
+    natural log, eps 1e-5 and a frozen student (docs/methods/mbdfkd.md).
 
     Assumptions and deviations:
 
@@ -205,16 +268,7 @@ class MBDFKD(AdversarialReplaySynthesizer):
       are the images the student saw, not pixels clipped to [0, 1]
       (``memory_dtype: uint8`` or ``float16`` trade precision for memory);
     * the pool's label slot holds the epoch each image was stored after
-      (for analysis and tests; the student never sees it);
-    * as everywhere in this toolkit, the student is frozen (eval mode) in the
-      generator loss; the released code ran it in train mode, so generator
-      batches moved the student's BN statistics;
-    * the class-balance term uses the natural log (the code uses log10, i.e.
-      ie 5 there weighs like ie 2.17 here), as in our DAFL;
-    * the code's JS uses ``KLDivLoss()``'s default mean over batch x classes
-      and clamps probabilities to [0.01, 0.99]; ours is the per-sample JS
-      divergence (summed over classes), so ``adv`` 1 weighs the paper's JS,
-      which is num_classes times the code's value.
+      (for analysis and tests; the student never sees it).
     """
 
     @dataclass

@@ -22,14 +22,21 @@ from .mbdfkd import AdversarialReplaySynthesizer, uniform_init_
 
 class ConvEncoder(nn.Module):
     """PRE-DFKD's encoder: two 3x3 conv-BN-LeakyReLU blocks (width, 2 x width), a x0.5
-    resize, a stride-2 3x3 conv with BN, a x0.5 resize, then linear maps to mu and log-variance."""
+    resize, a stride-2 3x3 conv with BN, a x0.5 resize, then linear maps to mu and log-variance.
 
-    def __init__(self, channels: int, size: int, nz: int, width: int = 64):
+    ``bn_eps`` is the eps of the first two BNs (the released ``BatchNorm2d(C, 0.8)``,
+    networks/generator.py:104,109; the third BN keeps PyTorch's). With ``l2norm`` the input is
+    first L2-normalised along the height axis, as the released forward does
+    (``F.normalize(img, p=2, dim=2)``, networks/generator.py:129)."""
+
+    def __init__(self, channels: int, size: int, nz: int, width: int = 64, bn_eps: float = 1e-5,
+                 l2norm: bool = False):
         super().__init__()
         w2 = 2 * width
+        self.l2norm = l2norm
         self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, 1, 1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(width, w2, 3, 1, 1), nn.BatchNorm2d(w2), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(channels, width, 3, 1, 1), nn.BatchNorm2d(width, eps=bn_eps), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, w2, 3, 1, 1), nn.BatchNorm2d(w2, eps=bn_eps), nn.LeakyReLU(0.2, inplace=True),
             nn.Upsample(scale_factor=0.5),
             nn.Conv2d(w2, w2, 3, 2, 1), nn.BatchNorm2d(w2),
             nn.Upsample(scale_factor=0.5),
@@ -44,6 +51,8 @@ class ConvEncoder(nn.Module):
         self.fc_logvar = nn.Linear(flat, nz)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.l2norm:
+            x = F.normalize(x, p=2, dim=2)
         h = torch.flatten(self.body(x), 1)
         return self.fc_mu(h), self.fc_logvar(h)
 
@@ -90,7 +99,7 @@ class PREDFKD(AdversarialReplaySynthesizer):
     """PRE-DFKD (Binici et al., AAAI 2022): adversarial generator plus generative pseudo replay.
 
     Each round: ``g_steps`` steps of the novel generator (DAFL terms plus the
-    adversarial JS term, see :class:`AdversarialReplaySynthesizer`), then
+    adversarial term, see :class:`AdversarialReplaySynthesizer`), then
     ``vae_steps`` updates of the VAE. A VAE update takes the first
     ``vae_novel_fraction`` of a fresh novel batch of ``synthesis_batch_size``
     images plus ``int(synthesis_batch_size * replay_ratio)`` samples of the
@@ -102,21 +111,33 @@ class PREDFKD(AdversarialReplaySynthesizer):
     (L1 means; the second term makes the reconstructions keep what the
     teacher sees in them). Memory samples are "inferred": z ~ N(0, I) is
     tuned by ``z_steps`` Adam steps (lr ``lr_z``) on
-    ``oh * CE(T(D(z)), argmax) + ie * sum_k p_k log p_k + z_moment * (|var(z) - 1|^2 + |mean(z)|^2)``,
-    then decoded. Each student batch is ``batch_size`` fresh samples plus
-    ``int(batch_size * replay_ratio)`` inferred memory samples (decoder in
-    eval mode), and the student minimises the L1 distance between its logits
-    and the teacher's (the ``l1`` distiller). Only module and optimiser
-    weights are kept: no image outlives the step that made it.
+    ``oh * CE(T(D(z)), argmax) + ie * sum_k p_k log_b p_k + z_moment * (|var(z) - 1|^2 + |mean(z)|^2)``
+    (the base b is ``ie_log``), then decoded. With ``vae_tuning_grad`` (the
+    released code) the tuning loss's gradient with respect to the decoder's
+    weights, taken while the VAE's memory samples are inferred, is added to
+    that VAE update: the code zeroes the VAE's gradients, back-propagates
+    the tuning loss (distillation.py:75, 114) and then the VAE loss
+    (distillation.py:143) before its step. Each student batch is
+    ``batch_size`` fresh samples plus ``int(batch_size * replay_ratio)``
+    inferred memory samples (decoder in eval mode; no gradient reaches the
+    decoder there), and the student minimises the L1 distance between its
+    logits and the teacher's (the ``l1`` distiller). Only module and
+    optimiser weights are kept: no image outlives the step that made it.
 
     Defaults and their source: the released code (github.com/kuluhan/PRE-DFKD,
-    ``main.py`` and ``distillation.py``; CIFAR-100 resnet34 -> resnet18):
-    batch 1024, nz 1000, generator Adam lr 0.02; VAE (encoder and decoder)
-    Adam lr 0.02 / 40 = 5e-4; 4 VAE updates per round (the first 4 of its 10
-    student steps), on 512 novel + 128 memory samples; KL weight 1e-5;
-    one latent-tuning step at lr 0.02; 128 memory samples per student batch of
-    1024; oh 1, ie 5, act 0.1, JS at T = 3; 400 epochs x 36 rounds x 10
-    student steps; SGD lr 0.1, momentum 0.9, wd 5e-4, cosine over 400 epochs.
+    ``main.py``, ``distillation.py``, ``networks/generator.py``; its defaults
+    are the CIFAR-100 resnet34 -> resnet18 run): batch 1024, nz 1000,
+    generator Adam lr 0.02; VAE (encoder and decoder) Adam lr 0.02 / 40 =
+    5e-4; 4 VAE updates per round (the first 4 of its 10 student steps), on
+    512 novel + 128 memory samples; KL weight 1e-5; one latent-tuning step at
+    lr 0.02; 128 memory samples per student batch of 1024; oh 1, ie 5 (log10),
+    act 0.1, the released adversarial term at T = 3; BN eps 0.8 in the
+    generator, the decoder and the encoder's first two BNs; the encoder's
+    height-axis L2 normalisation (``encoder_l2norm``); 400 epochs x 36 rounds
+    x 10 student steps; SGD lr 0.1, momentum 0.9, wd 5e-4, cosine over 400
+    epochs. ``predfkd:fixed`` swaps in the true JS, the natural log, eps 1e-5,
+    a frozen student, no input normalisation in the encoder and no tuning
+    gradient in the VAE update (docs/methods/predfkd.md).
 
     Assumptions and deviations:
 
@@ -124,18 +145,13 @@ class PREDFKD(AdversarialReplaySynthesizer):
       steps of a round; ours are fresh batches drawn right after the
       generator step from the same generator (the same distribution), so the
       VAE is trained in :meth:`synthesize` and :meth:`sample` only samples;
-    * the code's encoder first L2-normalises each image along its height
-      axis (``F.normalize(img, dim=2)``), which looks unintended; our encoder
-      reads the normalised images directly;
-    * the code's BNs with ``eps=0.8`` (momentum was meant) use the default eps;
     * latent tuning and the replay decoding run inside :meth:`sample`, so
       their time is counted as distillation time, as in the code's loop;
     * the teacher's logits are computed once per VAE update, without
       gradient, as targets (the code computes them with gradient and then
       detaches);
-    * the student is frozen in the generator loss, class balance uses the
-      natural log and the JS term is the per-sample JS divergence: see
-      :class:`~datafree.synthesis.mbdfkd.MBDFKD` for these three.
+    * the student sees memory samples from the first round's trained VAE on
+      (the code replays an untrained decoder in the very first student steps).
     """
 
     @dataclass
@@ -151,6 +167,8 @@ class PREDFKD(AdversarialReplaySynthesizer):
         z_steps: int = 1
         lr_z: float = 0.02
         z_moment: float = 1.0
+        encoder_l2norm: bool = True  # the released encoder's F.normalize(img, p=2, dim=2) on its input
+        vae_tuning_grad: bool = True  # the latent-tuning loss's decoder gradient joins the VAE update (released)
 
     stateful = AdversarialReplaySynthesizer.stateful + ("vae", "vae_optimizer")
 
@@ -159,7 +177,7 @@ class PREDFKD(AdversarialReplaySynthesizer):
         c, spec = self.cfg, ctx.spec
         if not 0 < c.vae_novel_fraction <= 1:
             raise ValueError("vae_novel_fraction must be in (0, 1]")
-        encoder = ConvEncoder(spec.channels, spec.size, c.nz, c.vae_width)
+        encoder = ConvEncoder(spec.channels, spec.size, c.nz, c.vae_width, bn_eps=c.bn_eps, l2norm=c.encoder_l2norm)
         if c.init_range > 0:
             uniform_init_(encoder, c.init_range)
         self.vae = PseudoReplayVAE(encoder, self.build_decoder()).to(ctx.device)
@@ -167,12 +185,16 @@ class PREDFKD(AdversarialReplaySynthesizer):
         self.vae_rounds = 0
 
     # -- memory samples
-    def infer_memory(self, m: int, train: bool) -> torch.Tensor:
-        """``m`` normalised memory samples: tuned latent codes through the decoder (train or eval mode)."""
+    def infer_memory(self, m: int, train: bool, decoder_grad: bool = False) -> torch.Tensor:
+        """``m`` normalised memory samples: tuned latent codes through the decoder (train or eval mode).
+
+        With ``decoder_grad`` each tuning step's gradient with respect to the decoder's weights is added to
+        their ``.grad`` (the released VAE update's extra term); otherwise the decoder gets none."""
         c, decoder = self.cfg, self.vae.decoder
         was_training = decoder.training
         decoder.train(train)
         z = torch.randn(m, c.nz, device=self.device, requires_grad=True)
+        params = [p for p in decoder.parameters() if p.requires_grad] if decoder_grad else []
         if c.z_steps > 0:
             opt = torch.optim.Adam([z], lr=c.lr_z)
             with torch.enable_grad():
@@ -180,8 +202,12 @@ class PREDFKD(AdversarialReplaySynthesizer):
                     x = self.decode(decoder, z)
                     with self.ctx.amp.autocast():
                         t = self.teacher(x).float()
-                    loss = c.oh * losses.one_hot(t) + c.ie * losses.class_balance(t) + c.z_moment * latent_moments(z)
-                    (z.grad,) = torch.autograd.grad(loss, z)
+                    loss = (c.oh * losses.one_hot(t) + c.ie * losses.class_balance(t, log=c.ie_log)
+                            + c.z_moment * latent_moments(z))
+                    grads = torch.autograd.grad(loss, [z] + params)
+                    z.grad = grads[0]
+                    for p, g in zip(params, grads[1:]):
+                        p.grad = g if p.grad is None else p.grad + g
                     opt.step()
         with torch.no_grad():
             x = self.decode(decoder, z.detach())
@@ -217,13 +243,13 @@ class PREDFKD(AdversarialReplaySynthesizer):
         """One VAE update on part of a fresh novel batch plus (after the first round) the decoder's own samples."""
         c = self.cfg
         n = c.synthesis_batch_size
+        self.vae_optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             x = self.generate(self.latent(n))[: max(1, int(n * c.vae_novel_fraction))]
         m = self.replay_count(n)
         if self.vae_rounds > 0 and m > 0:
-            x = torch.cat([x, self.infer_memory(m, train=True)], dim=0)
+            x = torch.cat([x, self.infer_memory(m, train=True, decoder_grad=c.vae_tuning_grad)], dim=0)
         loss, logs = self.vae_loss(x)
-        self.vae_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.vae_optimizer.step()
         logs["vae"] = loss.detach()
