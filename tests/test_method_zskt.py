@@ -258,3 +258,18 @@ def test_end_to_end_runs_and_resumes(zoo, tmp_path, monkeypatch):
     over = {"synth": SYNTH, "kd_steps": 3, "ep_steps": 6, "epochs": 2}
     full, _ = interrupted_then_resumed(lambda d: tiny("zskt", d, **over), tmp_path, monkeypatch)
     assert full["evaluations"] == 2 and full["images_synthesized"] == 2 * 2 * 16
+
+
+def test_the_cmi_protocol_runs_end_to_end(zoo, tmp_path):
+    """The plain zskt's CIFAR values (LargeGenerator without conv bias, eval-mode fresh samples, no AT, no
+    clipping, SGD), shrunk and on digits: each round is one generator step and kd_steps fresh student batches."""
+    from datafree.engine import run
+    from datafree.methods import method_entry
+
+    top = method_entry("zskt")
+    assert top["synth"]["generator"] == "dcgan_large" and top["distill"]["beta"] == 0
+    cfg = tiny("zskt", tmp_path / "r", synth={**top["synth"], **SYNTH}, distill=top["distill"], optim=top["optim"],
+               kd_steps=5, ep_steps=10, epochs=1)
+    summary = run(cfg)
+    assert summary["evaluations"] == 1 and summary["images_synthesized"] == 2 * 16  # 10 // 5 rounds x 16
+    assert summary["images_seen"] == 10 * 16
