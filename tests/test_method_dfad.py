@@ -23,6 +23,27 @@ def test_defaults_are_the_reference_scripts():
     assert c10.optim.milestones == [100, 200] and c10.synth["g_milestones"] == [100, 200]
     mn = resolve({"method": "dfad", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"})
     assert mn.batch_size == 512 and mn.optim.lr == 0.01 and mn.synth["nz"] == 100 and mn.epochs == 40
+    # CIFAR-100: README.md:92 runs DFAD_cifar.py --dataset cifar100 with the script's defaults, the CIFAR-10 values
+    for pair in (("resnet34", "resnet18"), ("wrn40_2", "wrn16_1")):
+        c100 = resolve({"method": "dfad", "dataset": "cifar100", "teacher": pair[0], "student": pair[1]})
+        assert (c100.epochs, c100.ep_steps, c100.kd_steps, c100.batch_size) == (500, 250, 5, 256)
+        assert (c100.optim.name, c100.optim.lr, c100.optim.momentum, c100.optim.weight_decay) == ("sgd", 0.1, 0.9, 5e-4)
+        assert c100.optim.milestones == [100, 200] and c100.synth["g_milestones"] == [100, 200]
+        assert (c100.synth["nz"], c100.synth["lr_g"], c100.synth["output"]) == (256, 1e-3, "tanh_bn")
+
+
+def test_l1_is_the_reference_form_on_fixed_logits():
+    """DFAD_cifar.py:30 (student) and :43 (generator): F.l1_loss(s, t), the mean over batch x classes. On student
+    logits (1, 0, -1), (0.5, 0.5, 0) and teacher logits (0, 2, 0), (1, 0, 0): |d| = (1, 2, 1), (0.5, 0.5, 0), mean
+    5/6 = 0.833333; the generator's loss is its negative."""
+    from datafree.synthesis.losses import adversarial
+
+    s = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    t = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
+    # sums of exact binary fractions, one division by 6 (and by 3, then 2): within an ulp of 5/6
+    assert l1_logits(s, t).item() == pytest.approx(5 / 6, abs=1e-7)
+    assert adversarial(s, t, kind="l1").item() == pytest.approx(-5 / 6, abs=1e-7)
+    assert torch.allclose(l1_logits(s, t), torch.nn.functional.l1_loss(s, t))
 
 
 def test_first_round_is_student_first_then_generator_steps_train_the_generator_only(zoo, tmp_path):

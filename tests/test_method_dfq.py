@@ -89,3 +89,70 @@ def test_engine_runs_and_resumes(zoo, tmp_path, monkeypatch):
     cfg = lambda d: tiny("dfq", d, synth=SYNTH, kd_steps=1)  # noqa: E731
     full, resumed = interrupted_then_resumed(cfg, tmp_path, monkeypatch)
     assert resumed["images_synthesized"] == full["images_synthesized"] == 2 * 3 * 16
+
+
+def test_plain_dfq_runs_the_cmi_criterion_at_t1_and_the_fixed_preset_the_scripts_t():
+    """zju-vipa/CMI datafree_kd.py:259 replaces the criterion by KLDiv() (T = 1) for --method dfq, and :341/:384
+    train the student with it: the CMI table's DFQ cells come from T = 1, whatever the script's --T."""
+    from datafree.config import resolve
+
+    for ds, t, s, lr in (("cifar10", "wrn40_2", "wrn16_1", 0.1), ("cifar10", "resnet34", "resnet18", 0.1),
+                         ("cifar100", "resnet34", "resnet18", 0.05), ("cifar100", "wrn40_2", "wrn16_2", 0.05)):
+        plain = resolve({"method": "dfq", "dataset": ds, "teacher": t, "student": s})
+        assert plain.distill["T"] == 1 and plain.synth["adv_T"] == 1 and plain.synth["adv_masked"] is False
+        assert plain.optim.lr == lr and plain.kd_steps == 10 and plain.batch_size == 256
+        fixed = resolve({"method": "dfq:fixed", "dataset": ds, "teacher": t, "student": s})
+        # --T 20 in dfq_cifar10_wrn402_wrn161.sh, --T 1 in dfq_cifar10_res34_res18.sh (a CIFAR-100 script)
+        assert fixed.distill["T"] == (20 if ds == "cifar10" else 1) and fixed.synth["adv_T"] == 1
+    assert resolve({"method": "dfq", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"}).distill["T"] == 1
+
+
+# Fixed logits: batch 2, K = 3; student s, teacher t (the same as tests/test_method_zskt.py).
+S_LOGITS = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+T_LOGITS = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+class _Fixed(torch.nn.Module):
+    """A network whose logits are a fixed (batch-2) tensor, whatever the input."""
+
+    def __init__(self, logits, trainable=False):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits.clone()) if trainable else logits.clone()
+
+    def forward(self, x, return_features=False):
+        out = self.logits + 0 * x.sum()  # keeps the graph to x
+        return (out, None) if return_features else out
+
+
+def _fixed_context():
+    spec = get_source("digits").spec
+    return Context(_Fixed(T_LOGITS).eval(), _Fixed(S_LOGITS, trainable=True), spec, "cpu")
+
+
+def test_generator_loss_is_the_cmi_generative_form():
+    """generative.py:61-72 with adv 1, oh 1, balance 20 (bn 0 here: the fixed teacher has no BN), criterion KLDiv():
+    -KL(t||s) batchmean = -0.415348; CE(t, argmax t) = 0.395495; sum_k p_k ln p_k of the batch-mean softmax =
+    -1.006199; total -0.415348 + 0.395495 + 20 x -1.006199 = -20.143839 (float64, from the formulas)."""
+    synth = SYNTHESIZERS.build("dfq", _fixed_context(), **SYNTH, bn=0.0)
+    x = torch.zeros(2, *synth.ctx.spec.shape, requires_grad=True)
+    loss, logs = synth.generator_loss(x, None)
+    # float32 softmax / log over 3 classes: a few ulps of each term (~1e-7); 20 x the balance term: ~2e-6
+    assert logs["adv"].item() == pytest.approx(-0.415348, abs=1e-6)
+    assert logs["oh"].item() == pytest.approx(0.395495, abs=1e-6)
+    assert logs["balance"].item() == pytest.approx(-1.006199, abs=1e-6)
+    assert loss.item() == pytest.approx(-20.143839, abs=1e-5)
+
+
+@pytest.mark.parametrize("method, expected", [("dfq", 0.415348), ("dfq:fixed", 0.435605)])
+def test_student_kd_is_the_cmi_criterion_at_the_configured_t(method, expected):
+    """dfq: KLDiv() at T = 1, batchmean (criterions.py:4-7) = 0.415348; dfq:fixed: KLDiv(T=20) on the CIFAR-10
+    script's --T 20 = 400 x KL(softmax(t/20) || softmax(s/20)) = 0.435605 (float64, from the formula)."""
+    from datafree.config import resolve
+    from datafree.registry import DISTILLERS
+
+    cfg = resolve({"method": method, "dataset": "cifar10", "teacher": "wrn40_2", "student": "wrn16_1"})
+    d = DISTILLERS.build(cfg.distiller, _fixed_context(), **cfg.distill)
+    loss, logs = d.loss(torch.zeros(2, 1, 1, 1), None)
+    # float32: a few ulps of 0.4 at T = 1; at T = 20 each log-probability (~ -1.1) carries ~1.2e-7 of rounding and
+    # the per-sample KL is their p-weighted difference, times T^2 = 400: up to ~1e-4
+    assert loss.item() == pytest.approx(expected, abs=1e-6 if method == "dfq" else 1e-4)

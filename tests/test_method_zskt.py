@@ -20,16 +20,117 @@ def _engine(tmp_path, synth=None, **over):
     return engine_for("zskt", tmp_path / "r", synth={**SYNTH, **(synth or {})}, kd_steps=3, **over)
 
 
-def test_defaults_are_the_papers(zoo):
+def test_plain_zskt_runs_the_cmi_protocol_and_the_paper_preset_the_authors(zoo):
+    """zskt: the CMI table's protocol (zju-vipa/CMI scripts/zskt/zskt_cifar10_wrn402_wrn161.sh via datafree_kd.py);
+    zskt:paper: polo5/ZeroShotKnowledgeTransfer scripts/ZeroShot/main2.sh with solver.py's F.kl_div mean."""
     from datafree.config import resolve
 
-    cfg = resolve({"method": "zskt", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"})
-    assert cfg.synthesizer == "zskt" and cfg.distiller == "kd_at"
-    assert cfg.distill["beta"] == 250 and cfg.distill["T"] == 1 and cfg.kd_steps == 10
-    assert cfg.optim.name == "adam" and cfg.optim.lr == 2e-3
-    c10 = resolve({"method": "zskt", "dataset": "cifar10", "teacher": "wrn40_2", "student": "wrn16_1"})
-    assert c10.batch_size == 128 and c10.synth["nz"] == 100 and c10.synth["output"] == "bn"
-    assert c10.epochs * c10.ep_steps // c10.kd_steps == 80_000  # the paper's 80k pseudo batches
+    for ds, t, s in (("cifar10", "wrn40_2", "wrn16_1"), ("cifar100", "resnet34", "resnet18")):
+        c = resolve({"method": "zskt", "dataset": ds, "teacher": t, "student": s})
+        assert (c.synthesizer, c.distiller, c.batch_size, c.kd_steps, c.ep_steps, c.epochs) == (
+            "zskt", "kd_at", 256, 5, 400, 200)
+        assert (c.synth["generator"], c.synth["nz"], c.synth["output"], c.synth["conv_bias"]) == (
+            "dcgan_large", 256, "sigmoid", False)
+        assert c.synth["betas"] == [0.5, 0.999] and c.synth["synthesis_batch_size"] == 256
+        assert (c.synth["sample_mode"], c.synth["reuse_batch"], c.synth["clip_grad"]) == ("eval", False, 0)
+        assert (c.synth["T"], c.synth["kl_reduction"]) == (1, "batchmean")  # KLDiv(): T = 1, batchmean
+        assert c.distill == {"T": 1, "beta": 0, "clip_grad": 0, "kl_reduction": "batchmean"}  # no AT, T = 1
+        assert (c.optim.name, c.optim.lr, c.optim.momentum, c.optim.weight_decay, c.optim.schedule) == (
+            "sgd", 0.1, 0.9, 1e-4, "cosine")
+        p = resolve({"method": "zskt:paper", "dataset": ds, "teacher": t, "student": s})
+        assert (p.batch_size, p.kd_steps, p.synth["nz"], p.synth["output"], p.synth["generator"]) == (
+            128, 10, 100, "bn", "dcgan")
+        assert p.epochs * p.ep_steps // p.kd_steps == 80_000  # --total_n_pseudo_batches 8e4
+        assert (p.synth["kl_reduction"], p.synth["clip_grad"], p.synth["reuse_batch"]) == ("mean", 5, True)
+        assert p.distill == {"T": 1, "beta": 250, "clip_grad": 5, "kl_reduction": "mean"}
+        assert (p.optim.name, p.optim.lr, p.optim.weight_decay) == ("adam", 2e-3, 0)
+    # MNIST: no compared number; both run the authors' protocol, shorter
+    for m in ("zskt", "zskt:paper"):
+        cfg = resolve({"method": m, "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"})
+        assert cfg.distill == {"T": 1, "beta": 250, "clip_grad": 5, "kl_reduction": "mean"} and cfg.kd_steps == 10
+        assert cfg.synth["kl_reduction"] == "mean" and cfg.synth["reuse_batch"] is True
+        assert cfg.optim.name == "adam" and cfg.optim.lr == 2e-3 and cfg.batch_size == 128
+
+
+# Fixed logits for the loss-form tests: batch 2, K = 3 classes; student s, teacher t.
+S_LOGITS = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+T_LOGITS = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
+# KL(softmax(t) || softmax(s)) per sample (float64, from the formula): 0.742033, 0.088663.
+#   batch mean (CMI criterions.py:4-7 kldiv, reduction 'batchmean'):          0.415348
+#   F.kl_div's default 'mean' over the 2 x 3 elements (polo5 solver.py:218):   0.138449 (= 0.415348 / 3)
+KL_BATCHMEAN, KL_ELEMENT_MEAN = 0.415348, 0.138449
+# One stage of shape (2, 2, 2, 2) whose channel-mean squares are the maps (1, 2, 2, 1) (student) and (2, 0, 0, 2)
+# (teacher) for both samples: unit vectors (1, 2, 2, 1)/sqrt(10) and (1, 0, 0, 1)/sqrt(2); polo5's attention_diff
+# (solver.py:200-214), the mean over the 4 positions of the squared difference: (2 - 2 * 2/sqrt(5)) / 4 = 0.276393.
+S_ACT = torch.tensor([[[1.0, 2.0], [0.0, 1.0]], [[1.0, 0.0], [2.0, 1.0]]]).expand(2, 2, 2, 2)
+T_ACT = torch.tensor([[[2.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]]]).expand(2, 2, 2, 2)
+AT_VALUE = (1 - 1 / math.sqrt(5)) / 2  # 0.2763932
+
+
+class _Fixed(torch.nn.Module):
+    """A network whose logits and single stage's activation are fixed tensors, whatever the (batch-2) input."""
+
+    def __init__(self, logits, act, trainable=False):
+        super().__init__()
+        self.stage = torch.nn.Identity()
+        make = torch.nn.Parameter if trainable else (lambda v: v)
+        self.logits, self.act = make(logits.clone()), make(act.clone())
+
+    def stages(self):
+        return [self.stage]
+
+    def forward(self, x, return_features=False):
+        zero = 0 * x.sum()  # keeps the graph to x, as a real network's output has
+        self.stage(self.act + zero)
+        out = self.logits + zero
+        return (out, None) if return_features else out
+
+
+def _fixed_context():
+    from datafree.data import get_source
+
+    spec = get_source("digits").spec
+    return Context(_Fixed(T_LOGITS, T_ACT).eval(), _Fixed(S_LOGITS, S_ACT, trainable=True), spec, "cpu")
+
+
+@pytest.mark.parametrize("reduction, expected", [("batchmean", KL_BATCHMEAN), ("mean", KL_ELEMENT_MEAN)])
+def test_generator_loss_is_minus_the_reference_kl(reduction, expected):
+    """zskt (CMI generative.py:67, -KLDiv()(s, t)): -0.415348; zskt:paper (polo5 solver.py:223-228, -F.kl_div
+    mean): -0.138449."""
+    from datafree.registry import SYNTHESIZERS
+
+    ctx = _fixed_context()
+    synth = SYNTHESIZERS.build("zskt", ctx, **SYNTH, kl_reduction=reduction)
+    x = torch.zeros(2, *ctx.spec.shape, requires_grad=True)
+    loss, logs = synth.generator_loss(x, None)
+    # float32 softmax / log over 3 classes: a few ulps of 0.4 (~1e-7); 1e-6 covers the 6-digit literals
+    assert loss.item() == pytest.approx(-expected, abs=1e-6) and logs["adv"].item() == pytest.approx(-expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("beta, reduction, expected", [
+    (0.0, "batchmean", KL_BATCHMEAN),  # zskt: the CMI criterion KLDiv() (T = 1, batchmean), no attention term
+    (250.0, "mean", 69.236750),  # zskt:paper, solver.py:231-243: 0.138449 + 250 x 0.2763932
+    (250.0, "batchmean", 69.513649),  # the paper's equation with beta 250: 0.415348 + 250 x 0.2763932
+])
+def test_student_loss_is_the_reference_form(beta, reduction, expected):
+    d = KDAttention(_fixed_context(), T=1.0, beta=beta, clip_grad=0.0, kl_reduction=reduction)
+    x = torch.zeros(2, 1, 1, 1)
+    loss, logs = d.loss(x, None)
+    kd = KL_BATCHMEAN if reduction == "batchmean" else KL_ELEMENT_MEAN
+    assert logs["kd"].item() == pytest.approx(kd, abs=1e-6)
+    assert logs["at"].item() == pytest.approx(AT_VALUE if beta else 0.0, abs=1e-6)
+    # 250 x a float32 attention term (a few ulps of 0.28, ~3e-8 each, so ~3e-5) and one ulp of 69 (7.6e-6): 5e-5
+    assert loss.item() == pytest.approx(expected, abs=5e-5 if beta else 1e-6)
+
+
+def test_cmi_protocol_draws_fresh_samples_with_the_generator_in_eval_mode(zoo, tmp_path):
+    e = _engine(tmp_path, synth={"reuse_batch": False, "sample_mode": "eval"})
+    e.synth.synthesize()
+    modes = []
+    e.synth.generator.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    x1, x2 = e.synth.sample(16), e.synth.sample(16)
+    assert not torch.equal(x1, x2) and modes == [False, False]  # generative.py:79-80: eval(), fresh z each batch
+    assert e.synth.generator.training  # back to train mode for the next generator step (generative.py:54)
 
 
 def test_synthesis_trains_the_generator_only(zoo, tmp_path):
@@ -157,3 +258,18 @@ def test_end_to_end_runs_and_resumes(zoo, tmp_path, monkeypatch):
     over = {"synth": SYNTH, "kd_steps": 3, "ep_steps": 6, "epochs": 2}
     full, _ = interrupted_then_resumed(lambda d: tiny("zskt", d, **over), tmp_path, monkeypatch)
     assert full["evaluations"] == 2 and full["images_synthesized"] == 2 * 2 * 16
+
+
+def test_the_cmi_protocol_runs_end_to_end(zoo, tmp_path):
+    """The plain zskt's CIFAR values (LargeGenerator without conv bias, eval-mode fresh samples, no AT, no
+    clipping, SGD), shrunk and on digits: each round is one generator step and kd_steps fresh student batches."""
+    from datafree.engine import run
+    from datafree.methods import method_entry
+
+    top = method_entry("zskt")
+    assert top["synth"]["generator"] == "dcgan_large" and top["distill"]["beta"] == 0
+    cfg = tiny("zskt", tmp_path / "r", synth={**top["synth"], **SYNTH}, distill=top["distill"], optim=top["optim"],
+               kd_steps=5, ep_steps=10, epochs=1)
+    summary = run(cfg)
+    assert summary["evaluations"] == 1 and summary["images_synthesized"] == 2 * 16  # 10 // 5 rounds x 16
+    assert summary["images_seen"] == 10 * 16

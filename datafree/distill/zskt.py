@@ -78,10 +78,13 @@ class KDAttention(Distiller):
     (ZSKT's n_s = 10 steps on one pseudo batch), as the reference does.
 
     Defaults: T 1, beta 250, student gradient norm clipped at 5 (the authors'
-    scripts). ``kl_reduction: mean`` reproduces the reference's KL, which
+    scripts). ``kl_reduction: mean`` reproduces the authors' KL, which
     ``F.kl_div(reduction='mean')`` divides by the number of classes, making
     the attention term K times heavier relative to the KL than the paper's
-    equation says; the default is the paper's KL (batch mean).
+    equation says (``zskt:paper`` runs it); the default is the paper's KL
+    (batch mean). With ``beta: 0`` and ``clip_grad: 0`` the loss is the CMI
+    code's ``KLDiv()`` (T = 1, batch mean), the student objective of the plain
+    ``zskt`` (the CMI table's protocol).
     """
 
     @dataclass

@@ -42,14 +42,16 @@ class DFQ(GeneratorSynthesizer):
     Adam lr 1e-3 betas (0.5, 0.999), synthesis batch 256 (= the student batch),
     1 generator step per 10 student steps, adv 1, bn 1, oh 1, balance 20,
     act 0; the adversarial divergence is CMI's ``KLDiv()`` at T = 1, unmasked
-    (the masked form is CMI's own method, not DFQ); student KD at T = 20.
+    (the masked form is CMI's own method, not DFQ); student KD at T = 1.
 
     Deviations and reference-code traps:
 
     * the CMI code builds ``criterion = KLDiv()`` (T = 1) for the DFQ run and
-      uses it for the student too, so its ``--T 20`` flag never reached the
-      student; our ``distill.T`` is the temperature actually used (T = 20 for
-      CIFAR-10 as the script asks);
+      uses it for the student too (``datafree_kd.py:259``, ``:341``, ``:384``),
+      so its ``--T 20`` flag never reached the student. The CMI table's DFQ
+      numbers come from T = 1, and ``dfq`` runs T = 1 (``distill.T: 1``); the
+      preset ``dfq:fixed`` trains the student at the script's ``--T`` (20 on
+      CIFAR-10, 1 on CIFAR-100);
     * the paper's own auxiliary loss is, as we read it (not re-checked against
       the PDF), a KL divergence between Gaussians for the BN statistics, the
       mean per-sample entropy of the teacher's softmax instead of the one-hot

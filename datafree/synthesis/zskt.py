@@ -94,38 +94,47 @@ class ZSKT(AdversarialGenerator):
     *maximises* the forward KL divergence D_KL(T(x) || S(x)) between the
     teacher's and the student's softmax at temperature ``T`` on x = G(z), i.e.
     it minimises ``-KL`` (the ``adv`` log). The student then minimises the same
-    KL plus beta times the attention-transfer term on the same images; that
-    objective is the ``kd_at`` distiller (:mod:`datafree.distill.zskt`). Per
-    pseudo batch: ``g_steps`` (n_g = 1) generator steps, then ``kd_steps``
-    (n_s = 10) student steps on that one batch (``reuse_batch``: the round's
-    latent codes pushed through the updated generator once, the same tensor
-    for every student step, as the reference's loader repeats its batch).
+    KL plus beta times the attention-transfer term on the same kind of images;
+    that objective is the ``kd_at`` distiller (:mod:`datafree.distill.zskt`).
+    Per round: ``g_steps`` generator steps, then ``kd_steps`` student steps,
+    either on fresh samples (``reuse_batch: false``) or all on the round's one
+    pseudo batch (``reuse_batch: true``: the round's latent codes pushed through
+    the updated generator once, the same tensor for every student step, as the
+    authors' loader repeats its batch).
 
-    Defaults (the authors' scripts, ``scripts/ZeroShot/main*.sh``, and the
-    paper): generator as in the paper (linear to 128 x (size/4)^2, two
-    upsample-conv-BN-LeakyReLU stages with 128 and 64 channels, a conv to the
-    image channels and an affine BatchNorm as the output: ``dcgan``, ngf 64,
-    ``output: bn``, biased convolutions), z dim 100, batch 128, Adam lr 1e-3
-    (default betas) with cosine annealing to zero over the run, gradient norm
-    clipped at 5, T = 1, BN-statistics off (the paper uses none). The student
-    side (Adam 2e-3, cosine, beta 250, clip 5) is in the YAML entry.
+    Two protocols (``datafree/configs/methods/zskt.yaml``; docs/methods/zskt.md):
 
-    Deviations, on purpose:
+    * ``zskt``, the protocol behind the CMI table's ZSKT row (zju-vipa/CMI,
+      ``scripts/zskt/zskt_cifar10_wrn402_wrn161.sh`` run by ``datafree_kd.py``):
+      CMI's LargeGenerator (``dcgan_large``, nz 256, sigmoid output, no conv
+      bias), Adam (0.5, 0.999), KL at T = 1 with a batch mean for the generator
+      and the student (the script's ``--T 20`` never reaches either), no
+      attention term, 5 student steps on fresh samples drawn with the generator
+      in eval mode;
+    * ``zskt:paper``, the authors' protocol (polo5/ZeroShotKnowledgeTransfer):
+      the paper's generator (``dcgan``, ``output: bn``, biased convolutions),
+      z dim 100, batch 128, Adam with cosine annealing, gradient norms clipped
+      at 5, KL at T = 1 in ``F.kl_div``'s default reduction (mean over batch and
+      classes: ``kl_reduction: mean``), AT beta 250, n_s = 10 student steps on
+      one pseudo batch.
 
-    * the reference's KL (``F.kl_div(..., reduction='mean')``) averages over
-      batch *and classes*, i.e. it is the KL divided by the number of classes;
-      we use the KL the paper writes (per-sample sum over classes, batch mean).
-      ``kl_reduction: mean`` restores the reference's scale (which, with
-      Adam, only changes how often the norm clipping at 5 bites);
+    The ``Config`` defaults below are the authors' values with the KL the
+    paper writes (``kl_reduction: batchmean``, per-sample sum over classes);
+    the method entries set every value they run.
+
+    ``kl_reduction: mean`` divides the KL by the number of classes K, the scale
+    of ``F.kl_div(..., reduction='mean')`` in the authors' code (with Adam, it
+    changes mainly how often the norm clipping at 5 bites, and, for the student,
+    the weight of the attention term against the KL).
+
+    Deviations from the authors' code, on purpose (we know of none from the CMI protocol):
+
     * the learning-rate schedules are annealed per epoch instead of per pseudo
       batch (the same cosine, sampled at epoch boundaries);
     * the student is frozen (eval mode) while the generator's loss runs it; the
-      reference leaves it in train mode, so its BN layers use the generator
-      batch's statistics there and their running statistics move with it.
-
-    Reference-code trap not copied: CMI's re-implementation passes the KL at
-    T = 1 to the student whatever ``--T`` says; here the student uses exactly
-    ``distill.T``.
+      authors' code leaves it in train mode, so its BN layers use the generator
+      batch's statistics there and their running statistics move with it (the
+      CMI code puts it in eval mode, as we do).
     """
 
     @dataclass
@@ -142,7 +151,7 @@ class ZSKT(AdversarialGenerator):
         g_schedule: str = "cosine"
         clip_grad: float = 5.0
         T: float = 1.0
-        kl_reduction: str = "batchmean"  # "mean": the reference's KL / num_classes
+        kl_reduction: str = "batchmean"  # "mean": F.kl_div's default in the authors' code, the KL / num_classes
         reuse_batch: bool = True
 
     def __init__(self, ctx, **params):
