@@ -213,7 +213,6 @@ def test_released_preset_and_mnist_section_resolve():
     # generate_images (utils.py:1292-1326): the non-EMA G in eval mode, per-image min-max; the student's inputs
     # normalised with ImageNet32's statistics (imagenet32_mix.py:52-53)
     assert not cfg.synth["ema"] and cfg.synth["sample_mode"] == "eval" and cfg.synth["synthetic_range"] == "minmax"
-    assert cfg.synth["train_mean"] == [0.480, 0.457, 0.409] and cfg.synth["train_std"] == [0.275, 0.271, 0.281]
     assert cfg.distiller == "feature_align" and cfg.optim.milestones == [150, 180, 210]
     paper = resolve({"method": "hidfd", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
     assert paper.synth["lr_g"] == 1e-4 and paper.synth["lr_d"] == 4e-4 and paper.epochs - paper.warmup == 240
@@ -221,11 +220,36 @@ def test_released_preset_and_mnist_section_resolve():
     assert paper.synth.get("train_mean") is None
     mnist = resolve({"method": "hidfd", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"})
     assert mnist.synth["rho"] == 0.01 and mnist.warmup > 0
-    grey = resolve({"method": "hidfd:released", "dataset": "digits", "teacher": "lenet5", "student": "lenet5_half"})
-    assert grey.synth["train_mean"] == [0.4584] and grey.synth["train_std"] == [0.2733]  # ImageNet32's, as grey
-    w = (0.299, 0.587, 0.114)
-    assert round(sum(a * b for a, b in zip(w, (0.480, 0.457, 0.409))), 4) == 0.4584
-    assert round(sum(a * b for a, b in zip(w, (0.275, 0.271, 0.281))), 4) == 0.2733
+
+
+def _released_stats(mean, std, grey=False):
+    """The training-input normalisation that gives a teacher normalised with (mean, std) the pixels the released
+    teacher saw: p' = a p + b with a = s_t / s_in, b = m_t - a m_in (ImageNet32's m_in, s_in in imagenet32_mix.py,
+    the teacher's m_t, s_t in cifar10.py); normalised with mean (m - b) / a and std s / a."""
+    m_in, s_in = (0.480, 0.457, 0.409), (0.275, 0.271, 0.281)
+    m_t, s_t = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+    a = [t / i for t, i in zip(s_t, s_in)]
+    b = [mt - ac * mi for mt, ac, mi in zip(m_t, a, m_in)]
+    if grey:  # a grey pixel through adapt_images' weights
+        w = (0.299, 0.587, 0.114)
+        a, b = [sum(x * y for x, y in zip(w, a))], [sum(x * y for x, y in zip(w, b))]
+    return ([round((m - bb) / aa, 4) for m, aa, bb in zip(mean, a, b)],
+            [round(s / aa, 4) for s, aa in zip(std, a)])
+
+
+def test_released_student_normalisation_keeps_the_released_change_of_pixels():
+    from datafree.config import resolve
+    from datafree.data.datasets import get_spec
+
+    for ds, teacher, student in (("cifar10", "resnet34", "resnet18"), ("cifar100", "resnet34", "resnet18"),
+                                 ("mnist", "lenet5", "lenet5_half"), ("digits", "lenet5", "lenet5_half")):
+        cfg = resolve({"method": "hidfd:released", "dataset": ds, "teacher": teacher, "student": student})
+        spec = get_spec(ds)
+        want = _released_stats(spec.mean, spec.std, grey=spec.channels == 1)
+        assert (cfg.synth["train_mean"], cfg.synth["train_std"]) == want, ds
+    # CIFAR-100's teacher is normalised as the released one: ImageNet32's constants themselves
+    assert _released_stats((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)) == (
+        [0.480, 0.457, 0.409], [0.275, 0.271, 0.281])
 
 
 def test_minmax_pixels_are_torchvisions_save_image_normalize():

@@ -189,8 +189,10 @@ class HiDFD(CollectedSampling, Synthesizer):
     synthetic set (``utils.generate_images``): the non-EMA G in eval mode
     (``sample_mode: eval``), each image min-max scaled to [0, 1] and written
     as uint8 (``synthetic_range: minmax``), and the student's training inputs
-    normalised with ImageNet32's statistics (``train_mean``/``train_std``,
-    ``dataset/imagenet32_mix.py``) while evaluation keeps the dataset's.
+    normalised otherwise than the teacher's (``train_mean``/``train_std``):
+    the released student normalises them with ImageNet32's statistics
+    (``dataset/imagenet32_mix.py``), not those its teacher was trained with;
+    the preset keeps that change of pixels. Evaluation keeps the dataset's.
 
     Reference-code bugs fixed (we follow the paper):
 
@@ -243,7 +245,7 @@ class HiDFD(CollectedSampling, Synthesizer):
         augment: str = "resized_crop_flip"
         crop_scale: Tuple[float, float] = (0.08, 1.0)
         # the student's training inputs (Dc and synthetic) are normalised with these (None: the dataset's, as
-        # in evaluation); the released student uses ImageNet32's (dataset/imagenet32_mix.py)
+        # in evaluation); the released student uses ImageNet32's (dataset/imagenet32_mix.py), see hidfd:released
         train_mean: Optional[Tuple[float, ...]] = None
         train_std: Optional[Tuple[float, ...]] = None
 
