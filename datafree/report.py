@@ -91,8 +91,18 @@ def _num(v, digits=2, scale=1.0):
     return f"{vals[0] * scale:.{digits}f}" if vals else "-"
 
 
+#: a collected real set (HiDFD, collected_kd) says in its real-data note whether it is the teacher's own dataset
+#: (:meth:`datafree.data.collected.Collected.describe`); its rows read ``hidfd † ID`` or ``hidfd † OOD``
+COLLECTED_MARKS = (("; in-distribution", "ID"), ("; out-of-distribution", "OOD"))
+
+
 def method_label(method: str, real: str) -> str:
-    return f"{method} †" if isinstance(real, str) and real else method
+    """``method``, ``method †`` for a method that uses real data, ``method † ID`` / ``method † OOD`` when that real
+    data is a collected set from the teacher's own dataset (in-distribution) or from another source."""
+    if not (isinstance(real, str) and real):
+        return method
+    mark = next((m for phrase, m in COLLECTED_MARKS if phrase in real), "")
+    return f"{method} † {mark}" if mark else f"{method} †"
 
 
 def _real_data(dm) -> str:

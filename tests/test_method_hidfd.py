@@ -209,9 +209,113 @@ def test_released_preset_and_mnist_section_resolve():
     from datafree.config import resolve
 
     cfg = resolve({"method": "hidfd:released", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
-    assert cfg.synth["lr_g"] == cfg.synth["lr_d"] == 2e-4 and cfg.synth["ema"] and cfg.synth["gan_epochs"] == 400
+    assert cfg.synth["lr_g"] == cfg.synth["lr_d"] == 2e-4 and cfg.synth["gan_epochs"] == 400
+    # generate_images (utils.py:1292-1326): the non-EMA G in eval mode, per-image min-max; the student's inputs
+    # normalised with ImageNet32's statistics (imagenet32_mix.py:52-53)
+    assert not cfg.synth["ema"] and cfg.synth["sample_mode"] == "eval" and cfg.synth["synthetic_range"] == "minmax"
     assert cfg.distiller == "feature_align" and cfg.optim.milestones == [150, 180, 210]
     paper = resolve({"method": "hidfd", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
     assert paper.synth["lr_g"] == 1e-4 and paper.synth["lr_d"] == 4e-4 and paper.epochs - paper.warmup == 240
+    assert paper.synth["sample_mode"] == "train" and paper.synth["synthetic_range"] == "clamp"
+    assert paper.synth.get("train_mean") is None
     mnist = resolve({"method": "hidfd", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"})
     assert mnist.synth["rho"] == 0.01 and mnist.warmup > 0
+
+
+def _released_stats(mean, std, grey=False):
+    """The training-input normalisation that gives a teacher normalised with (mean, std) the pixels the released
+    teacher saw: p' = a p + b with a = s_t / s_in, b = m_t - a m_in (ImageNet32's m_in, s_in in imagenet32_mix.py,
+    the teacher's m_t, s_t in cifar10.py); normalised with mean (m - b) / a and std s / a."""
+    m_in, s_in = (0.480, 0.457, 0.409), (0.275, 0.271, 0.281)
+    m_t, s_t = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+    a = [t / i for t, i in zip(s_t, s_in)]
+    b = [mt - ac * mi for mt, ac, mi in zip(m_t, a, m_in)]
+    if grey:  # a grey pixel through adapt_images' weights
+        w = (0.299, 0.587, 0.114)
+        a, b = [sum(x * y for x, y in zip(w, a))], [sum(x * y for x, y in zip(w, b))]
+    return ([round((m - bb) / aa, 4) for m, aa, bb in zip(mean, a, b)],
+            [round(s / aa, 4) for s, aa in zip(std, a)])
+
+
+def test_released_student_normalisation_keeps_the_released_change_of_pixels():
+    from datafree.config import resolve
+    from datafree.data.datasets import get_spec
+
+    for ds, teacher, student in (("cifar10", "resnet34", "resnet18"), ("cifar100", "resnet34", "resnet18"),
+                                 ("mnist", "lenet5", "lenet5_half"), ("digits", "lenet5", "lenet5_half")):
+        cfg = resolve({"method": "hidfd:released", "dataset": ds, "teacher": teacher, "student": student})
+        spec = get_spec(ds)
+        want = _released_stats(spec.mean, spec.std, grey=spec.channels == 1)
+        assert (cfg.synth["train_mean"], cfg.synth["train_std"]) == want, ds
+    # CIFAR-100's teacher is normalised as the released one: ImageNet32's constants themselves
+    assert _released_stats((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)) == (
+        [0.480, 0.457, 0.409], [0.275, 0.271, 0.281])
+
+
+def test_minmax_pixels_are_torchvisions_save_image_normalize():
+    from datafree.synthesis.hidfd import clamped_uint8, minmax_uint8
+
+    # one 1x2x2 image: min -0.5, max 0.7, so v = (x + 0.5) / 1.2; uint8 = floor(255 v + 0.5)
+    x = torch.tensor([[[[-0.5, 0.1], [0.7, 0.4]]]])
+    # v = 0, 0.5, 1, 0.75 -> 255 v + 0.5 = 0.5, 128.0, 255.5, 191.75 -> 0, 128, 255, 191
+    assert minmax_uint8(x).view(-1).tolist() == [0, 128, 255, 191]
+    # the default: (x + 1) / 2 clipped to [0, 1], times 255, rounded: -0.1 -> 0, 63.75 -> 64, 140.25 -> 140,
+    # 242.25 -> 242, 1.15 -> 255
+    c = torch.tensor([[[[-1.2, -0.5, 0.1, 0.9, 1.3]]]])
+    assert clamped_uint8(c).view(-1).tolist() == [0, 64, 140, 242, 255]
+    flat = torch.full((1, 1, 2, 2), 0.3)  # a constant image: max - min floored at 1e-5, all zeros
+    assert minmax_uint8(flat).view(-1).tolist() == [0, 0, 0, 0]
+    # the same bytes as the released path, one image at a time (save_image -> make_grid(normalize=True), to uint8)
+    from torchvision.utils import make_grid
+
+    g = torch.Generator().manual_seed(0)
+    imgs = (torch.rand(64, 3, 8, 8, generator=g) * 2 - 1) * torch.rand(64, 1, 1, 1, generator=g)
+    want = torch.stack([make_grid(i, normalize=True).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8) for i in imgs])
+    assert torch.equal(minmax_uint8(imgs), want)
+
+
+def test_released_synthetic_set_comes_from_the_non_ema_generator_in_eval_mode(zoo, tmp_path):
+    e = _engine(tmp_path, gan_steps=2, sample_mode="eval", synthetic_range="minmax", ema=False)
+    e.synth.synthesize()  # the GAN steps move G's BN running statistics
+    g = e.synth.generator
+    modes = []
+    hook = g.register_forward_pre_hook(lambda m, a: modes.append(m.training))
+    before = snapshot(g)
+    syn = e.synth.build_synthetic()
+    hook.remove()
+    assert modes and not any(modes)  # eval: BN with running statistics
+    assert unchanged(g, before)  # so generating moved no statistics
+    assert g.training  # back to train mode for anything after
+    flat = syn.images.flatten(1)
+    assert (flat.amin(1) == 0).all() and (flat.amax(1) == 255).all()  # every image min-max scaled
+    z, y = torch.randn(3, e.synth.cfg.nz), torch.tensor([0, 1, 2])
+    g.eval()
+    with torch.no_grad():
+        one = torch.cat([g(z[i:i + 1], y[i:i + 1]) for i in range(3)])
+        assert torch.allclose(g(z, y), one, atol=1e-5)  # eval mode: an image does not depend on its batch
+    g.train()
+
+
+def test_student_inputs_use_the_given_normalisation(zoo, tmp_path):
+    import pytest
+
+    from datafree.errors import ConfigError
+
+    e = _engine(tmp_path, augment="none", train_mean=[0.5], train_std=[0.25])
+    e.synth.synthesize()
+    e.ctx.epoch = 1
+    e.synth.synthesize()
+    mix = e.synth.mix
+    mix.sample(1)  # draws the pass's permutation, which the state then holds
+    state = mix.order.state_dict()
+    raw, _, _ = mix.sample(16)
+    mix.order.load_state_dict(state)
+    x, _ = e.synth.sample(16)
+    assert torch.equal(x, (raw.float() / 255 - 0.5) / 0.25)  # the same float32 operations
+    # evaluation and the GAN keep the dataset's normalisation
+    assert torch.equal(e.ctx.normalizer.mean.view(-1), torch.tensor(e.spec.mean))
+    assert e.synth.normalizer is e.ctx.normalizer and e.synth.input_normalizer is not e.ctx.normalizer
+    with pytest.raises(ConfigError, match="need 1 value"):
+        _engine(tmp_path, "b", train_mean=[0.48, 0.46, 0.41], train_std=[0.28, 0.27, 0.28])
+    with pytest.raises(ConfigError, match="go together"):
+        _engine(tmp_path, "c", train_mean=[0.5])

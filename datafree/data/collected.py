@@ -7,11 +7,17 @@ teacher's training-set size (``spec.train_size``), or an absolute ``count``.
 
 * :class:`CollectedConfig`: which source and split, how many images, how they
   are chosen (a seeded uniform random subset, or the teacher's most confident
-  images per class, balanced over classes).
-* :func:`collect`: loads the source split at the run's image size and channel
-  count, labels images with the teacher (the source's own labels are never
-  used) and selects Dc. :class:`Collected` records which images were used
-  (indices into the source split) and writes ``collected.json``.
+  images per class, balanced over classes). The source must be named: a
+  registered dataset (``digits``) or ``imagefolder:<path>``, where a relative
+  path is looked for in the working directory and then in the data roots
+  (``imagefolder:imagenet32`` = ``<root>/imagenet32/train/<class>/<image>``).
+  A source equal to the run's dataset is *in-distribution* (the teacher's own
+  data); the record, the summary and the tables say which.
+* :func:`collect`: opens the source split at the run's image size and channel
+  count (an image folder decodes only the images it needs), labels images
+  with the teacher (the source's own labels are never used) and selects Dc.
+  :class:`Collected` records which images were used (indices into the source
+  split) and writes ``collected.json``.
 * :class:`InflatedSet`: HiDFD's data inflation, Dc repeated N times
   concatenated with a synthetic set, drawn in shuffled passes without
   replacement; resumable.
@@ -20,25 +26,29 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
-from .datasets import ImageSplit, ShuffledPasses, get_source, imagefolder_source
+from ..errors import ConfigError, DataNotFoundError
+from .datasets import ImageSplit, ShuffledPasses, data_roots, decode_images, get_source
 from .spec import DatasetSpec, Normalizer
 
 SELECTIONS = ("random", "confident")
 COLLECTED_FILE = "collected.json"
+FOLDER_PREFIX = "imagefolder:"
+#: the words the run's real-data note (``uses_real_data``) uses; report.py marks table rows from them
+IN_DISTRIBUTION = "in-distribution"
+OUT_OF_DISTRIBUTION = "out-of-distribution"
 
 
 @dataclass
 class CollectedConfig:
     """Where the collected set comes from and how it is chosen (fields of a synthesizer's ``synth`` section)."""
 
-    source: str = ""  # a dataset name or imagefolder:<path>; "" = the run's own dataset
+    source: str = ""  # a dataset name or imagefolder:<path> (required; the run's own dataset = in-distribution)
     source_split: str = "train"
     rho: float = 0.1  # |Dc| / |Do|, Do = the teacher's training set (spec.train_size)
     count: int = 0  # absolute |Dc|; wins over rho when > 0
@@ -80,14 +90,93 @@ def adapt_images(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
     return images.contiguous()
 
 
-def load_source(name: str, split: str, spec: DatasetSpec, data_root: Optional[str] = None) -> ImageSplit:
-    """A source split at the run's channel count and image size (image folders decode at that size)."""
-    if name.startswith("imagefolder:"):
-        source = imagefolder_source(name.split(":", 1)[1], size=spec.size)
-    else:
-        source = get_source(name)
-    data = source.load(split, data_root)
-    return ImageSplit(adapt_images(data.images, spec), data.labels)
+def missing_source_error(dataset: str) -> ConfigError:
+    return ConfigError(
+        f"the collected set has no source (synth.source is empty). HiDFD and collected_kd collect real images from "
+        f"a source other than the teacher's training data (the paper: ImageNet for CIFAR): name one, e.g. "
+        f"synth.source=imagefolder:imagenet32 (<data root>/imagenet32/train/<class>/<image>), "
+        f"synth.source=imagefolder:/path/to/folder or synth.source=digits; synth.source={dataset} uses the "
+        f"teacher's own training split ({IN_DISTRIBUTION}, marked so in the tables)")
+
+
+def folder_candidates(path: str, data_root: Optional[str] = None) -> List[str]:
+    """Where ``imagefolder:<path>`` may be: itself when absolute, else the working directory, then each data root."""
+    path = os.path.expanduser(path)
+    if os.path.isabs(path):
+        return [os.path.normpath(path)]
+    out = [os.path.abspath(path)] + [os.path.join(r, path) for r in data_roots(data_root)]
+    return list(dict.fromkeys(os.path.normpath(p) for p in out))
+
+
+def folder_split_dir(folder: str, split: str) -> Optional[str]:
+    """``<folder>/train`` (``val`` or ``test`` for the test split); for train, a folder of class folders itself."""
+    for name in (["train"] if split == "train" else ["val", "test"]):
+        if os.path.isdir(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    if split == "train" and os.path.isdir(folder) and any(e.is_dir() for e in os.scandir(folder)):
+        return folder
+    return None
+
+
+def folder_not_found(name: str, split: str, tried: List[str]) -> DataNotFoundError:
+    where = ", ".join(tried)
+    sub = "train" if split == "train" else "val"
+    return DataNotFoundError(
+        f"the collected set's image folder {name!r} ({split} split) was not found; looked for "
+        f"<folder>/{sub}/<class>/<image> (or, for train, <folder>/<class>/<image>) at: {where}. "
+        f"HiDFD collects its real images from another source than the teacher's data (the paper: ImageNet for "
+        f"CIFAR): put ImageNet training images there in class folders (any size, decoded at the run's size; e.g. "
+        f"ILSVRC2012's train/, or the 32x32 downsampled ImageNet written out as class folders), or point "
+        f"synth.source=imagefolder:/path at such a folder; synth.source=<the run's dataset> uses the teacher's "
+        f"own training split instead ({IN_DISTRIBUTION}, marked so in the tables)")
+
+
+class SourceImages:
+    """A source split, indexable without decoding all of it: ``len()`` and ``take(index)`` -> uint8 images at
+    the run's channel count and size. Datasets load whole (they are small); an image folder lists its files
+    (sorted, as torchvision's ImageFolder does) and decodes only the images taken."""
+
+    def __init__(self, spec: DatasetSpec, images: Optional[torch.Tensor] = None,
+                 samples: Optional[List[Tuple[str, int]]] = None, location: str = ""):
+        self.spec, self.images, self.samples = spec, images, samples
+        self.location = location  # the folder an image folder was found in
+
+    def __len__(self) -> int:
+        return self.images.shape[0] if self.images is not None else len(self.samples)
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        if self.images is not None:
+            return self.images[index]
+        data = decode_images([self.samples[int(i)] for i in index], self.spec.size)
+        return adapt_images(data.images, self.spec)
+
+
+def open_source(name: str, split: str, spec: DatasetSpec, data_root: Optional[str] = None) -> SourceImages:
+    """A source split at the run's channel count and image size: a dataset name or ``imagefolder:<path>``."""
+    if not name.startswith(FOLDER_PREFIX):
+        data = get_source(name).load(split, data_root)
+        return SourceImages(spec, images=adapt_images(data.images, spec))
+    import torchvision
+
+    tried = folder_candidates(name[len(FOLDER_PREFIX):], data_root)
+    for folder in tried:
+        split_dir = folder_split_dir(folder, split)
+        if split_dir is None:
+            continue
+        try:
+            samples = torchvision.datasets.ImageFolder(split_dir).samples
+        except FileNotFoundError as e:  # class folders without images
+            raise DataNotFoundError(f"the collected set's image folder {split_dir} holds no images: {e}") from e
+        return SourceImages(spec, samples=list(samples), location=split_dir)
+    raise folder_not_found(name, split, tried)
+
+
+def same_source(source: str, dataset: str) -> bool:
+    """Whether the collected set comes from the run's own dataset (in-distribution): the same dataset name, or
+    the same image folder (relative paths taken from the working directory)."""
+    if source.startswith(FOLDER_PREFIX) and dataset.startswith(FOLDER_PREFIX):
+        return folder_candidates(source[len(FOLDER_PREFIX):])[0] == folder_candidates(dataset[len(FOLDER_PREFIX):])[0]
+    return source == dataset
 
 
 # --------------------------------------------------------------------------- teacher labels and selection
@@ -157,15 +246,28 @@ class Collected:
     selection: str
     seed: int
     num_classes: int
+    dataset: str = ""  # the run's dataset (the teacher's)
+    location: str = ""  # where an image folder source was found
 
     def __len__(self) -> int:
         return len(self.split)
 
+    @property
+    def in_distribution(self) -> bool:
+        """Dc comes from the teacher's own dataset (not the paper's protocol, which collects from another source)."""
+        return same_source(self.source, self.dataset)
+
+    def distribution(self) -> str:
+        if self.in_distribution:
+            return f"{IN_DISTRIBUTION}: the teacher's own dataset"
+        return f"{OUT_OF_DISTRIBUTION}: another source than the teacher's {self.dataset}"
+
     def describe(self) -> str:
-        """``mnist train, 600 images (rho 0.01), teacher labels`` (the tables' real-data note)."""
+        """``digits train, 600 images (rho 0.01), teacher labels; out-of-distribution: another source than the
+        teacher's mnist`` (the tables' real-data note)."""
         rho = f" (rho {self.rho:.3g})" if self.rho > 0 else ""
         how = ", the teacher's most confident per class" if self.selection == "confident" else ""
-        return f"{self.source} {self.source_split}, {len(self):,} images{rho}, teacher labels{how}"
+        return f"{self.source} {self.source_split}, {len(self):,} images{rho}, teacher labels{how}; {self.distribution()}"
 
     def class_counts(self) -> list:
         return torch.bincount(self.split.labels.cpu(), minlength=self.num_classes).tolist()
@@ -173,7 +275,9 @@ class Collected:
     def record(self) -> Dict[str, Any]:
         """What ``collected.json`` holds: enough to rebuild Dc from the source."""
         return {
-            "source": self.source, "split": self.source_split, "count": len(self), "rho": self.rho,
+            "source": self.source, "split": self.source_split, "dataset": self.dataset,
+            "in_distribution": self.in_distribution, **({"location": self.location} if self.location else {}),
+            "count": len(self), "rho": self.rho,
             "selection": self.selection, "seed": self.seed, "labels": "teacher",
             "class_counts": self.class_counts(),
             "indices": self.indices.tolist(),
@@ -183,7 +287,7 @@ class Collected:
     def summary(self) -> Dict[str, Any]:
         """Flat keys for summary.json."""
         return {"real_images": len(self), "collected_source": f"{self.source} {self.source_split}",
-                "collected_rho": self.rho, "collected_selection": self.selection, "collected_seed": self.seed,
+                "collected_in_distribution": self.in_distribution, "collected_rho": self.rho, "collected_selection": self.selection, "collected_seed": self.seed,
                 "collected_file": COLLECTED_FILE}
 
     def write(self, out_dir: str) -> str:
@@ -196,12 +300,14 @@ class Collected:
 
 def collect(cfg: CollectedConfig, teacher: nn.Module, spec: DatasetSpec, device, *, dataset: str,
             run_seed: int, data_root: Optional[str] = None, autocast=None) -> Collected:
-    """Build Dc as ``cfg`` says: load the source, choose images, label them with the teacher."""
+    """Build Dc as ``cfg`` says: open the source, choose images, label them with the teacher."""
     if cfg.selection not in SELECTIONS:
         raise ConfigError(f"synth.selection must be one of {SELECTIONS}, got {cfg.selection!r}")
-    name = cfg.source or dataset
-    data = load_source(name, cfg.source_split, spec, data_root)
+    name = cfg.source
+    if not name:
+        raise missing_source_error(dataset)
     n = collected_count(cfg.rho, cfg.count, spec.train_size)
+    data = open_source(name, cfg.source_split, spec, data_root)
     if n > len(data):
         raise ConfigError(f"the collected set needs {n} images but {name} {cfg.source_split} has {len(data)}: "
                           "lower synth.rho or synth.count")
@@ -209,18 +315,20 @@ def collect(cfg: CollectedConfig, teacher: nn.Module, spec: DatasetSpec, device,
     g = torch.Generator().manual_seed(int(seed))
     if cfg.selection == "random":
         index = select_random(len(data), n, g)
-        labels, conf = teacher_labels(teacher, data.images[index], spec, device, autocast)
+        images = data.take(index)
+        labels, conf = teacher_labels(teacher, images, spec, device, autocast)
     else:
         pool = torch.arange(len(data))
         if 0 < cfg.candidates < len(data):
             pool = select_random(len(data), max(cfg.candidates, n), g)
-        labels, conf = teacher_labels(teacher, data.images[pool], spec, device, autocast)
+        images = data.take(pool)
+        labels, conf = teacher_labels(teacher, images, spec, device, autocast)
         keep = select_confident(labels, conf, n, spec.num_classes)
-        index, labels, conf = pool[keep], labels[keep], conf[keep]
+        index, images, labels, conf = pool[keep], images[keep], labels[keep], conf[keep]
     rho = len(index) / spec.train_size if spec.train_size > 0 else 0.0
-    split = ImageSplit(data.images[index].contiguous(), labels.long()).to(device)
+    split = ImageSplit(images.contiguous(), labels.long()).to(device)
     return Collected(split, index, conf, name, cfg.source_split, round(rho, 6), cfg.selection, int(seed),
-                     spec.num_classes)
+                     spec.num_classes, dataset, data.location)
 
 
 # --------------------------------------------------------------------------- data inflation

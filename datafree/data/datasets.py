@@ -295,13 +295,22 @@ def _folder_split_dir(path: str, split: str) -> str:
 def _load_folder(path: str, split: str, size: int) -> ImageSplit:
     """Decode an ImageFolder split into memory at ``size`` x ``size`` (Tiny-ImageNet scale)."""
     import torchvision
-    from torchvision.transforms import functional as TF
 
     ds = torchvision.datasets.ImageFolder(_folder_split_dir(path, split))
-    images = torch.empty((len(ds), 3, size, size), dtype=torch.uint8)
-    labels = torch.empty(len(ds), dtype=torch.int64)
-    for i, (p, y) in enumerate(ds.samples):
-        img = ds.loader(p).convert("RGB")
+    return decode_images(ds.samples, size)
+
+
+def decode_images(samples: List[Tuple[str, int]], size: int) -> ImageSplit:
+    """``(path, label)`` pairs (an ImageFolder's ``samples``) decoded as RGB uint8 at ``size`` x ``size``:
+    the shorter side resized to ``size``, then a centre crop."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
+    labels = torch.empty(len(samples), dtype=torch.int64)
+    for i, (p, y) in enumerate(samples):
+        with Image.open(p) as im:
+            img = im.convert("RGB")
         if img.size != (size, size):
             img = TF.center_crop(TF.resize(img, size), size)
         images[i] = TF.pil_to_tensor(img)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -32,6 +32,7 @@ from torch import nn
 from ..data.augment import local_view, standard_augment
 from ..data.collected import Collected, CollectedConfig, InflatedSet, collect, teacher_labels
 from ..data.datasets import Batches, ImageSplit
+from ..data.spec import Normalizer
 from ..errors import CheckpointError, ConfigError
 from ..models.gan import ConditionalGenerator, SNDiscriminator, ema_update
 from ..registry import SYNTHESIZERS
@@ -40,6 +41,23 @@ from .base import Synthesizer
 from .common import TeacherTerms, random_labels
 
 AUGMENTS = ("resized_crop_flip", "resized_crop", "standard", "none")
+SYNTHETIC_RANGES = ("clamp", "minmax")
+
+
+def clamped_uint8(x: torch.Tensor) -> torch.Tensor:
+    """G's [-1, 1] output -> uint8 pixels: (x + 1) / 2 clipped to [0, 1], times 255, rounded."""
+    return ConditionalGenerator.pixels(x.float()).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+
+
+def minmax_uint8(x: torch.Tensor) -> torch.Tensor:
+    """G's output -> uint8 pixels as the released ``generate_images`` writes them: each image min-max scaled to
+    [0, 1] over all its channels and pixels, (x - min) / max(max - min, 1e-5), then floor(255 v + 0.5) clipped
+    to [0, 255] (torchvision's ``save_image(img, normalize=True)``, one PNG per image)."""
+    x = x.float()
+    flat = x.flatten(1)
+    lo, hi = flat.amin(1).view(-1, 1, 1, 1), flat.amax(1).view(-1, 1, 1, 1)
+    v = (x - lo) / (hi - lo).clamp_min(1e-5)
+    return v.mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def build_augment(kind: str, spec, scale: Tuple[float, float]) -> nn.Module:
@@ -103,6 +121,7 @@ class CollectedSampling:
 
     collected: Collected
     mix: Optional[InflatedSet] = None
+    input_normalizer: Optional[Normalizer] = None  # the student's training inputs (None: the dataset's)
 
     def init_collected(self) -> None:
         ctx = self.ctx
@@ -119,7 +138,8 @@ class CollectedSampling:
             raise RuntimeError(f"{type(self).__name__}: the student's data is not ready (sample() was called "
                                "before the synthetic set was built)")
         images, labels, _ = self.mix.sample(n)
-        return self.normalizer(self.augment(images.float().div_(255.0))), labels
+        norm = self.input_normalizer or self.normalizer
+        return norm(self.augment(images.float().div_(255.0))), labels
 
     def collected_state(self) -> Dict[str, Any]:
         return {"collected_indices": self.collected.indices.clone(),
@@ -161,8 +181,18 @@ class HiDFD(CollectedSampling, Synthesizer):
     lambda_d = lambda_g = 0.1, beta 0.99, N_k starting at 50); betas (0, 0.999),
     batch 100, z dim 128, width 64 and the N(0, 0.02) initialisation from the
     released script; data inflation N = 10 with 50,000 of 100,000 generated
-    images (the paper's best setting). The released script's optimiser (2e-4
-    for both, 400 epochs, EMA of G) is the ``hidfd:released`` preset.
+    images (the paper's best setting). The collected set comes from another
+    source than the teacher's data (``synth.source``; ImageNet for CIFAR).
+
+    ``hidfd:released`` is the released code's protocol: its GAN optimiser
+    (``train.sh``: 2e-4 for both, 400 epochs) and its way of making the
+    synthetic set (``utils.generate_images``): the non-EMA G in eval mode
+    (``sample_mode: eval``), each image min-max scaled to [0, 1] and written
+    as uint8 (``synthetic_range: minmax``), and the student's training inputs
+    normalised otherwise than the teacher's (``train_mean``/``train_std``):
+    the released student normalises them with ImageNet32's statistics
+    (``dataset/imagenet32_mix.py``), not those its teacher was trained with;
+    the preset keeps that change of pixels. Evaluation keeps the dataset's.
 
     Reference-code bugs fixed (we follow the paper):
 
@@ -176,8 +206,8 @@ class HiDFD(CollectedSampling, Synthesizer):
 
     Other choices: D and the teacher see images in the dataset's normalised
     space (the released code feeds the GAN's [-1, 1] images to the teacher);
-    synthetic images are generated with batch statistics (BigGAN's default
-    sampling) in batches of ``gan_batch_size``.
+    by default synthetic images are generated with batch statistics (BigGAN's
+    default sampling) in batches of ``gan_batch_size``, clipped to [0, 1].
     """
 
     @dataclass
@@ -211,8 +241,13 @@ class HiDFD(CollectedSampling, Synthesizer):
         synthetic_size: int = 50000  # of which this many are drawn for the student
         repeat: int = 10  # N: Dc repeated N times in each student epoch
         sample_mode: str = "train"  # G's BN when generating the set: train (batch stats) | eval
+        synthetic_range: str = "clamp"  # G's output -> pixels: clamp ((x + 1) / 2 clipped) | minmax (per image)
         augment: str = "resized_crop_flip"
         crop_scale: Tuple[float, float] = (0.08, 1.0)
+        # the student's training inputs (Dc and synthetic) are normalised with these (None: the dataset's, as
+        # in evaluation); the released student uses ImageNet32's (dataset/imagenet32_mix.py), see hidfd:released
+        train_mean: Optional[Tuple[float, ...]] = None
+        train_std: Optional[Tuple[float, ...]] = None
 
     stateful = ("generator", "discriminator", "opt_g", "opt_d", "generator_ema", "real_batches", "smoother")
 
@@ -220,6 +255,9 @@ class HiDFD(CollectedSampling, Synthesizer):
         super().__init__(ctx, **params)
         c, spec = self.cfg, ctx.spec
         self._check_config()
+        if c.train_mean is not None:
+            self.input_normalizer = Normalizer(replace(spec, mean=tuple(c.train_mean), std=tuple(c.train_std)),
+                                               ctx.device)
         self.init_collected()
         self.terms = TeacherTerms(self, 0.0)
         self.feature_dim = self._teacher_feature_dim()
@@ -247,6 +285,17 @@ class HiDFD(CollectedSampling, Synthesizer):
                               f"({c.pool_size})")
         if c.sample_mode not in ("train", "eval"):
             raise ConfigError("synth.sample_mode must be train or eval")
+        if c.synthetic_range not in SYNTHETIC_RANGES:
+            raise ConfigError(f"synth.synthetic_range must be one of {SYNTHETIC_RANGES}, got {c.synthetic_range!r}")
+        if (c.train_mean is None) != (c.train_std is None):
+            raise ConfigError("synth.train_mean and synth.train_std go together: give both, or neither (the "
+                              "dataset's normalisation)")
+        if c.train_mean is not None:
+            k = self.spec.channels
+            if len(c.train_mean) != k or len(c.train_std) != k or min(c.train_std) <= 0:
+                raise ConfigError(f"synth.train_mean and synth.train_std need {k} value(s) for "
+                                  f"{self.spec.name}'s {k} channel(s), the stds positive; got {list(c.train_mean)} "
+                                  f"and {list(c.train_std)}")
         if c.repeat < 1 or c.gan_batch_size < 1 or c.d_steps < 1:
             raise ConfigError("synth.repeat, synth.gan_batch_size and synth.d_steps must be at least 1")
 
@@ -385,8 +434,7 @@ class HiDFD(CollectedSampling, Synthesizer):
             with self.gan_autocast():
                 x = g(self.latent(y.shape[0]), y)
             sel = keep[i:i + c.gan_batch_size]
-            pixels = g.pixels(x.float()[sel]).clamp_(0, 1)
-            images.append(pixels.mul_(255).round_().to(torch.uint8))
+            images.append((minmax_uint8 if c.synthetic_range == "minmax" else clamped_uint8)(x[sel]))
             kept_labels.append(y[sel])
             self.images_synthesized += y.shape[0]
         g.train()
