@@ -4,7 +4,9 @@ A run's fingerprint is the sha256 of
 
 * its resolved config (every synthesizer and distiller default included, see
   :func:`datafree.config.resolve`) minus the keys that do not change results
-  (:data:`NEUTRAL_KEYS`: where files go, progress bars, logging, thread count);
+  (:data:`NEUTRAL_KEYS`: where files go, progress bars, logging, thread count), with ``device`` and
+  ``amp`` resolved for the machine the run goes to, and ``synth_amp`` where synthesis runs at another
+  precision than the student's steps (the inversion methods on CUDA, docs/precision.md);
 * the teacher file's sha256 (in place of the teacher's name or path: the same
   weights under another path are the same teacher, new weights under the same
   name are not);
