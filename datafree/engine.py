@@ -332,9 +332,10 @@ class Engine:
             first = first_line(e)
             raise ConfigError(f"method {cfg.method} cannot be built from its synth/distill values "
                               f"({type(e).__name__}: {first}); check them with --print-config") from e
-        if self.is_main and self.synth.ctx.amp.mode != self.amp.mode:
-            # a method that synthesises in fp32 under amp=auto on CUDA (docs/precision.md)
-            self.log(f"precision: synthesis {precision_name(self.synth.ctx.amp.mode)}, "
+        # the synthesizer's own autocast policy (fp32 for the inversion methods under amp=auto on CUDA)
+        self.synth_amp = getattr(getattr(self.synth, "ctx", None), "amp", None) or self.amp
+        if self.is_main and self.synth_amp.mode != self.amp.mode:  # docs/precision.md
+            self.log(f"precision: synthesis {precision_name(self.synth_amp.mode)}, "
                      f"student steps {precision_name(self.amp.mode)} (amp={cfg.amp})")
         self.ctx.total_steps = (cfg.epochs - cfg.warmup) * self.ep_steps
         if cfg.compile:
@@ -751,7 +752,7 @@ class Engine:
             "teacher_source": source_of(self.teacher_info) if self.teacher_info else None,
             "device": str(self.device),
             # autocast modes (off = fp32) of synthesis and of the student's steps (docs/precision.md)
-            "precision": {"synthesis": self.synth.ctx.amp.mode, "distillation": self.amp.mode},
+            "precision": {"synthesis": self.synth_amp.mode, "distillation": self.amp.mode},
             "machine": results.machine(),
             "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": results.versions(),

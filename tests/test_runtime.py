@@ -330,3 +330,19 @@ def test_perf_table_names_each_phase_precision():
 
     assert _precision_note({"synthesis": "off", "distillation": "bf16"}) == " (synthesis fp32, student bf16)"
     assert _precision_note({"synthesis": "off", "distillation": "off"}) == "" and _precision_note(None) == ""
+
+
+def test_summary_records_each_phase_precision_amp(zoo, tmp_path, monkeypatch):
+    """summary.json says what synthesis and the student's steps ran at: fp32 on the CPU, bf16 for both under
+    amp=bf16, and, with the CPU taken for CUDA, fp32 synthesis beside bf16 steps for DeepInversion."""
+    import datafree.runtime as runtime
+    from conftest import tiny
+    from datafree.engine import run
+
+    assert run(tiny("deepinv", tmp_path / "a", device="cpu"))["precision"] == {"synthesis": "off",
+                                                                                "distillation": "off"}
+    assert run(tiny("deepinv", tmp_path / "b", device="cpu", amp="bf16"))["precision"] == {"synthesis": "bf16",
+                                                                                            "distillation": "bf16"}
+    monkeypatch.setattr(runtime, "resolve_amp", lambda s, d: {"auto": "bf16"}.get(s, s))
+    assert run(tiny("deepinv", tmp_path / "c", device="cpu"))["precision"] == {"synthesis": "off",
+                                                                                "distillation": "bf16"}
