@@ -73,7 +73,7 @@ class RunConfig:
     distiller: str = "kd"
     distill: Dict[str, Any] = field(default_factory=dict)
     uses_real_data: str = ""  # what real data a method uses, for the tables ("" for none)
-    amp: str = "auto"  # auto (bf16 on CUDA) | off | bf16 | fp16
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 synthesis for deepinv/cmi/fast/dfq; docs/precision.md) | off | bf16 | fp16
     channels_last: str = "auto"  # auto (on: CPU and CUDA) | on | off; see datafree/runtime.py
     cpu_malloc: str = "tuned"  # tuned (glibc keeps freed memory for reuse) | default; see datafree/runtime.py
     compile: bool = False  # torch.compile the student and teacher forward

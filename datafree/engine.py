@@ -35,7 +35,7 @@ from .models import create_model, load_state, save_model
 from .methods import method_folder
 from .teacher import describe as describe_teacher, load_teacher, name_from_file, source_of
 from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
-from .runtime import tune_cpu_malloc, use_channels_last
+from .runtime import precision_name, tune_cpu_malloc, use_channels_last
 from .synthesis.base import Amp, Context
 from .zoo import measured_accuracy, remember_accuracy
 
@@ -332,6 +332,11 @@ class Engine:
             first = first_line(e)
             raise ConfigError(f"method {cfg.method} cannot be built from its synth/distill values "
                               f"({type(e).__name__}: {first}); check them with --print-config") from e
+        # the synthesizer's own autocast policy (fp32 for the inversion methods under amp=auto on CUDA)
+        self.synth_amp = getattr(getattr(self.synth, "ctx", None), "amp", None) or self.amp
+        if self.is_main and self.synth_amp.mode != self.amp.mode:  # docs/precision.md
+            self.log(f"precision: synthesis {precision_name(self.synth_amp.mode)}, "
+                     f"student steps {precision_name(self.amp.mode)} (amp={cfg.amp})")
         self.ctx.total_steps = (cfg.epochs - cfg.warmup) * self.ep_steps
         if cfg.compile:
             self._compile()
@@ -746,6 +751,8 @@ class Engine:
             "teacher_acc_stored": self.teacher_info.get("stored_accuracy"),
             "teacher_source": source_of(self.teacher_info) if self.teacher_info else None,
             "device": str(self.device),
+            # autocast modes (off = fp32) of synthesis and of the student's steps (docs/precision.md)
+            "precision": {"synthesis": self.synth_amp.mode, "distillation": self.amp.mode},
             "machine": results.machine(),
             "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": results.versions(),

@@ -4,7 +4,9 @@ A run's fingerprint is the sha256 of
 
 * its resolved config (every synthesizer and distiller default included, see
   :func:`datafree.config.resolve`) minus the keys that do not change results
-  (:data:`NEUTRAL_KEYS`: where files go, progress bars, logging, thread count);
+  (:data:`NEUTRAL_KEYS`: where files go, progress bars, logging, thread count), with ``device`` and
+  ``amp`` resolved for the machine the run goes to, and ``synth_amp`` where synthesis runs at another
+  precision than the student's steps (the inversion methods on CUDA, docs/precision.md);
 * the teacher file's sha256 (in place of the teacher's name or path: the same
   weights under another path are the same teacher, new weights under the same
   name are not);
@@ -51,8 +53,30 @@ def resolved_device(cfg: RunConfig, device_kind: Optional[str] = None) -> tuple:
         kind = device_kind or ("cuda" if torch.cuda.is_available() else "cpu")
     else:
         kind = dev.split(":")[0]
-    amp = cfg.amp if cfg.amp != "auto" else ("bf16" if kind == "cuda" else "off")
-    return kind, amp
+    from .runtime import resolve_amp
+
+    return kind, resolve_amp(cfg.amp, kind)
+
+
+def synthesis_precision(cfg: RunConfig) -> str:
+    """What the run's synthesizer declares as its ``synthesis_precision`` (``amp`` when it declares nothing)."""
+    from .errors import UnknownNameError
+    from .registry import SYNTHESIZERS
+
+    try:
+        return getattr(SYNTHESIZERS.get(cfg.synthesizer), "synthesis_precision", "amp")
+    except UnknownNameError:  # a plugin not loaded here: the engine reports it
+        return "amp"
+
+
+def resolved_precision(cfg: RunConfig, device_kind: Optional[str] = None) -> Dict[str, str]:
+    """``{"device", "synthesis", "distillation"}``: the device type and the autocast mode (off, bf16, fp16) that
+    synthesis and the student's steps (and the evaluation) will run at, as :class:`datafree.synthesis.base.Amp`
+    resolves them (docs/precision.md)."""
+    from .runtime import synthesis_amp
+
+    kind, amp = resolved_device(cfg, device_kind)
+    return {"device": kind, "synthesis": synthesis_amp(cfg.amp, kind, synthesis_precision(cfg)), "distillation": amp}
 
 _SHA_CACHE: Dict[tuple, str] = {}
 
@@ -149,8 +173,14 @@ def run_identity(cfg: RunConfig, teacher_file: Optional[str] = "auto", device_ki
     # an unset key (None) is left out, so that an option added later with the default None ("off") leaves the
     # fingerprints of the records made before it as they were: they ran without it
     fields = {k: v for k, v in flatten(conf).items() if v is not None}
-    # a CPU float32 record is not a CUDA bf16 one, though both configs say device=auto
-    fields["device"], fields["amp"] = resolved_device(cfg, device_kind)
+    # a CPU float32 record is not a CUDA bf16 one, though both configs say device=auto; "amp" is what the student's
+    # steps ran at, and "synth_amp", only where it differs, what synthesis ran at (fp32 for the methods that declare
+    # synthesis_precision="fp32", on CUDA under amp=auto): a record whose synthesis ran under bf16 is not one of the
+    # fp32 default, and CPU records, where both are off, keep the fingerprints they had
+    prec = resolved_precision(cfg, device_kind)
+    fields["device"], fields["amp"] = prec["device"], prec["distillation"]
+    if prec["synthesis"] != prec["distillation"]:
+        fields["synth_amp"] = prec["synthesis"]
     for key in SET_KEYS:  # a saved image set is an input like the teacher: its content, not its path
         if isinstance(fields.get(key), str) and os.path.isdir(os.path.expanduser(fields[key])):
             fields[f"{key}.sha256"] = folder_sha256(os.path.expanduser(fields.pop(key)))

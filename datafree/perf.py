@@ -22,7 +22,10 @@ spread (min, max).
   synthesis iteration = generator forward (none for pixel methods) + teacher
   forward and backward to the images + Adam step. The student is not in the
   synthesis floor: methods with an adversarial term also run it, so their
-  ratio shows what the adversary costs.
+  ratio shows what the adversary costs. The synthesis floor, and the generator
+  forwards of the student floor, run at the method's synthesis precision (fp32 on
+  CUDA for the methods that declare it, docs/precision.md), the student floor at
+  the run's.
 
 Each method is measured in a fresh subprocess, so peak memory (CUDA max
 allocated, or peak RSS on CPU) is the method's own.
@@ -186,6 +189,7 @@ def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 3, m
         "synthesis_ratio": synth_per_iter / floors["synthesis_iteration"]["median_ms"],
         "student_ratio": step_t["median_ms"] / floors["student_step"]["median_ms"],
         "peak_memory_mb": peak, "memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "cpu_peak_rss",
+        "precision": {"synthesis": synth.ctx.amp.mode, "distillation": ctx.amp.mode},
     }
 
 
@@ -218,6 +222,7 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps:
     """The bare work of a student step and of one synthesis iteration at the method's batch sizes."""
     dev, spec = ctx.device, ctx.spec
     teacher, student = ctx.teacher, ctx.student
+    synth_amp = synth.ctx.amp  # the synthesis floor runs at the method's synthesis precision (docs/precision.md)
     bs = cfg.batch_size
     x = ctx.to_device(torch.randn(bs, *spec.shape, device=dev))
     opt = torch.optim.SGD(student.parameters(), lr=1e-6, momentum=0.9)
@@ -238,7 +243,7 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps:
     gen_per_step = generator_calls_per_step(synth, bs, steps)
     if gen_per_step > 0:
         def generate():
-            with torch.no_grad(), ctx.amp.autocast():
+            with torch.no_grad(), synth_amp.autocast():
                 synth.generate(synth.latent(bs))
 
         gen_t = timeit(generate, dev, repeats, warmup)
@@ -267,7 +272,7 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps:
 
     def synth_floor():
         img = make_images()
-        with ctx.amp.autocast():
+        with synth_amp.autocast():
             out = teacher(ctx.to_device(img))
         loss = out.float().logsumexp(1).mean()
         floor_opt.zero_grad(set_to_none=True)
@@ -307,6 +312,16 @@ def run_perf(methods: List[str], scales: List[str], repeats: int = 5, warmup: in
     return records
 
 
+def _precision_note(prec: Optional[Dict[str, str]]) -> str:
+    """`` (synthesis fp32, student bf16)`` where either phase autocasts; nothing for an all-fp32 record."""
+    from .runtime import precision_name
+
+    if not prec or (prec.get("synthesis") == "off" and prec.get("distillation") == "off"):
+        return ""
+    return (f" (synthesis {precision_name(prec.get('synthesis', 'off'))}, "
+            f"student {precision_name(prec.get('distillation', 'off'))})")
+
+
 def perf_table(records: List[Dict[str, Any]]) -> str:
     from .report import markdown
 
@@ -326,7 +341,7 @@ def perf_table(records: List[Dict[str, Any]]) -> str:
             f"{fl['student_step']['median_ms']:.1f}"
             + (f" (+{fl['generator_forwards_per_step']:.2g} G)" if fl.get("generator_forwards_per_step") else ""),
             f"{r['synthesis_ratio']:.2f}", f"{r['student_ratio']:.2f}", f"{r['peak_memory_mb']:.0f}",
-            r["device"],
+            r["device"] + _precision_note(r.get("precision")),
         ])
     return markdown(["method", "scale", "synthesis ms/round [min-max]", "student ms/step [min-max]",
                      "floor ms/synth iter", "floor ms/student step", "synth / floor", "student / floor",

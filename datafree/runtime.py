@@ -25,6 +25,19 @@ Two of them matter on a CPU as much as on a GPU:
   It is a no-op where the C library is not glibc, and ``cpu_malloc: default``
   leaves the allocator alone.
   The setting is process-wide and cannot be undone in the same process.
+
+And one that matters on CUDA only, the run's precision (``amp``, docs/precision.md):
+
+* **amp** (``amp: auto``): on CUDA the student's KD step, the evaluation and the
+  synthesis of most methods run under bf16 autocast; on the CPU nothing does
+  (``auto`` is ``off``). A synthesizer that declares
+  ``synthesis_precision = "fp32"`` (DeepInversion, CMI, Fast-DFKD, DFQ: the methods
+  whose loss is dominated by the BN-statistics term, a sum of small differences
+  between large activation statistics) synthesises in fp32 under ``auto``, as the
+  reference code does (it has no mixed precision). An explicit ``amp=bf16`` (or
+  ``fp16``) runs synthesis at that precision too; ``amp=off`` runs everything in
+  fp32. :func:`resolve_amp` and :func:`synthesis_amp` say what a run will use; the
+  run's fingerprint records both (:mod:`datafree.identity`).
 """
 from __future__ import annotations
 
@@ -51,6 +64,43 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
     if setting == "off":
         return False
     return setting == "on" or device.type in ("cpu", "cuda")
+
+
+#: the values of the run's ``amp`` setting
+AMP_SETTINGS = ("auto", "off", "bf16", "fp16")
+#: what a synthesizer may declare as its ``synthesis_precision``: ``amp`` (the run's autocast, the default) or
+#: ``fp32`` (no autocast under ``amp=auto``; an explicit ``amp=bf16``/``fp16`` still applies)
+SYNTHESIS_PRECISIONS = ("amp", "fp32")
+
+
+def resolve_amp(setting: str, device_type: str) -> str:
+    """The autocast mode (``off``, ``bf16`` or ``fp16``) of a run's student steps and evaluation:
+    ``auto`` is bf16 on CUDA and off elsewhere."""
+    if setting not in AMP_SETTINGS:
+        from .errors import UnknownNameError
+
+        raise UnknownNameError("amp", setting, list(AMP_SETTINGS))
+    if setting == "auto":
+        return "bf16" if device_type == "cuda" else "off"
+    return setting
+
+
+def synthesis_amp(setting: str, device_type: str, precision: str = "amp") -> str:
+    """The autocast mode a synthesizer that declares ``precision`` runs at (see the module docstring):
+    ``fp32`` turns ``auto`` into ``off``; every explicit setting is taken as it is."""
+    if precision not in SYNTHESIS_PRECISIONS:
+        from .errors import UnknownNameError
+
+        raise UnknownNameError("synthesis_precision", precision, list(SYNTHESIS_PRECISIONS))
+    if setting == "auto" and precision == "fp32":
+        resolve_amp(setting, device_type)  # the setting is checked all the same
+        return "off"
+    return resolve_amp(setting, device_type)
+
+
+def precision_name(mode: str) -> str:
+    """``fp32`` for the autocast mode ``off``, else the mode (``bf16``, ``fp16``)."""
+    return "fp32" if mode == "off" else mode
 
 
 def tune_cpu_malloc(setting: str = "tuned") -> bool:

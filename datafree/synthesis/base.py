@@ -24,25 +24,74 @@ Batch = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
 class Amp:
-    """The run's autocast policy: bf16 (or fp16) on CUDA, nothing on CPU."""
+    """An autocast policy: bf16 (or fp16) on CUDA, nothing on CPU (see docs/precision.md).
 
-    def __init__(self, device: torch.device, mode: str = "auto"):
-        self.device = device
-        if mode == "auto":
-            mode = "bf16" if device.type == "cuda" else "off"
-        if mode not in ("off", "bf16", "fp16"):
-            raise ValueError(f"amp must be auto, off, bf16 or fp16, got {mode!r}")
-        self.mode = mode
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+    ``setting`` is the run's ``amp`` value (``auto``, ``off``, ``bf16``, ``fp16``), ``mode`` what it resolves to
+    here. The engine's Amp is the run's (student steps, evaluation); each synthesizer runs under
+    :meth:`for_synthesis` of it, which for a synthesizer that declares ``synthesis_precision = "fp32"`` is
+    fp32 under ``auto``. Such an fp32 policy inside a bf16 run turns autocast off explicitly
+    (``torch.autocast(enabled=False)``), so a synthesis call made inside the run's autocast block stays fp32.
+    """
+
+    def __init__(self, device: torch.device, mode: str = "auto", *, exclusive: bool = False):
+        from ..runtime import resolve_amp
+
+        self.device = torch.device(device)
+        self.setting = mode
+        self.mode = resolve_amp(mode, self.device.type)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mode)
+        #: an fp32 policy that disables any autocast around it (set by :meth:`for_synthesis`)
+        self.exclusive = exclusive and self.dtype is None
 
     @property
     def enabled(self) -> bool:
         return self.dtype is not None
 
     def autocast(self):
+        if self.exclusive:
+            return torch.autocast(device_type=self.device.type, enabled=False)
         if not self.enabled:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def for_synthesis(self, precision: str = "amp") -> "Amp":
+        """The policy of a synthesizer that declares ``precision`` (``amp`` or ``fp32``): this one, or an fp32
+        one when the run's ``auto`` would otherwise autocast it."""
+        from ..runtime import synthesis_amp
+
+        mode = synthesis_amp(self.setting, self.device.type, precision)
+        if mode == self.mode:
+            return self
+        out = Amp(self.device, mode, exclusive=True)
+        out.setting = self.setting
+        return out
+
+
+class ContextView:
+    """The run's :class:`Context` with another autocast policy: every attribute but ``amp`` is read from and
+    written to the shared Context (the engine's ``epoch``/``step`` updates show through). A synthesizer whose
+    precision differs from the run's holds one as ``self.ctx``, so its ``self.ctx.amp.autocast()`` blocks run at
+    its own precision while the distiller's use the run's."""
+
+    __slots__ = ("_ctx", "amp")
+
+    def __init__(self, ctx: "Context", amp: Amp):
+        object.__setattr__(self, "_ctx", ctx)
+        object.__setattr__(self, "amp", amp)
+
+    @property
+    def context(self) -> "Context":
+        """The shared Context behind the view."""
+        return object.__getattribute__(self, "_ctx")
+
+    def __getattr__(self, name: str):
+        return getattr(object.__getattribute__(self, "_ctx"), name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "amp":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(object.__getattribute__(self, "_ctx"), name, value)
 
 
 @dataclass
@@ -125,11 +174,15 @@ class Synthesizer:
 
     stateful: Tuple[str, ...] = ()
     needs_teacher: bool = True
+    #: the precision of this synthesizer's own autocast blocks on CUDA under ``amp=auto``: ``amp`` (the run's,
+    #: bf16 on CUDA) or ``fp32`` (the reference code's; an explicit ``amp=bf16`` still applies). docs/precision.md
+    synthesis_precision: str = "amp"
     #: short description of the real data a synthesizer uses ("" for data-free ones)
     real_data: str = ""
 
     def __init__(self, ctx: Context, **params: Any):
-        self.ctx = ctx
+        amp = ctx.amp.for_synthesis(self.synthesis_precision)
+        self.ctx = ctx if amp is ctx.amp else ContextView(ctx, amp)
         # a Config missing @dataclass is named here, not reported as an "unknown key" of the synth section
         config = config_class(type(self), "synthesizer")
         self.cfg = build_dataclass(config, params, f"synth ({type(self).__name__})")

@@ -223,6 +223,7 @@ class CMI(PoolSampling, Synthesizer):
         pool_dtype: str = "uint8"
 
     stateful = ("pool", "bank", "head", "head_optimizer", "terms")
+    synthesis_precision = "fp32"  # under amp=auto on CUDA, as the reference code (docs/precision.md)
 
     def __init__(self, ctx, **params):
         super().__init__(ctx, **params)

@@ -80,6 +80,7 @@ class DeepInversion(PoolSampling, Synthesizer):
         pool_dtype: str = "uint8"
 
     stateful = ("pool", "terms")
+    synthesis_precision = "fp32"  # under amp=auto on CUDA, as the reference code (docs/precision.md)
 
     def __init__(self, ctx, **params):
         super().__init__(ctx, **params)

@@ -63,6 +63,8 @@ class DFQ(GeneratorSynthesizer):
       warns and the term is zero.
     """
 
+    synthesis_precision = "fp32"  # under amp=auto on CUDA, as the reference code (docs/precision.md)
+
     @dataclass
     class Config(GeneratorSynthesizer.Config):
         generator: str = "dcgan_large"

@@ -129,6 +129,7 @@ class FastDFKD(PoolSampling, Synthesizer):
         pool_dtype: str = "uint8"
 
     stateful = ("generator", "optimizer", "terms", "pool")
+    synthesis_precision = "fp32"  # under amp=auto on CUDA, as the reference code (docs/precision.md)
 
     def __init__(self, ctx, **params):
         super().__init__(ctx, **params)
