@@ -228,7 +228,10 @@ def test_vae_update_carries_the_latent_tuning_gradient_as_the_released_code(zoo,
     moved = 0
     for on, off, g in zip(dec_on, dec_off, expected):
         g = torch.zeros_like(on) if g is None else g
-        # float32 sums of two gradients: the difference is exact to ~1 ulp of the larger one
-        assert torch.allclose(on - off, g, atol=1e-6, rtol=1e-4)
+        # float32 sums of two gradients: on - off recovers the tuning gradient to ~1 ulp of the larger of the
+        # two summands (the VAE's gradient may be far larger than g), plus g's own recomputation error
+        ulp = torch.finfo(torch.float32).eps
+        bound = 1e-6 + 1e-4 * g.abs() + 4 * ulp * (on.abs() + off.abs())
+        assert ((on - off - g).abs() <= bound).all(), float(((on - off - g).abs() - bound).max())
         moved += int(g.abs().sum() > 0)
     assert moved > 0
