@@ -11,7 +11,7 @@ def _engine(tmp_path, **synth):
 
 def test_best_batch_is_a_copy_not_a_view(zoo, tmp_path):
     """With one iteration the best batch is the starting noise, not the pixels after the step."""
-    e = _engine(tmp_path, iterations=1, adv=0.0, tv=0.0)
+    e = _engine(tmp_path, iterations=1, adv=0.0, tv=0.0, keep_best=True)
     torch.manual_seed(123)
     x0 = torch.randn(8, *e.spec.shape)  # the first draw synthesize() makes
     torch.manual_seed(123)
@@ -40,3 +40,21 @@ def test_synthesis_moves_pixels_not_models(zoo, tmp_path):
     before = snapshot(e.student)
     e.distiller.step(x)
     assert changed_params(e.student, before)
+
+
+def test_plain_deepinv_keeps_the_last_iterate_as_the_reference_view_does(zoo, tmp_path):
+    """deepinversion.py:83/:100 keep inputs.data, a view that the in-place Adam step and clip go on changing:
+    the pool gets the final pixels. deepinv:fixed keeps the lowest-loss step (a copy)."""
+    from datafree.config import resolve
+
+    assert resolve({"method": "deepinv", "dataset": "cifar10"}).synth["keep_best"] is False
+    assert resolve({"method": "deepinv:fixed", "dataset": "cifar10"}).synth["keep_best"] is True
+    e = _engine(tmp_path, iterations=1, adv=0.0, tv=0.0, keep_best=False)
+    torch.manual_seed(123)
+    x0 = torch.randn(8, *e.spec.shape)
+    torch.manual_seed(123)
+    e.synth.synthesize()
+    kept = e.synth.pool.all()[0]
+    start = e.ctx.normalizer.denormalize(x0).clamp(0, 1)
+    # one Adam step at lr 0.1 moves every pixel by about lr (normalised units): the kept batch is not the start
+    assert (kept - start).abs().mean() > 0.01

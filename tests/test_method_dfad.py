@@ -98,3 +98,28 @@ def test_end_to_end_runs_and_resumes(zoo, tmp_path, monkeypatch):
     assert full["evaluations"] == 2 and full["images_seen"] == 2 * 10 * 16
     assert full["images_synthesized"] == (2 * 2 - 1) * 16  # no generator step before the first student steps
     assert resumed["images_synthesized"] == full["images_synthesized"]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_student_runs_in_train_mode_in_the_generator_loss_as_the_reference(zoo, tmp_path, mode):
+    """DFAD_cifar.py:19 sets student.train() for the whole iteration: the generator's loss sees the student's
+    batch-statistics outputs and moves its BN running statistics (never its weights); eval freezes it."""
+    from torch import nn
+
+    from conftest import changed_params
+    from datafree.registry import SYNTHESIZERS
+    from datafree.synthesis.base import Context
+
+    e = _engine(tmp_path)
+    assert e.synth.cfg.student_mode == "train"
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(e.spec.channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, e.spec.num_classes)).eval()
+    s = SYNTHESIZERS.build("dfad", Context(e.teacher, student, e.spec, e.device, cfg=e.cfg),
+                           **{**e.cfg.synth, "student_mode": mode})
+    before = snapshot(student)
+    x = s.generate(s.latent(16))
+    loss, _ = s.generator_loss(x, None)
+    loss.backward()
+    assert not changed_params(student, before) and all(p.grad is None for p in student.parameters())
+    assert unchanged(student, before) == (mode == "eval") and not student.training

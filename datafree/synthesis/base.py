@@ -137,18 +137,21 @@ class Context:
 
 
 @contextlib.contextmanager
-def frozen(module: Optional[nn.Module]) -> Iterator[None]:
-    """Eval mode and no parameter gradients inside the block; both restored after.
+def frozen(module: Optional[nn.Module], train_mode: bool = False) -> Iterator[None]:
+    """No parameter gradients inside the block, and eval mode unless ``train_mode``; both restored after.
 
     Used when a synthesis loss runs the student: gradients flow to the images
-    only, and the student's BN statistics are not moved by synthetic batches.
+    only, and (in eval mode) the student's BN statistics are not moved by
+    synthetic batches. ``train_mode`` keeps BatchNorm on the batch's statistics
+    and lets it update its running ones, as reference loops that never call
+    ``student.eval()`` before the generator step do (DFAD, MB-DFKD, PRE-DFKD).
     """
     if module is None:
         yield
         return
     was_training = module.training
     flags = [p.requires_grad for p in module.parameters()]
-    module.eval()
+    module.train(train_mode)
     for p in module.parameters():
         p.requires_grad_(False)
     try:
@@ -226,8 +229,13 @@ class Synthesizer:
         return batch[0] if isinstance(batch, tuple) else batch
 
     def student_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Student logits for a synthesis loss: gradients reach ``x``, not the student."""
-        with frozen(self.student), self.ctx.amp.autocast():
+        """Student logits for a synthesis loss: gradients reach ``x``, not the student.
+
+        The student runs in eval mode, or in train mode when the config's ``student_mode`` is ``"train"``
+        (a method whose reference loop leaves it so; its BN layers then use and track the synthetic batch).
+        """
+        train_mode = getattr(self.cfg, "student_mode", "eval") == "train"
+        with frozen(self.student, train_mode=train_mode), self.ctx.amp.autocast():
             return self.student(x).float()
 
     def health_checks(self) -> Dict[str, torch.Tensor]:

@@ -39,11 +39,14 @@ class DFAD(AdversarialGenerator):
     milestones (in the YAML entry). ``DFAD_mnist.py``: nz 100, batch 512,
     student SGD lr 0.01, weight decay 1e-4, 40 epochs, no schedule.
 
+    The student runs in train mode while the generator's loss uses it, as in the
+    reference (DFAD_cifar.py:19 sets ``student.train()`` for the whole iteration):
+    its BN layers use the generator batch's statistics and their running
+    statistics move with it; its weights get no gradient from that loss.
+    ``student_mode: eval`` freezes it in eval mode instead.
+
     Deviations, on purpose:
 
-    * the student is frozen (eval mode) while the generator's loss runs it; the
-      reference leaves it in train mode, so its BN layers use the generator
-      batch's statistics there and their running statistics move with it;
     * BN statistics, one-hot and other priors are off (``bn`` 0), as in the
       paper; ``bn`` > 0 adds the DeepInversion term (a DFQ-like variant).
     """
@@ -63,6 +66,13 @@ class DFAD(AdversarialGenerator):
         g_milestones: List[float] = field(default_factory=lambda: [100, 200])
         g_gamma: float = 0.1
         student_first: bool = True
+        student_mode: str = "train"  # the student in the generator loss: "train" (the reference) or "eval"
+
+        def validate(self) -> None:
+            if self.student_mode not in ("train", "eval"):
+                from ..errors import ConfigError
+
+                raise ConfigError(f"synth.student_mode={self.student_mode!r}: use train (the reference's) or eval")
 
     def generator_loss(self, x, z) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         t, _, l_bn = self.terms(x)

@@ -170,28 +170,6 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
             logs["adv"] = l_adv
         return loss, logs
 
-    def student_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Student logits for the adversarial term; gradients reach ``x``, never the student's parameters.
-
-        ``student_mode="train"`` runs the student in train mode, as the released loop leaves it
-        (main.py:91 and distillation.py:34 set ``student.train()``; nothing sets eval before the
-        generator step): BatchNorm uses the batch's statistics and updates its running statistics."""
-        if self.cfg.student_mode == "eval":
-            return super().student_logits(x)
-        student = self.student
-        was_training = student.training
-        flags = [p.requires_grad for p in student.parameters()]
-        student.train()
-        for p in student.parameters():
-            p.requires_grad_(False)
-        try:
-            with self.ctx.amp.autocast():
-                return student(x).float()
-        finally:
-            for p, f in zip(student.parameters(), flags):
-                p.requires_grad_(f)
-            student.train(was_training)
-
     # -- the replay mix
     def replay_count(self, n: int) -> int:
         return int(n * self.cfg.replay_ratio)
