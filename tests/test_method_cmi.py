@@ -189,3 +189,29 @@ def test_end_to_end_run_and_resume(zoo, tmp_path, monkeypatch):
     sb = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["synthesizer"]
     assert all(torch.equal(sa["head"][k], sb["head"][k]) for k in sa["head"])  # the head resumed exactly
     assert torch.equal(sa["bank"]["data"], sb["bank"]["data"]) and torch.equal(sa["pool"]["images"], sb["pool"]["images"])
+
+
+@pytest.mark.parametrize("bug", [True, False])
+def test_exactly_full_bank_keeps_first_steps_from_then_on_as_the_reference(zoo, tmp_path, monkeypatch, bug):
+    """contrastive.py:154-166 samples range(ptr) once n_updates == max_size (ptr wrapped to 0): no negatives,
+    loss_cr[N:].mean() is NaN (:324), the head turns NaN and every later round keeps its first step's batch.
+    With bank 16 = 2 batches of 8, rounds 1-2 optimise; from round 3 on, `cmi` keeps step 1 (`cmi:fixed` never)."""
+    from datafree.config import resolve
+
+    assert resolve({"method": "cmi", "dataset": "cifar10"}).synth["bank_full_nan"] is True
+    assert resolve({"method": "cmi:fixed", "dataset": "cifar10"}).synth["bank_full_nan"] is False
+    e = _engine(tmp_path, bank_size=16, bank_full_nan=bug)
+    calls = []
+    original = type(e.synth).objective
+    monkeypatch.setattr(type(e.synth), "objective", lambda self, x, y: calls.append(1) or original(self, x, y))
+    per_round = []
+    for _ in range(4):
+        before = len(calls)
+        logs = e.synth.synthesize()
+        per_round.append((len(calls) - before, "head_nan" in logs))
+    steps = SYNTH["g_steps"]
+    if bug:
+        assert per_round == [(steps, False), (steps, False), (1, True), (1, True)]
+    else:
+        assert per_round == [(steps, False)] * 4
+    assert len(e.synth.pool) == 32 and len(e.synth.bank) == 16

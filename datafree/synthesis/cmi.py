@@ -55,7 +55,12 @@ Deviations and reference-code bugs fixed:
   bank half of the loss is then the mean of an empty tensor, NaN, which
   poisons the head through its Adam step, and every later round keeps the
   first-iteration output of a freshly initialised generator (almost uniform
-  grey images). We sample from all valid rows, so this never happens;
+  grey images). That shaped the published scratch-CMI number, so
+  ``bank_full_nan`` (the ``cmi`` entry sets it) reproduces its consequence:
+  from that round on, each round keeps its first step's batch and features and
+  logs ``head_nan`` 1 (the remaining steps, which cannot change what is kept,
+  are skipped; no NaN is computed). ``cmi:fixed`` samples from all valid rows
+  and never stops optimising;
 * the reference's kept batch ``inputs.data`` is the generator's fresh output of
   that step, which nothing changes later, so CMI does *not* share
   DeepInversion's no-copy trap; we keep an explicit copy anyway (tested);
@@ -219,6 +224,10 @@ class CMI(PoolSampling, Synthesizer):
         local_scale: Tuple[float, float] = (0.25, 1.0)
         view_flip: Optional[bool] = None  # null: flip when the dataset's standard augmentation flips
         keep_best: bool = True
+        # the reference's exactly-full bank (see the module docstring): every round from the one that starts with
+        # bank_size rows on keeps its first step's batch. Only when bank_size is a multiple of the batch, as the
+        # reference asserts (contrastive.py:149); false: the bug fixed (cmi:fixed)
+        bank_full_nan: bool = False
         pool_size: int = 0  # 0: unbounded (the pool of all kept batches)
         pool_dtype: str = "uint8"
 
@@ -354,11 +363,15 @@ class CMI(PoolSampling, Synthesizer):
         optimizer = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}],
                                      lr=c.lr_g, betas=tuple(c.betas))
         best = None  # (loss, images, features) of the lowest-loss step so far
-        for _ in range(c.g_steps):
+        head_nan = self.head_is_nan_in_reference()
+        for _ in range(1 if head_nan else c.g_steps):
             x = self.images(z)
             loss, logs, feats = self.objective(x, y)
             step = (loss.detach(), x.detach(), None if feats is None else feats.detach())
             best = _keep_lower(best, step) if c.keep_best else step
+            if head_nan:  # the reference's loss is NaN from here on: it keeps this first step's batch
+                logs["head_nan"] = torch.ones((), device=self.device)
+                break
             optimizer.zero_grad(set_to_none=True)
             self.head_optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -373,6 +386,16 @@ class CMI(PoolSampling, Synthesizer):
         out = {k: v.detach() for k, v in logs.items()}
         out.update({"loss_g": loss.detach(), "best_loss": best_loss})
         return out
+
+    def head_is_nan_in_reference(self) -> bool:
+        """True from the round that starts with exactly ``bank_size`` rows written, under ``bank_full_nan``.
+
+        The reference's bank (contrastive.py:154-166) then samples from ``range(ptr)`` with ``ptr`` wrapped to
+        0: no negatives, so ``loss_cr[N:].mean()`` (:324) is NaN, the head's Adam step makes the head NaN for
+        good, and every later loss is NaN (``best_cost > nan`` is false: the first step's batch is kept)."""
+        c = self.cfg
+        n = c.synthesis_batch_size
+        return bool(c.bank_full_nan and c.cr > 0 and c.bank_size % n == 0 and self.bank.total_added >= c.bank_size)
 
     def close(self) -> None:
         self.tap.detach()
