@@ -182,10 +182,19 @@ def describe(name: str) -> str:
 
 
 def describe_sources(name: str) -> List[str]:
-    """The ``sources`` lines of a method (a preset's own first, then those it keeps from its method), one
-    ``scope: text`` per line, datasets before pairs."""
-    entry = method_entry(name)
-    sources = entry.get("sources") or {}
+    """The ``sources`` lines of a method, one ``scope  text`` per line, datasets before pairs.
+
+    A preset prints its own lines; a scope only its method names reads "as <method>, with this preset's
+    changes" (the method's line describes the method's protocol, not the preset's)."""
+    base, preset = preset_of(name)
+    if preset is None:
+        sources = dict(method_entry(name).get("sources") or {})
+    else:
+        method_entry(name)  # loads the built-in methods and checks the chain
+        own = dict(METHODS.get(name).get("sources") or {})
+        inherited = method_entry(base).get("sources") or {}
+        sources = {k: f"as {base}, with this preset's changes" for k in inherited if k not in own}
+        sources.update(own)
     if not sources:
         return ["(no sources section: see the method's page in docs/methods/)"]
     keys = sorted(sources, key=lambda k: ("/" in str(k), str(k)))
