@@ -112,7 +112,7 @@ def test_class_balance_and_activation():
 
 
 def test_class_balance_log10_is_dafl_code_form():
-    # DAFL_train.py:178-179 (huawei-noah/Efficient-Computing): p = softmax(t).mean(0); (p * log10(p)).sum().
+    # DAFL-train.py:178-179 (huawei-noah/Efficient-Computing): p = softmax(t).mean(0); (p * log10(p)).sum().
     # Fixed logits, two samples, three classes: p = mean of softmax([2, 0, 0]) and softmax([0, 1, 0]).
     t = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     # softmax([2,0,0]) = [0.786986, 0.106507, 0.106507]; softmax([0,1,0]) = [0.211942, 0.576117, 0.211942]

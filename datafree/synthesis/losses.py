@@ -137,7 +137,7 @@ def class_entropy(t: torch.Tensor, T: float = 1.0) -> torch.Tensor:
 def class_balance(t: torch.Tensor, T: float = 1.0, log: str = "e") -> torch.Tensor:
     """sum_k p_k log p_k = -H(mean softmax): minimising it balances the classes (DAFL, DFQ).
 
-    ``log="10"`` takes the base-10 logarithm, as DAFL's code does (``torch.log10`` in DAFL_train.py) and
+    ``log="10"`` takes the base-10 logarithm, as DAFL's code does (``torch.log10`` in DAFL-train.py) and
     the MB-DFKD/PRE-DFKD code after it: the same term divided by ln 10, so its weight acts 2.3x smaller.
     """
     if log not in LOG_BASES:
