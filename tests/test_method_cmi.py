@@ -198,8 +198,17 @@ def test_exactly_full_bank_keeps_first_steps_from_then_on_as_the_reference(zoo, 
     With bank 16 = 2 batches of 8, rounds 1-2 optimise; from round 3 on, `cmi` keeps step 1 (`cmi:fixed` never)."""
     from datafree.config import resolve
 
-    assert resolve({"method": "cmi", "dataset": "cifar10"}).synth["bank_full_nan"] is True
-    assert resolve({"method": "cmi:fixed", "dataset": "cifar10"}).synth["bank_full_nan"] is False
+    for pair in (("wrn40_2", "wrn16_1"), ("resnet34", "resnet18")):
+        for ds in ("cifar10", "cifar100"):
+            cell = {"dataset": ds, "teacher": pair[0], "student": pair[1]}
+            assert resolve({"method": "cmi", **cell}).synth["bank_full_nan"] is True  # the compared cells
+            assert resolve({"method": "cmi:fixed", **cell}).synth["bank_full_nan"] is False
+            assert resolve({"method": "cmi:fixed", **cell}).synth["feature_layers"] == (
+                "stages" if pair[0] == "resnet34" else "bn")
+    # anywhere else the bug would only waste rounds: off
+    assert resolve({"method": "cmi", "dataset": "mnist"}).synth["bank_full_nan"] is False
+    assert resolve({"method": "cmi", "dataset": "cifar10", "teacher": "resnet20",
+                    "student": "resnet8"}).synth["bank_full_nan"] is False
     e = _engine(tmp_path, bank_size=16, bank_full_nan=bug)
     calls = []
     original = type(e.synth).objective

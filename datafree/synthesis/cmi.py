@@ -56,7 +56,7 @@ Deviations and reference-code bugs fixed:
   poisons the head through its Adam step, and every later round keeps the
   first-iteration output of a freshly initialised generator (almost uniform
   grey images). That shaped the published scratch-CMI number, so
-  ``bank_full_nan`` (the ``cmi`` entry sets it) reproduces its consequence:
+  ``bank_full_nan`` (the ``cmi`` entry sets it on the compared CIFAR pairs) reproduces its consequence:
   from that round on, each round keeps its first step's batch and features and
   logs ``head_nan`` 1 (the remaining steps, which cannot change what is kept,
   are skipped; no NaN is computed). ``cmi:fixed`` samples from all valid rows
