@@ -225,16 +225,17 @@ def test_vae_update_carries_the_latent_tuning_gradient_as_the_released_code(zoo,
     tune = (c.oh * F.cross_entropy(t, t.argmax(1)) + c.ie * (p * torch.log10(p)).sum()
             + F.mse_loss(z.var(0), torch.ones(c.nz)) + F.mse_loss(z.mean(0), torch.zeros(c.nz)))
     expected = torch.autograd.grad(tune, list(decoder.parameters()), allow_unused=True)
+    expected = [torch.zeros_like(on) if g is None else g for on, g in zip(dec_on, expected)]
+    # float32: each gradient element is a sum of terms on the scale of the decoder's gradients, summed in another
+    # order here than in the run (and on/off add the VAE's gradient), so an element's error is a few ulps of that
+    # scale, whatever its own size: a bias just before a train-mode BatchNorm has a true gradient of 0 and gets
+    # pure rounding noise (measured up to 1.3e-6 against a scale of ~5). 64 ulps of the decoder-wide scale:
+    ulp = torch.finfo(torch.float32).eps
+    scale = max(float(t.abs().max()) for t in (*dec_on, *dec_off, *expected))
+    tol = 1e-6 + 64 * ulp * scale
     moved = 0
     for on, off, g in zip(dec_on, dec_off, expected):
-        g = torch.zeros_like(on) if g is None else g
-        # float32: each gradient element is a sum of terms on the scale of the tensor's largest gradient, and the
-        # run and this recomputation sum them in different orders (and on/off add the VAE's gradient), so an
-        # element's error is a few ulps of that scale, whatever its own size (measured: ~1e-6 at a scale of ~5,
-        # i.e. ~2 ulps of 5; elementwise rtol fails on near-cancelling elements). 64 ulps of the scale:
-        ulp = torch.finfo(torch.float32).eps
-        scale = float(on.abs().max() + off.abs().max() + g.abs().max())
         err = float((on - off - g).abs().max())
-        assert err <= 1e-6 + 64 * ulp * scale, (tuple(on.shape), err, scale)
-        moved += int(g.abs().sum() > 0)
+        assert err <= tol, (tuple(on.shape), err, tol)
+        moved += int(float(g.abs().max()) > 1000 * tol)  # a gradient far above the noise: the check has teeth
     assert moved > 0
