@@ -22,7 +22,7 @@ def test_output_and_feature_shapes(name, channels, size):
     assert torch.allclose(m.head(m.pool(fmap)), logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["lenet5", "lenet5_half", "resnet8", "wrn16_1", "vgg8"])
+@pytest.mark.parametrize("name", ["lenet5", "lenet5_half", "lenet5_bn", "resnet8", "wrn16_1", "vgg8"])
 def test_small_images(name):
     m = create_model(name, num_classes=10, in_channels=1, image_size=8).eval()
     assert m(torch.randn(3, 1, 8, 8)).shape == (3, 10)
@@ -35,6 +35,30 @@ def test_lenet5_is_the_dafl_architecture_at_32():
     half = create_model("lenet5_half", 10, 1, 32)
     assert [l.out_channels for l in half.features if isinstance(l, torch.nn.Conv2d)] == [3, 8, 60]
     assert sum(p.numel() for p in m.parameters()) == 61706
+
+
+def test_lenet5_bn_is_lenet5_with_a_batchnorm_after_each_conv_and_the_hidden_linear():
+    from torch import nn
+
+    plain, bn = create_model("lenet5", 10, 1, 32), create_model("lenet5_bn", 10, 1, 32)
+    kinds = [type(l).__name__ for l in bn.features]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d",
+                     "Conv2d", "BatchNorm2d", "ReLU"]
+    assert [type(l).__name__ for l in bn.head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    # the same widths: 2 x (6 + 16 + 120 + 84) BN parameters more than LeNet-5
+    assert sum(p.numel() for p in bn.parameters()) == 61706 + 2 * (6 + 16 + 120 + 84)
+    assert [type(s).__name__ for s in bn.stages()] == [type(s).__name__ for s in plain.stages()]
+    assert [s.shape[1:] for s in _stage_outputs(bn)] == [s.shape[1:] for s in _stage_outputs(plain)]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 3
+
+
+def _stage_outputs(model):
+    outs = []
+    hooks = [s.register_forward_hook(lambda m, i, o: outs.append(o)) for s in model.stages()]
+    model.eval()(torch.randn(2, 1, 32, 32))
+    for h in hooks:
+        h.remove()
+    return outs
 
 
 def test_timm_passthrough():
