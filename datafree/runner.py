@@ -118,7 +118,9 @@ def find_suite(path: str) -> str:
 #: every key a suite file may hold (docs/suites.md explains each)
 SUITE_KEYS = ("name", "out", "dataset", "pairs", "methods", "exclude", "seeds", "reference", "teacher_training",
               "defaults", "overrides", "variants", "note", "plugins")
-PAIR_KEYS = ("dataset", "teacher", "student")
+PAIR_KEYS = ("dataset", "teacher", "student", "defaults", "overrides")
+#: the keys of a pair that name it (the others set its budget: the pair's own defaults and per-method overrides)
+PAIR_NAME_KEYS = ("dataset", "teacher", "student")
 
 
 def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
@@ -165,9 +167,24 @@ def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
             raise ConfigError(f"suite {path}: variant {name!r} must name its method (a string), got {v.get('method')!r}")
     for p in raw.get("pairs") or []:
         if isinstance(p, dict):
-            for k in PAIR_KEYS:
+            for k in PAIR_NAME_KEYS:
                 if p.get(k) is not None and not isinstance(p[k], str):
                     raise ConfigError(f"suite {path}: pair {p!r}: {k} must be a string")
+            name = f"{p.get('teacher')}->{p.get('student')}"
+            if p.get("defaults") is not None and not isinstance(p["defaults"], dict):
+                raise ConfigError(f"suite {path}: pair {name}: defaults must be a mapping of run-config keys, "
+                                  f"got {p['defaults']!r}")
+            over = p.get("overrides")
+            if over is not None and (not isinstance(over, dict) or not all(isinstance(x, dict) for x in over.values())):
+                raise ConfigError(f"suite {path}: pair {name}: overrides must be a mapping of method names to "
+                                  f"mappings of run-config keys, got {over!r}")
+            pair_layers = [(f"pair {name}: defaults", p.get("defaults") or {})]
+            pair_layers += [(f"pair {name}: overrides.{m}", v) for m, v in (over or {}).items()]
+            for where, layer in pair_layers:
+                for k in identity_keys:
+                    if k in layer:
+                        raise ConfigError(f"suite {path}: {where} sets {k!r}, which the suite's layout decides "
+                                          f"(pairs, seeds, methods, out); set it there instead")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"suite {path}: seeds {seeds} lists a seed twice")
     ref = raw.get("reference")
@@ -205,12 +222,17 @@ def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
         ds = p.get("dataset", dataset)
         if not ds:
             raise ConfigError(f"suite {path}: pair {p!r} has no dataset (set `dataset:` at the top or in the pair)")
-        pairs.append({"dataset": ds, "teacher": p.get("teacher"), "student": p["student"]})
+        pair_over = {k: _dotted(v) for k, v in (p.get("overrides") or {}).items()}
+        for m in pair_over:
+            if m not in METHODS:
+                METHODS.get(m)  # a typo in a pair's overrides would silently skip them: fail with suggestions
+        pairs.append({"dataset": ds, "teacher": p.get("teacher"), "student": p["student"],
+                      "defaults": _dotted(p.get("defaults") or {}), "overrides": pair_over})
     if not pairs:
         raise ConfigError(f"suite {path} lists no pairs")
     seen = set()
     for p in pairs:
-        key = (p["dataset"], p["teacher"], p["student"])
+        key = (p["dataset"], p["teacher"], p["student"])  # a pair is named by these, not by its budget
         if key in seen:
             raise ConfigError(f"suite {path}: the pair {p['teacher']} -> {p['student']} on {p['dataset']} is listed twice")
         seen.add(key)
@@ -275,9 +297,15 @@ def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] 
                 continue
             for seed in seeds or suite.seeds:
                 base = method.split(":")[0]  # a method's overrides apply to its presets (the preset's own win)
-                own = suite.overrides.get(method, {})
-                over = deep_merge(suite.defaults, deep_merge(suite.overrides.get(base, {}), own) if base != method
-                                  else own)
+
+                def method_layer(table: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+                    own = table.get(method, {})
+                    return deep_merge(table.get(base, {}), own) if base != method else own
+
+                # suite defaults, the suite's method overrides, then the pair's own defaults and method overrides
+                over = deep_merge(suite.defaults, method_layer(suite.overrides))
+                over = deep_merge(over, pair.get("defaults") or {})
+                over = deep_merge(over, method_layer(pair.get("overrides") or {}))
                 over = deep_merge(over, variant)
                 over = deep_merge(over, {"suite": suite.name})
                 if suite.plugins:

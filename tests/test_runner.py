@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from datafree.cli import main
+from datafree.errors import ConfigError, UnknownNameError
 from datafree.runner import expand, load_suite, run_suite
 
 TINY = {"epochs": 2, "ep_steps": 2, "batch_size": 8, "samples": 4, "progress": False}
@@ -39,6 +40,26 @@ def test_expand_seeds_only_and_dry_run(zoo, tmp_path, capsys):
     assert main(["bench", path, "--dry-run", "--seeds", "0,1"]) == 0
     out = capsys.readouterr().out
     assert "4 cells (0 finished)" in out and "pending" in out
+
+
+def test_a_pair_sets_its_own_budget_over_the_suites(zoo, tmp_path, capsys):
+    """A pair's defaults and per-method overrides come after the suite's (and a method's reach its presets)."""
+    pairs = [{"teacher": "lenet5", "student": "lenet5_half"},
+             {"teacher": "lenet5_bn", "student": "lenet5_half", "defaults": {"epochs": 1},
+              "overrides": {"deepinv": {"synth.iterations": 1}}}]
+    suite = load_suite(_suite(tmp_path, methods=("dafl", "deepinv", "deepinv:paper"), pairs=pairs))
+    cells = {(c.teacher, c.method): c.overrides for c in expand(suite)}
+    assert cells[("lenet5", "deepinv")]["epochs"] == 2 and cells[("lenet5", "deepinv")]["synth"]["iterations"] == 2
+    assert cells[("lenet5_bn", "dafl")]["epochs"] == 1 and cells[("lenet5_bn", "dafl")]["synth"]["ngf"] == 8
+    assert cells[("lenet5_bn", "deepinv")]["synth"] == {"iterations": 1, "synthesis_batch_size": 8}
+    assert cells[("lenet5_bn", "deepinv:paper")]["synth"]["iterations"] == 1
+    # a pair cannot set a cell's identity, and a typo in its method names fails with suggestions
+    bad = [{"teacher": "lenet5", "student": "lenet5_half", "overrides": {"dafl": {"seed": 3}}}]
+    with pytest.raises(ConfigError, match="sets 'seed'"):
+        load_suite(_suite(tmp_path, pairs=bad))
+    typo = [{"teacher": "lenet5", "student": "lenet5_half", "overrides": {"dafll": {"epochs": 1}}}]
+    with pytest.raises(UnknownNameError, match="dafl"):
+        load_suite(_suite(tmp_path, pairs=typo))
 
 
 def test_unknown_method_in_suite_is_an_error(tmp_path, capsys):
