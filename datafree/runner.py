@@ -117,7 +117,7 @@ def find_suite(path: str) -> str:
 
 #: every key a suite file may hold (docs/suites.md explains each)
 SUITE_KEYS = ("name", "out", "dataset", "pairs", "methods", "exclude", "seeds", "reference", "teacher_training",
-              "defaults", "overrides", "variants", "note", "plugins")
+              "defaults", "overrides", "variants", "note", "plugins", "extends")
 PAIR_KEYS = ("dataset", "teacher", "student", "defaults", "overrides")
 #: the keys of a pair that name it (the others set its budget: the pair's own defaults and per-method overrides)
 PAIR_NAME_KEYS = ("dataset", "teacher", "student")
@@ -193,16 +193,36 @@ def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
                           "benchmarks/reference/)")
 
 
+def _raw_suite(path: str, seen: Optional[List[str]] = None) -> Dict[str, Any]:
+    """A suite file's mapping, with ``extends: OTHER`` resolved: OTHER's keys under this file's (mappings
+    merged, lists and values replaced); its ``name``, ``out`` and ``note`` are its own and do not pass on."""
+    from .errors import UnknownNameError
+
+    raw = load_yaml(path)
+    for k in raw:
+        if k not in SUITE_KEYS:
+            raise UnknownNameError(f"key in suite {path}", str(k), SUITE_KEYS)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    seen = (seen or []) + [os.path.abspath(path)]
+    if not isinstance(parent, str):
+        raise ConfigError(f"suite {path}: extends must name one suite (a name or a path), got {parent!r}")
+    here = os.path.join(os.path.dirname(os.path.abspath(path)), f"{parent}.yaml")
+    ppath = here if os.path.isfile(here) else find_suite(parent)
+    if os.path.abspath(ppath) in seen:
+        raise ConfigError(f"suite {path} extends itself through {parent}")
+    base = {k: v for k, v in _raw_suite(ppath, seen).items() if k not in ("name", "out", "note")}
+    return deep_merge(base, raw)
+
+
 def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
     from .errors import UnknownNameError
     from .registry import METHODS, load_builtins, load_plugins
 
     load_builtins()
     path = find_suite(path)
-    raw = load_yaml(path)
-    for k in raw:
-        if k not in SUITE_KEYS:
-            raise UnknownNameError(f"key in suite {path}", str(k), SUITE_KEYS)
+    raw = _raw_suite(path)
     _check_suite_types(raw, path)
     suite_plugins = raw.get("plugins") or []
     suite_plugins = [suite_plugins] if isinstance(suite_plugins, str) else list(suite_plugins)

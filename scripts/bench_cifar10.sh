@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cifar10 suite (80 cells): runs what is not finished yet, then writes results/cifar10/README.md.
+# The cifar10 suite (87 cells): runs what is not finished yet, then writes results/cifar10/README.md.
 # Extra arguments go to `datafree bench` (--dry-run, --only PATTERN, --seeds 0,1,2, --executor slurm, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."

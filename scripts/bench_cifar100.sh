@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cifar100 suite (64 cells): runs what is not finished yet, then writes results/cifar100/README.md.
+# The cifar100 suite (68 cells): runs what is not finished yet, then writes results/cifar100/README.md.
 # Extra arguments go to `datafree bench` (--dry-run, --only PATTERN, --seeds 0,1,2, --executor slurm, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."

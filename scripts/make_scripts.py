@@ -12,7 +12,7 @@ import stat
 from datafree.runner import expand, load_suite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SUITES = ["demo", "mnist", "mnist_2core", "cifar10", "cifar100", "cudfkd_stability", "fast_speed", "hidfd_rho"]
+SUITES = ["demo", "mnist", "mnist_2core", "mnist_bn", "cifar10", "cifar100", "cudfkd_stability", "fast_speed", "hidfd_rho"]
 CIFAR = ["cifar10", "cifar100"]
 
 

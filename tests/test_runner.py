@@ -62,6 +62,23 @@ def test_a_pair_sets_its_own_budget_over_the_suites(zoo, tmp_path, capsys):
         load_suite(_suite(tmp_path, pairs=typo))
 
 
+def test_a_suite_extends_another(zoo, tmp_path):
+    """extends: the other suite's keys under this one's (mappings merged, lists replaced), minus name/out/note."""
+    base = _suite(tmp_path)  # tmp_path/suite.yaml: dafl and deepinv on lenet5 -> lenet5_half
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"extends": base, "name": "child", "pairs": [{"teacher": "lenet5_bn",
+                                     "student": "lenet5_half"}], "overrides": {"dafl": {"synth.ngf": 4}}}))
+    suite = load_suite(str(child))
+    assert suite.name == "child" and suite.out == os.path.join("results", "child")
+    assert suite.methods == ["dafl", "deepinv"] and [p["teacher"] for p in suite.pairs] == ["lenet5_bn"]
+    cells = {c.method: c.overrides for c in expand(suite)}
+    assert cells["dafl"]["synth"] == {"synthesis_batch_size": 8, "ngf": 4} and cells["deepinv"]["epochs"] == 2
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(yaml.safe_dump({"extends": str(loop), "pairs": []}))
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_suite(str(loop))
+
+
 def test_unknown_method_in_suite_is_an_error(tmp_path, capsys):
     path = _suite(tmp_path, methods=("dafl", "cmii"))
     assert main(["bench", path, "--dry-run"]) == 2
