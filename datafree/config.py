@@ -360,6 +360,10 @@ def complete_method_sections(cfg: RunConfig) -> RunConfig:
 POSITIVE_INTS = ("ngf", "nz", "iterations", "g_steps", "n_neg", "vae_width")
 #: method hyper-parameters that must be above 0, by name (``lr*`` too)
 POSITIVE_FLOATS = ("T", "adv_T", "temperature", "tau", "bn_eps", "eps")
+#: method hyper-parameters that take one of a few values, by name: a logarithm's base (``losses.LOG_BASES``:
+#: "10" as DAFL's code and the MB-/PRE-DFKD release, "e" as the CMI repository), and the student's mode in a
+#: synthesis loss ("train" where a reference loop leaves it so, "eval" frozen)
+METHOD_CHOICES = {"ie_log": ("10", "e"), "student_mode": ("train", "eval")}
 
 
 def check_method_values(hp: Any, section: str) -> None:
@@ -381,6 +385,8 @@ def check_method_values(hp: Any, section: str) -> None:
             raise ConfigError(f"{key}={v!r} is out of range: {key} must be at least 1")
         if f.name == "betas" and isinstance(v, (list, tuple)) and not all(0 <= b < 1 for b in v):
             raise ConfigError(f"{key}={list(v)!r} is out of range: {key} must be numbers in [0, 1)")
+        if f.name in METHOD_CHOICES and v not in METHOD_CHOICES[f.name]:
+            raise ConfigError(f"{key}={v!r} is not one of its values: choose one of {list(METHOD_CHOICES[f.name])}")
     check = getattr(hp, "validate", None)
     if callable(check):
         check()

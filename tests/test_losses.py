@@ -122,6 +122,9 @@ def test_class_balance_log10_is_dafl_code_form():
     assert losses.class_balance(t, log="e").item() == pytest.approx(-0.436987 * 2.302585, abs=5e-6)
     with pytest.raises(ValueError, match="log base"):
         losses.class_balance(t, log="2")
+    from datafree.config import METHOD_CHOICES
+
+    assert set(METHOD_CHOICES["ie_log"]) == set(losses.LOG_BASES)  # the config check accepts exactly these
 
 
 def test_image_priors_and_info_nce():

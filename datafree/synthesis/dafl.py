@@ -68,13 +68,6 @@ class DAFL(GeneratorSynthesizer):
         conv_bias: bool = True  # DAFL's generator: convolutions with bias (CMI's LargeGenerator: none inside)
         ie_log: str = "10"  # the information entropy's logarithm: "10" as DAFL's code, "e" as the CMI code
 
-        def validate(self):
-            from ..errors import ConfigError
-
-            if self.ie_log not in losses.LOG_BASES:
-                raise ConfigError(f"synth.ie_log={self.ie_log!r} is not a logarithm we know: choose one of "
-                                  f"{sorted(losses.LOG_BASES)} (\"10\": DAFL's code, \"e\": the CMI repository's)")
-
     def __init__(self, ctx, **params):
         super().__init__(ctx, **params)
         self._last = None

@@ -68,12 +68,6 @@ class DFAD(AdversarialGenerator):
         student_first: bool = True
         student_mode: str = "train"  # the student in the generator loss: "train" (the reference) or "eval"
 
-        def validate(self) -> None:
-            if self.student_mode not in ("train", "eval"):
-                from ..errors import ConfigError
-
-                raise ConfigError(f"synth.student_mode={self.student_mode!r}: use train (the reference's) or eval")
-
     def generator_loss(self, x, z) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         t, _, l_bn = self.terms(x)
         s = self.student_logits(x)

@@ -108,11 +108,6 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
             if self.adv_kind != "released" and self.adv_kind not in losses.DIVERGENCES:
                 raise ConfigError(f"synth.adv_kind={self.adv_kind!r}: use released (the released code's term) "
                                   f"or one of {sorted(losses.DIVERGENCES)}")
-            if self.ie_log not in losses.LOG_BASES:
-                raise ConfigError(f"synth.ie_log={self.ie_log!r} is not a logarithm we know: choose one of "
-                                  f"{sorted(losses.LOG_BASES)}")
-            if self.student_mode not in ("train", "eval"):
-                raise ConfigError(f"synth.student_mode={self.student_mode!r}: use train or eval")
 
     def __init__(self, ctx, **params):
         super().__init__(ctx, **params)
