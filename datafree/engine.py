@@ -658,6 +658,9 @@ class Engine:
                 record = {"epoch": epoch + 1, "acc": acc, "lr": self.distiller.lr, "step": ctx.step,
                           "images_synthesized": self.meter.images_synthesized, "images_seen": self.meter.images_seen,
                           "seconds": self.meter.total_seconds,
+                          # cumulative seconds per phase (synthesis, distill, eval, other): per-epoch times
+                          # without evaluation, e.g. for benchmarks/parity
+                          "phase_seconds": {k: round(v, 4) for k, v in self.meter.seconds.items()},
                           "synth": _mean_logs(synth_logs), "distill": _mean_logs(dist_logs)}
                 self.metrics.append(record)
                 results.atomic_write_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), self.metrics)
