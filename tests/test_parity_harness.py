@@ -1,0 +1,120 @@
+"""benchmarks/parity: record conversion, table rendering, budget files, resumable skip (no reference tree)."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARITY = os.path.join(ROOT, "benchmarks", "parity")
+CMI_METHODS = ("dafl", "zskt", "deepinv", "dfq", "cmi")
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def parity():
+    return _load("parity_harness", os.path.join(PARITY, "parity.py"))
+
+
+def _metrics(n=3):
+    out, work, ev = [], 0.0, 0.0
+    for e in range(1, n + 1):
+        work += 2.0 * e
+        ev += 0.5
+        out.append({"epoch": e, "acc": 50.0 + e, "step": 40 * e, "seconds": work + ev,
+                    "phase_seconds": {"synthesis": work * 0.75, "distill": work * 0.25, "eval": ev, "other": 0.0},
+                    "synth": {"bn": 1.0 / e, "oh": 0.5, "loss_g": 2.0}, "distill": {"kd": 0.1}})
+    return out
+
+
+def test_convert_ours_epoch_seconds_exclude_eval(parity):
+    rec = parity.convert_ours(_metrics(), "dfq", 0, {"epochs": 3})
+    assert rec["method"] == "dfq" and rec["side"] == "ours" and rec["seed"] == 0
+    assert rec["epoch_seconds"] == pytest.approx([2.0, 4.0, 6.0])
+    assert rec["acc_last"] == 53.0 and rec["acc_best"] == 53.0 and rec["eval_acc"] == [51.0, 52.0, 53.0]
+    assert rec["curves"][1] == {"epoch": 2, "step": 80, "bn": 0.5, "oh": 0.5, "loss_g": 2.0}
+
+
+def test_convert_ours_without_phase_seconds_falls_back(parity):
+    ms = _metrics()
+    for m in ms:
+        del m["phase_seconds"]
+    rec = parity.convert_ours(ms, "dfq", 1, {})
+    assert rec["epoch_seconds"] == pytest.approx([2.5, 4.5, 6.5])
+    assert rec["epoch_seconds_source"].startswith("seconds")
+
+
+@pytest.mark.parametrize("method", CMI_METHODS)
+def test_budget_files_load_and_cite_sources(parity, method):
+    spec = parity.load_budget(method)
+    assert spec["method"] == method and spec["adapter"] == "cmi_repo"
+    assert len(spec["reference"]["commit"]) == 40
+    for key in spec["budget"]:
+        src = spec["sources"].get(key)
+        assert src and (":" in src), f"{method}: budget key {key} has no file:line source"
+    over = parity.our_overrides(spec)
+    assert f"epochs={spec['budget']['epochs']}" in over
+    smoke = parity.load_budget(method, smoke=True)["budget"]
+    assert smoke["epochs"] <= 2 and set(smoke) == set(spec["budget"])
+
+
+def test_cell_done_skip_logic(parity, tmp_path):
+    d = tmp_path / "dfq" / "ours-s0"
+    budget = {"epochs": 2}
+    assert not parity.cell_done(str(d), budget, "abc", "c1")
+    d.mkdir(parents=True)
+    (d / "record.json").write_text(json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc", "commit": "c1"}))
+    assert parity.cell_done(str(d), budget, "abc", "c1")
+    assert not parity.cell_done(str(d), {"epochs": 3}, "abc", "c1")
+    assert not parity.cell_done(str(d), budget, "other", "c1")
+    assert not parity.cell_done(str(d), budget, "abc", "c2")
+    (d / "record.json").write_text(json.dumps({"side": "theirs", "budget": budget, "teacher_sha256": "abc",
+                                               "reference_commit": "r9"}))
+    assert parity.cell_done(str(d), budget, "abc", "r9")
+    (d / "record.json").write_text("{not json")
+    assert not parity.cell_done(str(d), budget, "abc", "r9")
+
+
+def _fake_cell(root, method, side, seed, acc, secs, curves):
+    d = os.path.join(root, method, f"{side}-s{seed}")
+    os.makedirs(d)
+    rec = {"method": method, "side": side, "seed": seed, "acc_last": acc, "acc_best": acc, "epochs": len(secs),
+           "epoch_seconds": secs, "eval_acc": [acc], "budget": {}, "teacher_sha256": "x",
+           "machine": {"cpu": "Fake CPU", "threads": 2}}
+    rec.update({"reference_repo": "zju-vipa/CMI", "reference_commit": "9e79fa9"} if side == "theirs" else {"commit": "abc"})
+    with open(os.path.join(d, "record.json"), "w") as f:
+        json.dump(rec, f)
+    with open(os.path.join(d, "curves.jsonl"), "w") as f:
+        f.write("".join(json.dumps(c) + "\n" for c in curves))
+
+
+def test_table_renders_pairs_and_verdicts(parity, tmp_path):
+    root = str(tmp_path)
+    curves = [{"epoch": 1, "step": 4, "bn": 2.0, "oh": 1.0}, {"epoch": 2, "step": 8, "bn": 1.0, "oh": 0.5}]
+    for s, (ao, at) in enumerate([(90.0, 89.0), (91.0, 90.0), (92.0, 91.0)]):
+        _fake_cell(root, "dfq", "ours", s, ao, [1.0, 1.0], curves)
+        _fake_cell(root, "dfq", "theirs", s, at, [3.0, 3.0], curves)
+    _fake_cell(root, "cmi", "ours", 0, 50.0, [2.0], curves)
+    _fake_cell(root, "cmi", "theirs", 0, 60.0, [3.0], curves)
+    _fake_cell(root, "deepinv", "ours", 0, 80.0, [2.0], curves)
+    text = parity.render_table(root, plots=True)
+    rows = {l.split("|")[1].strip(): l for l in text.splitlines() if l.startswith("| ") and "---" not in l}
+    assert "91.00 ± 1.00 (3)" in rows["dfq"] and "90.00 ± 1.00 (3)" in rows["dfq"]
+    assert "3.00x" in rows["dfq"] and "PASS" in rows["dfq"]
+    assert "FAIL" in rows["cmi"] and "BELOW" in rows["cmi"] and "speed-up < 2x" in rows["cmi"]
+    assert "incomplete" in rows["deepinv"]
+    assert os.path.isfile(os.path.join(root, "dfq_curves.png"))
+    assert "zju-vipa/CMI: 9e79fa9" in text and "Fake CPU" in text
+
+
+def test_adapter_never_imports_our_package():
+    src = open(os.path.join(PARITY, "adapters", "cmi_repo.py")).read()
+    # the reference package is also `datafree`: the adapter imports it only after putting the work tree first
+    assert "sys.path.insert(0, root)" in src and "imported datafree from" in src
+    assert "from datafree." not in src.split("def import_theirs")[0]
