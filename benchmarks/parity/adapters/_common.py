@@ -1,0 +1,294 @@
+"""Shared helpers of the THEIRS-side parity adapters (fast_datafree.py, ljrprocc.py).
+
+Nothing here imports this repository's ``datafree`` package: the reference
+packages have the same name, and each adapter runs in its own process with the
+reference work tree first on ``sys.path``. What lives here is ours: the
+import stand-ins, LeNet-5 modules whose parameter names equal those of
+``datafree/models/lenet.py`` (so our teacher file loads with strict=True), the
+MNIST test set prepared as ``datafree/data/datasets.py`` prepares it, seeding,
+budget loading and the atomic record writers.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import types
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+# ----------------------------------------------------------------------------- arguments / budget
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--method", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", required=True, help="benchmarks/parity/budgets/<method>.yaml")
+    p.add_argument("--teacher", required=True, help="our checkpoint file (dict with state_dict, arch, spec)")
+    p.add_argument("--data-root", required=True, help="folder holding mnist/ (torchvision or flat IDX layout)")
+    p.add_argument("--worktree", required=True, help="the reference repository's work tree (outside ours)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--smoke", action="store_true", help="2 epochs, few steps: a test that the wiring runs")
+    return p.parse_args(argv)
+
+
+def load_budget(path: str) -> Dict[str, Any]:
+    import yaml
+
+    with open(path) as f:
+        b = yaml.safe_load(f)
+    for key in ("method", "shared", "sources", "ours", "smoke"):
+        if key not in b:
+            raise SystemExit(f"error: budget {path} has no {key!r} section")
+    return b
+
+
+def effective_budget(b: Dict[str, Any], smoke: bool) -> Dict[str, Any]:
+    """The shared values, with the smoke section's replacements under --smoke."""
+    shared = dict(b["shared"])
+    if smoke:
+        shared.update(b["smoke"])
+    return shared
+
+
+# ----------------------------------------------------------------------------- import stand-ins
+
+
+def import_shims(stub_modules=()) -> List[str]:
+    """Stand-ins for modules the reference code imports but newer environments lack."""
+    applied = []
+    try:
+        import termcolor  # noqa: F401
+    except ImportError:  # their logger's colours only
+        mod = types.ModuleType("termcolor")
+        mod.colored = lambda text, *a, **k: text
+        sys.modules["termcolor"] = mod
+        applied.append("termcolor: stub, colored() returns the text")
+    import torch.hub
+    import torchvision.models
+
+    try:
+        import torchvision.models.utils  # noqa: F401
+    except ImportError:  # removed from torchvision; imported by their ImageNet model files, never called here
+        mod = types.ModuleType("torchvision.models.utils")
+        mod.load_state_dict_from_url = torch.hub.load_state_dict_from_url
+        sys.modules["torchvision.models.utils"] = mod
+        torchvision.models.utils = mod
+        applied.append("torchvision.models.utils -> torch.hub.load_state_dict_from_url")
+    for name in stub_modules:
+        try:
+            __import__(name)
+        except ImportError:
+            mod = types.ModuleType(name)
+            mod.__getattr__ = lambda attr, _n=name: type(attr, (), {})  # any name: an inert placeholder
+            sys.modules[name] = mod
+            applied.append(f"{name}: inert stub (imported by a file this method never uses)")
+    return applied
+
+
+def import_reference(worktree: str, stub_modules=()):
+    """Put the reference work tree first on sys.path and import ITS datafree, registry and datafree_kd."""
+    root = os.path.abspath(worktree)
+    if not os.path.isfile(os.path.join(root, "datafree_kd.py")):
+        raise SystemExit(f"error: {root} is not a reference work tree (no datafree_kd.py)")
+    if "datafree" in sys.modules:
+        raise SystemExit("error: a datafree package is already imported; the adapter needs a fresh process")
+    sys.path.insert(0, root)
+    shims = import_shims(stub_modules)
+    import datafree  # THEIR package
+    import registry
+    import datafree_kd
+
+    for mod in (datafree, registry, datafree_kd):
+        if not os.path.abspath(mod.__file__).startswith(root + os.sep):
+            raise SystemExit(f"error: imported {mod.__name__} from {mod.__file__}, not from {root}")
+    return datafree, registry, datafree_kd, shims
+
+
+def git_commit(root: str) -> str:
+    try:
+        return subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def git_origin(root: str) -> str:
+    try:
+        return subprocess.run(["git", "-C", root, "config", "--get", "remote.origin.url"], capture_output=True,
+                              text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class ShimLeNet5(nn.Module):
+    """LeNet-5 (optionally with BN), parameter names equal to datafree/models/lenet.py at 32x32, 1 channel.
+
+    ``forward(x, return_features=False, l=0)``: the reference classifiers return (logits, pooled features) with
+    return_features; ljrprocc/DataFree's CuDFKD also passes ``l`` (a feature-level index; level 0 is the whole
+    network, the only one its --no_feature scripts use), accepted and ignored.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0, bn: bool = False):
+        super().__init__()
+        c1, c2, c3, f1 = (int(round(c * width)) for c in (6, 16, 120, 84))
+
+        def block(conv, pool):
+            layers = [conv] + ([nn.BatchNorm2d(conv.out_channels)] if bn else []) + [nn.ReLU(inplace=True)]
+            return layers + ([nn.MaxPool2d(2)] if pool else [])
+
+        self.features = nn.Sequential(
+            *block(nn.Conv2d(in_channels, c1, 5), True),
+            *block(nn.Conv2d(c1, c2, 5), True),
+            *block(nn.Conv2d(c2, c3, 5), False),
+        )
+        hidden = [nn.Linear(c3, f1)] + ([nn.BatchNorm1d(f1)] if bn else []) + [nn.ReLU(inplace=True)]
+        self.head = nn.Sequential(*hidden, nn.Linear(f1, num_classes))
+
+    def forward(self, x, return_features: bool = False, l: int = 0):
+        f = torch.flatten(self.features(x), 1)  # the map is 1x1 at 32x32: the same as ours' avg-pool + flatten
+        out = self.head(f)
+        return (out, f) if return_features else out
+
+
+SHIM_MODELS = {
+    "lenet5": lambda num_classes=10: ShimLeNet5(num_classes, width=1.0),
+    "lenet5_half": lambda num_classes=10: ShimLeNet5(num_classes, width=0.5),
+    "lenet5_bn": lambda num_classes=10: ShimLeNet5(num_classes, width=1.0, bn=True),
+}
+
+
+def register_models(registry) -> List[str]:
+    added = []
+    for name, fn in SHIM_MODELS.items():
+        if name not in registry.MODEL_DICT:
+            registry.MODEL_DICT[name] = fn
+            added.append(name)
+    return [f"registry.MODEL_DICT += {added} (adapter's LeNet-5 modules, our parameter names)"] if added else []
+
+
+def load_teacher(registry, path: str):
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    arch = ck["arch"]
+    t = registry.get_model(arch, num_classes=ck["spec"]["num_classes"])
+    t.load_state_dict(ck["state_dict"], strict=True)
+    return t.eval(), ck
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _read_idx(path: str) -> np.ndarray:
+    import gzip
+    import struct
+
+    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+        data = f.read()
+    zero, code, ndim = struct.unpack(">HBB", data[:4])
+    assert zero == 0 and code == 0x08, path
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find(root: str, stem: str) -> str:
+    for folder in ("MNIST/raw", "mnist", "MNIST", ""):
+        for name in (stem, stem + ".gz"):
+            p = os.path.join(root, folder, name)
+            if os.path.isfile(p):
+                return p
+    raise FileNotFoundError(f"{stem} under {root}")
+
+
+def mnist_test(data_root: str, mean=(0.1307,), std=(0.3081,)):
+    """MNIST test split as ours prepares it: uint8 resized to 32x32 (antialiased), /255, normalised."""
+    from torchvision.transforms.functional import resize
+
+    x = torch.from_numpy(_read_idx(_find(data_root, "t10k-images-idx3-ubyte")).copy())[:, None]
+    y = torch.from_numpy(_read_idx(_find(data_root, "t10k-labels-idx1-ubyte")).astype(np.int64))
+    x = resize(x, [32, 32], antialias=True).float().div_(255)
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (x - m) / s, y
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += (model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
+    model.train(was)
+    return 100.0 * correct / len(x)
+
+
+# ----------------------------------------------------------------------------- misc
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(out: str, record: Dict[str, Any], curves: List[Dict[str, Any]]) -> None:
+    os.makedirs(out, exist_ok=True)
+    atomic_write(os.path.join(out, "curves.jsonl"), "".join(json.dumps(c) + "\n" for c in curves))
+    atomic_write(os.path.join(out, "record.json"), json.dumps(record, indent=1))
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.node()} / {cpu or platform.processor()} / {os.cpu_count()} cores / torch {torch.__version__}"
+
+
+class TermLog:
+    """Epoch means of observed loss terms."""
+
+    def __init__(self):
+        self.sums: Dict[str, float] = {}
+        self.counts: Dict[str, int] = {}
+
+    def add(self, name: str, value) -> None:
+        v = float(value.detach().float().mean()) if torch.is_tensor(value) else float(value)
+        self.sums[name] = self.sums.get(name, 0.0) + v
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def pop(self) -> Dict[str, float]:
+        out = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums, self.counts = {}, {}
+        return out

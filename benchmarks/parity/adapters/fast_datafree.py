@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""THEIRS side of the fast10 parity cell: zju-vipa/Fast-Datafree's FastMetaSynthesizer and train().
+
+Run as a subprocess (see benchmarks/parity/notes_fast_cudfkd.md):
+
+    python benchmarks/parity/adapters/fast_datafree.py --method fast10 --seed 0 \
+        --budget benchmarks/parity/budgets/fast10.yaml --teacher model_zoo/mnist_lenet5_bn.pt \
+        --data-root /work/shared/data --worktree /tmp/ref/Fast-Datafree --out OUT [--smoke]
+
+Their ``datafree_kd.py`` main_worker() is rebuilt here for MNIST (its model, generator and image sizes are
+hard-coded for 3-channel 32x32 CIFAR), with the budget's values in place of the script's flags; the
+synthesis round is their ``FastMetaSynthesizer.synthesize()`` and the KD phase is their
+``datafree_kd.train()`` (their KLDiv at T, SGD). Run-time shims only; their files are never edited.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def main(argv=None) -> int:
+    a = C.parse_args(argv)
+    budget = C.load_budget(a.budget)
+    if a.method != budget["method"] or a.method != "fast10":
+        raise SystemExit(f"error: this adapter runs fast10 (budget says {budget['method']!r}, --method {a.method!r})")
+    b = C.effective_budget(budget, a.smoke)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    datafree, registry, ref_main, shims = C.import_reference(a.worktree)
+    from datafree.models import generator as gen_mod
+    from datafree.synthesis import fast_meta
+    from datafree.utils import _utils as ref_utils
+    import torch.nn.functional as F
+    import numpy as np
+    from PIL import Image
+
+    if not hasattr(datafree.synthesis, "FastMetaSynthesizer"):
+        raise SystemExit("error: --worktree is not Fast-Datafree (no FastMetaSynthesizer)")
+    shims += C.register_models(registry)
+
+    # their registry builds MNIST with download=True under data_root/torchdata: keep only the transform
+    class NoFiles:
+        def __init__(self, root=None, train=True, download=False, transform=None, **kw):
+            self.transform = transform
+
+    ds = types.SimpleNamespace(**{k: getattr(registry.datasets, k) for k in dir(registry.datasets) if not k.startswith("_")})
+    ds.MNIST = NoFiles
+    registry.datasets = ds
+    shims.append("registry.datasets.MNIST -> no-file stub (their transform kept; test set read by the adapter)")
+
+    # CPU: their Generator.clone() and fomaml/reptile gradients call .cuda(); same operations on the CPU
+    def clone(self):
+        c = type(self)(*self.params)
+        c.load_state_dict(self.state_dict())
+        return c.to(next(self.parameters()).device)
+
+    def fomaml_grad(src, tar):
+        for p, tar_p in zip(src.parameters(), tar.parameters()):
+            if p.grad is None:
+                p.grad = torch.zeros(p.size(), device=p.device)
+            p.grad.data.add_(tar_p.grad.data)
+
+    def reptile_grad(src, tar):
+        for p, tar_p in zip(src.parameters(), tar.parameters()):
+            if p.grad is None:
+                p.grad = torch.zeros(p.size(), device=p.device)
+            p.grad.data.add_(p.data - tar_p.data, alpha=67)
+
+    gen_mod.Generator.clone = clone
+    fast_meta.fomaml_grad = fomaml_grad
+    fast_meta.reptile_grad = reptile_grad
+    shims.append("Generator.clone / fast_meta.fomaml_grad / reptile_grad: .cuda() -> the generator's device")
+
+    # 1-channel pool: their save_image_batch(pack=False) calls Image.fromarray on HxWx1, which PIL refuses
+    orig_save = ref_utils.save_image_batch
+
+    def save_image_batch(imgs, output, col=None, size=None, pack=True):
+        if not pack and isinstance(imgs, torch.Tensor) and imgs.shape[1] == 1:
+            arr = (imgs.detach().clamp(0, 1).cpu().numpy() * 255).astype("uint8")  # their quantisation
+            stem = output.strip(".png")  # their file naming
+            for idx, img in enumerate(arr):
+                Image.fromarray(img[0]).save(stem + "-%d.png" % idx)  # mode L
+            return
+        return orig_save(imgs, output, col=col, size=size, pack=pack)
+
+    ref_utils.save_image_batch = save_image_batch
+    shims.append("utils.save_image_batch(pack=False): 1-channel images saved as mode-L PNG (same uint8 values)")
+
+    # one CPU thread: their pool loader's 4 worker processes -> loading in the main process (same batches)
+    orig_loader = torch.utils.data.DataLoader
+
+    class Loader(orig_loader):
+        def __init__(self, *args, **kw):
+            kw["num_workers"] = 0
+            kw["pin_memory"] = False
+            super().__init__(*args, **kw)
+
+    torch.utils.data.DataLoader = Loader
+    shims.append("DataLoader(num_workers=4, pin_memory=True) -> num_workers=0 (one thread; same data)")
+
+    # observe-only recorders of the synthesis terms (their formulas, recomputed on the values they pass)
+    terms = C.TermLog()
+    hooks_ref = []
+    F_proxy = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
+
+    def cross_entropy(input, target, *args, **kw):
+        out = F.cross_entropy(input, target, *args, **kw)
+        terms.add("oh", out)
+        if hooks_ref:
+            terms.add("bn", sum(h.r_feature for h in hooks_ref).detach())
+        return out
+
+    F_proxy.cross_entropy = cross_entropy
+    fast_meta.F = F_proxy
+    orig_kldiv = fast_meta.kldiv
+
+    def kldiv(logits, targets, T=1.0, reduction="batchmean"):
+        out = orig_kldiv(logits, targets, T=T, reduction=reduction)
+        with torch.no_grad():
+            mask = (logits.max(1)[1] == targets.max(1)[1]).float()
+            terms.add("adv", -(out.sum(1) * mask).mean())
+        return out
+
+    fast_meta.kldiv = kldiv
+    shims.append("observe-only: fast_meta.F.cross_entropy / kldiv wrapped to log oh, bn, adv")
+
+    # ------------------------------------------------------------------ main_worker, for MNIST
+    C.seed_all(a.seed)
+    num_classes, ori_dataset, _ = registry.get_dataset(name="mnist", data_root="/nonexistent")
+    normalizer = datafree.utils.Normalizer(**registry.NORMALIZE_DICT["mnist"])
+    student = registry.get_model(b["student"], num_classes=num_classes)
+    teacher, ck = C.load_teacher(registry, a.teacher)
+    if list(ck["spec"]["mean"]) != list(registry.NORMALIZE_DICT["mnist"]["mean"]) or \
+            list(ck["spec"]["std"]) != list(registry.NORMALIZE_DICT["mnist"]["std"]):
+        raise SystemExit(f"error: teacher normalisation {ck['spec']} != their NORMALIZE_DICT['mnist']")
+    criterion = datafree.criterions.KLDiv(T=b["T"])
+    generator = gen_mod.Generator(nz=b["nz"], ngf=b["ngf"], img_size=32, nc=1)
+    save_dir = os.path.join(os.path.abspath(a.out), "pool")
+    synthesizer = datafree.synthesis.FastMetaSynthesizer(
+        teacher, student, generator, nz=b["nz"], num_classes=num_classes, img_size=(1, 32, 32), init_dataset=None,
+        save_dir=save_dir, device="cpu", transform=ori_dataset.transform, normalizer=normalizer,
+        synthesis_batch_size=b["synthesis_batch_size"], sample_batch_size=b["batch_size"],
+        iterations=b["g_steps"], warmup=b["warmup"], lr_g=b["lr_g"], lr_z=b["lr_z"],
+        adv=b["adv"], bn=b["bn"], oh=b["oh"], reset_l0=1, reset_bn=0, bn_mmt=b["bn_mmt"], is_maml=b["is_maml"])
+    hooks_ref.extend(synthesizer.hooks)
+    # their reset is hard-coded at round 120 + warm-up (of 200 + 20); the budget's reset_after replaces 120
+    synthesizer.reset_l0 = 0
+    optimizer = torch.optim.SGD(student.parameters(), b["lr"], weight_decay=b["weight_decay"], momentum=b["momentum"])
+    # their CosineAnnealingLR(T_max=200, eta_min=2e-4) is hard-coded for 220 epochs - 20 warm-up
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, b["epochs"] - b["warmup"], eta_min=b["lr_min"])
+    shims.append("reset_l0 at round reset_after + warmup (their 120 + warmup); cosine T_max = epochs - warmup "
+                 "(their 200 = 220 - 20), eta_min = budget lr_min")
+    args = types.SimpleNamespace(method="fast_meta", kd_steps=b["kd_steps"], gpu=None, autocast=datafree.utils.dummy_ctx,
+                                 fp16=False, print_freq=0, current_epoch=0, logger=None)
+
+    x_test, y_test = C.mnist_test(a.data_root, registry.NORMALIZE_DICT["mnist"]["mean"],
+                                  registry.NORMALIZE_DICT["mnist"]["std"])
+    teacher_acc = C.evaluate(teacher, x_test, y_test)
+    accs, secs, curves = [], [], []
+    for epoch in range(b["epochs"]):
+        args.current_epoch = epoch
+        t0 = time.perf_counter()
+        for _ in range(b["ep_steps"] // b["kd_steps"]):
+            if synthesizer.ep + 1 == b["reset_after"] + b["warmup"]:
+                fast_meta.reset_l0(synthesizer.generator)
+            synthesizer.synthesize()
+            if epoch >= b["warmup"]:
+                ref_main.train(synthesizer, [student, teacher], criterion, optimizer, args)
+        secs.append(time.perf_counter() - t0)
+        acc = C.evaluate(student, x_test, y_test)
+        accs.append(acc)
+        row = {"epoch": epoch, **terms.pop(), "acc": acc, "lr": optimizer.param_groups[0]["lr"], "seconds": secs[-1]}
+        curves.append(row)
+        print(f"[theirs fast10] epoch {epoch} acc {acc:.2f} {secs[-1]:.1f}s " +
+              " ".join(f"{k}={v:.4g}" for k, v in row.items() if k in ("bn", "oh", "adv")), flush=True)
+        if epoch >= b["warmup"]:
+            scheduler.step()
+    for h in synthesizer.hooks:
+        h.remove()
+    import shutil
+
+    shutil.rmtree(save_dir, ignore_errors=True)
+    record = {
+        "method": a.method, "side": "theirs", "seed": a.seed, "acc_last": accs[-1], "acc_best": max(accs),
+        "epochs": b["epochs"], "epoch_seconds": secs, "eval_acc": accs, "budget": b, "smoke": a.smoke,
+        "teacher_sha256": C.sha256(a.teacher), "teacher_acc": teacher_acc,
+        "reference_repo": budget["reference"]["repo"], "reference_commit": C.git_commit(a.worktree),
+        "reference_origin": C.git_origin(a.worktree), "threads": torch.get_num_threads(), "machine": C.machine(),
+        "shims": shims, "their_package": os.path.dirname(datafree.__file__),
+    }
+    C.write_outputs(a.out, record, curves)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
