@@ -64,6 +64,21 @@ def test_budget_files_load_and_cite_sources(parity, method):
     assert smoke["epochs"] <= 2 and set(smoke) == set(spec["budget"])
 
 
+@pytest.mark.parametrize("method,adapter", [("fast10", "fast_datafree"), ("cudfkd", "ljrprocc")])
+def test_shared_layout_budgets_run_through_the_harness(parity, method, adapter):
+    spec = parity.load_budget(method)
+    assert spec["adapter"] == adapter and adapter in parity.DEFAULT_WORKTREES
+    assert spec["budget"] == spec["shared"]  # what the adapter records as its budget
+    over = parity.our_overrides(spec)
+    assert f"epochs={spec['shared']['epochs']}" in over and not any(o.endswith("=None") for o in over)
+    smoke = parity.load_budget(method, smoke=True)
+    assert smoke["budget"] == {**spec["shared"], **spec["smoke"]}
+    sover = parity.our_overrides(smoke)
+    for key, val in spec["smoke"].items():
+        keys = [k for k in spec["ours"] if k.split(".")[-1] == key]
+        assert all(f"{k}={parity._yaml_value(val)}" in sover for k in keys), key
+
+
 def test_cell_done_skip_logic(parity, tmp_path):
     d = tmp_path / "dfq" / "ours-s0"
     budget = {"epochs": 2}

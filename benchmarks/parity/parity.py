@@ -34,8 +34,10 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 BUDGETS = os.path.join(HERE, "budgets")
 ADAPTERS = os.path.join(HERE, "adapters")
 DEFAULT_TEACHER = os.path.join(REPO, "model_zoo", "mnist_lenet5_bn.pt")
-DEFAULT_WORKTREES = {"cmi_repo": "/tmp/ref/CMI", "fast_repo": "/tmp/ref/Fast-Datafree",
-                     "cudfkd_repo": "/tmp/ref/DataFree"}
+DEFAULT_WORKTREES = {"cmi_repo": "/tmp/ref/CMI", "fast_datafree": "/tmp/ref/Fast-Datafree",
+                     "ljrprocc": "/tmp/ref/DataFree"}
+#: the adapter of a budget file that names none (the ``shared`` layout)
+ADAPTER_OF = {"fast10": "fast_datafree", "cudfkd": "ljrprocc"}
 SIDES = ("ours", "theirs")
 TARGET_SPEEDUP = 2.0
 
@@ -88,7 +90,12 @@ def methods_available() -> List[str]:
 
 
 def load_budget(method: str, smoke: bool = False, budgets_dir: str = BUDGETS) -> Dict[str, Any]:
-    """The budget file, with ``budget`` = the shared budget (smoke-shrunk when asked)."""
+    """The budget file, with ``budget`` = the shared budget (smoke-shrunk when asked) and ``adapter`` set.
+
+    Two layouts exist: ``budget`` + ``ours: {from_budget, fixed}`` (the zju-vipa/CMI methods) and ``shared`` +
+    ``ours: {key: value}`` (fast10, cudfkd; ``smoke`` also replaces the same keys in ``ours``, with or without
+    their ``synth.`` / ``distill.`` / ``optim.`` prefix). Both adapters record the same ``budget`` dict.
+    """
     import yaml
 
     path = os.path.join(budgets_dir, f"{method}.yaml")
@@ -96,10 +103,12 @@ def load_budget(method: str, smoke: bool = False, budgets_dir: str = BUDGETS) ->
         raise SystemExit(f"error: no budget file {path} (methods: {', '.join(methods_available())})")
     with open(path) as f:
         spec = yaml.safe_load(f)
-    budget = dict(spec["budget"])
+    spec.setdefault("adapter", ADAPTER_OF.get(method))
+    budget = dict(spec["budget"] if "budget" in spec else spec["shared"])
     if smoke:
         budget.update(spec.get("smoke") or {})
     spec["budget"] = budget
+    spec["smoke_applied"] = smoke
     spec["path"] = path
     return spec
 
@@ -109,16 +118,26 @@ def our_overrides(spec: Dict[str, Any]) -> List[str]:
     ours = spec.get("ours") or {}
     budget = spec["budget"]
     out = []
-    for key, src in (ours.get("from_budget") or {}).items():
-        if src not in budget:
-            raise SystemExit(f"error: {spec['path']}: ours.from_budget.{key} names {src!r}, not in budget")
-        out.append(f"{key}={_yaml_value(budget[src])}")
-    for key, val in (ours.get("fixed") or {}).items():
-        out.append(f"{key}={_yaml_value(val)}")
-    return out
+    if "from_budget" in ours or "fixed" in ours:
+        for key, src in (ours.get("from_budget") or {}).items():
+            if src not in budget:
+                raise SystemExit(f"error: {spec['path']}: ours.from_budget.{key} names {src!r}, not in budget")
+            out.append(f"{key}={_yaml_value(budget[src])}")
+        for key, val in (ours.get("fixed") or {}).items():
+            out.append(f"{key}={_yaml_value(val)}")
+        return out
+    values = dict(ours)
+    if spec.get("smoke_applied"):
+        for key, val in (spec.get("smoke") or {}).items():
+            for k in [key] + [f"{g}.{key}" for g in ("synth", "distill", "optim")]:
+                if k in values:
+                    values[k] = val
+    return [f"{key}={_yaml_value(val)}" for key, val in values.items()]
 
 
 def _yaml_value(v: Any) -> str:
+    if v is None:
+        return "null"  # str(None) would be the string 'None'
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
