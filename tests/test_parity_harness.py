@@ -82,18 +82,50 @@ def test_shared_layout_budgets_run_through_the_harness(parity, method, adapter):
 def test_cell_done_skip_logic(parity, tmp_path):
     d = tmp_path / "dfq" / "ours-s0"
     budget = {"epochs": 2}
-    assert not parity.cell_done(str(d), budget, "abc", "c1")
-    d.mkdir(parents=True)
-    (d / "record.json").write_text(json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc", "commit": "c1"}))
-    assert parity.cell_done(str(d), budget, "abc", "c1")
-    assert not parity.cell_done(str(d), {"epochs": 3}, "abc", "c1")
-    assert not parity.cell_done(str(d), budget, "other", "c1")
-    assert not parity.cell_done(str(d), budget, "abc", "c2")
+    assert not parity.cell_done(str(d), budget, "abc", fingerprint="f1")
+    (d / "run").mkdir(parents=True)
+    (d / "run" / "fingerprint.json").write_text(json.dumps({"fingerprint": "f1", "fields": {}}))
+    (d / "record.json").write_text(json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc",
+                                               "fingerprint": "f1", "commit": "c1"}))
+    assert parity.cell_done(str(d), budget, "abc", fingerprint="f1")
+    assert parity.cell_done(str(d), budget, "abc", commit="c2", fingerprint="f1")  # our HEAD: information only
+    assert not parity.cell_done(str(d), budget, "abc", commit="c1")  # ours needs the fingerprint
+    assert not parity.cell_done(str(d), budget, "abc", fingerprint="f2")
+    assert not parity.cell_done(str(d), {"epochs": 3}, "abc", fingerprint="f1")
+    assert not parity.cell_done(str(d), budget, "other", fingerprint="f1")
+    (d / "record.json").write_text(json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc",
+                                               "commit": "c1"}))  # a record from before the field
+    assert parity.cell_done(str(d), budget, "abc", fingerprint="f1")
+    assert not parity.cell_done(str(d), budget, "abc", fingerprint="f2")
+    (d / "run" / "fingerprint.json").write_text(json.dumps({"fingerprint": "f2", "fields": {}}))
+    assert not parity.cell_done(str(d), budget, "abc", fingerprint="f1")  # the run dir is another run's
+    (d / "run" / "fingerprint.json").unlink()
+    assert not parity.cell_done(str(d), budget, "abc", fingerprint="f1")
     (d / "record.json").write_text(json.dumps({"side": "theirs", "budget": budget, "teacher_sha256": "abc",
                                                "reference_commit": "r9"}))
-    assert parity.cell_done(str(d), budget, "abc", "r9")
+    assert parity.cell_done(str(d), budget, "abc", commit="r9")
+    assert not parity.cell_done(str(d), budget, "abc", commit="r8")
     (d / "record.json").write_text("{not json")
-    assert not parity.cell_done(str(d), budget, "abc", "r9")
+    assert not parity.cell_done(str(d), budget, "abc", commit="r9")
+
+
+def test_our_fingerprint_is_the_engines(parity, tmp_path):
+    """our_fingerprint (a subprocess, nothing run) = run_identity of the config `datafree distill` resolves from
+    the same argv; a budget value changes it, the cell's output folder does not."""
+    from datafree import identity
+    from datafree.cli import _user_config, build_parser
+    from datafree.config import resolve
+
+    teacher = os.path.join(ROOT, "model_zoo", "mnist_lenet5_bn.pt")
+    if not os.path.isfile(teacher):
+        pytest.skip("no teacher file")
+    spec = parity.load_budget("dfq", smoke=True)
+    fp = parity.our_fingerprint("dfq", 0, spec, teacher, str(tmp_path / "a"))
+    cfg = resolve(_user_config(build_parser().parse_args(parity.ours_argv("dfq", 0, spec, teacher, "x"))))
+    assert fp == identity.run_identity(cfg, identity.teacher_path(cfg)).fingerprint
+    spec["budget"]["epochs"] = 3
+    cfg3 = resolve(_user_config(build_parser().parse_args(parity.ours_argv("dfq", 0, spec, teacher, "x"))))
+    assert identity.run_identity(cfg3, identity.teacher_path(cfg3)).fingerprint != fp
 
 
 def _fake_cell(root, method, side, seed, acc, secs, curves):

@@ -7,8 +7,9 @@
 
 A cell is one (method, side, seed): ``<out>/<method>/<side>-s<seed>/`` holding ``record.json`` and
 ``curves.jsonl`` (schema in benchmarks/parity/README.md). ``--smoke`` shrinks the budget (the budget file's
-``smoke`` section) and writes under ``<out>/_smoke/``. A cell whose record.json matches the budget, the
-teacher's sha256 and the commit (ours: this repository's HEAD; theirs: the work tree's HEAD) is skipped.
+``smoke`` section) and writes under ``<out>/_smoke/``. A cell whose record.json matches the budget and the
+teacher's sha256 is skipped when, theirs: the reference work tree's HEAD is the recorded one; ours: the run's
+fingerprint (run/fingerprint.json, datafree/identity.py) is the one the current overrides resolve to.
 
 The theirs side runs ``adapters/<budget adapter>.py`` as a subprocess (never importing our package, since the
 reference package is also called ``datafree``); the ours side runs ``python -m datafree.cli distill`` with the
@@ -149,8 +150,15 @@ def cell_dir(out: str, method: str, side: str, seed: int, smoke: bool) -> str:
     return os.path.join(out, "_smoke", method, f"{side}-s{seed}") if smoke else os.path.join(out, method, f"{side}-s{seed}")
 
 
-def cell_done(d: str, budget: Dict[str, Any], teacher_sha: str, commit: str) -> bool:
-    """A finished cell: record.json with the same budget, teacher and commit."""
+def cell_done(d: str, budget: Dict[str, Any], teacher_sha: str, commit: Optional[str] = None,
+              fingerprint: Optional[str] = None) -> bool:
+    """A finished cell: record.json with the same budget and teacher, and
+
+    * theirs: the same reference work-tree ``commit``;
+    * ours: the same run ``fingerprint`` (datafree/identity.py: resolved config + teacher sha256 + dataset),
+      as the cell's ``run/fingerprint.json`` holds it (and the record's copy, where it has one). Our git HEAD (``commit``
+      in our records) is information only: a commit that does not change what the run computes keeps it.
+    """
     p = os.path.join(d, "record.json")
     if not os.path.isfile(p):
         return False
@@ -159,8 +167,61 @@ def cell_done(d: str, budget: Dict[str, Any], teacher_sha: str, commit: str) -> 
             rec = json.load(f)
     except (OSError, ValueError):
         return False
-    got_commit = rec.get("reference_commit") if rec.get("side") == "theirs" else rec.get("commit")
-    return rec.get("budget") == budget and rec.get("teacher_sha256") == teacher_sha and got_commit == commit
+    if rec.get("budget") != budget or rec.get("teacher_sha256") != teacher_sha:
+        return False
+    if rec.get("side") == "theirs":
+        return commit is not None and rec.get("reference_commit") == commit
+    if fingerprint is None or rec.get("fingerprint", fingerprint) != fingerprint:  # records made before the
+        return False  # field (keyed on our HEAD) have none: their run dir's fingerprint.json decides
+    return run_fingerprint(os.path.join(d, "run")) == fingerprint
+
+
+def run_fingerprint(run_dir: str) -> Optional[str]:
+    """The fingerprint ``datafree distill`` wrote into ``run_dir/fingerprint.json`` (None: none there)."""
+    try:
+        with open(os.path.join(run_dir, "fingerprint.json")) as f:
+            return str(json.load(f)["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# what `datafree distill` computes before it runs (datafree/cli.py cmd_distill, datafree/engine.py): the resolved
+# config of the same argv and its identity, with the teacher file the engine would use; nothing is written
+_FINGERPRINT_CODE = """
+import json, sys
+from datafree import identity
+from datafree.cli import _user_config, build_parser
+from datafree.config import resolve
+from datafree.registry import load_plugins
+args = build_parser().parse_args(sys.argv[1:])
+user = _user_config(args)
+load_plugins(user.get("plugins", []))
+cfg = resolve(user)
+print(json.dumps({"fingerprint": identity.run_identity(cfg, identity.teacher_path(cfg)).fingerprint}))
+"""
+
+
+def ours_env() -> Dict[str, str]:
+    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def ours_argv(method: str, seed: int, spec: Dict[str, Any], teacher: str, run_dir: str) -> List[str]:
+    """``datafree distill`` arguments of our side of a cell."""
+    return ["distill", "--method", method, "--dataset", "mnist", "--teacher", teacher,
+            "--student", spec["budget"].get("student", spec.get("student", "lenet5_half")), "--seed", str(seed),
+            "--device", "cpu", "--out", run_dir, "--overwrite", "threads=1", "progress=false", "samples=0",
+            *our_overrides(spec)]
+
+
+def our_fingerprint(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str) -> str:
+    """The fingerprint our run of this cell will have, computed without running it (a short subprocess)."""
+    argv = ours_argv(method, seed, spec, teacher, os.path.join(d, "run"))
+    res = subprocess.run([sys.executable, "-c", _FINGERPRINT_CODE, *argv], cwd=REPO, env=ours_env(),
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"error: resolving our config for {method} s{seed} failed:\n{res.stderr.strip()}")
+    return json.loads(res.stdout.strip().splitlines()[-1])["fingerprint"]
 
 
 # --------------------------------------------------------------------------- ours: metrics.jsonl -> record
@@ -198,13 +259,11 @@ def convert_ours(metrics: List[Dict[str, Any]], method: str, seed: int, budget: 
 
 def run_ours(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str, smoke: bool) -> int:
     run_dir = os.path.join(d, "run")
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    cmd = [sys.executable, "-m", "datafree.cli", "distill", "--method", method, "--dataset", "mnist",
-           "--teacher", teacher, "--student", spec.get("student", "lenet5_half"), "--seed", str(seed),
-           "--device", "cpu", "--out", run_dir, "--overwrite", "threads=1", "progress=false", "samples=0",
-           *our_overrides(spec)]
+    env = ours_env()
+    cmd = [sys.executable, "-m", "datafree.cli", *ours_argv(method, seed, spec, teacher, run_dir)]
     os.makedirs(d, exist_ok=True)
+    if os.path.isfile(os.path.join(d, "record.json")):  # the record of another run: not this one's if it fails
+        os.remove(os.path.join(d, "record.json"))
     t0 = time.perf_counter()
     with open(os.path.join(d, "ours.log"), "w") as log:
         log.write(" ".join(cmd) + "\n")
@@ -220,7 +279,8 @@ def run_ours(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str,
     curves = rec.pop("curves")
     import torch  # only for the thread count the run used (1)
 
-    rec.update({"smoke": smoke, "teacher": teacher, "teacher_sha256": sha256(teacher), "commit": git_head(REPO),
+    rec.update({"smoke": smoke, "teacher": teacher, "teacher_sha256": sha256(teacher),
+                "fingerprint": run_fingerprint(run_dir), "commit": git_head(REPO),
                 "repo": "datafree (this repository)", "threads": 1, "omp_num_threads": env["OMP_NUM_THREADS"],
                 "machine": machine(), "torch": torch.__version__, "wall_seconds": round(wall, 2),
                 "overrides": our_overrides(spec), "curves_granularity": "epoch means (metrics.jsonl 'synth')"})
@@ -266,14 +326,16 @@ def cmd_run(a) -> int:
     teacher = os.path.abspath(a.teacher)
     tsha = sha256(teacher)
     d = cell_dir(a.out, a.method, a.side, a.seed, a.smoke)
+    commit = fingerprint = None
     if a.side == "ours":
-        commit = git_head(REPO)
+        if not a.force:
+            fingerprint = our_fingerprint(a.method, a.seed, spec, teacher, d)
     else:
         wt = worktree_for(spec, a.worktree)
         if not os.path.isdir(wt):
             raise SystemExit(f"error: no reference work tree at {wt}; see benchmarks/parity/README.md")
         commit = git_head(wt)
-    if not a.force and cell_done(d, spec["budget"], tsha, commit):
+    if not a.force and cell_done(d, spec["budget"], tsha, commit=commit, fingerprint=fingerprint):
         print(f"skip {a.method} {a.side} s{a.seed}: {d}/record.json is up to date", file=sys.stderr)
         return 0
     if a.side == "ours":
