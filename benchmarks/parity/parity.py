@@ -14,16 +14,15 @@ fingerprint (run/fingerprint.json, datafree/identity.py) is the one the current 
 The theirs side runs ``adapters/<budget adapter>.py`` as a subprocess (never importing our package, since the
 reference package is also called ``datafree``); the ours side runs ``python -m datafree.cli distill`` with the
 method's config plus the budget's ``ours`` overrides, then converts the run's metrics.jsonl. This script
-imports nothing from our package either (it only runs it), so both sides start from a clean interpreter.
+imports nothing from our package either (it only runs it; adapters/_common.py is the harness's own), so both
+sides start from a clean interpreter.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 BUDGETS = os.path.join(HERE, "budgets")
 ADAPTERS = os.path.join(HERE, "adapters")
+sys.path.insert(0, ADAPTERS)
+import _common as C  # noqa: E402  (the adapters' stdlib helpers and budget layouts; not our package)
 DEFAULT_TEACHER = os.path.join(REPO, "model_zoo", "mnist_lenet5_bn.pt")
 DEFAULT_WORKTREES = {"cmi_repo": "/tmp/ref/CMI", "fast_datafree": "/tmp/ref/Fast-Datafree",
                      "ljrprocc": "/tmp/ref/DataFree"}
@@ -46,44 +47,7 @@ TARGET_SPEEDUP = 2.0
 # --------------------------------------------------------------------------- small helpers
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def git_head(path: str) -> str:
-    try:
-        return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=False).stdout.strip()
-    except OSError:
-        return ""
-
-
-def machine() -> Dict[str, Any]:
-    info = {"cpu": "", "cores": None, "threads": os.cpu_count(), "node": platform.node()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        kv = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        kv = {k.strip(): v.strip() for k, v in kv.items()}
-        info["cpu"] = kv.get("Model name", "")
-        per_socket, sockets = kv.get("Core(s) per socket"), kv.get("Socket(s)")
-        if per_socket and sockets:
-            info["cores"] = int(per_socket) * int(sockets)
-        info["threads"] = int(kv.get("CPU(s)", os.cpu_count() or 0))
-    except (OSError, ValueError):
-        pass
-    return info
+sha256, atomic_write, git_head, machine = C.sha256, C.atomic_write, C.git_commit, C.machine
 
 
 def methods_available() -> List[str]:
@@ -105,10 +69,7 @@ def load_budget(method: str, smoke: bool = False, budgets_dir: str = BUDGETS) ->
     with open(path) as f:
         spec = yaml.safe_load(f)
     spec.setdefault("adapter", ADAPTER_OF.get(method))
-    budget = dict(spec["budget"] if "budget" in spec else spec["shared"])
-    if smoke:
-        budget.update(spec.get("smoke") or {})
-    spec["budget"] = budget
+    spec["budget"] = C.effective_budget(spec, smoke)
     spec["smoke_applied"] = smoke
     spec["path"] = path
     return spec

@@ -1,4 +1,5 @@
-"""Shared helpers of the THEIRS-side parity adapters (fast_datafree.py, ljrprocc.py).
+"""Shared helpers of the THEIRS-side parity adapters (cmi_repo.py, fast_datafree.py, ljrprocc.py) and of
+benchmarks/parity/parity.py (hashing, atomic writes, git, machine info, budget layouts).
 
 Nothing here imports this repository's ``datafree`` package: the reference
 packages have the same name, and each adapter runs in its own process with the
@@ -28,8 +29,9 @@ from torch import nn
 # ----------------------------------------------------------------------------- arguments / budget
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
+def arg_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    """The arguments parity.py passes every adapter (an adapter may add its own)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--method", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", required=True, help="benchmarks/parity/budgets/<method>.yaml")
@@ -38,7 +40,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--worktree", required=True, help="the reference repository's work tree (outside ours)")
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true", help="2 epochs, few steps: a test that the wiring runs")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    return arg_parser().parse_args(argv)
 
 
 def load_budget(path: str) -> Dict[str, Any]:
@@ -53,10 +59,11 @@ def load_budget(path: str) -> Dict[str, Any]:
 
 
 def effective_budget(b: Dict[str, Any], smoke: bool) -> Dict[str, Any]:
-    """The shared values, with the smoke section's replacements under --smoke."""
-    shared = dict(b["shared"])
+    """The shared values (``budget`` or, in the fast10 / cudfkd layout, ``shared``), with the smoke section's
+    replacements under --smoke: the ``budget`` dict both sides record."""
+    shared = dict(b["budget"] if "budget" in b else b["shared"])
     if smoke:
-        shared.update(b["smoke"])
+        shared.update(b.get("smoke") or {})
     return shared
 
 
@@ -116,7 +123,8 @@ def import_reference(worktree: str, stub_modules=()):
 
 def git_commit(root: str) -> str:
     try:
-        return subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=False).stdout.strip()
     except OSError:
         return ""
 
@@ -127,6 +135,20 @@ def git_origin(root: str) -> str:
                               text=True).stdout.strip()
     except OSError:
         return ""
+
+
+def no_file_mnist(registry) -> str:
+    """``registry.datasets.MNIST`` -> a stub that keeps the transform it is given and reads no files (their
+    get_dataset would download into data_root/torchdata); the test set is read by :func:`mnist_test`."""
+
+    class NoFilesMNIST:
+        def __init__(self, root=None, train=True, download=False, transform=None, target_transform=None, **kw):
+            self.transform = transform
+
+    ds = types.SimpleNamespace(**{k: getattr(registry.datasets, k) for k in dir(registry.datasets) if not k.startswith("_")})
+    ds.MNIST = NoFilesMNIST
+    registry.datasets = ds
+    return "registry.datasets.MNIST -> no-file stub (their transform kept; test set read by the adapter)"
 
 
 # ----------------------------------------------------------------------------- models
@@ -163,9 +185,9 @@ class ShimLeNet5(nn.Module):
 
 
 SHIM_MODELS = {
-    "lenet5": lambda num_classes=10: ShimLeNet5(num_classes, width=1.0),
-    "lenet5_half": lambda num_classes=10: ShimLeNet5(num_classes, width=0.5),
-    "lenet5_bn": lambda num_classes=10: ShimLeNet5(num_classes, width=1.0, bn=True),
+    "lenet5": lambda num_classes=10, **kw: ShimLeNet5(num_classes, width=1.0),
+    "lenet5_half": lambda num_classes=10, **kw: ShimLeNet5(num_classes, width=0.5),
+    "lenet5_bn": lambda num_classes=10, **kw: ShimLeNet5(num_classes, width=1.0, bn=True),
 }
 
 
@@ -251,7 +273,8 @@ def seed_all(seed: int) -> None:
 
 
 def atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -263,17 +286,21 @@ def write_outputs(out: str, record: Dict[str, Any], curves: List[Dict[str, Any]]
     atomic_write(os.path.join(out, "record.json"), json.dumps(record, indent=1))
 
 
-def machine() -> str:
-    cpu = ""
+def machine() -> Dict[str, Any]:
+    """The CPU (lscpu's model name), its cores and hardware threads, the host and the Python version."""
+    info: Dict[str, Any] = {"cpu": "", "cores": None, "threads": os.cpu_count(), "cpu_count": os.cpu_count(),
+                            "node": platform.node(), "python": platform.python_version()}
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        kv = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+        info["cpu"] = kv.get("Model name", "")
+        per_socket, sockets = kv.get("Core(s) per socket"), kv.get("Socket(s)")
+        if per_socket and sockets:
+            info["cores"] = int(per_socket) * int(sockets)
+        info["threads"] = int(kv.get("CPU(s)", os.cpu_count() or 0))
+    except (OSError, ValueError):
         pass
-    return f"{platform.node()} / {cpu or platform.processor()} / {os.cpu_count()} cores / torch {torch.__version__}"
+    return info
 
 
 class TermLog:

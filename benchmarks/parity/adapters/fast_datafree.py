@@ -45,14 +45,7 @@ def main(argv=None) -> int:
     shims += C.register_models(registry)
 
     # their registry builds MNIST with download=True under data_root/torchdata: keep only the transform
-    class NoFiles:
-        def __init__(self, root=None, train=True, download=False, transform=None, **kw):
-            self.transform = transform
-
-    ds = types.SimpleNamespace(**{k: getattr(registry.datasets, k) for k in dir(registry.datasets) if not k.startswith("_")})
-    ds.MNIST = NoFiles
-    registry.datasets = ds
-    shims.append("registry.datasets.MNIST -> no-file stub (their transform kept; test set read by the adapter)")
+    shims.append(C.no_file_mnist(registry))
 
     # CPU: their Generator.clone() and fomaml/reptile gradients call .cuda(); same operations on the CPU
     def clone(self):
