@@ -47,6 +47,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return arg_parser().parse_args(argv)
 
 
+def start(argv: Optional[List[str]], method: str):
+    """``(args, budget file, effective budget)`` of a shared-layout adapter run; one torch thread per OMP_NUM_THREADS."""
+    a = parse_args(argv)
+    spec = load_budget(a.budget)
+    if a.method != spec["method"] or a.method != method:
+        raise SystemExit(f"error: this adapter runs {method} (budget says {spec['method']!r}, --method {a.method!r})")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return a, spec, effective_budget(spec, a.smoke)
+
+
 def load_budget(path: str) -> Dict[str, Any]:
     import yaml
 
@@ -151,6 +161,34 @@ def no_file_mnist(registry) -> str:
     return "registry.datasets.MNIST -> no-file stub (their transform kept; test set read by the adapter)"
 
 
+def observe_losses(module, terms: "TermLog", cross_entropy) -> None:
+    """Observe-only wrappers in a synthesizer's module: ``module.F`` -> torch.nn.functional with
+    ``cross_entropy(out, input, target)`` called after each cross-entropy (to log what it likes), and
+    ``module.kldiv`` logging ``adv`` = -(masked KL summed over classes).mean(), their adversarial term's
+    formula recomputed on the values they pass. Their results are returned unchanged."""
+    import torch.nn.functional as F
+
+    proxy = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
+
+    def ce(input, target, *args, **kw):
+        out = F.cross_entropy(input, target, *args, **kw)
+        cross_entropy(out, input, target)
+        return out
+
+    proxy.cross_entropy = ce
+    module.F = proxy
+    orig_kldiv = module.kldiv
+
+    def kldiv(logits, targets, T=1.0, reduction="batchmean"):
+        out = orig_kldiv(logits, targets, T=T, reduction=reduction)
+        with torch.no_grad():
+            mask = (logits.max(1)[1] == targets.max(1)[1]).float()
+            terms.add("adv", -(out.sum(1) * mask).mean())
+        return out
+
+    module.kldiv = kldiv
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -208,6 +246,20 @@ def load_teacher(registry, path: str):
     return t.eval(), ck
 
 
+def build_models(datafree, registry, a, b):
+    """Their main_worker's first steps for MNIST, after seeding: ``(num_classes, train set (transform only),
+    normalizer, student, teacher)``; our teacher file loaded strictly, its normalisation checked against theirs."""
+    seed_all(a.seed)
+    num_classes, ori_dataset, _ = registry.get_dataset(name="mnist", data_root="/nonexistent")
+    norm = registry.NORMALIZE_DICT["mnist"]
+    normalizer = datafree.utils.Normalizer(**norm)
+    student = registry.get_model(b["student"], num_classes=num_classes)
+    teacher, ck = load_teacher(registry, a.teacher)
+    if list(ck["spec"]["mean"]) != list(norm["mean"]) or list(ck["spec"]["std"]) != list(norm["std"]):
+        raise SystemExit(f"error: teacher normalisation {ck['spec']} != their NORMALIZE_DICT['mnist']")
+    return num_classes, ori_dataset, normalizer, student, teacher
+
+
 def sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -252,6 +304,12 @@ def mnist_test(data_root: str, mean=(0.1307,), std=(0.3081,)):
     return (x - m) / s, y
 
 
+def test_split(registry, data_root: str):
+    """Our MNIST test split with their normaliser's values (checked equal to the teacher's by build_models)."""
+    norm = registry.NORMALIZE_DICT["mnist"]
+    return mnist_test(data_root, norm["mean"], norm["std"])
+
+
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     was = model.training
@@ -284,6 +342,29 @@ def write_outputs(out: str, record: Dict[str, Any], curves: List[Dict[str, Any]]
     os.makedirs(out, exist_ok=True)
     atomic_write(os.path.join(out, "curves.jsonl"), "".join(json.dumps(c) + "\n" for c in curves))
     atomic_write(os.path.join(out, "record.json"), json.dumps(record, indent=1))
+
+
+def epoch_row(method: str, epoch: int, terms: "TermLog", acc: float, lr: float, seconds: float,
+              shown=("bn", "oh", "adv")) -> Dict[str, Any]:
+    """curves.jsonl's line of an epoch (the epoch means of the observed terms), printed."""
+    row = {"epoch": epoch, **terms.pop(), "acc": acc, "lr": lr, "seconds": seconds}
+    print(f"[theirs {method}] epoch {epoch} acc {acc:.2f} {seconds:.1f}s " +
+          " ".join(f"{k}={v:.4g}" for k, v in row.items() if k in shown), flush=True)
+    return row
+
+
+def theirs_record(a, spec: Dict[str, Any], b: Dict[str, Any], datafree, accs: List[float], secs: List[float],
+                  shims: List[str], **extra) -> Dict[str, Any]:
+    """record.json of a shared-layout adapter run (schema: benchmarks/parity/README.md)."""
+    return {
+        "method": a.method, "side": "theirs", "seed": a.seed, "acc_last": accs[-1], "acc_best": max(accs),
+        "epochs": b["epochs"], "epoch_seconds": secs, "eval_acc": accs, "budget": b, "smoke": a.smoke,
+        "teacher_sha256": sha256(a.teacher), **extra,
+        "reference_repo": spec["reference"]["repo"], "reference_commit": git_commit(a.worktree),
+        "reference_origin": git_origin(a.worktree), "threads": torch.get_num_threads(), "machine": machine(),
+        "torch": torch.__version__,
+        "shims": shims, "their_package": os.path.dirname(datafree.__file__),
+    }
 
 
 def machine() -> Dict[str, Any]:
