@@ -161,11 +161,11 @@ def no_file_mnist(registry) -> str:
     return "registry.datasets.MNIST -> no-file stub (their transform kept; test set read by the adapter)"
 
 
-def observe_losses(module, terms: "TermLog", cross_entropy) -> None:
+def observe_losses(module, cross_entropy, adv) -> None:
     """Observe-only wrappers in a synthesizer's module: ``module.F`` -> torch.nn.functional with
     ``cross_entropy(out, input, target)`` called after each cross-entropy (to log what it likes), and
-    ``module.kldiv`` logging ``adv`` = -(masked KL summed over classes).mean(), their adversarial term's
-    formula recomputed on the values they pass. Their results are returned unchanged."""
+    ``module.kldiv`` calling ``adv(value)`` with -(masked KL summed over classes).mean(), their adversarial
+    term's formula recomputed on the values they pass. Their results are returned unchanged."""
     import torch.nn.functional as F
 
     proxy = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
@@ -183,7 +183,7 @@ def observe_losses(module, terms: "TermLog", cross_entropy) -> None:
         out = orig_kldiv(logits, targets, T=T, reduction=reduction)
         with torch.no_grad():
             mask = (logits.max(1)[1] == targets.max(1)[1]).float()
-            terms.add("adv", -(out.sum(1) * mask).mean())
+            adv(-(out.sum(1) * mask).mean())
         return out
 
     module.kldiv = kldiv

@@ -14,6 +14,7 @@ synthesis round is their ``FastMetaSynthesizer.synthesize()`` and the KD phase i
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -90,17 +91,23 @@ def main(argv=None) -> int:
     torch.utils.data.DataLoader = Loader
     shims.append("DataLoader(num_workers=4, pin_memory=True) -> num_workers=0 (one thread; same data)")
 
-    # observe-only recorders of the synthesis terms (their formulas, recomputed on the values they pass)
+    # observe-only recorders of the synthesis terms (their formulas, recomputed on the values they pass), per
+    # inner step (curves_steps.jsonl); curves.jsonl gets, as ours logs them (datafree/synthesis/fast.py returns the
+    # last inner step's terms of a round, the engine averages the epoch's rounds), the epoch mean over rounds of
+    # each round's LAST inner step. (The mean over all inner steps is higher: the first steps of a round start
+    # from the meta-generator, e.g. bn 11.3 -> 4.2 over the 10 steps of round 1.)
     terms = C.TermLog()
     hooks_ref = []
+    steps = []  # every inner step: {"epoch", "round", "it", "oh", "bn", "adv"}
 
-    def cross_entropy(out, input, target):
-        terms.add("oh", out)
+    def cross_entropy(out, input, target):  # once per inner step (fast_meta.py:143), after the teacher's forward
+        step = {"oh": float(out.detach()), "adv": 0.0}  # their loss_adv is zero when off (fast_meta.py:149)
         if hooks_ref:
-            terms.add("bn", sum(h.r_feature for h in hooks_ref).detach())
+            step["bn"] = float(sum(h.r_feature for h in hooks_ref).detach())
+        steps.append(step)
 
-    C.observe_losses(fast_meta, terms, cross_entropy)
-    shims.append("observe-only: fast_meta.F.cross_entropy / kldiv wrapped to log oh, bn, adv")
+    C.observe_losses(fast_meta, cross_entropy, lambda v: steps[-1].__setitem__("adv", float(v)))
+    shims.append("observe-only: fast_meta.F.cross_entropy / kldiv wrapped to log oh, bn, adv per inner step")
 
     # ------------------------------------------------------------------ main_worker, for MNIST
     num_classes, ori_dataset, normalizer, student, teacher = C.build_models(datafree, registry, a, b)
@@ -133,7 +140,13 @@ def main(argv=None) -> int:
         for _ in range(b["ep_steps"] // b["kd_steps"]):
             if synthesizer.ep + 1 == b["reset_after"] + b["warmup"]:
                 fast_meta.reset_l0(synthesizer.generator)
+            first = len(steps)
             synthesizer.synthesize()
+            for it, st in enumerate(steps[first:]):
+                st.update(epoch=epoch, round=synthesizer.ep, it=it)
+            for k in ("oh", "bn", "adv"):
+                if k in steps[-1]:
+                    terms.add(k, steps[-1][k])  # the round's last inner step, as ours logs it
             if epoch >= b["warmup"]:
                 ref_main.train(synthesizer, [student, teacher], criterion, optimizer, args)
         secs.append(time.perf_counter() - t0)
@@ -148,6 +161,9 @@ def main(argv=None) -> int:
 
     shutil.rmtree(save_dir, ignore_errors=True)
     record = C.theirs_record(a, budget, b, datafree, accs, secs, shims, teacher_acc=teacher_acc)
+    record["curves_granularity"] = ("epoch means over rounds of each round's last inner step (as ours); "
+                                    "curves_steps.jsonl has every inner step")
+    C.atomic_write(os.path.join(a.out, "curves_steps.jsonl"), "".join(json.dumps(st) + "\n" for st in steps))
     C.write_outputs(a.out, record, curves)
     return 0
 

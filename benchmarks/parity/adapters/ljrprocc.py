@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             if not s.adv > 0:
                 terms.add("adv", 0.0)
 
-    C.observe_losses(ref_cudfkd, terms, cross_entropy)
+    C.observe_losses(ref_cudfkd, cross_entropy, lambda v: terms.add("adv", v))
     orig_curr_v = datafree.datasets.utils.curr_v
 
     def curr_v(l, lamda, spl_type="hard"):
