@@ -29,8 +29,8 @@ Run-time shims (their files are never edited; see SHIMS below, written into reco
 * device: ``main_worker(gpu=None)`` (their CPU path: no .cuda(), synthesizers on the default device);
   ``--workers 0`` for their evaluation loader only (not timed); their synthesis DataLoader keeps num_workers=4;
 * observers only: timers around ``synthesize()`` and ``train()``, a global optimiser step hook that reads the
-  loss terms from the frame of ``synthesize()`` (``.item()`` of the terms per generator step), a wrapper on
-  their evaluator that records the accuracy.
+  loss terms from the frame of ``synthesize()`` (``.item()`` of the terms per generator step; curves.jsonl keeps
+  each round's last step, as ours logs it), a wrapper on their evaluator that records the accuracy.
 """
 from __future__ import annotations
 
@@ -178,7 +178,10 @@ class Observer:
         self.t_epoch = 0.0
         self.epoch_seconds: list = []
         self.eval_acc: list = []
-        self.steps: list = []  # per generator step
+        self.steps: list = []  # per generator step (curves_steps.jsonl)
+        # the last generator step of each synthesize() round: what ours logs per round (our synthesizers return the
+        # last inner iteration's terms, the engine averages the epoch's rounds); curves.jsonl = their epoch means
+        self.rounds: list = []
         self.step = 0
         self._cur: list = []
         root = os.path.dirname(os.path.abspath(datafree.__file__))
@@ -200,10 +203,14 @@ class Observer:
 
             def synthesize(s, *args, _orig=orig, **kw):
                 t0 = time.perf_counter()
+                n0 = len(self.steps)
                 try:
                     return _orig(s, *args, **kw)
                 finally:
                     self.t_epoch += time.perf_counter() - t0
+                    if len(self.steps) > n0:
+                        self.rounds.append(self.steps[-1])
+                        self._cur.append(self.steps[-1])
 
             cls.synthesize = synthesize
 
@@ -228,7 +235,6 @@ class Observer:
             self.step += 1
             rec = {"epoch": self.epoch + 1, "step": self.step, **rec}
             self.steps.append(rec)
-            self._cur.append(rec)
 
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -321,7 +327,7 @@ def main(argv=None) -> int:
     import torch
 
     by_epoch: dict = {}
-    for r in obs.steps:
+    for r in obs.rounds:
         by_epoch.setdefault(r["epoch"], []).append(r)
     curves = [obs.epoch_means(by_epoch[e]) for e in sorted(by_epoch)]
     rec = {
@@ -334,7 +340,8 @@ def main(argv=None) -> int:
         "reference_repo": "zju-vipa/CMI", "reference_commit": commit,
         "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "machine": C.machine(), "torch": torch.__version__, "wall_seconds": round(wall, 2),
-        "curves_granularity": "epoch means of their per-generator-step terms (curves_steps.jsonl has the steps)",
+        "curves_granularity": "epoch means over rounds of each round's last generator step (as ours); "
+                              "curves_steps.jsonl has every step",
         "shims": SHIMS, "theirs_hardcoded": hard, "package": os.path.dirname(os.path.abspath(sys.modules["datafree"].__file__)),
     }
     C.atomic_write(os.path.join(out, "curves_steps.jsonl"), "".join(json.dumps(c) + "\n" for c in obs.steps))
