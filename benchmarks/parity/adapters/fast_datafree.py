@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """THEIRS side of the fast10 parity cell: zju-vipa/Fast-Datafree's FastMetaSynthesizer and train().
 
-Run as a subprocess (see benchmarks/parity/notes_fast_cudfkd.md):
+Run as a subprocess by parity.py (see benchmarks/parity/README.md):
 
     python benchmarks/parity/adapters/fast_datafree.py --method fast10 --seed 0 \
         --budget benchmarks/parity/budgets/fast10.yaml --teacher model_zoo/mnist_lenet5_bn.pt \
