@@ -64,21 +64,68 @@ def test_budget_files_load_and_cite_sources(parity, method):
     assert smoke["epochs"] <= 2 and set(smoke) == set(spec["budget"])
 
 
+@pytest.mark.parametrize("method,adapter", [("fast10", "fast_datafree"), ("cudfkd", "ljrprocc")])
+def test_shared_layout_budgets_run_through_the_harness(parity, method, adapter):
+    spec = parity.load_budget(method)
+    assert spec["adapter"] == adapter and adapter in parity.DEFAULT_WORKTREES
+    assert spec["budget"] == spec["shared"]  # what the adapter records as its budget
+    over = parity.our_overrides(spec)
+    assert f"epochs={spec['shared']['epochs']}" in over and not any(o.endswith("=None") for o in over)
+    smoke = parity.load_budget(method, smoke=True)
+    assert smoke["budget"] == {**spec["shared"], **spec["smoke"]}
+    sover = parity.our_overrides(smoke)
+    for key, val in spec["smoke"].items():
+        keys = [k for k in spec["ours"] if k.split(".")[-1] == key]
+        assert all(f"{k}={parity._yaml_value(val)}" in sover for k in keys), key
+
+
 def test_cell_done_skip_logic(parity, tmp_path):
     d = tmp_path / "dfq" / "ours-s0"
     budget = {"epochs": 2}
-    assert not parity.cell_done(str(d), budget, "abc", "c1")
-    d.mkdir(parents=True)
-    (d / "record.json").write_text(json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc", "commit": "c1"}))
-    assert parity.cell_done(str(d), budget, "abc", "c1")
-    assert not parity.cell_done(str(d), {"epochs": 3}, "abc", "c1")
-    assert not parity.cell_done(str(d), budget, "other", "c1")
-    assert not parity.cell_done(str(d), budget, "abc", "c2")
+    assert not parity.cell_done(str(d), budget, "abc", fingerprint="f1")
+    (d / "run").mkdir(parents=True)
+    (d / "run" / "fingerprint.json").write_text(json.dumps({"fingerprint": "f1", "fields": {}}))
+    (d / "record.json").write_text(json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc",
+                                               "fingerprint": "f1", "commit": "c1"}))
+    assert parity.cell_done(str(d), budget, "abc", fingerprint="f1")
+    assert parity.cell_done(str(d), budget, "abc", commit="c2", fingerprint="f1")  # our HEAD: information only
+    assert not parity.cell_done(str(d), budget, "abc", commit="c1")  # ours needs the fingerprint
+    assert not parity.cell_done(str(d), budget, "abc", fingerprint="f2")
+    assert not parity.cell_done(str(d), {"epochs": 3}, "abc", fingerprint="f1")
+    assert not parity.cell_done(str(d), budget, "other", fingerprint="f1")
+    (d / "record.json").write_text(json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc",
+                                               "commit": "c1"}))  # a record from before the field
+    assert parity.cell_done(str(d), budget, "abc", fingerprint="f1")
+    assert not parity.cell_done(str(d), budget, "abc", fingerprint="f2")
+    (d / "run" / "fingerprint.json").write_text(json.dumps({"fingerprint": "f2", "fields": {}}))
+    assert not parity.cell_done(str(d), budget, "abc", fingerprint="f1")  # the run dir is another run's
+    (d / "run" / "fingerprint.json").unlink()
+    assert not parity.cell_done(str(d), budget, "abc", fingerprint="f1")
     (d / "record.json").write_text(json.dumps({"side": "theirs", "budget": budget, "teacher_sha256": "abc",
                                                "reference_commit": "r9"}))
-    assert parity.cell_done(str(d), budget, "abc", "r9")
+    assert parity.cell_done(str(d), budget, "abc", commit="r9")
+    assert not parity.cell_done(str(d), budget, "abc", commit="r8")
     (d / "record.json").write_text("{not json")
-    assert not parity.cell_done(str(d), budget, "abc", "r9")
+    assert not parity.cell_done(str(d), budget, "abc", commit="r9")
+
+
+def test_our_fingerprint_is_the_engines(parity, tmp_path):
+    """our_fingerprint (a subprocess, nothing run) = run_identity of the config `datafree distill` resolves from
+    the same argv; a budget value changes it, the cell's output folder does not."""
+    from datafree import identity
+    from datafree.cli import _user_config, build_parser
+    from datafree.config import resolve
+
+    teacher = os.path.join(ROOT, "model_zoo", "mnist_lenet5_bn.pt")
+    if not os.path.isfile(teacher):
+        pytest.skip("no teacher file")
+    spec = parity.load_budget("dfq", smoke=True)
+    fp = parity.our_fingerprint("dfq", 0, spec, teacher, str(tmp_path / "a"))
+    cfg = resolve(_user_config(build_parser().parse_args(parity.ours_argv("dfq", 0, spec, teacher, "x"))))
+    assert fp == identity.run_identity(cfg, identity.teacher_path(cfg)).fingerprint
+    spec["budget"]["epochs"] = 3
+    cfg3 = resolve(_user_config(build_parser().parse_args(parity.ours_argv("dfq", 0, spec, teacher, "x"))))
+    assert identity.run_identity(cfg3, identity.teacher_path(cfg3)).fingerprint != fp
 
 
 def _fake_cell(root, method, side, seed, acc, secs, curves):
@@ -115,6 +162,7 @@ def test_table_renders_pairs_and_verdicts(parity, tmp_path):
 
 def test_adapter_never_imports_our_package():
     src = open(os.path.join(PARITY, "adapters", "cmi_repo.py")).read()
-    # the reference package is also `datafree`: the adapter imports it only after putting the work tree first
-    assert "sys.path.insert(0, root)" in src and "imported datafree from" in src
-    assert "from datafree." not in src.split("def import_theirs")[0]
+    common = open(os.path.join(PARITY, "adapters", "_common.py")).read()
+    # the reference package is also `datafree`: the adapters import it only after putting the work tree first
+    assert "C.import_reference(root)" in src and "from datafree." not in src.split("def import_theirs")[0]
+    assert "sys.path.insert(0, root)" in common and "not from {root}" in common and "from datafree" not in common

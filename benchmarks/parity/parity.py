@@ -7,22 +7,22 @@
 
 A cell is one (method, side, seed): ``<out>/<method>/<side>-s<seed>/`` holding ``record.json`` and
 ``curves.jsonl`` (schema in benchmarks/parity/README.md). ``--smoke`` shrinks the budget (the budget file's
-``smoke`` section) and writes under ``<out>/_smoke/``. A cell whose record.json matches the budget, the
-teacher's sha256 and the commit (ours: this repository's HEAD; theirs: the work tree's HEAD) is skipped.
+``smoke`` section) and writes under ``<out>/_smoke/``. A cell whose record.json matches the budget and the
+teacher's sha256 is skipped when, theirs: the reference work tree's HEAD is the recorded one; ours: the run's
+fingerprint (run/fingerprint.json, datafree/identity.py) is the one the current overrides resolve to.
 
 The theirs side runs ``adapters/<budget adapter>.py`` as a subprocess (never importing our package, since the
 reference package is also called ``datafree``); the ours side runs ``python -m datafree.cli distill`` with the
 method's config plus the budget's ``ours`` overrides, then converts the run's metrics.jsonl. This script
-imports nothing from our package either (it only runs it), so both sides start from a clean interpreter.
+imports nothing from our package either (it only runs it; adapters/_common.py is the harness's own), so both
+sides start from a clean interpreter.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,9 +33,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 BUDGETS = os.path.join(HERE, "budgets")
 ADAPTERS = os.path.join(HERE, "adapters")
+sys.path.insert(0, ADAPTERS)
+import _common as C  # noqa: E402  (the adapters' stdlib helpers and budget layouts; not our package)
 DEFAULT_TEACHER = os.path.join(REPO, "model_zoo", "mnist_lenet5_bn.pt")
-DEFAULT_WORKTREES = {"cmi_repo": "/tmp/ref/CMI", "fast_repo": "/tmp/ref/Fast-Datafree",
-                     "cudfkd_repo": "/tmp/ref/DataFree"}
+DEFAULT_WORKTREES = {"cmi_repo": "/tmp/ref/CMI", "fast_datafree": "/tmp/ref/Fast-Datafree",
+                     "ljrprocc": "/tmp/ref/DataFree"}
+#: the adapter of a budget file that names none (the ``shared`` layout)
+ADAPTER_OF = {"fast10": "fast_datafree", "cudfkd": "ljrprocc"}
 SIDES = ("ours", "theirs")
 TARGET_SPEEDUP = 2.0
 
@@ -43,44 +47,7 @@ TARGET_SPEEDUP = 2.0
 # --------------------------------------------------------------------------- small helpers
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def git_head(path: str) -> str:
-    try:
-        return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=False).stdout.strip()
-    except OSError:
-        return ""
-
-
-def machine() -> Dict[str, Any]:
-    info = {"cpu": "", "cores": None, "threads": os.cpu_count(), "node": platform.node()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        kv = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        kv = {k.strip(): v.strip() for k, v in kv.items()}
-        info["cpu"] = kv.get("Model name", "")
-        per_socket, sockets = kv.get("Core(s) per socket"), kv.get("Socket(s)")
-        if per_socket and sockets:
-            info["cores"] = int(per_socket) * int(sockets)
-        info["threads"] = int(kv.get("CPU(s)", os.cpu_count() or 0))
-    except (OSError, ValueError):
-        pass
-    return info
+sha256, atomic_write, git_head, machine = C.sha256, C.atomic_write, C.git_commit, C.machine
 
 
 def methods_available() -> List[str]:
@@ -88,7 +55,12 @@ def methods_available() -> List[str]:
 
 
 def load_budget(method: str, smoke: bool = False, budgets_dir: str = BUDGETS) -> Dict[str, Any]:
-    """The budget file, with ``budget`` = the shared budget (smoke-shrunk when asked)."""
+    """The budget file, with ``budget`` = the shared budget (smoke-shrunk when asked) and ``adapter`` set.
+
+    Two layouts exist: ``budget`` + ``ours: {from_budget, fixed}`` (the zju-vipa/CMI methods) and ``shared`` +
+    ``ours: {key: value}`` (fast10, cudfkd; ``smoke`` also replaces the same keys in ``ours``, with or without
+    their ``synth.`` / ``distill.`` / ``optim.`` prefix). Both adapters record the same ``budget`` dict.
+    """
     import yaml
 
     path = os.path.join(budgets_dir, f"{method}.yaml")
@@ -96,10 +68,9 @@ def load_budget(method: str, smoke: bool = False, budgets_dir: str = BUDGETS) ->
         raise SystemExit(f"error: no budget file {path} (methods: {', '.join(methods_available())})")
     with open(path) as f:
         spec = yaml.safe_load(f)
-    budget = dict(spec["budget"])
-    if smoke:
-        budget.update(spec.get("smoke") or {})
-    spec["budget"] = budget
+    spec.setdefault("adapter", ADAPTER_OF.get(method))
+    spec["budget"] = C.effective_budget(spec, smoke)
+    spec["smoke_applied"] = smoke
     spec["path"] = path
     return spec
 
@@ -109,16 +80,26 @@ def our_overrides(spec: Dict[str, Any]) -> List[str]:
     ours = spec.get("ours") or {}
     budget = spec["budget"]
     out = []
-    for key, src in (ours.get("from_budget") or {}).items():
-        if src not in budget:
-            raise SystemExit(f"error: {spec['path']}: ours.from_budget.{key} names {src!r}, not in budget")
-        out.append(f"{key}={_yaml_value(budget[src])}")
-    for key, val in (ours.get("fixed") or {}).items():
-        out.append(f"{key}={_yaml_value(val)}")
-    return out
+    if "from_budget" in ours or "fixed" in ours:
+        for key, src in (ours.get("from_budget") or {}).items():
+            if src not in budget:
+                raise SystemExit(f"error: {spec['path']}: ours.from_budget.{key} names {src!r}, not in budget")
+            out.append(f"{key}={_yaml_value(budget[src])}")
+        for key, val in (ours.get("fixed") or {}).items():
+            out.append(f"{key}={_yaml_value(val)}")
+        return out
+    values = dict(ours)
+    if spec.get("smoke_applied"):
+        for key, val in (spec.get("smoke") or {}).items():
+            for k in [key] + [f"{g}.{key}" for g in ("synth", "distill", "optim")]:
+                if k in values:
+                    values[k] = val
+    return [f"{key}={_yaml_value(val)}" for key, val in values.items()]
 
 
 def _yaml_value(v: Any) -> str:
+    if v is None:
+        return "null"  # str(None) would be the string 'None'
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
@@ -130,8 +111,15 @@ def cell_dir(out: str, method: str, side: str, seed: int, smoke: bool) -> str:
     return os.path.join(out, "_smoke", method, f"{side}-s{seed}") if smoke else os.path.join(out, method, f"{side}-s{seed}")
 
 
-def cell_done(d: str, budget: Dict[str, Any], teacher_sha: str, commit: str) -> bool:
-    """A finished cell: record.json with the same budget, teacher and commit."""
+def cell_done(d: str, budget: Dict[str, Any], teacher_sha: str, commit: Optional[str] = None,
+              fingerprint: Optional[str] = None) -> bool:
+    """A finished cell: record.json with the same budget and teacher, and
+
+    * theirs: the same reference work-tree ``commit``;
+    * ours: the same run ``fingerprint`` (datafree/identity.py: resolved config + teacher sha256 + dataset),
+      as the cell's ``run/fingerprint.json`` holds it (and the record's copy, where it has one). Our git HEAD (``commit``
+      in our records) is information only: a commit that does not change what the run computes keeps it.
+    """
     p = os.path.join(d, "record.json")
     if not os.path.isfile(p):
         return False
@@ -140,8 +128,61 @@ def cell_done(d: str, budget: Dict[str, Any], teacher_sha: str, commit: str) -> 
             rec = json.load(f)
     except (OSError, ValueError):
         return False
-    got_commit = rec.get("reference_commit") if rec.get("side") == "theirs" else rec.get("commit")
-    return rec.get("budget") == budget and rec.get("teacher_sha256") == teacher_sha and got_commit == commit
+    if rec.get("budget") != budget or rec.get("teacher_sha256") != teacher_sha:
+        return False
+    if rec.get("side") == "theirs":
+        return commit is not None and rec.get("reference_commit") == commit
+    if fingerprint is None or rec.get("fingerprint", fingerprint) != fingerprint:  # records made before the
+        return False  # field (keyed on our HEAD) have none: their run dir's fingerprint.json decides
+    return run_fingerprint(os.path.join(d, "run")) == fingerprint
+
+
+def run_fingerprint(run_dir: str) -> Optional[str]:
+    """The fingerprint ``datafree distill`` wrote into ``run_dir/fingerprint.json`` (None: none there)."""
+    try:
+        with open(os.path.join(run_dir, "fingerprint.json")) as f:
+            return str(json.load(f)["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# what `datafree distill` computes before it runs (datafree/cli.py cmd_distill, datafree/engine.py): the resolved
+# config of the same argv and its identity, with the teacher file the engine would use; nothing is written
+_FINGERPRINT_CODE = """
+import json, sys
+from datafree import identity
+from datafree.cli import _user_config, build_parser
+from datafree.config import resolve
+from datafree.registry import load_plugins
+args = build_parser().parse_args(sys.argv[1:])
+user = _user_config(args)
+load_plugins(user.get("plugins", []))
+cfg = resolve(user)
+print(json.dumps({"fingerprint": identity.run_identity(cfg, identity.teacher_path(cfg)).fingerprint}))
+"""
+
+
+def ours_env() -> Dict[str, str]:
+    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def ours_argv(method: str, seed: int, spec: Dict[str, Any], teacher: str, run_dir: str) -> List[str]:
+    """``datafree distill`` arguments of our side of a cell."""
+    return ["distill", "--method", method, "--dataset", "mnist", "--teacher", teacher,
+            "--student", spec["budget"].get("student", spec.get("student", "lenet5_half")), "--seed", str(seed),
+            "--device", "cpu", "--out", run_dir, "--overwrite", "threads=1", "progress=false", "samples=0",
+            *our_overrides(spec)]
+
+
+def our_fingerprint(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str) -> str:
+    """The fingerprint our run of this cell will have, computed without running it (a short subprocess)."""
+    argv = ours_argv(method, seed, spec, teacher, os.path.join(d, "run"))
+    res = subprocess.run([sys.executable, "-c", _FINGERPRINT_CODE, *argv], cwd=REPO, env=ours_env(),
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"error: resolving our config for {method} s{seed} failed:\n{res.stderr.strip()}")
+    return json.loads(res.stdout.strip().splitlines()[-1])["fingerprint"]
 
 
 # --------------------------------------------------------------------------- ours: metrics.jsonl -> record
@@ -179,13 +220,11 @@ def convert_ours(metrics: List[Dict[str, Any]], method: str, seed: int, budget: 
 
 def run_ours(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str, smoke: bool) -> int:
     run_dir = os.path.join(d, "run")
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    cmd = [sys.executable, "-m", "datafree.cli", "distill", "--method", method, "--dataset", "mnist",
-           "--teacher", teacher, "--student", spec.get("student", "lenet5_half"), "--seed", str(seed),
-           "--device", "cpu", "--out", run_dir, "--overwrite", "threads=1", "progress=false", "samples=0",
-           *our_overrides(spec)]
+    env = ours_env()
+    cmd = [sys.executable, "-m", "datafree.cli", *ours_argv(method, seed, spec, teacher, run_dir)]
     os.makedirs(d, exist_ok=True)
+    if os.path.isfile(os.path.join(d, "record.json")):  # the record of another run: not this one's if it fails
+        os.remove(os.path.join(d, "record.json"))
     t0 = time.perf_counter()
     with open(os.path.join(d, "ours.log"), "w") as log:
         log.write(" ".join(cmd) + "\n")
@@ -201,7 +240,8 @@ def run_ours(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str,
     curves = rec.pop("curves")
     import torch  # only for the thread count the run used (1)
 
-    rec.update({"smoke": smoke, "teacher": teacher, "teacher_sha256": sha256(teacher), "commit": git_head(REPO),
+    rec.update({"smoke": smoke, "teacher": teacher, "teacher_sha256": sha256(teacher),
+                "fingerprint": run_fingerprint(run_dir), "commit": git_head(REPO),
                 "repo": "datafree (this repository)", "threads": 1, "omp_num_threads": env["OMP_NUM_THREADS"],
                 "machine": machine(), "torch": torch.__version__, "wall_seconds": round(wall, 2),
                 "overrides": our_overrides(spec), "curves_granularity": "epoch means (metrics.jsonl 'synth')"})
@@ -247,14 +287,16 @@ def cmd_run(a) -> int:
     teacher = os.path.abspath(a.teacher)
     tsha = sha256(teacher)
     d = cell_dir(a.out, a.method, a.side, a.seed, a.smoke)
+    commit = fingerprint = None
     if a.side == "ours":
-        commit = git_head(REPO)
+        if not a.force:
+            fingerprint = our_fingerprint(a.method, a.seed, spec, teacher, d)
     else:
         wt = worktree_for(spec, a.worktree)
         if not os.path.isdir(wt):
             raise SystemExit(f"error: no reference work tree at {wt}; see benchmarks/parity/README.md")
         commit = git_head(wt)
-    if not a.force and cell_done(d, spec["budget"], tsha, commit):
+    if not a.force and cell_done(d, spec["budget"], tsha, commit=commit, fingerprint=fingerprint):
         print(f"skip {a.method} {a.side} s{a.seed}: {d}/record.json is up to date", file=sys.stderr)
         return 0
     if a.side == "ours":

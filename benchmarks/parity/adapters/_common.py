@@ -1,4 +1,5 @@
-"""Shared helpers of the THEIRS-side parity adapters (fast_datafree.py, ljrprocc.py).
+"""Shared helpers of the THEIRS-side parity adapters (cmi_repo.py, fast_datafree.py, ljrprocc.py) and of
+benchmarks/parity/parity.py (hashing, atomic writes, git, machine info, budget layouts).
 
 Nothing here imports this repository's ``datafree`` package: the reference
 packages have the same name, and each adapter runs in its own process with the
@@ -28,8 +29,9 @@ from torch import nn
 # ----------------------------------------------------------------------------- arguments / budget
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
+def arg_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    """The arguments parity.py passes every adapter (an adapter may add its own)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--method", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", required=True, help="benchmarks/parity/budgets/<method>.yaml")
@@ -38,7 +40,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--worktree", required=True, help="the reference repository's work tree (outside ours)")
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true", help="2 epochs, few steps: a test that the wiring runs")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    return arg_parser().parse_args(argv)
+
+
+def start(argv: Optional[List[str]], method: str):
+    """``(args, budget file, effective budget)`` of a shared-layout adapter run; one torch thread per OMP_NUM_THREADS."""
+    a = parse_args(argv)
+    spec = load_budget(a.budget)
+    if a.method != spec["method"] or a.method != method:
+        raise SystemExit(f"error: this adapter runs {method} (budget says {spec['method']!r}, --method {a.method!r})")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return a, spec, effective_budget(spec, a.smoke)
 
 
 def load_budget(path: str) -> Dict[str, Any]:
@@ -53,10 +69,11 @@ def load_budget(path: str) -> Dict[str, Any]:
 
 
 def effective_budget(b: Dict[str, Any], smoke: bool) -> Dict[str, Any]:
-    """The shared values, with the smoke section's replacements under --smoke."""
-    shared = dict(b["shared"])
+    """The shared values (``budget`` or, in the fast10 / cudfkd layout, ``shared``), with the smoke section's
+    replacements under --smoke: the ``budget`` dict both sides record."""
+    shared = dict(b["budget"] if "budget" in b else b["shared"])
     if smoke:
-        shared.update(b["smoke"])
+        shared.update(b.get("smoke") or {})
     return shared
 
 
@@ -116,7 +133,8 @@ def import_reference(worktree: str, stub_modules=()):
 
 def git_commit(root: str) -> str:
     try:
-        return subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=False).stdout.strip()
     except OSError:
         return ""
 
@@ -127,6 +145,48 @@ def git_origin(root: str) -> str:
                               text=True).stdout.strip()
     except OSError:
         return ""
+
+
+def no_file_mnist(registry) -> str:
+    """``registry.datasets.MNIST`` -> a stub that keeps the transform it is given and reads no files (their
+    get_dataset would download into data_root/torchdata); the test set is read by :func:`mnist_test`."""
+
+    class NoFilesMNIST:
+        def __init__(self, root=None, train=True, download=False, transform=None, target_transform=None, **kw):
+            self.transform = transform
+
+    ds = types.SimpleNamespace(**{k: getattr(registry.datasets, k) for k in dir(registry.datasets) if not k.startswith("_")})
+    ds.MNIST = NoFilesMNIST
+    registry.datasets = ds
+    return "registry.datasets.MNIST -> no-file stub (their transform kept; test set read by the adapter)"
+
+
+def observe_losses(module, cross_entropy, adv) -> None:
+    """Observe-only wrappers in a synthesizer's module: ``module.F`` -> torch.nn.functional with
+    ``cross_entropy(out, input, target)`` called after each cross-entropy (to log what it likes), and
+    ``module.kldiv`` calling ``adv(value)`` with -(masked KL summed over classes).mean(), their adversarial
+    term's formula recomputed on the values they pass. Their results are returned unchanged."""
+    import torch.nn.functional as F
+
+    proxy = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
+
+    def ce(input, target, *args, **kw):
+        out = F.cross_entropy(input, target, *args, **kw)
+        cross_entropy(out, input, target)
+        return out
+
+    proxy.cross_entropy = ce
+    module.F = proxy
+    orig_kldiv = module.kldiv
+
+    def kldiv(logits, targets, T=1.0, reduction="batchmean"):
+        out = orig_kldiv(logits, targets, T=T, reduction=reduction)
+        with torch.no_grad():
+            mask = (logits.max(1)[1] == targets.max(1)[1]).float()
+            adv(-(out.sum(1) * mask).mean())
+        return out
+
+    module.kldiv = kldiv
 
 
 # ----------------------------------------------------------------------------- models
@@ -163,9 +223,9 @@ class ShimLeNet5(nn.Module):
 
 
 SHIM_MODELS = {
-    "lenet5": lambda num_classes=10: ShimLeNet5(num_classes, width=1.0),
-    "lenet5_half": lambda num_classes=10: ShimLeNet5(num_classes, width=0.5),
-    "lenet5_bn": lambda num_classes=10: ShimLeNet5(num_classes, width=1.0, bn=True),
+    "lenet5": lambda num_classes=10, **kw: ShimLeNet5(num_classes, width=1.0),
+    "lenet5_half": lambda num_classes=10, **kw: ShimLeNet5(num_classes, width=0.5),
+    "lenet5_bn": lambda num_classes=10, **kw: ShimLeNet5(num_classes, width=1.0, bn=True),
 }
 
 
@@ -184,6 +244,20 @@ def load_teacher(registry, path: str):
     t = registry.get_model(arch, num_classes=ck["spec"]["num_classes"])
     t.load_state_dict(ck["state_dict"], strict=True)
     return t.eval(), ck
+
+
+def build_models(datafree, registry, a, b):
+    """Their main_worker's first steps for MNIST, after seeding: ``(num_classes, train set (transform only),
+    normalizer, student, teacher)``; our teacher file loaded strictly, its normalisation checked against theirs."""
+    seed_all(a.seed)
+    num_classes, ori_dataset, _ = registry.get_dataset(name="mnist", data_root="/nonexistent")
+    norm = registry.NORMALIZE_DICT["mnist"]
+    normalizer = datafree.utils.Normalizer(**norm)
+    student = registry.get_model(b["student"], num_classes=num_classes)
+    teacher, ck = load_teacher(registry, a.teacher)
+    if list(ck["spec"]["mean"]) != list(norm["mean"]) or list(ck["spec"]["std"]) != list(norm["std"]):
+        raise SystemExit(f"error: teacher normalisation {ck['spec']} != their NORMALIZE_DICT['mnist']")
+    return num_classes, ori_dataset, normalizer, student, teacher
 
 
 def sha256(path: str) -> str:
@@ -230,6 +304,12 @@ def mnist_test(data_root: str, mean=(0.1307,), std=(0.3081,)):
     return (x - m) / s, y
 
 
+def test_split(registry, data_root: str):
+    """Our MNIST test split with their normaliser's values (checked equal to the teacher's by build_models)."""
+    norm = registry.NORMALIZE_DICT["mnist"]
+    return mnist_test(data_root, norm["mean"], norm["std"])
+
+
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     was = model.training
@@ -251,7 +331,8 @@ def seed_all(seed: int) -> None:
 
 
 def atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -263,17 +344,44 @@ def write_outputs(out: str, record: Dict[str, Any], curves: List[Dict[str, Any]]
     atomic_write(os.path.join(out, "record.json"), json.dumps(record, indent=1))
 
 
-def machine() -> str:
-    cpu = ""
+def epoch_row(method: str, epoch: int, terms: "TermLog", acc: float, lr: float, seconds: float,
+              shown=("bn", "oh", "adv")) -> Dict[str, Any]:
+    """curves.jsonl's line of an epoch (the epoch means of the observed terms), printed."""
+    row = {"epoch": epoch, **terms.pop(), "acc": acc, "lr": lr, "seconds": seconds}
+    print(f"[theirs {method}] epoch {epoch} acc {acc:.2f} {seconds:.1f}s " +
+          " ".join(f"{k}={v:.4g}" for k, v in row.items() if k in shown), flush=True)
+    return row
+
+
+def theirs_record(a, spec: Dict[str, Any], b: Dict[str, Any], datafree, accs: List[float], secs: List[float],
+                  shims: List[str], **extra) -> Dict[str, Any]:
+    """record.json of a shared-layout adapter run (schema: benchmarks/parity/README.md)."""
+    return {
+        "method": a.method, "side": "theirs", "seed": a.seed, "acc_last": accs[-1], "acc_best": max(accs),
+        "epochs": b["epochs"], "epoch_seconds": secs, "eval_acc": accs, "budget": b, "smoke": a.smoke,
+        "teacher_sha256": sha256(a.teacher), **extra,
+        "reference_repo": spec["reference"]["repo"], "reference_commit": git_commit(a.worktree),
+        "reference_origin": git_origin(a.worktree), "threads": torch.get_num_threads(), "machine": machine(),
+        "torch": torch.__version__,
+        "shims": shims, "their_package": os.path.dirname(datafree.__file__),
+    }
+
+
+def machine() -> Dict[str, Any]:
+    """The CPU (lscpu's model name), its cores and hardware threads, the host and the Python version."""
+    info: Dict[str, Any] = {"cpu": "", "cores": None, "threads": os.cpu_count(), "cpu_count": os.cpu_count(),
+                            "node": platform.node(), "python": platform.python_version()}
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        kv = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+        info["cpu"] = kv.get("Model name", "")
+        per_socket, sockets = kv.get("Core(s) per socket"), kv.get("Socket(s)")
+        if per_socket and sockets:
+            info["cores"] = int(per_socket) * int(sockets)
+        info["threads"] = int(kv.get("CPU(s)", os.cpu_count() or 0))
+    except (OSError, ValueError):
         pass
-    return f"{platform.node()} / {cpu or platform.processor()} / {os.cpu_count()} cores / torch {torch.__version__}"
+    return info
 
 
 class TermLog:

@@ -29,24 +29,21 @@ Run-time shims (their files are never edited; see SHIMS below, written into reco
 * device: ``main_worker(gpu=None)`` (their CPU path: no .cuda(), synthesizers on the default device);
   ``--workers 0`` for their evaluation loader only (not timed); their synthesis DataLoader keeps num_workers=4;
 * observers only: timers around ``synthesize()`` and ``train()``, a global optimiser step hook that reads the
-  loss terms from the frame of ``synthesize()`` (``.item()`` of the terms per generator step), a wrapper on
-  their evaluator that records the accuracy.
+  loss terms from the frame of ``synthesize()`` (``.item()`` of the terms per generator step; curves.jsonl keeps
+  each round's last step, as ours logs it), a wrapper on their evaluator that records the accuracy.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import math
 import os
-import platform
-import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import types
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402  (ours: LeNet shims, MNIST test split, seeding, writers; no datafree import)
 
 METHODS = ("dafl", "zskt", "deepinv", "dfq", "cmi")
 # their loss-term local names in synthesize() -> the names our synthesizers log (unweighted terms)
@@ -67,159 +64,39 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 SHIMS: list = []
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def machine() -> dict:
-    model = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": model, "cpu_count": os.cpu_count(), "node": platform.node(), "python": platform.python_version()}
-
-
-def atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def load_budget(path: str, smoke: bool) -> dict:
     import yaml
 
     with open(path) as f:
         spec = yaml.safe_load(f)
-    budget = dict(spec["budget"])
-    if smoke:
-        budget.update(spec.get("smoke") or {})
-    return {"spec": spec, "budget": budget, "hard": dict(spec.get("theirs_hardcoded") or {})}
-
-
-# --------------------------------------------------------------------------- our MNIST and LeNet, standalone
-
-
-def read_idx(path: str):
-    import gzip
-    import struct
-
-    import numpy as np
-
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    _, _, ndim = struct.unpack(">HBB", data[:4])
-    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def find_idx(root: str, name: str) -> str:
-    for folder in ("MNIST/raw", "mnist", "MNIST", ""):
-        for ext in ("", ".gz"):
-            p = os.path.join(root, folder, name + ext)
-            if os.path.isfile(p):
-                return p
-    raise SystemExit(f"error: {name} not found under {root} (mnist/, MNIST/raw/)")
+    return {"spec": spec, "budget": C.effective_budget(spec, smoke), "hard": dict(spec.get("theirs_hardcoded") or {})}
 
 
 def mnist_test(root: str):
-    """Our MNIST test split: uint8 28x28 -> 32x32 (bilinear, antialias) -> float /255 -> normalised."""
+    """Our MNIST test split (C.mnist_test: 28 -> 32 antialiased resize on uint8, /255, normalised) as a dataset."""
     import torch
-    from torchvision.transforms.functional import resize
 
-    x = torch.from_numpy(read_idx(find_idx(root, "t10k-images-idx3-ubyte")).copy())[:, None]
-    y = torch.from_numpy(read_idx(find_idx(root, "t10k-labels-idx1-ubyte")).astype("int64"))
-    x = resize(x, [32, 32], antialias=True).float().div_(255)
-    x = (x - MNIST_MEAN) / MNIST_STD
-    return torch.utils.data.TensorDataset(x, y)
-
-
-def lenet_classes():
-    from torch import nn
-
-    class LeNet5(nn.Module):
-        """Same modules and parameter names as datafree/models/lenet.py at 32x32, 1 channel."""
-
-        def __init__(self, num_classes=10, width=1.0, bn=False):
-            super().__init__()
-            c1, c2, c3, f1 = (int(round(c * width)) for c in (6, 16, 120, 84))
-
-            def block(conv, pool):
-                layers = [conv] + ([nn.BatchNorm2d(conv.out_channels)] if bn else []) + [nn.ReLU(inplace=True)]
-                return layers + ([nn.MaxPool2d(2)] if pool else [])
-
-            self.features = nn.Sequential(*block(nn.Conv2d(1, c1, 5), True), *block(nn.Conv2d(c1, c2, 5), True),
-                                          *block(nn.Conv2d(c2, c3, 5), False))
-            hidden = [nn.Linear(c3, f1)] + ([nn.BatchNorm1d(f1)] if bn else []) + [nn.ReLU(inplace=True)]
-            self.head = nn.Sequential(*hidden, nn.Linear(f1, num_classes))
-
-        def forward(self, x, return_features=False):
-            f = self.features(x).flatten(1)  # 1x1 map: our pool() is the identity here
-            out = self.head(f)
-            return (out, f) if return_features else out
-
-    return {"lenet5_bn": lambda num_classes=10, **kw: LeNet5(num_classes, 1.0, True),
-            "lenet5_half": lambda num_classes=10, **kw: LeNet5(num_classes, 0.5, False)}
+    return torch.utils.data.TensorDataset(*C.mnist_test(root, (MNIST_MEAN,), (MNIST_STD,)))
 
 
 # --------------------------------------------------------------------------- their code, shimmed
 
 
 def import_theirs(root: str):
-    if "datafree" in sys.modules:
-        raise SystemExit("error: a datafree package is already imported; the adapter needs its own process")
-    sys.path.insert(0, root)
-    try:
-        import termcolor  # noqa: F401
-    except ImportError:
-        mod = types.ModuleType("termcolor")
-        mod.colored = lambda text, *a, **k: text
-        sys.modules["termcolor"] = mod
-        SHIMS.append("termcolor: stub (colored returns the text)")
-    import torch.hub
-    import torchvision.models
-
-    try:
-        import torchvision.models.utils  # noqa: F401
-    except ImportError:
-        mod = types.ModuleType("torchvision.models.utils")
-        mod.load_state_dict_from_url = torch.hub.load_state_dict_from_url
-        sys.modules["torchvision.models.utils"] = mod
-        torchvision.models.utils = mod
-        SHIMS.append("torchvision.models.utils -> torch.hub.load_state_dict_from_url")
-    import datafree  # THEIR package
-
-    if not os.path.abspath(datafree.__file__).startswith(os.path.abspath(root) + os.sep):
-        raise SystemExit(f"error: imported datafree from {datafree.__file__}, not from {root}")
+    """Their datafree, datafree_kd (the training script as a module; its main() is not called) and registry, from
+    the work tree first on sys.path (C.import_reference checks where each came from)."""
+    datafree, registry, datafree_kd, shims = C.import_reference(root)
+    SHIMS.extend(shims)
     if not hasattr(datafree, "synthesis") or not hasattr(datafree.synthesis, "CMISynthesizer"):
         raise SystemExit(f"error: {root} is not the zju-vipa/CMI work tree (no CMISynthesizer)")
-    import datafree_kd  # their training script, as a module (its main() is not called)
-    import registry
-
     return datafree, datafree_kd, registry
 
 
 def apply_shims(datafree, datafree_kd, registry, a, hard: dict, teacher_path: str):
-    import numpy as np
     import torch
 
     # MNIST: their transform, no files; our test split for evaluation
-    class NoFilesMNIST:
-        def __init__(self, root=None, train=True, download=False, transform=None, target_transform=None, **kw):
-            self.transform = transform
-
-    ds = types.SimpleNamespace(**{k: getattr(registry.datasets, k) for k in dir(registry.datasets) if not k.startswith("_")})
-    ds.MNIST = NoFilesMNIST
-    registry.datasets = ds
+    SHIMS.append(C.no_file_mnist(registry))
     orig_get_dataset = registry.get_dataset
 
     def get_dataset(name, data_root="data", **kw):
@@ -227,10 +104,9 @@ def apply_shims(datafree, datafree_kd, registry, a, hard: dict, teacher_path: st
         return num_classes, train_dst, mnist_test(a.data_root)
 
     registry.get_dataset = get_dataset
-    SHIMS.append("registry.datasets.MNIST -> no-file stub (their train transform kept); evaluation = our MNIST test split")
+    SHIMS.append("registry.get_dataset: their train set (transform only), our MNIST test split for evaluation")
 
-    registry.MODEL_DICT.update(lenet_classes())
-    SHIMS.append("registry.MODEL_DICT += lenet5_bn, lenet5_half (our parameter names; teacher loaded strictly)")
+    SHIMS.extend(C.register_models(registry))  # their script loads the teacher with strict load_state_dict
     os.makedirs("checkpoints/pretrained", exist_ok=True)
     link = "checkpoints/pretrained/mnist_%s.pth" % a.teacher_arch
     if os.path.lexists(link):
@@ -288,7 +164,6 @@ def apply_shims(datafree, datafree_kd, registry, a, hard: dict, teacher_path: st
 
     _utils.Image = ImageProxy()
     SHIMS.append("utils._utils Image.fromarray: (H, W, 1) -> (H, W) ('L' PNGs, same pixels)")
-    return np
 
 
 class Observer:
@@ -303,7 +178,10 @@ class Observer:
         self.t_epoch = 0.0
         self.epoch_seconds: list = []
         self.eval_acc: list = []
-        self.steps: list = []  # per generator step
+        self.steps: list = []  # per generator step (curves_steps.jsonl)
+        # the last generator step of each synthesize() round: what ours logs per round (our synthesizers return the
+        # last inner iteration's terms, the engine averages the epoch's rounds); curves.jsonl = their epoch means
+        self.rounds: list = []
         self.step = 0
         self._cur: list = []
         root = os.path.dirname(os.path.abspath(datafree.__file__))
@@ -325,10 +203,14 @@ class Observer:
 
             def synthesize(s, *args, _orig=orig, **kw):
                 t0 = time.perf_counter()
+                n0 = len(self.steps)
                 try:
                     return _orig(s, *args, **kw)
                 finally:
                     self.t_epoch += time.perf_counter() - t0
+                    if len(self.steps) > n0:
+                        self.rounds.append(self.steps[-1])
+                        self._cur.append(self.steps[-1])
 
             cls.synthesize = synthesize
 
@@ -353,7 +235,6 @@ class Observer:
             self.step += 1
             rec = {"epoch": self.epoch + 1, "step": self.step, **rec}
             self.steps.append(rec)
-            self._cur.append(rec)
 
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -396,19 +277,13 @@ class Observer:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--budget", required=True)
-    p.add_argument("--teacher", required=True, help="our checkpoint file (dict with state_dict)")
+    p = C.arg_parser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher-arch", default="lenet5_bn")
     p.add_argument("--student", default="lenet5_half")
-    p.add_argument("--data-root", required=True, help="folder holding mnist/ IDX files (DATAFREE_DATA)")
-    p.add_argument("--worktree", required=True, help="the zju-vipa/CMI work tree, e.g. /tmp/ref/CMI")
-    p.add_argument("--out", required=True)
-    p.add_argument("--smoke", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the scratch dir (their PNG pool, logs)")
     a = p.parse_args(argv)
+    if a.method not in METHODS:
+        p.error(f"--method must be one of {', '.join(METHODS)}")
 
     root = os.path.abspath(a.worktree)
     if not os.path.isfile(os.path.join(root, "datafree_kd.py")):
@@ -424,9 +299,6 @@ def main(argv=None) -> int:
     cwd = os.getcwd()
     os.chdir(scratch)
     try:
-        import numpy as np
-        import torch
-
         datafree, datafree_kd, registry = import_theirs(root)
         apply_shims(datafree, datafree_kd, registry, a, hard, teacher)
         obs = Observer(a.method, datafree, datafree_kd)
@@ -439,9 +311,7 @@ def main(argv=None) -> int:
                 argv_theirs += [flag, str(budget[k])]
         args = datafree_kd.parser.parse_args(argv_theirs)
         # main(): seeding and the non-distributed path, then main_worker on the CPU (gpu=None)
-        random.seed(a.seed)
-        np.random.seed(a.seed)
-        torch.manual_seed(a.seed)
+        C.seed_all(a.seed)
         args.distributed = False
         args.multiprocessing_distributed = False
         SHIMS.append("main_worker(gpu=None): their CPU path; numpy seeded too; --workers 0 (evaluation loader only)")
@@ -453,14 +323,11 @@ def main(argv=None) -> int:
         if not a.keep:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    try:
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = C.git_commit(root)
     import torch
 
     by_epoch: dict = {}
-    for r in obs.steps:
+    for r in obs.rounds:
         by_epoch.setdefault(r["epoch"], []).append(r)
     curves = [obs.epoch_means(by_epoch[e]) for e in sorted(by_epoch)]
     rec = {
@@ -469,16 +336,16 @@ def main(argv=None) -> int:
         "acc_best": max(obs.eval_acc) if obs.eval_acc else None,
         "epochs": len(obs.eval_acc), "epoch_seconds": [round(x, 4) for x in obs.epoch_seconds],
         "eval_acc": obs.eval_acc, "budget": budget, "smoke": a.smoke,
-        "teacher": teacher, "teacher_sha256": sha256(teacher),
+        "teacher": teacher, "teacher_sha256": C.sha256(teacher),
         "reference_repo": "zju-vipa/CMI", "reference_commit": commit,
         "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "machine": machine(), "torch": torch.__version__, "wall_seconds": round(wall, 2),
-        "curves_granularity": "epoch means of their per-generator-step terms (curves_steps.jsonl has the steps)",
+        "machine": C.machine(), "torch": torch.__version__, "wall_seconds": round(wall, 2),
+        "curves_granularity": "epoch means over rounds of each round's last generator step (as ours); "
+                              "curves_steps.jsonl has every step",
         "shims": SHIMS, "theirs_hardcoded": hard, "package": os.path.dirname(os.path.abspath(sys.modules["datafree"].__file__)),
     }
-    atomic_write(os.path.join(out, "curves.jsonl"), "".join(json.dumps(c) + "\n" for c in curves))
-    atomic_write(os.path.join(out, "curves_steps.jsonl"), "".join(json.dumps(c) + "\n" for c in obs.steps))
-    atomic_write(os.path.join(out, "record.json"), json.dumps(rec, indent=1))
+    C.atomic_write(os.path.join(out, "curves_steps.jsonl"), "".join(json.dumps(c) + "\n" for c in obs.steps))
+    C.write_outputs(out, rec, curves)
     print(f"theirs {a.method} s{a.seed}: acc {rec['acc_last']} (best {rec['acc_best']}), "
           f"{sum(obs.epoch_seconds) / max(1, len(obs.epoch_seconds)):.2f} s/epoch -> {out}", file=sys.stderr)
     return 0

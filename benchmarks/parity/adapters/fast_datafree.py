@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """THEIRS side of the fast10 parity cell: zju-vipa/Fast-Datafree's FastMetaSynthesizer and train().
 
-Run as a subprocess (see benchmarks/parity/notes_fast_cudfkd.md):
+Run as a subprocess by parity.py (see benchmarks/parity/README.md):
 
     python benchmarks/parity/adapters/fast_datafree.py --method fast10 --seed 0 \
         --budget benchmarks/parity/budgets/fast10.yaml --teacher model_zoo/mnist_lenet5_bn.pt \
@@ -14,6 +14,7 @@ synthesis round is their ``FastMetaSynthesizer.synthesize()`` and the KD phase i
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -26,18 +27,11 @@ import torch  # noqa: E402
 
 
 def main(argv=None) -> int:
-    a = C.parse_args(argv)
-    budget = C.load_budget(a.budget)
-    if a.method != budget["method"] or a.method != "fast10":
-        raise SystemExit(f"error: this adapter runs fast10 (budget says {budget['method']!r}, --method {a.method!r})")
-    b = C.effective_budget(budget, a.smoke)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    a, budget, b = C.start(argv, "fast10")
     datafree, registry, ref_main, shims = C.import_reference(a.worktree)
     from datafree.models import generator as gen_mod
     from datafree.synthesis import fast_meta
     from datafree.utils import _utils as ref_utils
-    import torch.nn.functional as F
-    import numpy as np
     from PIL import Image
 
     if not hasattr(datafree.synthesis, "FastMetaSynthesizer"):
@@ -45,14 +39,7 @@ def main(argv=None) -> int:
     shims += C.register_models(registry)
 
     # their registry builds MNIST with download=True under data_root/torchdata: keep only the transform
-    class NoFiles:
-        def __init__(self, root=None, train=True, download=False, transform=None, **kw):
-            self.transform = transform
-
-    ds = types.SimpleNamespace(**{k: getattr(registry.datasets, k) for k in dir(registry.datasets) if not k.startswith("_")})
-    ds.MNIST = NoFiles
-    registry.datasets = ds
-    shims.append("registry.datasets.MNIST -> no-file stub (their transform kept; test set read by the adapter)")
+    shims.append(C.no_file_mnist(registry))
 
     # CPU: their Generator.clone() and fomaml/reptile gradients call .cuda(); same operations on the CPU
     def clone(self):
@@ -104,41 +91,26 @@ def main(argv=None) -> int:
     torch.utils.data.DataLoader = Loader
     shims.append("DataLoader(num_workers=4, pin_memory=True) -> num_workers=0 (one thread; same data)")
 
-    # observe-only recorders of the synthesis terms (their formulas, recomputed on the values they pass)
+    # observe-only recorders of the synthesis terms (their formulas, recomputed on the values they pass), per
+    # inner step (curves_steps.jsonl); curves.jsonl gets, as ours logs them (datafree/synthesis/fast.py returns the
+    # last inner step's terms of a round, the engine averages the epoch's rounds), the epoch mean over rounds of
+    # each round's LAST inner step. (The mean over all inner steps is higher: the first steps of a round start
+    # from the meta-generator, e.g. bn 11.3 -> 4.2 over the 10 steps of round 1.)
     terms = C.TermLog()
     hooks_ref = []
-    F_proxy = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
+    steps = []  # every inner step: {"epoch", "round", "it", "oh", "bn", "adv"}
 
-    def cross_entropy(input, target, *args, **kw):
-        out = F.cross_entropy(input, target, *args, **kw)
-        terms.add("oh", out)
+    def cross_entropy(out, input, target):  # once per inner step (fast_meta.py:143), after the teacher's forward
+        step = {"oh": float(out.detach()), "adv": 0.0}  # their loss_adv is zero when off (fast_meta.py:149)
         if hooks_ref:
-            terms.add("bn", sum(h.r_feature for h in hooks_ref).detach())
-        return out
+            step["bn"] = float(sum(h.r_feature for h in hooks_ref).detach())
+        steps.append(step)
 
-    F_proxy.cross_entropy = cross_entropy
-    fast_meta.F = F_proxy
-    orig_kldiv = fast_meta.kldiv
-
-    def kldiv(logits, targets, T=1.0, reduction="batchmean"):
-        out = orig_kldiv(logits, targets, T=T, reduction=reduction)
-        with torch.no_grad():
-            mask = (logits.max(1)[1] == targets.max(1)[1]).float()
-            terms.add("adv", -(out.sum(1) * mask).mean())
-        return out
-
-    fast_meta.kldiv = kldiv
-    shims.append("observe-only: fast_meta.F.cross_entropy / kldiv wrapped to log oh, bn, adv")
+    C.observe_losses(fast_meta, cross_entropy, lambda v: steps[-1].__setitem__("adv", float(v)))
+    shims.append("observe-only: fast_meta.F.cross_entropy / kldiv wrapped to log oh, bn, adv per inner step")
 
     # ------------------------------------------------------------------ main_worker, for MNIST
-    C.seed_all(a.seed)
-    num_classes, ori_dataset, _ = registry.get_dataset(name="mnist", data_root="/nonexistent")
-    normalizer = datafree.utils.Normalizer(**registry.NORMALIZE_DICT["mnist"])
-    student = registry.get_model(b["student"], num_classes=num_classes)
-    teacher, ck = C.load_teacher(registry, a.teacher)
-    if list(ck["spec"]["mean"]) != list(registry.NORMALIZE_DICT["mnist"]["mean"]) or \
-            list(ck["spec"]["std"]) != list(registry.NORMALIZE_DICT["mnist"]["std"]):
-        raise SystemExit(f"error: teacher normalisation {ck['spec']} != their NORMALIZE_DICT['mnist']")
+    num_classes, ori_dataset, normalizer, student, teacher = C.build_models(datafree, registry, a, b)
     criterion = datafree.criterions.KLDiv(T=b["T"])
     generator = gen_mod.Generator(nz=b["nz"], ngf=b["ngf"], img_size=32, nc=1)
     save_dir = os.path.join(os.path.abspath(a.out), "pool")
@@ -159,8 +131,7 @@ def main(argv=None) -> int:
     args = types.SimpleNamespace(method="fast_meta", kd_steps=b["kd_steps"], gpu=None, autocast=datafree.utils.dummy_ctx,
                                  fp16=False, print_freq=0, current_epoch=0, logger=None)
 
-    x_test, y_test = C.mnist_test(a.data_root, registry.NORMALIZE_DICT["mnist"]["mean"],
-                                  registry.NORMALIZE_DICT["mnist"]["std"])
+    x_test, y_test = C.test_split(registry, a.data_root)
     teacher_acc = C.evaluate(teacher, x_test, y_test)
     accs, secs, curves = [], [], []
     for epoch in range(b["epochs"]):
@@ -169,16 +140,19 @@ def main(argv=None) -> int:
         for _ in range(b["ep_steps"] // b["kd_steps"]):
             if synthesizer.ep + 1 == b["reset_after"] + b["warmup"]:
                 fast_meta.reset_l0(synthesizer.generator)
+            first = len(steps)
             synthesizer.synthesize()
+            for it, st in enumerate(steps[first:]):
+                st.update(epoch=epoch, round=synthesizer.ep, it=it)
+            for k in ("oh", "bn", "adv"):
+                if k in steps[-1]:
+                    terms.add(k, steps[-1][k])  # the round's last inner step, as ours logs it
             if epoch >= b["warmup"]:
                 ref_main.train(synthesizer, [student, teacher], criterion, optimizer, args)
         secs.append(time.perf_counter() - t0)
         acc = C.evaluate(student, x_test, y_test)
         accs.append(acc)
-        row = {"epoch": epoch, **terms.pop(), "acc": acc, "lr": optimizer.param_groups[0]["lr"], "seconds": secs[-1]}
-        curves.append(row)
-        print(f"[theirs fast10] epoch {epoch} acc {acc:.2f} {secs[-1]:.1f}s " +
-              " ".join(f"{k}={v:.4g}" for k, v in row.items() if k in ("bn", "oh", "adv")), flush=True)
+        curves.append(C.epoch_row("fast10", epoch, terms, acc, optimizer.param_groups[0]["lr"], secs[-1]))
         if epoch >= b["warmup"]:
             scheduler.step()
     for h in synthesizer.hooks:
@@ -186,14 +160,10 @@ def main(argv=None) -> int:
     import shutil
 
     shutil.rmtree(save_dir, ignore_errors=True)
-    record = {
-        "method": a.method, "side": "theirs", "seed": a.seed, "acc_last": accs[-1], "acc_best": max(accs),
-        "epochs": b["epochs"], "epoch_seconds": secs, "eval_acc": accs, "budget": b, "smoke": a.smoke,
-        "teacher_sha256": C.sha256(a.teacher), "teacher_acc": teacher_acc,
-        "reference_repo": budget["reference"]["repo"], "reference_commit": C.git_commit(a.worktree),
-        "reference_origin": C.git_origin(a.worktree), "threads": torch.get_num_threads(), "machine": C.machine(),
-        "shims": shims, "their_package": os.path.dirname(datafree.__file__),
-    }
+    record = C.theirs_record(a, budget, b, datafree, accs, secs, shims, teacher_acc=teacher_acc)
+    record["curves_granularity"] = ("epoch means over rounds of each round's last inner step (as ours); "
+                                    "curves_steps.jsonl has every inner step")
+    C.atomic_write(os.path.join(a.out, "curves_steps.jsonl"), "".join(json.dumps(st) + "\n" for st in steps))
     C.write_outputs(a.out, record, curves)
     return 0
 

@@ -25,12 +25,7 @@ import torch  # noqa: E402
 
 
 def main(argv=None) -> int:
-    a = C.parse_args(argv)
-    budget = C.load_budget(a.budget)
-    if a.method != budget["method"] or a.method != "cudfkd":
-        raise SystemExit(f"error: this adapter runs cudfkd (budget says {budget['method']!r}, --method {a.method!r})")
-    b = C.effective_budget(budget, a.smoke)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    a, budget, b = C.start(argv, "cudfkd")
     # attr: imported by their softtarget.py (`from attr import has`), which CuDFKD never uses
     datafree, registry, ref_main, shims = C.import_reference(a.worktree, stub_modules=("attr",))
     from datafree.synthesis import cudfkd as ref_cudfkd
@@ -40,22 +35,14 @@ def main(argv=None) -> int:
         raise SystemExit("error: --worktree is not ljrprocc/DataFree (no ProbSynthesizer)")
     shims += C.register_models(registry)
 
-    class NoFiles:
-        def __init__(self, root=None, train=True, download=False, transform=None, **kw):
-            self.transform = transform
-
-    ds = types.SimpleNamespace(**{k: getattr(registry.datasets, k) for k in dir(registry.datasets) if not k.startswith("_")})
-    ds.MNIST = NoFiles
-    registry.datasets = ds
-    shims.append("registry.datasets.MNIST -> no-file stub (their transform kept; test set read by the adapter)")
+    # their registry builds MNIST with download=True under data_root/torchdata: keep only the transform
+    shims.append(C.no_file_mnist(registry))
 
     # observe-only recorders (their formulas, recomputed from the values they pass)
     terms = C.TermLog()
     synth_ref = []
-    F_proxy = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
 
-    def cross_entropy(input, target, *args, **kw):
-        out = F.cross_entropy(input, target, *args, **kw)
+    def cross_entropy(out, input, target):
         with torch.no_grad():
             s = synth_ref[0]
             p = F.softmax(input / s.T, dim=1).mean(0)
@@ -66,20 +53,8 @@ def main(argv=None) -> int:
             terms.add("adv_w", s.adv)
             if not s.adv > 0:
                 terms.add("adv", 0.0)
-        return out
 
-    F_proxy.cross_entropy = cross_entropy
-    ref_cudfkd.F = F_proxy
-    orig_kldiv = ref_cudfkd.kldiv
-
-    def kldiv(logits, targets, T=1.0, reduction="batchmean"):
-        out = orig_kldiv(logits, targets, T=T, reduction=reduction)
-        with torch.no_grad():
-            mask = (logits.max(1)[1] == targets.max(1)[1]).float()
-            terms.add("adv", -(out.sum(1) * mask).mean())
-        return out
-
-    ref_cudfkd.kldiv = kldiv
+    C.observe_losses(ref_cudfkd, cross_entropy, lambda v: terms.add("adv", v))
     orig_curr_v = datafree.datasets.utils.curr_v
 
     def curr_v(l, lamda, spl_type="hard"):
@@ -94,14 +69,7 @@ def main(argv=None) -> int:
                  "ent, oh, bn, adv, adv_w, kd, v, lambda")
 
     # ------------------------------------------------------------------ main_worker (cudfkd), for MNIST
-    C.seed_all(a.seed)
-    num_classes, ori_dataset, _ = registry.get_dataset(name="mnist", data_root="/nonexistent")
-    normalizer = datafree.utils.Normalizer(**registry.NORMALIZE_DICT["mnist"])
-    student = registry.get_model(b["student"], num_classes=num_classes)
-    teacher, ck = C.load_teacher(registry, a.teacher)
-    if list(ck["spec"]["mean"]) != list(registry.NORMALIZE_DICT["mnist"]["mean"]) or \
-            list(ck["spec"]["std"]) != list(registry.NORMALIZE_DICT["mnist"]["std"]):
-        raise SystemExit(f"error: teacher normalisation {ck['spec']} != their NORMALIZE_DICT['mnist']")
+    num_classes, ori_dataset, normalizer, student, teacher = C.build_models(datafree, registry, a, b)
     if b["loss"] != "kl":
         raise SystemExit("error: the budget's loss must be kl (their l1 branch is not the paper's loss)")
     criterion = datafree.criterions.KLDiv(T=b["T"])  # datafree_kd.py:413 (--loss kl)
@@ -121,8 +89,7 @@ def main(argv=None) -> int:
         autocast=datafree.utils.dummy_ctx, fp16=False, print_freq=0, distributed=False, logger=None,
         log_fidelity=False, current_epoch=0, pretrained_mode="gan")
 
-    x_test, y_test = C.mnist_test(a.data_root, registry.NORMALIZE_DICT["mnist"]["mean"],
-                                  registry.NORMALIZE_DICT["mnist"]["std"])
+    x_test, y_test = C.test_split(registry, a.data_root)
     teacher_acc = C.evaluate(teacher, x_test, y_test)
     accs, secs, curves = [], [], []
     global_iter = 0
@@ -138,22 +105,13 @@ def main(argv=None) -> int:
         secs.append(time.perf_counter() - t0)
         acc = C.evaluate(student, x_test, y_test)
         accs.append(acc)
-        row = {"epoch": epoch, **terms.pop(), "acc": acc, "lr": optimizer.param_groups[0]["lr"], "seconds": secs[-1]}
-        curves.append(row)
-        print(f"[theirs cudfkd] epoch {epoch} acc {acc:.2f} {secs[-1]:.1f}s " +
-              " ".join(f"{k}={v:.4g}" for k, v in row.items() if k in ("ent", "oh", "bn", "adv", "adv_w", "kd")),
-              flush=True)
+        curves.append(C.epoch_row("cudfkd", epoch, terms, acc, optimizer.param_groups[0]["lr"], secs[-1],
+                                  shown=("ent", "oh", "bn", "adv", "adv_w", "kd")))
         scheduler.step()
     for h in synthesizer.hooks:
         h.remove()
-    record = {
-        "method": a.method, "side": "theirs", "seed": a.seed, "acc_last": accs[-1], "acc_best": max(accs),
-        "epochs": b["epochs"], "epoch_seconds": secs, "eval_acc": accs, "budget": b, "smoke": a.smoke,
-        "teacher_sha256": C.sha256(a.teacher), "teacher_acc": teacher_acc, "student_steps": global_iter,
-        "reference_repo": budget["reference"]["repo"], "reference_commit": C.git_commit(a.worktree),
-        "reference_origin": C.git_origin(a.worktree), "threads": torch.get_num_threads(), "machine": C.machine(),
-        "shims": shims, "their_package": os.path.dirname(datafree.__file__),
-    }
+    record = C.theirs_record(a, budget, b, datafree, accs, secs, shims, teacher_acc=teacher_acc,
+                             student_steps=global_iter)
     C.write_outputs(a.out, record, curves)
     return 0
 
