@@ -28,12 +28,12 @@ def _metrics(n=3):
         work += 2.0 * e
         ev += 0.5
         out.append({"epoch": e, "acc": 50.0 + e, "step": 40 * e, "seconds": work + ev,
-                    "phase_seconds": {"synthesis": work * 0.75, "distill": work * 0.25, "eval": ev, "other": 0.0},
+                    "phase_seconds": {"synthesis": work * 0.75, "distill": work * 0.25, "eval": ev, "other": 0.25 * e},
                     "synth": {"bn": 1.0 / e, "oh": 0.5, "loss_g": 2.0}, "distill": {"kd": 0.1}})
     return out
 
 
-def test_convert_ours_epoch_seconds_exclude_eval(parity):
+def test_convert_ours_epoch_seconds_exclude_eval_and_checkpoint(parity):
     rec = parity.convert_ours(_metrics(), "dfq", 0, {"epochs": 3})
     assert rec["method"] == "dfq" and rec["side"] == "ours" and rec["seed"] == 0
     assert rec["epoch_seconds"] == pytest.approx([2.0, 4.0, 6.0])
