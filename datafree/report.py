@@ -784,6 +784,15 @@ def save_sample_grid(images, labels, path: str, ncol: int = 8, cell: int = 40) -
     return path
 
 
+#: results folders with tables of their own making, linked from the index rather than tabulated from their runs
+#: (results/parity: benchmarks/parity/parity.py's table of ours against the reference code)
+LINKED_FOLDERS = {
+    "parity": ("Parity with the reference code",
+               "Each method run by our code and by its authors' code on MNIST lenet5_bn -> lenet5_half, same teacher "
+               "file and budget: accuracy and seconds per epoch, side by side"),
+}
+
+
 def write_index(root: str = "results", title: str = "Results measured by this project") -> str:
     """``results/README.md``: the accuracy tables of every folder under ``root`` that has run records.
 
@@ -797,7 +806,7 @@ def write_index(root: str = "results", title: str = "Results measured by this pr
              "(stability, resources, per-run rows, curves).", ""]
     for name in sorted(os.listdir(root)):
         d = os.path.join(root, name)
-        if not os.path.isdir(d) or name in ("runs", "teachers"):
+        if not os.path.isdir(d) or name in ("runs", "teachers") or name in LINKED_FOLDERS:
             continue
         df = load_runs(d)
         skipped = df.attrs.get("skipped", [])
@@ -821,6 +830,9 @@ def write_index(root: str = "results", title: str = "Results measured by this pr
         if skipped:
             lines[-1] += f" {describe_skipped(skipped)}."
         lines += ["", accuracy_table(df, reference=ref), ""]
+    for name, (heading, text) in LINKED_FOLDERS.items():
+        if os.path.isfile(os.path.join(root, name, "README.md")):
+            lines += [f"## {heading}", "", f"{text}: [{name}/README.md]({name}/README.md).", ""]
     if os.path.isfile(os.path.join(root, "perf.md")):
         lines += ["## Speed and memory", "",
                   "Each method's synthesis round and student step against its compute floor, and our DeepInversion, "

@@ -234,3 +234,19 @@ def test_plot_curves_of_run_dirs_leaves_a_bad_metrics_file_out(tmp_path):
     plot_curves([str(good), str(bad)], str(tmp_path / "c.png"), skipped=skipped)  # the old call form, plus a list
     assert (tmp_path / "c.png").stat().st_size > 0
     assert [s["path"] for s in skipped] == [str(bad / "metrics.jsonl")] and "not a JSON object" in skipped[0]["reason"]
+
+
+def test_index_links_parity_folder_instead_of_tabulating_it(tmp_path):
+    """results/parity has its own table (benchmarks/parity/parity.py): the index links it and never tabulates the
+    run directories inside it as if they were a suite's."""
+    from datafree.report import write_index
+
+    parity = tmp_path / "parity"
+    (parity / "dfq" / "ours-s0" / "run").mkdir(parents=True)
+    (parity / "dfq" / "ours-s0" / "run" / "summary.json").write_text("{}")
+    (parity / "README.md").write_text("# Parity\n")
+    text = write_index(str(tmp_path))
+    assert "## Parity with the reference code" in text
+    assert "[parity/README.md](parity/README.md)" in text
+    assert "## parity" not in text and "No readable runs" not in text
+    assert (tmp_path / "README.md").read_text() == text
