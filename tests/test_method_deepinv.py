@@ -58,3 +58,19 @@ def test_plain_deepinv_keeps_the_last_iterate_as_the_reference_view_does(zoo, tm
     start = e.ctx.normalizer.denormalize(x0).clamp(0, 1)
     # one Adam step at lr 0.1 moves every pixel by about lr (normalised units): the kept batch is not the start
     assert (kept - start).abs().mean() > 0.01
+
+
+def test_flip_defaults_to_the_dataset_and_an_explicit_value_is_honoured(zoo, tmp_path, monkeypatch):
+    """flip null: as the dataset's standard augmentation (digits: no flips); flip true flips on any dataset, as the
+    reference's jitter_and_flip does (deepinversion.py:85): the parity budget's synth.flip=true was dropped before."""
+    import datafree.synthesis.deepinv as di
+
+    assert _engine(tmp_path / "a").synth.flip is False  # digits' augmentation does not flip
+    forced = _engine(tmp_path / "b", flip=True)
+    assert forced.synth.flip is True
+    assert _engine(tmp_path / "c", flip=False).synth.flip is False
+    monkeypatch.setattr(di.random, "randint", lambda a, b: 0)  # no roll
+    monkeypatch.setattr(di.random, "random", lambda: 0.0)  # the flip branch
+    x = torch.arange(2 * 1 * 3 * 4, dtype=torch.float32).view(2, 1, 3, 4)
+    assert torch.equal(di.jitter_flip(x, 0.125, forced.synth.flip), torch.flip(x, dims=(3,)))
+    assert torch.equal(di.jitter_flip(x, 0.125, False), x)

@@ -6,10 +6,13 @@ statistics on the batch match its running statistics (weight ``bn``), the
 teacher predicts randomly drawn target labels (``oh``), the image priors hold
 (total variation ``tv``, L2 ``l2``) and, for ADI, the student disagrees with
 the teacher (minus the Jensen-Shannon divergence at temperature ``adv_T``,
-weight ``adv``). Every step sees a randomly jittered (roll by up to 1/8 of the
-size) and flipped view; pixels are clipped to the valid range after each
-step. The batch with the lowest total loss is kept and added to the pool, from
-which the student draws batches with the dataset's standard augmentation.
+weight ``adv``). Every step sees a randomly jittered view (roll by up to 1/8 of
+the size), flipped half the time (``flip``: by default only where the dataset's
+standard augmentation flips, so not for digits; the reference flips on every
+dataset, deepinversion.py:11-23, :85, so ``synth.flip=true`` is its protocol on
+MNIST); pixels are clipped to the valid range after each step. The last batch
+(``keep_best: false``) or the lowest-loss one is added to the pool, from which
+the student draws batches with the dataset's standard augmentation.
 
 Defaults follow the CMI repository's DeepInversion script for CIFAR-10
 (scripts/deepinv/deepinv_cifar10_wrn402_wrn161.sh: --g_steps 1000 iterations, bn 10, oh 1, adv 1, lr 0.1,
@@ -17,10 +20,11 @@ synthesis batch 256, KD at T=20; datafree_kd.py:252 passes tv 0.001, l2 0), with
 (``adv_kind="js_clamped"``, criterions.py ``jsdiv``). The preset ``deepinv:paper`` runs the paper's 2000
 iterations; ``synth.adv_kind=js`` gives the true Jensen-Shannon divergence.
 
-Fixed reference-code bug: the reference keeps ``best_inputs = inputs.data``
-without a copy, so the optimiser's next in-place step overwrites the "best"
-batch. We keep a copy (a test checks that a kept batch does not change when
-synthesis continues).
+The reference keeps ``best_inputs = inputs.data`` without a copy, so the
+optimiser's in-place steps keep changing the "best" batch and the last iterate
+is what it adds: the compared ``deepinv`` does the same (``keep_best: false``);
+``deepinv:fixed`` keeps a copy of the lowest-loss batch (a test checks that a
+kept batch does not change when synthesis continues).
 
 A teacher without BatchNorm layers (LeNet-5) has no BN term; a warning says so.
 """
@@ -74,7 +78,8 @@ class DeepInversion(PoolSampling, Synthesizer):
         tv: float = 1e-3
         l2: float = 0.0
         jitter: float = 0.125
-        flip: bool = True
+        # null: flip when the dataset's standard augmentation flips (not for digits or MNIST); true/false force it
+        flip: Optional[bool] = None
         keep_best: bool = True
         pool_size: int = 0  # 0: unbounded
         pool_dtype: str = "uint8"
@@ -86,7 +91,7 @@ class DeepInversion(PoolSampling, Synthesizer):
         super().__init__(ctx, **params)
         self.terms = TeacherTerms(self, self.cfg.bn)
         self.make_pool(self.cfg.pool_size, self.cfg.pool_dtype)
-        self.flip = self.cfg.flip and ctx.spec.augment == "crop_flip"  # no flips for digits and the like
+        self.flip = (ctx.spec.augment == "crop_flip") if self.cfg.flip is None else bool(self.cfg.flip)
 
     def synthesize(self, targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         c = self.cfg
