@@ -147,8 +147,11 @@ def test_table_renders_pairs_and_verdicts(parity, tmp_path):
     for s, (ao, at) in enumerate([(90.0, 89.0), (91.0, 90.0), (92.0, 91.0)]):
         _fake_cell(root, "dfq", "ours", s, ao, [1.0, 1.0], curves)
         _fake_cell(root, "dfq", "theirs", s, at, [3.0, 3.0], curves)
-    _fake_cell(root, "cmi", "ours", 0, 50.0, [2.0], curves)
-    _fake_cell(root, "cmi", "theirs", 0, 60.0, [3.0], curves)
+    for s, (ao, at) in enumerate([(50.0, 60.0), (51.0, 61.0), (52.0, 62.0)]):
+        _fake_cell(root, "cmi", "ours", s, ao, [2.0], curves)
+        _fake_cell(root, "cmi", "theirs", s, at, [3.0], curves)
+    _fake_cell(root, "fast10", "ours", 0, 50.0, [1.0], curves)
+    _fake_cell(root, "fast10", "theirs", 0, 60.0, [3.0], curves)
     _fake_cell(root, "deepinv", "ours", 0, 80.0, [2.0], curves)
     text = parity.render_table(root, plots=True)
     rows = {l.split("|")[1].strip(): l for l in text.splitlines() if l.startswith("| ") and "---" not in l}
@@ -156,6 +159,8 @@ def test_table_renders_pairs_and_verdicts(parity, tmp_path):
     assert "3.00x" in rows["dfq"] and "PASS" in rows["dfq"]
     assert "FAIL" in rows["cmi"] and "BELOW" in rows["cmi"] and "speed-up < 2x" in rows["cmi"]
     assert "incomplete" in rows["deepinv"]
+    # one seed has no std: the row is provisional, neither PASS nor FAIL
+    assert "provisional (1 of 3 seeds)" in rows["fast10"] and "PASS" not in rows["fast10"] and "FAIL" not in rows["fast10"]
     assert os.path.isfile(os.path.join(root, "dfq_curves.png"))
     assert "zju-vipa/CMI: 9e79fa9" in text and "Fake CPU" in text
 
