@@ -417,27 +417,10 @@ def build_theirs(a, clock: Clock) -> Dict[str, Any]:
         from datafree.synthesis import fast_meta
 
         if dev.type != "cuda":  # patch 4: their CUDA-only calls, same operations on the generator's device
-            def clone(self):
-                c = type(self)(*self.params)
-                c.load_state_dict(self.state_dict())
-                return c.to(next(self.parameters()).device)
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parity", "adapters"))
+            from _common import fast_meta_on_cpu  # torch only: never this repository's datafree
 
-            def fomaml_grad(src, tar):
-                for p, tar_p in zip(src.parameters(), tar.parameters()):
-                    if p.grad is None:
-                        p.grad = torch.zeros(p.size(), device=p.device)
-                    p.grad.data.add_(tar_p.grad.data)
-
-            def reptile_grad(src, tar):
-                for p, tar_p in zip(src.parameters(), tar.parameters()):
-                    if p.grad is None:
-                        p.grad = torch.zeros(p.size(), device=p.device)
-                    p.grad.data.add_(p.data - tar_p.data, alpha=67)
-
-            gen_mod.Generator.clone = clone
-            fast_meta.fomaml_grad = fomaml_grad
-            fast_meta.reptile_grad = reptile_grad
-            patches.append("Generator.clone / fast_meta.fomaml_grad / reptile_grad: .cuda() -> generator's device")
+            patches.append(fast_meta_on_cpu(gen_mod, fast_meta))
         generator = gen_mod.Generator(nz=s["nz"], ngf=s["ngf"], img_size=32, nc=3).to(dev)
         synth = synthesis.FastMetaSynthesizer(
             teacher, student, generator, nz=s["nz"], num_classes=num_classes, img_size=(3, 32, 32),

@@ -261,11 +261,34 @@ def build_models(datafree, registry, a, b):
 
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fast_meta_on_cpu(gen_mod, fast_meta) -> str:
+    """Fast-Datafree's Generator.clone() and fast_meta's fomaml_grad / reptile_grad call ``.cuda()``: the same
+    operations on the generator's own device. Returns the shim's description."""
+    def clone(self):
+        c = type(self)(*self.params)
+        c.load_state_dict(self.state_dict())
+        return c.to(next(self.parameters()).device)
+
+    def fomaml_grad(src, tar):
+        for p, tar_p in zip(src.parameters(), tar.parameters()):
+            if p.grad is None:
+                p.grad = torch.zeros(p.size(), device=p.device)
+            p.grad.data.add_(tar_p.grad.data)
+
+    def reptile_grad(src, tar):
+        for p, tar_p in zip(src.parameters(), tar.parameters()):
+            if p.grad is None:
+                p.grad = torch.zeros(p.size(), device=p.device)
+            p.grad.data.add_(p.data - tar_p.data, alpha=67)
+
+    gen_mod.Generator.clone = clone
+    fast_meta.fomaml_grad = fomaml_grad
+    fast_meta.reptile_grad = reptile_grad
+    return "Generator.clone / fast_meta.fomaml_grad / reptile_grad: .cuda() -> the generator's device"
 
 
 # ----------------------------------------------------------------------------- data

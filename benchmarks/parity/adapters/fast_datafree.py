@@ -42,27 +42,7 @@ def main(argv=None) -> int:
     shims.append(C.no_file_mnist(registry))
 
     # CPU: their Generator.clone() and fomaml/reptile gradients call .cuda(); same operations on the CPU
-    def clone(self):
-        c = type(self)(*self.params)
-        c.load_state_dict(self.state_dict())
-        return c.to(next(self.parameters()).device)
-
-    def fomaml_grad(src, tar):
-        for p, tar_p in zip(src.parameters(), tar.parameters()):
-            if p.grad is None:
-                p.grad = torch.zeros(p.size(), device=p.device)
-            p.grad.data.add_(tar_p.grad.data)
-
-    def reptile_grad(src, tar):
-        for p, tar_p in zip(src.parameters(), tar.parameters()):
-            if p.grad is None:
-                p.grad = torch.zeros(p.size(), device=p.device)
-            p.grad.data.add_(p.data - tar_p.data, alpha=67)
-
-    gen_mod.Generator.clone = clone
-    fast_meta.fomaml_grad = fomaml_grad
-    fast_meta.reptile_grad = reptile_grad
-    shims.append("Generator.clone / fast_meta.fomaml_grad / reptile_grad: .cuda() -> the generator's device")
+    shims.append(C.fast_meta_on_cpu(gen_mod, fast_meta))
 
     # 1-channel pool: their save_image_batch(pack=False) calls Image.fromarray on HxWx1, which PIL refuses
     orig_save = ref_utils.save_image_batch
