@@ -25,24 +25,21 @@ from typing import Dict, List
 
 import torch
 
+from datafree.data.augment import to_unit
 from datafree.data.datasets import get_source, get_spec, default_root
+from datafree.data.spec import Normalizer
 from datafree.synthesis.losses import BNStatistics
 from datafree.teacher import load_teacher
 
 
-def normalise(x01: torch.Tensor, spec) -> torch.Tensor:
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    return (x01 - mean) / std
-
-
 def noise_inputs(n: int, spec, seed: int) -> Dict[str, torch.Tensor]:
+    normalise = Normalizer(spec)
     g = torch.Generator().manual_seed(seed)
     shape = (n, spec.channels, spec.size, spec.size)
     return {
-        "uniform pixels": normalise(torch.rand(shape, generator=g), spec),
+        "uniform pixels": normalise(torch.rand(shape, generator=g)),
         "gaussian (normalised space)": torch.randn(shape, generator=g),
-        "sparse dots (10 % on)": normalise((torch.rand(shape, generator=g) < 0.1).float(), spec),
+        "sparse dots (10 % on)": normalise((torch.rand(shape, generator=g) < 0.1).float()),
     }
 
 
@@ -96,8 +93,9 @@ def main(argv: List[str] | None = None) -> int:
     for run in [r for r in a.runs.split(",") if r]:
         batches[f"pool of {run}"] = pool_images(run, a.n)
     for label, images in batches.items():
-        entry = bn_term(teacher, normalise(images.float() / 255, spec))
-        entry["pixel_mean"] = round(images.float().mean().item() / 255, 3)
+        pixels = to_unit(images)
+        entry = bn_term(teacher, Normalizer(spec)(pixels))
+        entry["pixel_mean"] = round(pixels.mean().item(), 3)
         out["bn_term"][label] = entry
 
     json.dump(out, sys.stdout, indent=1)

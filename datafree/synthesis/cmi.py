@@ -91,7 +91,7 @@ from ..models.features import FeatureTap, bn_layers, conv_layers
 from ..registry import SYNTHESIZERS
 from . import losses
 from .base import Synthesizer
-from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels
+from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels, view_flips
 
 _BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -245,7 +245,7 @@ class CMI(PoolSampling, Synthesizer):
             raise ValueError("CMI needs a generator with [0, 1] output (the views are cut in pixel space)")
         self.terms = TeacherTerms(self, c.bn)
         self.make_pool(c.pool_size, c.pool_dtype)
-        flip = (spec.augment == "crop_flip") if c.view_flip is None else c.view_flip
+        flip = view_flips(spec, c.view_flip)
         self.global_view = self._global_view(spec.size, flip)
         self.local_view = local_view(spec.size, flip=flip, scale=tuple(c.local_scale))
         self.tap = FeatureTap(*self._feature_modules(c.feature_layers), transform=_instance_mean)

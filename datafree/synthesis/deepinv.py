@@ -39,7 +39,7 @@ import torch
 from ..registry import SYNTHESIZERS
 from . import losses
 from .base import Synthesizer
-from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels
+from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels, view_flips
 
 
 def jitter_flip(x: torch.Tensor, lim: float, flip: bool) -> torch.Tensor:
@@ -91,7 +91,7 @@ class DeepInversion(PoolSampling, Synthesizer):
         super().__init__(ctx, **params)
         self.terms = TeacherTerms(self, self.cfg.bn)
         self.make_pool(self.cfg.pool_size, self.cfg.pool_dtype)
-        self.flip = (ctx.spec.augment == "crop_flip") if self.cfg.flip is None else bool(self.cfg.flip)
+        self.flip = view_flips(ctx.spec, self.cfg.flip)
 
     def synthesize(self, targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         c = self.cfg
