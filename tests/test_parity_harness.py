@@ -187,7 +187,14 @@ def test_speedup_pairs_each_seeds_two_cells(parity, tmp_path):
     text = parity.render_table(root, plots=False)
     row = next(l for l in text.splitlines() if l.startswith("| dfq |"))
     assert "2.87x [1.80-5.00]" in row and "PASS" in row
-    assert "| dfq | 0 | 90.00 | 90.00 | 1.00 | 5.00 | 5.00x |" in text
+    assert "| dfq | 0 | 90.00 | 90.00 | 1.00 | 5.00 | 5.00x | ? |" in text
     # a seed only one side ran has no ratio, and the row's speed-up uses the seeds both ran
-    assert "| cmi | 0 | 90.00 | – | 1.00 | – | – |" in text
+    assert "| cmi | 0 | 90.00 | – | 1.00 | – | – | ? |" in text
     assert "3.00x" in next(l for l in text.splitlines() if l.startswith("| cmi |"))
+
+
+def test_ran_together_reads_the_records_times(parity):
+    a = {"started_at": "2026-12-02T15:00:00Z", "finished_at": "2026-12-02T15:10:00Z"}
+    assert parity.ran_together(a, {"started_at": "2026-12-02T15:09:00Z", "finished_at": "2026-12-02T15:20:00Z"})
+    assert parity.ran_together(a, {"started_at": "2026-12-02T15:10:00Z", "finished_at": "2026-12-02T15:20:00Z"}) is False
+    assert parity.ran_together(a, {"acc_last": 1.0}) is None and parity.ran_together(a, None) is None

@@ -301,9 +301,29 @@ def cmd_run(a) -> int:
     if not a.force and cell_done(d, spec["budget"], tsha, commit=commit, fingerprint=fingerprint):
         print(f"skip {a.method} {a.side} s{a.seed}: {d}/record.json is up to date", file=sys.stderr)
         return 0
+    started = utc_now()
     if a.side == "ours":
-        return run_ours(a.method, a.seed, spec, teacher, d, a.smoke)
-    return run_theirs(a.method, a.seed, spec, teacher, d, worktree_for(spec, a.worktree), a.smoke)
+        rc = run_ours(a.method, a.seed, spec, teacher, d, a.smoke)
+    else:
+        rc = run_theirs(a.method, a.seed, spec, teacher, d, worktree_for(spec, a.worktree), a.smoke)
+    if rc == 0:  # when it ran, so the table can tell which cells ran side by side (under one load)
+        path = os.path.join(d, "record.json")
+        with open(path) as f:
+            rec = json.load(f)
+        rec.update({"started_at": started, "finished_at": utc_now()})
+        atomic_write(path, json.dumps(rec, indent=1))
+    return rc
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def ran_together(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> Optional[bool]:
+    """Whether two records' runs overlapped in time (None: a record without its times, older than them)."""
+    if not a or not b or not all(r.get("started_at") and r.get("finished_at") for r in (a, b)):
+        return None
+    return a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
 
 
 def cmd_all(a) -> int:
@@ -446,13 +466,15 @@ def render_table(root: str, plots: bool = True) -> str:
              "s/epoch: a run's synthesis + KD seconds over its epochs (evaluation and checkpoint writes excluded), "
              "mean ± std over seeds; one torch thread a cell, the other core running another cell. "
              "Speed-up: theirs / ours s/epoch of the same seed, mean over the seeds both sides ran [min-max] "
-             "(a seed's two cells ran under the same load, which moved from session to session). "
+             "(`parity.py all` runs a seed's two cells side by side, under one load; the load moved from session to "
+             "session; 'ran' in the per-seed table: side by side, apart, or ? for records older than their start and "
+             "end times). "
              f"Targets: ours >= theirs - 1 std, speed-up >= {TARGET_SPEEDUP:g}x.", "",
              "| method | ours acc mean±std (n) | theirs acc mean±std (n) | ours s/epoch | theirs s/epoch | speed-up | verdict |",
              "|---|--:|--:|--:|--:|--:|---|"]
     per_seed = ["", "## Per seed", "",
-                "| method | seed | ours acc | theirs acc | ours s/epoch | theirs s/epoch | speed-up |",
-                "|---|--:|--:|--:|--:|--:|--:|"]
+                "| method | seed | ours acc | theirs acc | ours s/epoch | theirs s/epoch | speed-up | ran |",
+                "|---|--:|--:|--:|--:|--:|--:|---|"]
     commits, machines, pngs = {}, {}, []
     for m, sides in sorted(data.items()):
         row = [m]
@@ -484,7 +506,9 @@ def render_table(root: str, plots: bool = True) -> str:
             secs = [seconds_per_epoch(c) if c else None for c in cells]
             secs = [f"{x:.2f}" if x is not None else "–" for x in secs]
             ratio = f"{ratios[seed]:.2f}x" if seed in ratios else "–"
-            per_seed.append(f"| {m} | {seed} | " + " | ".join(accs + secs + [ratio]) + " |")
+            together = ran_together(*cells)
+            ran = "side by side" if together else "apart" if together is False else "?"
+            per_seed.append(f"| {m} | {seed} | " + " | ".join(accs + secs + [ratio, ran]) + " |")
         row.append(verdict(stats["ours"][0], stats["ours"][2], stats["theirs"][0], stats["theirs"][1],
                            stats["theirs"][2], speed))
         lines.append("| " + " | ".join(row) + " |")
