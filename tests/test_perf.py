@@ -37,3 +37,28 @@ def test_synthesis_floor_runs_the_generator_of_methods_without_generate(method):
     synth.generator.register_forward_hook(lambda *a: calls.append(1))
     floors = measure_floors(ctx, synth, distiller, cfg, repeats=1, warmup=0)
     assert calls and floors["generator_forwards_per_step"] == 0
+
+
+def test_pair_steps_times_every_step_kind(capsys):
+    """benchmarks/diagnose/pair_steps.py (the step costs that size a suite's budgets) on a tiny batch."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "diagnose",
+                        "pair_steps.py")
+    spec = importlib.util.spec_from_file_location("pair_steps", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main(["--pairs", "lenet5_bn:lenet5_half", "--batch", "4", "--ngf", "8", "--repeats", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    row = next(l for l in out.splitlines() if l.startswith("lenet5_bn:lenet5_half"))
+    for kind in ("KD step", "inversion step", "G8 step", "G8 fwd"):
+        assert kind in row
+    import re
+
+    times = [float(v) for v in re.findall(r"(?:step|fwd)\s+([0-9.]+)", row)]
+    assert len(times) == 4 and all(t > 0 for t in times)

@@ -148,3 +148,30 @@ def test_killed_suite_resumes_without_rerunning_or_duplicating(zoo, tmp_path):
         epochs = [json.loads(l)["epoch"] for l in (cell / "metrics.jsonl").read_text().splitlines()]
         assert epochs == list(range(1, 7)), epochs  # no record duplicated or missing
     assert "resuming" in (second / "log.txt").read_text()
+
+
+def test_mnist_bn_suite_pairs_and_tracked_teachers():
+    """The BN test bed: its second pair runs every method at its own shorter budget, the cmi_g200 diagnosis cell
+    only on the first pair, and the two teachers it names are the tracked files the manifest records."""
+    import hashlib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    suite = load_suite(os.path.join(root, "benchmarks", "suites", "mnist_bn.yaml"))
+    cells = expand(suite)
+    by_pair = {}
+    for c in cells:
+        by_pair.setdefault(os.path.basename(c.out), {})[c.entry] = c  # scratch names no teacher: its folder does
+    a, b = by_pair["lenet5_bn-lenet5_half-s0"], by_pair["resnet20-resnet8-s0"]
+    assert "cmi_g200" in a and "cmi_g200" not in b and set(a) - {"cmi_g200"} == set(b)
+    from datafree.runner import cell_config
+
+    assert cell_config(b["dfq"]).epochs < cell_config(a["dfq"]).epochs
+    assert cell_config(b["fast10"]).kd_steps < cell_config(a["fast10"]).kd_steps
+    assert cell_config(b["fast10"]).epochs == cell_config(a["fast10"]).epochs  # Fast keeps its 60 rounds
+    with open(os.path.join(root, "model_zoo", "reference_manifest.yaml")) as f:
+        manifest = yaml.safe_load(f)
+    for key in ("mnist_lenet5_bn", "mnist_resnet20"):
+        entry = manifest[key]
+        assert entry.get("tracked") is True
+        with open(os.path.join(root, "model_zoo", entry["file"]), "rb") as f:
+            assert hashlib.file_digest(f, "sha256").hexdigest() == entry["sha256"], key
