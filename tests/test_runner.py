@@ -153,7 +153,7 @@ def test_killed_suite_resumes_without_rerunning_or_duplicating(zoo, tmp_path):
 def test_mnist_bn_suite_pairs_and_tracked_teachers():
     """The BN test bed: its second pair runs every method at its own shorter budget, the cmi_g200 diagnosis cell
     only on the first pair, and the two teachers it names are the tracked files the manifest records."""
-    import hashlib
+    from datafree.identity import file_sha256
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     suite = load_suite(os.path.join(root, "benchmarks", "suites", "mnist_bn.yaml"))
@@ -173,5 +173,4 @@ def test_mnist_bn_suite_pairs_and_tracked_teachers():
     for key in ("mnist_lenet5_bn", "mnist_resnet20"):
         entry = manifest[key]
         assert entry.get("tracked") is True
-        with open(os.path.join(root, "model_zoo", entry["file"]), "rb") as f:
-            assert hashlib.file_digest(f, "sha256").hexdigest() == entry["sha256"], key
+        assert file_sha256(os.path.join(root, "model_zoo", entry["file"])) == entry["sha256"], key

@@ -16,27 +16,22 @@ Each figure is the median of --repeats timings after 3 untimed calls, in millise
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 from datafree.models import create_model
 from datafree.models.generators import dcgan
+from datafree.perf import timeit
 from datafree.runtime import tune_cpu_malloc, use_channels_last
 
 
+CPU = torch.device("cpu")
+
+
 def timed(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(out)
+    return timeit(fn, CPU, repeats, warmup=3)["median_ms"]
 
 
 def main(argv=None) -> int:
@@ -52,7 +47,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     tune_cpu_malloc("tuned")
-    cl = use_channels_last("auto", torch.device("cpu"))
+    cl = use_channels_last("auto", CPU)
     fmt = torch.channels_last if cl else torch.contiguous_format
     x = torch.randn(a.batch, a.channels, a.size, a.size).to(memory_format=fmt)
     print(f"batch {a.batch} at {a.channels}x{a.size}x{a.size}, {torch.get_num_threads()} thread(s), "

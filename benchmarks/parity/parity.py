@@ -404,10 +404,11 @@ def seconds_per_epoch(rec: Dict[str, Any]) -> Optional[float]:
     return sum(rec["epoch_seconds"]) / max(1, rec.get("epochs") or len(rec["epoch_seconds"]))
 
 
-def paired_speedups(sides: Dict[str, List[Dict[str, Any]]]) -> Dict[int, float]:
-    """{seed: theirs / ours s/epoch} over the seeds both sides ran. A seed's two cells ran side by side under
-    one load, so their ratio is steadier than the ratio of means when the load differs between sessions."""
-    secs = {side: {r["seed"]: seconds_per_epoch(r) for r in sides.get(side, [])} for side in SIDES}
+def paired_speedups(by_seed: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[int, float]:
+    """{seed: theirs / ours s/epoch} over the seeds both sides ran ({side: {seed: record}}). A seed's two cells
+    ran side by side under one load, so their ratio is steadier than the ratio of means when the load differs
+    between sessions."""
+    secs = {side: {seed: seconds_per_epoch(r) for seed, r in by_seed[side].items()} for side in SIDES}
     return {s: secs["theirs"][s] / secs["ours"][s] for s in sorted(set(secs["ours"]) & set(secs["theirs"]))
             if secs["ours"][s] and secs["theirs"][s]}
 
@@ -495,11 +496,11 @@ def render_table(root: str, plots: bool = True) -> str:
         for side in SIDES:
             sec, sec_std = stats[side][3:]
             row.append(f"{sec:.2f} ± {sec_std:.2f}" if sec is not None else "–")
-        ratios = paired_speedups(sides)
+        by_seed = {side: {r["seed"]: r for r in sides.get(side, [])} for side in SIDES}
+        ratios = paired_speedups(by_seed)
         speed = statistics.mean(ratios.values()) if ratios else None
         row.append(f"{speed:.2f}x [{min(ratios.values()):.2f}-{max(ratios.values()):.2f}]" if len(ratios) > 1
                    else f"{speed:.2f}x" if speed else "–")
-        by_seed = {side: {r["seed"]: r for r in sides.get(side, [])} for side in SIDES}
         for seed in sorted(set(by_seed["ours"]) | set(by_seed["theirs"])):
             cells = [by_seed[side].get(seed) for side in SIDES]
             accs = [f"{c['acc_last']:.2f}" if c and c.get("acc_last") is not None else "–" for c in cells]
