@@ -1,7 +1,9 @@
 """Collected real data (HiDFD's Dc): its size from rho or a count, teacher labels, seeded random and balanced
 most-confident selection, the record of which images were used, source adaptation, data inflation, and where
 Dc comes from: a named source (never an implicit one), an image folder found in the data roots (or a clear error
-naming where it looked), digits upscaled for MNIST, and the in-distribution mark in records and tables."""
+naming where it looked), digits upscaled and framed as MNIST frames its digits, and the in-distribution mark in
+records and tables."""
+import dataclasses
 import json
 import os
 
@@ -12,7 +14,7 @@ from conftest import tiny
 from datafree.config import resolve
 from datafree.data import collected as collected_mod
 from datafree.data.collected import (CollectedConfig, InflatedSet, adapt_images, collect, collected_count,
-                                     select_confident, teacher_labels)
+                                     open_source, select_confident, teacher_labels)
 from datafree.data.datasets import ImageSplit, get_source, get_spec
 from datafree.engine import Engine, run
 from datafree.errors import ConfigError, DataNotFoundError
@@ -89,6 +91,25 @@ def test_source_images_are_adapted_to_the_run():
     assert out.shape == (4, 1, 32, 32) and out.dtype == torch.uint8
     grey = adapt_images(out, get_source("cifar10").spec)
     assert grey.shape == (4, 3, 32, 32) and torch.equal(grey[:, 0], grey[:, 2])
+
+
+def test_a_source_box_centres_the_resized_image_on_a_black_canvas():
+    torch.manual_seed(0)
+    src = torch.randint(1, 256, (3, 1, 8, 8), dtype=torch.uint8)  # no black pixel of its own
+    spec = get_source("mnist").spec  # 1 x 32 x 32
+    framed = adapt_images(src, spec, box=23)
+    assert framed.shape == (3, 1, 32, 32) and framed.dtype == torch.uint8
+    # 32 - 23 = 9: 4 rows and columns of black before the box, 5 after
+    assert torch.equal(framed[..., 4:27, 4:27], adapt_images(src, dataclasses.replace(spec, size=23)))
+    border = framed.clone()
+    border[..., 4:27, 4:27] = 0
+    assert int(border.count_nonzero()) == 0
+    assert framed[..., 4:27, 4:27].min() > 0  # the resized digit itself is untouched by the padding
+    assert torch.equal(adapt_images(src, spec, box=32), adapt_images(src, spec))  # a full box is no frame
+    for bad in (0, 33):
+        with pytest.raises(ConfigError, match=rf"synth\.source_box must be between 1 and the run's image size 32 "
+                                              rf"\(got {bad}\); leave it unset"):
+            open_source("digits", "train", spec, box=bad)
 
 
 def test_inflation_repeats_dc_and_resumes():
@@ -181,6 +202,10 @@ def test_mnist_collects_from_digits_upscaled(zoo, tmp_path):
     for method in ("hidfd", "collected_kd", "hidfd:released"):
         cfg = resolve({"method": method, "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"})
         assert cfg.synth["source"] == "digits" and cfg.synth["rho"] == 0.01, method
+        assert cfg.synth["source_box"] == 23, method  # MNIST's 20-in-28 digit box at 32 px
+        # digits' own split (the demo) and CIFAR's image folder fill the frame; unset, so their fingerprints stand
+        cfg = resolve({"method": method, "dataset": "digits", "teacher": "lenet5", "student": "lenet5_half"})
+        assert cfg.synth.get("source_box") is None, method
     for method in ("hidfd", "collected_kd", "hidfd:released"):  # CIFAR: the ImageNet folder, not CIFAR's train split
         for ds in ("cifar10", "cifar100"):
             cfg = resolve({"method": method, "dataset": ds, "teacher": "resnet34", "student": "resnet18"})
@@ -195,6 +220,13 @@ def test_mnist_collects_from_digits_upscaled(zoo, tmp_path):
     assert not c.in_distribution and c.summary()["collected_in_distribution"] is False
     assert c.describe() == ("digits train, 600 images (rho 0.01), teacher labels; out-of-distribution: another "
                             "source than the teacher's mnist")
+    assert "source_box" not in c.record()
+    framed = collect(CollectedConfig(source="digits", rho=0.01, source_box=23), teacher, spec, "cpu",
+                     dataset="mnist", run_seed=0)
+    assert torch.equal(framed.indices, c.indices)  # the same images, framed
+    assert torch.equal(framed.split.images, adapt_images(digits.images[c.indices], spec, box=23))
+    assert framed.record()["source_box"] == 23
+    assert framed.describe().startswith("digits train, 600 images in a 23 px box (rho 0.01), teacher labels;")
 
 
 def test_tables_mark_whether_the_collected_set_is_in_distribution():
@@ -218,3 +250,31 @@ def test_tables_mark_whether_the_collected_set_is_in_distribution():
     assert f"† hidfd: uses real data: {ood}" in table and f"† collected_kd: uses real data: {ind}" in table
     runs = runs_table(df)
     assert "hidfd † OOD" in runs and "collected_kd † ID" in runs
+
+
+def test_collected_labels_diagnosis_reports_a_teacher_that_files_everything_under_one_class():
+    """benchmarks/diagnose/collected_labels.py: the figures behind the source_box of MNIST's presets."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "diagnose",
+                        "collected_labels.py")
+    spec_ = importlib.util.spec_from_file_location("collected_labels", path)
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+
+    class Always(torch.nn.Module):  # logits favouring class 4, confidence e^2 / (e^2 + 9)
+        def forward(self, x):
+            z = torch.zeros(x.shape[0], 10)
+            z[:, 4] = 2.0
+            return z
+
+    spec = get_spec("mnist")
+    images = torch.zeros(6, 1, 32, 32, dtype=torch.uint8)
+    truth = torch.tensor([4, 4, 1, 2, 3, 5])
+    test_labels = torch.tensor([4, 0, 0, 1, 1, 1, 2, 3, 4, 9])  # class 4: 2 of 10
+    r = mod.label_report(Always(), images, truth, spec, test_labels)
+    assert r["class_counts"] == [0, 0, 0, 0, 6, 0, 0, 0, 0, 0] and r["classes_with_images"] == 1
+    assert r["top_class"] == 4 and r["top_class_share"] == 1.0
+    assert r["agreement_with_source_labels"] == round(2 / 6, 3)
+    assert r["mean_confidence"] == round(float(torch.tensor(2.0).exp() / (torch.tensor(2.0).exp() + 9)), 3)
+    assert r["constant_top_class_test_acc"] == 20.0

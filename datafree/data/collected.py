@@ -55,6 +55,10 @@ class CollectedConfig:
     selection: str = "random"  # random (seeded uniform subset) | confident (top teacher confidence per class)
     collect_seed: Optional[int] = None  # seed of the random choices; None = the run's seed
     candidates: int = 0  # confident selection: score at most this many random source images (0: all)
+    # the side, in pixels of the run's image size, of the box each source image is resized into before it is
+    # centred on a black canvas of the run's size (a digit source framed as MNIST frames its digits); None: the
+    # source image fills the frame
+    source_box: Optional[int] = None
 
 
 # --------------------------------------------------------------------------- sizes and sources
@@ -72,8 +76,15 @@ def collected_count(rho: float, count: int, train_size: int) -> int:
     return max(1, int(round(rho * train_size)))
 
 
-def adapt_images(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
-    """uint8 (N, C, H, W) images -> the spec's channel count and size (grey <-> RGB, antialiased resize)."""
+def check_box(box: Optional[int], spec: DatasetSpec) -> None:
+    if box is not None and not 1 <= int(box) <= spec.size:
+        raise ConfigError(f"synth.source_box must be between 1 and the run's image size {spec.size} "
+                          f"(got {box}); leave it unset to let the source images fill the frame")
+
+
+def adapt_images(images: torch.Tensor, spec: DatasetSpec, box: Optional[int] = None) -> torch.Tensor:
+    """uint8 (N, C, H, W) images -> the spec's channel count and size (grey <-> RGB, antialiased resize).
+    ``box``: resize to ``box`` x ``box`` instead and centre that on a black canvas of the spec's size."""
     c = images.shape[1]
     if c != spec.channels:
         if c == 3 and spec.channels == 1:
@@ -83,10 +94,15 @@ def adapt_images(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
             images = images.expand(-1, spec.channels, -1, -1).contiguous()
         else:
             raise ConfigError(f"cannot map {c}-channel source images to {spec.channels} channels")
-    if images.shape[-1] != spec.size or images.shape[-2] != spec.size:
+    side = spec.size if box is None else int(box)
+    if images.shape[-1] != side or images.shape[-2] != side:
         from torchvision.transforms.functional import resize
 
-        images = resize(images, [spec.size, spec.size], antialias=True)
+        images = resize(images, [side, side], antialias=True)
+    if side != spec.size:
+        before = (spec.size - side) // 2
+        after = spec.size - side - before
+        images = F.pad(images, (before, after, before, after))
     return images.contiguous()
 
 
@@ -137,8 +153,8 @@ class SourceImages:
     (sorted, as torchvision's ImageFolder does) and decodes only the images taken."""
 
     def __init__(self, spec: DatasetSpec, images: Optional[torch.Tensor] = None,
-                 samples: Optional[List[Tuple[str, int]]] = None, location: str = ""):
-        self.spec, self.images, self.samples = spec, images, samples
+                 samples: Optional[List[Tuple[str, int]]] = None, location: str = "", box: Optional[int] = None):
+        self.spec, self.images, self.samples, self.box = spec, images, samples, box
         self.location = location  # the folder an image folder was found in
 
     def __len__(self) -> int:
@@ -148,14 +164,17 @@ class SourceImages:
         if self.images is not None:
             return self.images[index]
         data = decode_images([self.samples[int(i)] for i in index], self.spec.size)
-        return adapt_images(data.images, self.spec)
+        return adapt_images(data.images, self.spec, self.box)
 
 
-def open_source(name: str, split: str, spec: DatasetSpec, data_root: Optional[str] = None) -> SourceImages:
-    """A source split at the run's channel count and image size: a dataset name or ``imagefolder:<path>``."""
+def open_source(name: str, split: str, spec: DatasetSpec, data_root: Optional[str] = None,
+                box: Optional[int] = None) -> SourceImages:
+    """A source split at the run's channel count and image size: a dataset name or ``imagefolder:<path>``;
+    ``box`` as :func:`adapt_images` takes it."""
+    check_box(box, spec)
     if not name.startswith(FOLDER_PREFIX):
         data = get_source(name).load(split, data_root)
-        return SourceImages(spec, images=adapt_images(data.images, spec))
+        return SourceImages(spec, images=adapt_images(data.images, spec, box), box=box)
     import torchvision
 
     tried = folder_candidates(name[len(FOLDER_PREFIX):], data_root)
@@ -167,7 +186,7 @@ def open_source(name: str, split: str, spec: DatasetSpec, data_root: Optional[st
             samples = torchvision.datasets.ImageFolder(split_dir).samples
         except FileNotFoundError as e:  # class folders without images
             raise DataNotFoundError(f"the collected set's image folder {split_dir} holds no images: {e}") from e
-        return SourceImages(spec, samples=list(samples), location=split_dir)
+        return SourceImages(spec, samples=list(samples), location=split_dir, box=box)
     raise folder_not_found(name, split, tried)
 
 
@@ -248,6 +267,7 @@ class Collected:
     num_classes: int
     dataset: str = ""  # the run's dataset (the teacher's)
     location: str = ""  # where an image folder source was found
+    box: Optional[int] = None  # synth.source_box: the side of the box the source images were centred in
 
     def __len__(self) -> int:
         return len(self.split)
@@ -267,7 +287,9 @@ class Collected:
         teacher's mnist`` (the tables' real-data note)."""
         rho = f" (rho {self.rho:.3g})" if self.rho > 0 else ""
         how = ", the teacher's most confident per class" if self.selection == "confident" else ""
-        return f"{self.source} {self.source_split}, {len(self):,} images{rho}, teacher labels{how}; {self.distribution()}"
+        box = f" in a {self.box} px box" if self.box is not None else ""
+        return (f"{self.source} {self.source_split}, {len(self):,} images{box}{rho}, teacher labels{how}; "
+                f"{self.distribution()}")
 
     def class_counts(self) -> list:
         return torch.bincount(self.split.labels.cpu(), minlength=self.num_classes).tolist()
@@ -277,6 +299,7 @@ class Collected:
         return {
             "source": self.source, "split": self.source_split, "dataset": self.dataset,
             "in_distribution": self.in_distribution, **({"location": self.location} if self.location else {}),
+            **({"source_box": self.box} if self.box is not None else {}),
             "count": len(self), "rho": self.rho,
             "selection": self.selection, "seed": self.seed, "labels": "teacher",
             "class_counts": self.class_counts(),
@@ -307,7 +330,7 @@ def collect(cfg: CollectedConfig, teacher: nn.Module, spec: DatasetSpec, device,
     if not name:
         raise missing_source_error(dataset)
     n = collected_count(cfg.rho, cfg.count, spec.train_size)
-    data = open_source(name, cfg.source_split, spec, data_root)
+    data = open_source(name, cfg.source_split, spec, data_root, cfg.source_box)
     if n > len(data):
         raise ConfigError(f"the collected set needs {n} images but {name} {cfg.source_split} has {len(data)}: "
                           "lower synth.rho or synth.count")
@@ -328,7 +351,7 @@ def collect(cfg: CollectedConfig, teacher: nn.Module, spec: DatasetSpec, device,
     rho = len(index) / spec.train_size if spec.train_size > 0 else 0.0
     split = ImageSplit(images.contiguous(), labels.long()).to(device)
     return Collected(split, index, conf, name, cfg.source_split, round(rho, 6), cfg.selection, int(seed),
-                     spec.num_classes, dataset, data.location)
+                     spec.num_classes, dataset, data.location, cfg.source_box)
 
 
 # --------------------------------------------------------------------------- data inflation
