@@ -103,6 +103,13 @@ def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write_text(path, _dumps(obj, indent=2) + "\n")
 
 
+def report_json(obj: Any, path: str = "") -> None:
+    """Print ``obj`` as indented JSON (a diagnosis script's figures) and, with ``path``, also write it there."""
+    print(_dumps(obj, indent=1))
+    if path:
+        atomic_write_json(path, obj)
+
+
 def atomic_write_yaml(path: str, obj: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, default_flow_style=None))
 

@@ -18,7 +18,6 @@ Two measurements, on CPU in a few seconds:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List
@@ -29,6 +28,7 @@ from datafree.data.augment import to_unit
 from datafree.data.datasets import get_source, get_spec, default_root
 from datafree.data.spec import Normalizer
 from datafree.synthesis.losses import BNStatistics
+from datafree.results import report_json
 from datafree.teacher import load_teacher
 
 
@@ -98,11 +98,7 @@ def main(argv: List[str] | None = None) -> int:
         entry["pixel_mean"] = round(pixels.mean().item(), 3)
         out["bn_term"][label] = entry
 
-    json.dump(out, sys.stdout, indent=1)
-    print()
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    report_json(out, a.json)
     return 0
 
 

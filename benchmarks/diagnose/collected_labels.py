@@ -17,7 +17,6 @@ centred on a black canvas). A few seconds on the CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Dict, List
 
@@ -25,6 +24,7 @@ import torch
 
 from datafree.data.collected import open_source, teacher_labels
 from datafree.data.datasets import default_root, get_source, get_spec
+from datafree.results import report_json
 from datafree.teacher import load_teacher
 
 
@@ -67,11 +67,7 @@ def main(argv: List[str] | None = None) -> int:
         out["framings"][framing] = {
             name: {"sha256": record["sha256"][:8], **label_report(teacher, images, truth, spec, test_labels)}
             for name, (teacher, record) in teachers.items()}
-    json.dump(out, sys.stdout, indent=1)
-    print()
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    report_json(out, a.json)
     return 0
 
 
