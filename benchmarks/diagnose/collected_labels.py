@@ -2,7 +2,7 @@
 """How each teacher labels a collected set's source: the figures behind a collapsed collected_kd / HiDFD cell.
 
 HiDFD's collected set Dc (``datafree.data.collected``) is real images from another source than the teacher's
-data, labelled by the teacher; on MNIST the source is scikit-learn's 8x8 digits upscaled to 32x32. A student
+data, labelled by the teacher; on MNIST the source is scikit-learn's 8x8 digits, resized for the run's 32x32. A student
 distilled on Dc learns what the teacher says about those images, so a teacher that files most of them under a
 few classes leaves the student nothing to learn about the others. For each teacher given, on the whole source
 split (no sampling, so nothing here is seeded): the teacher's class histogram, its agreement with the source's
