@@ -244,8 +244,11 @@ def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
             raise ConfigError(f"suite {path}: pair {p!r} has no dataset (set `dataset:` at the top or in the pair)")
         pair_over = {k: _dotted(v) for k, v in (p.get("overrides") or {}).items()}
         for m in pair_over:
-            if m not in METHODS:
-                METHODS.get(m)  # a typo in a pair's overrides would silently skip them: fail with suggestions
+            if m not in METHODS and m not in (raw.get("variants") or {}):
+                # a typo in a pair's overrides would silently skip them: fail with suggestions
+                raise UnknownNameError(f"method or variant in the overrides of pair {p.get('teacher')}->"
+                                       f"{p['student']} in suite {path}",
+                                       str(m), METHODS.list() + list(raw.get("variants") or {}))
         pairs.append({"dataset": ds, "teacher": p.get("teacher"), "student": p["student"],
                       "defaults": _dotted(p.get("defaults") or {}), "overrides": pair_over})
     if not pairs:
@@ -327,6 +330,8 @@ def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] 
                 over = deep_merge(over, pair.get("defaults") or {})
                 over = deep_merge(over, method_layer(pair.get("overrides") or {}))
                 over = deep_merge(over, variant)
+                if entry in suite.variants:  # a pair's budget for a variant goes over the variant's own
+                    over = deep_merge(over, (pair.get("overrides") or {}).get(entry, {}))
                 over = deep_merge(over, {"suite": suite.name})
                 if suite.plugins:
                     over = deep_merge(over, {"plugins": list(suite.plugins)})

@@ -62,6 +62,23 @@ def test_a_pair_sets_its_own_budget_over_the_suites(zoo, tmp_path, capsys):
         load_suite(_suite(tmp_path, pairs=typo))
 
 
+def test_a_pair_sets_a_variants_budget_over_the_variants_own(zoo, tmp_path):
+    """A pair's overrides may name a variant: they go over the variant's settings, on that pair only."""
+    pairs = [{"teacher": "lenet5", "student": "lenet5_half"},
+             {"teacher": "lenet5_bn", "student": "lenet5_half",
+              "overrides": {"deepinv": {"epochs": 1}, "di_long": {"epochs": 3, "synth.iterations": 5}}}]
+    variants = {"di_long": {"method": "deepinv", "epochs": 4, "synth.iterations": 6, "synth.lr": 0.2}}
+    suite = load_suite(_suite(tmp_path, methods=("deepinv", "di_long"), pairs=pairs, variants=variants))
+    cells = {(c.teacher, c.name.split("/")[1]): c.overrides for c in expand(suite)}
+    assert cells[("lenet5", "di_long")]["epochs"] == 4 and cells[("lenet5", "di_long")]["synth"]["iterations"] == 6
+    assert cells[("lenet5_bn", "di_long")]["epochs"] == 3
+    assert cells[("lenet5_bn", "di_long")]["synth"] == {"iterations": 5, "synthesis_batch_size": 8, "lr": 0.2}
+    assert cells[("lenet5_bn", "deepinv")]["epochs"] == 1
+    typo = [{"teacher": "lenet5", "student": "lenet5_half", "overrides": {"di_lng": {"epochs": 1}}}]
+    with pytest.raises(UnknownNameError, match="di_long"):
+        load_suite(_suite(tmp_path, pairs=typo, variants=variants))
+
+
 def test_a_suite_extends_another(zoo, tmp_path):
     """extends: the other suite's keys under this one's (mappings merged, lists replaced), minus name/out/note."""
     base = _suite(tmp_path)  # tmp_path/suite.yaml: dafl and deepinv on lenet5 -> lenet5_half
