@@ -169,7 +169,8 @@ def test_killed_suite_resumes_without_rerunning_or_duplicating(zoo, tmp_path):
 
 def test_mnist_bn_suite_pairs_and_tracked_teachers():
     """The BN test bed: its second pair runs every method at its own shorter budget, the cmi_g200 diagnosis cell
-    only on the first pair, and the two teachers it names are the tracked files the manifest records."""
+    on each pair at that pair's cmi totals in rounds of 200 generator steps, and the two teachers it names are the
+    tracked files the manifest records."""
     from datafree.identity import file_sha256
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,8 +180,14 @@ def test_mnist_bn_suite_pairs_and_tracked_teachers():
     for c in cells:
         by_pair.setdefault(os.path.basename(c.out), {})[c.entry] = c  # scratch names no teacher: its folder does
     a, b = by_pair["lenet5_bn-lenet5_half-s0"], by_pair["resnet20-resnet8-s0"]
-    assert "cmi_g200" in a and "cmi_g200" not in b and set(a) - {"cmi_g200"} == set(b)
+    assert set(a) == set(b) and "cmi_g200" in b
     from datafree.runner import cell_config
+
+    for pair in (a, b):
+        cmi, g200 = cell_config(pair["cmi"]), cell_config(pair["cmi_g200"])
+        assert (cmi.synth["g_steps"], g200.synth["g_steps"]) == (20, 200)
+        assert cmi.epochs * cmi.kd_steps == g200.epochs * g200.kd_steps  # the same KD steps in fewer rounds
+        assert 0.9 <= g200.epochs * 200 / (cmi.epochs * 20) <= 1.15  # and about the same generator steps
 
     assert cell_config(b["dfq"]).epochs < cell_config(a["dfq"]).epochs
     assert cell_config(b["fast10"]).kd_steps < cell_config(a["fast10"]).kd_steps
