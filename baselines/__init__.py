@@ -9,6 +9,7 @@ Installed as ``datafree.baselines``. Each YAML file here is a method entry:
 * ``kd_real``: KD from the teacher with the original training data, the upper
   bound a data-free method chases.
 """
+
 import glob
 import os
 

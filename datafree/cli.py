@@ -14,6 +14,7 @@ Bad input (unknown names, missing data, unusable checkpoints or configs,
 a full disk) prints one ``error:`` line and exits with status 2; a run that
 diverged exits with status 3.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ EXIT_DIVERGED = 3
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import a module (or .py file) that registers models/methods; repeatable")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (or .py file) that registers models/methods; repeatable",
+    )
     p.add_argument("--data-root", default=None, help="folder holding datasets (default: $DATAFREE_DATA, ./data)")
 
 
@@ -55,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered models, methods, datasets, ...")
     p.add_argument("what", choices=["models", "methods", "datasets", "synthesizers", "distillers", "generators"])
     p.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'resnet*'")
-    p.add_argument("--sources", action="store_true",
-                   help="methods: where each dataset's and pair's values come from (docs/fidelity.md in full)")
+    p.add_argument(
+        "--sources",
+        action="store_true",
+        help="methods: where each dataset's and pair's values come from (docs/fidelity.md in full)",
+    )
     _common(p)
 
     p = sub.add_parser("train-teacher", help="train a model on real data and add it to model_zoo/")
@@ -64,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--zoo", help="model zoo folder (default: $DATAFREE_ZOO or ./model_zoo)")
     p.add_argument("--force", action="store_true", help="retrain even if the zoo has this teacher")
-    p.add_argument("--recipe", help="teacher recipe: datafree (ours, the default) or cmi (the CMI repository's "
-                                    "train_scratch.py); see docs/teachers.md")
+    p.add_argument(
+        "--recipe",
+        help="teacher recipe: datafree (ours, the default) or cmi (the CMI repository's "
+        "train_scratch.py); see docs/teachers.md",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value")
     _common(p)
 
@@ -93,15 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["last", "best"], default="last")
     p.add_argument("--reference", help="YAML of published numbers to set beside ours (benchmarks/reference/*.yaml)")
     p.add_argument("--note", help="a paragraph to put under the title (machine, settings)")
-    p.add_argument("--index", action="store_true",
-                   help="write DIR/README.md with the accuracy tables of every results folder under DIR")
+    p.add_argument(
+        "--index",
+        action="store_true",
+        help="write DIR/README.md with the accuracy tables of every results folder under DIR",
+    )
     _common(p)
 
     p = sub.add_parser("bench", help="run a benchmark suite: every method x pair x seed, resumable")
     p.add_argument("suite", help="suite file or name (benchmarks/suites/<name>.yaml)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
-    p.add_argument("--only", help="run only cells whose name (dataset/method/teacher-student/sSEED) matches "
-                                  "this pattern or substring; comma-separated for several")
+    p.add_argument(
+        "--only",
+        help="run only cells whose name (dataset/method/teacher-student/sSEED) matches "
+        "this pattern or substring; comma-separated for several",
+    )
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the suite's)")
     p.add_argument("--out", help="results folder (default: the suite's out)")
     p.add_argument("--executor", default="local", help="local (default), slurm, or submitit-local")
@@ -120,32 +138,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train a small teacher on digits and run every method with a small budget")
     p.add_argument("--suite", default=None, help="suite file (default: benchmarks/suites/demo.yaml)")
-    p.add_argument("--out", default=os.path.join("results", "runs", "demo"),
-                   help="folder of the demo's runs and tables (default results/runs/demo, git-ignored; "
-                        "results/demo holds our committed run)")
+    p.add_argument(
+        "--out",
+        default=os.path.join("results", "runs", "demo"),
+        help="folder of the demo's runs and tables (default results/runs/demo, git-ignored; "
+        "results/demo holds our committed run)",
+    )
     p.add_argument("--fresh", action="store_true", help="delete earlier demo runs first")
     _common(p)
 
     p = sub.add_parser("perf", help="time each method's synthesis round and student step against the floor")
-    p.add_argument("--methods", default="dafl,zskt,dfad,deepinv,dfq,cmi,mbdfkd,predfkd,cudfkd,fast2,fast5,fast10,hidfd",
-                   help="comma-separated methods")
+    p.add_argument(
+        "--methods",
+        default="dafl,zskt,dfad,deepinv,dfq,cmi,mbdfkd,predfkd,cudfkd,fast2,fast5,fast10,hidfd",
+        help="comma-separated methods",
+    )
     p.add_argument("--scales", default="mnist,cifar", help="mnist (lenet5->lenet5_half), cifar (resnet34->resnet18)")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=3,
-                   help="untimed calls before each timing (3: on a CPU the heap settles after 2-3 iterations)")
-    p.add_argument("--max-iters", type=int, default=20,
-                   help="time at most this many inner iterations of a round and scale to the full round")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed calls before each timing (3: on a CPU the heap settles after 2-3 iterations)",
+    )
+    p.add_argument(
+        "--max-iters",
+        type=int,
+        default=20,
+        help="time at most this many inner iterations of a round and scale to the full round",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=os.path.join("results", "perf"), help="folder for perf.json and perf.md")
     _common(p)
 
-    p = sub.add_parser("export", help="write a finished run's synthetic pool as an image folder (one PNG per image, "
-                                      "one folder per teacher class, manifest.json)")
+    p = sub.add_parser(
+        "export",
+        help="write a finished run's synthetic pool as an image folder (one PNG per image, "
+        "one folder per teacher class, manifest.json)",
+    )
     p.add_argument("run_dir", help="the run directory (of cmi, deepinv, fast, ...: a method that keeps a pool)")
     p.add_argument("--out", required=True, help="the folder to write (refused if not empty, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
-    p.add_argument("--teacher", help="the teacher file to label with (default: the one the run's config names, "
-                                     "checked against the sha256 the run recorded)")
+    p.add_argument(
+        "--teacher",
+        help="the teacher file to label with (default: the one the run's config names, "
+        "checked against the sha256 the run recorded)",
+    )
     p.add_argument("--zoo", help="model zoo folder (default: the run's model_zoo, $DATAFREE_ZOO or ./model_zoo)")
     p.add_argument("--device", default="auto", help="device for the teacher's labels (default auto)")
     _common(p)
@@ -167,8 +205,10 @@ def cmd_list(args) -> int:
     if args.sources and args.what != "methods":
         from .errors import ConfigError
 
-        raise ConfigError(f"--sources lists where methods' values come from: use `datafree list methods --sources`, "
-                          f"not `datafree list {args.what}`")
+        raise ConfigError(
+            f"--sources lists where methods' values come from: use `datafree list methods --sources`, "
+            f"not `datafree list {args.what}`"
+        )
     reg = all_registries()[args.what]
     names = reg.list(args.pattern)
     if args.what == "methods":
@@ -262,8 +302,11 @@ def cmd_distill(args) -> int:
         print(f"diverged at epoch {d.get('epoch')} step {d.get('step')} ({d.get('reason')})  -> {engine.out_dir}")
         return EXIT_DIVERGED
     if summary.get("last_acc") is not None:
-        print(f"last {summary['last_acc']:.2f}  best {summary['best_acc']:.2f}"
-              + ("  (collapsed to chance)" if summary.get("status") == "collapsed" else "") + f"  -> {engine.out_dir}")
+        print(
+            f"last {summary['last_acc']:.2f}  best {summary['best_acc']:.2f}"
+            + ("  (collapsed to chance)" if summary.get("status") == "collapsed" else "")
+            + f"  -> {engine.out_dir}"
+        )
     return 0
 
 
@@ -284,8 +327,7 @@ def cmd_train_teacher(args) -> int:
 
     overrides = _plugins_and_overrides(args)
     entry = train_teacher(args.dataset, args.model, overrides, zoo=args.zoo, force=args.force, recipe=args.recipe)
-    print(f"{args.dataset} {args.model} (recipe {recipe_of(entry)}): "
-          f"{entry.get('accuracy')}%")
+    print(f"{args.dataset} {args.model} (recipe {recipe_of(entry)}): {entry.get('accuracy')}%")
     return 0
 
 
@@ -304,8 +346,10 @@ def cmd_table(args) -> int:
     df = load_runs(args.dir)
     skipped = df.attrs.get("skipped", [])
     if len(df) == 0:
-        raise DatafreeError(f"no readable runs (summary.json files) under {args.dir}"
-                            + (f": {describe_skipped(skipped)}" if skipped else ""))
+        raise DatafreeError(
+            f"no readable runs (summary.json files) under {args.dir}"
+            + (f": {describe_skipped(skipped)}" if skipped else "")
+        )
     metric = "best_acc" if args.metric == "best" else "last_acc"
     title = args.title or f"Results: {os.path.basename(os.path.abspath(args.dir))}"
     out = args.out or os.path.join(args.dir, "README.md")
@@ -314,12 +358,19 @@ def cmd_table(args) -> int:
 
         print(tables_markdown(df, title=title, reference=load_reference(args.reference), metric=metric))
         return 0
-    text = write_tables(df, os.path.dirname(os.path.abspath(out)), title=title, reference=args.reference,
-                        metric=metric, readme=out, note=args.note or "")
+    text = write_tables(
+        df,
+        os.path.dirname(os.path.abspath(out)),
+        title=title,
+        reference=args.reference,
+        metric=metric,
+        readme=out,
+        note=args.note or "",
+    )
     print(text)
     print(f"wrote {out} (+ accuracy.csv, stability.csv, curves.png, acc_vs_hours.png beside it)", file=sys.stderr)
     if skipped:
-        print(f"{describe_skipped(skipped)}; all are listed under \"Skipped records\" in {out}", file=sys.stderr)
+        print(f'{describe_skipped(skipped)}; all are listed under "Skipped records" in {out}', file=sys.stderr)
     return 0
 
 
@@ -330,9 +381,20 @@ def cmd_bench(args) -> int:
     if args.plugin:
         extra["plugins"] = args.plugin
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    res = run_suite(args.suite, seeds=seeds, only=args.only, dry_run=args.dry_run, executor=args.executor,
-                    out=args.out, extra=extra, gpus=args.gpus, jobs=args.jobs, partition=args.partition,
-                    timeout_min=args.time, gpus_per_job=args.gpus_per_job)
+    res = run_suite(
+        args.suite,
+        seeds=seeds,
+        only=args.only,
+        dry_run=args.dry_run,
+        executor=args.executor,
+        out=args.out,
+        extra=extra,
+        gpus=args.gpus,
+        jobs=args.jobs,
+        partition=args.partition,
+        timeout_min=args.time,
+        gpus_per_job=args.gpus_per_job,
+    )
     return 1 if res.get("failed") else 0
 
 
@@ -343,8 +405,9 @@ def cmd_plot(args) -> int:
     df = load_runs(args.dir) if os.path.isdir(args.dir) else None
     skipped = df.attrs.get("skipped", []) if df is not None else []
     if df is None or len(df) == 0:
-        raise DatafreeError(f"no readable runs under {args.dir}"
-                            + (f": {describe_skipped(skipped)}" if skipped else ""))
+        raise DatafreeError(
+            f"no readable runs under {args.dir}" + (f": {describe_skipped(skipped)}" if skipped else "")
+        )
     out = args.out or os.path.join(args.dir, "curves.png")
     plot_curves(df, out)  # the curves load_runs read: a bad metrics.jsonl is in skipped, not plotted
     hours = os.path.join(os.path.dirname(out), "acc_vs_hours.png")
@@ -376,11 +439,21 @@ def cmd_perf(args) -> int:
 
             raise UnknownNameError("scale", s, list(SCALES))
     os.makedirs(args.out, exist_ok=True)
-    records = run_perf(methods, scales, args.repeats, args.warmup, args.max_iters, args.device,
-                       out_json=os.path.join(args.out, "perf.json"), log=lambda m: print(m, file=sys.stderr, flush=True))
-    text = (f"# datafree perf\n\nMeasured on {machine()} with `datafree perf --repeats {args.repeats} --warmup "
-            f"{args.warmup} --max-iters {args.max_iters}`: medians [min-max] over the repeats, untrained models, "
-            "synthetic tensors.\n\n" + perf_table(records) + "\n")
+    records = run_perf(
+        methods,
+        scales,
+        args.repeats,
+        args.warmup,
+        args.max_iters,
+        args.device,
+        out_json=os.path.join(args.out, "perf.json"),
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    text = (
+        f"# datafree perf\n\nMeasured on {machine()} with `datafree perf --repeats {args.repeats} --warmup "
+        f"{args.warmup} --max-iters {args.max_iters}`: medians [min-max] over the repeats, untrained models, "
+        "synthetic tensors.\n\n" + perf_table(records) + "\n"
+    )
     atomic_write_text(os.path.join(args.out, "perf.md"), text)
     print(text)
     return 1 if any("error" in r for r in records) else 0
@@ -406,16 +479,33 @@ def cmd_export(args) -> int:
     from .registry import load_plugins
 
     load_plugins(args.plugin)
-    m = export_run(args.run_dir, args.out, overwrite=args.overwrite, device=args.device, teacher=args.teacher,
-                   zoo=args.zoo, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    m = export_run(
+        args.run_dir,
+        args.out,
+        overwrite=args.overwrite,
+        device=args.device,
+        teacher=args.teacher,
+        zoo=args.zoo,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
     classes = " ".join(f"{c}:{n}" for c, n in m["per_class"].items())
     print(f"exported {m['images']} images ({m['method']} on {m['dataset']}; per teacher class {classes}) -> {args.out}")
     return 0
 
 
-COMMANDS = {"list": cmd_list, "distill": cmd_distill, "train-teacher": cmd_train_teacher, "table": cmd_table,
-            "plot": cmd_plot, "demo": cmd_demo, "data": cmd_data, "bench": cmd_bench, "perf": cmd_perf,
-            "inspect": cmd_inspect, "export": cmd_export}
+COMMANDS = {
+    "list": cmd_list,
+    "distill": cmd_distill,
+    "train-teacher": cmd_train_teacher,
+    "table": cmd_table,
+    "plot": cmd_plot,
+    "demo": cmd_demo,
+    "data": cmd_data,
+    "bench": cmd_bench,
+    "perf": cmd_perf,
+    "inspect": cmd_inspect,
+    "export": cmd_export,
+}
 
 
 def os_error_message(e: OSError) -> str:
@@ -424,8 +514,10 @@ def os_error_message(e: OSError) -> str:
     where = f" ({e.filename})" if getattr(e, "filename", None) else ""
     text = f"{e.strerror or e}{where}"
     if e.errno == errno.ENOSPC:
-        return (f"{text}: the disk is full. Free some space; a run continues from its last checkpoint with "
-                "--resume (records are written atomically, so none was left half-written)")
+        return (
+            f"{text}: the disk is full. Free some space; a run continues from its last checkpoint with "
+            "--resume (records are written atomically, so none was left half-written)"
+        )
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{text}: no permission to write there. Choose another folder with --out (or fix its permissions)"
     return text

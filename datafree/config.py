@@ -15,6 +15,7 @@ Unknown keys are errors with close-match suggestions, never silently ignored.
 The synthesizer and distiller sections are checked against the hyper-parameter
 dataclass (``Config``) of the class they name.
 """
+
 from __future__ import annotations
 
 import copy
@@ -73,7 +74,9 @@ class RunConfig:
     distiller: str = "kd"
     distill: Dict[str, Any] = field(default_factory=dict)
     uses_real_data: str = ""  # what real data a method uses, for the tables ("" for none)
-    amp: str = "auto"  # auto (bf16 on CUDA, fp32 synthesis for deepinv/cmi/fast/dfq; docs/precision.md) | off | bf16 | fp16
+    amp: str = (
+        "auto"  # auto (bf16 on CUDA, fp32 synthesis for deepinv/cmi/fast/dfq; docs/precision.md) | off | bf16 | fp16
+    )
     channels_last: str = "auto"  # auto (on: CPU and CUDA) | on | off; see datafree/runtime.py
     cpu_malloc: str = "tuned"  # tuned (glibc keeps freed memory for reuse) | default; see datafree/runtime.py
     compile: bool = False  # torch.compile the student and teacher forward
@@ -282,6 +285,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     Raises :class:`ConfigError` naming the bad key and value.
     """
+
     def bad(key: str, value: Any, want: str) -> ConfigError:
         return ConfigError(f"{key}={value!r} is out of range: {key} must be {want}")
 
@@ -291,13 +295,19 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key in ("ep_steps", "kd_steps"):
         v = getattr(cfg, key)
         if v is not None and v < 1:
-            raise bad(key, v, "at least 1, or null" + (" (one pass over the data)" if key == "ep_steps"
-                                                       else " (one round per epoch)"))
+            raise bad(
+                key,
+                v,
+                "at least 1, or null"
+                + (" (one pass over the data)" if key == "ep_steps" else " (one round per epoch)"),
+            )
     for key in ("warmup", "samples", "threads", "collapse_grace", "seed"):
         if getattr(cfg, key) < 0:
             raise bad(key, getattr(cfg, key), "0 or more")
     if cfg.warmup >= cfg.epochs:
-        raise bad("warmup", cfg.warmup, f"smaller than epochs ({cfg.epochs}): the student must train at least one epoch")
+        raise bad(
+            "warmup", cfg.warmup, f"smaller than epochs ({cfg.epochs}): the student must train at least one epoch"
+        )
     o = cfg.optim
     import math
 
@@ -315,11 +325,15 @@ def validate(cfg: RunConfig) -> RunConfig:
         if v not in allowed:
             close = close_matches(str(v), [a for a in allowed if a])
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{key}={v!r} is not a known value: use one of {', '.join(a for a in allowed if a)}.{hint}")
+            raise ConfigError(
+                f"{key}={v!r} is not a known value: use one of {', '.join(a for a in allowed if a)}.{hint}"
+            )
     if cfg.keep not in (None, "last", "best"):
         close = close_matches(str(cfg.keep), ["last", "best"])
-        raise ConfigError(f"keep={cfg.keep!r} is not a known value: use last or best."
-                          + (f" Did you mean {close[0]!r}?" if close else ""))
+        raise ConfigError(
+            f"keep={cfg.keep!r} is not a known value: use last or best."
+            + (f" Did you mean {close[0]!r}?" if close else "")
+        )
     if cfg.keep == "last":
         cfg.keep = None  # the default, spelled one way: keep=last is the same run (and fingerprint) as no keep
     from .data import get_source
@@ -410,8 +424,13 @@ def resolve(
     plugins = head.get("plugins") or []
     load_plugins([plugins] if isinstance(plugins, str) else list(plugins))
     method = head.get("method") or base["method"]
-    explained = method_layers_explained(str(method), str(head.get("dataset")), head.get("teacher"),
-                                        str(head.get("student")), teacher_arch=head.get("teacher_arch"))
+    explained = method_layers_explained(
+        str(method),
+        str(head.get("dataset")),
+        head.get("teacher"),
+        str(head.get("student")),
+        teacher_arch=head.get("teacher_arch"),
+    )
     merged = base
     for _, layer in explained:
         merged = deep_merge(merged, layer)
@@ -432,8 +451,10 @@ def provenance(cfg: RunConfig) -> List[str]:
 def config_yaml(cfg: RunConfig) -> str:
     """The config as YAML, headed by comments that say which method sections applied and why."""
     lines = [f"# {why}" for why in provenance(cfg)]
-    head = ("# resolved config of method " + cfg.method + ": every default included; "
-            "`datafree distill --config THIS_FILE` repeats the run\n")
+    head = (
+        "# resolved config of method " + cfg.method + ": every default included; "
+        "`datafree distill --config THIS_FILE` repeats the run\n"
+    )
     body = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
     return head + "".join(l + "\n" for l in lines) + body
 

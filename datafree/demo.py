@@ -16,6 +16,7 @@ CPUs, so its runs are never the committed ones. ``results/demo/`` holds the
 record of our own run (``datafree demo --out results/demo``), for
 comparison.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,14 +42,20 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_demo(suite: Optional[str] = None, out: str = DEFAULT_OUT, fresh: bool = False,
-             data_root: Optional[str] = None, plugins: Optional[List[str]] = None) -> str:
+def run_demo(
+    suite: Optional[str] = None,
+    out: str = DEFAULT_OUT,
+    fresh: bool = False,
+    data_root: Optional[str] = None,
+    plugins: Optional[List[str]] = None,
+) -> str:
     with DirLock(out, "demo folder"):
         return _run_demo(suite, out, fresh, data_root, plugins)
 
 
-def _run_demo(suite: Optional[str], out: str, fresh: bool, data_root: Optional[str],
-              plugins: Optional[List[str]]) -> str:
+def _run_demo(
+    suite: Optional[str], out: str, fresh: bool, data_root: Optional[str], plugins: Optional[List[str]]
+) -> str:
     from .report import write_tables
     from .results import load_runs, machine
     from .train import train_teacher
@@ -65,8 +72,13 @@ def _run_demo(suite: Optional[str], out: str, fresh: bool, data_root: Optional[s
     extra = {"data_root": data_root} if data_root else {}
     for dataset, model in teachers_needed(cells):
         _say(f"[demo] teacher {model} on {dataset}")
-        train_teacher(dataset, model, deep_merge(deep_merge(s.teacher_training, {"progress": False}), extra), log=_say,
-                      other_recipe="retrain")
+        train_teacher(
+            dataset,
+            model,
+            deep_merge(deep_merge(s.teacher_training, {"progress": False}), extra),
+            log=_say,
+            other_recipe="retrain",
+        )
     failures, reused, stale, diverged = {}, 0, 0, []
     for i, cell in enumerate(cells, 1):
         try:
@@ -77,8 +89,10 @@ def _run_demo(suite: Optional[str], out: str, fresh: bool, data_root: Optional[s
                 continue
             if moved:
                 stale += 1
-                _say(f"[demo {i}/{len(cells)}] {cell.name}: earlier record of another config or teacher kept as "
-                     f"{moved}; running it again")
+                _say(
+                    f"[demo {i}/{len(cells)}] {cell.name}: earlier record of another config or teacher kept as "
+                    f"{moved}; running it again"
+                )
             else:
                 _say(f"[demo {i}/{len(cells)}] {cell.name}")
             cfg = resolve(deep_merge(cell.user_config(), extra))
@@ -91,17 +105,24 @@ def _run_demo(suite: Optional[str], out: str, fresh: bool, data_root: Optional[s
             traceback.print_exc()
     wall = time.time() - t0
     df = load_runs(out)
-    note = (f"`make demo` (`datafree demo`): every registered method on scikit-learn's 8x8 digits "
-            f"(lenet5 -> lenet5_half), budgets from `{path}`. This invocation took {wall:.0f} s on {machine()}"
-            + (f" ({reused} of {len(cells)} runs finished earlier with the same config and teacher were reused)"
-               if reused else "")
-            + (f"; {stale} earlier records of another config or teacher were set aside and run again" if stale else "")
-            + ". "
-            "Budgets are tiny: the table shows that every method runs end to end and what it makes of a few "
-            "seconds of CPU each, not what it reaches with its published schedule.")
+    note = (
+        f"`make demo` (`datafree demo`): every registered method on scikit-learn's 8x8 digits "
+        f"(lenet5 -> lenet5_half), budgets from `{path}`. This invocation took {wall:.0f} s on {machine()}"
+        + (
+            f" ({reused} of {len(cells)} runs finished earlier with the same config and teacher were reused)"
+            if reused
+            else ""
+        )
+        + (f"; {stale} earlier records of another config or teacher were set aside and run again" if stale else "")
+        + ". "
+        "Budgets are tiny: the table shows that every method runs end to end and what it makes of a few "
+        "seconds of CPU each, not what it reaches with its published schedule."
+    )
     if os.path.abspath(out) != os.path.abspath(os.path.dirname(COMMITTED)) and os.path.isfile(COMMITTED):
-        note += (f"\n\nThe committed record of our own run, for comparison: `{COMMITTED}` (another machine, so "
-                 "another teacher: numbers differ in the details).")
+        note += (
+            f"\n\nThe committed record of our own run, for comparison: `{COMMITTED}` (another machine, so "
+            "another teacher: numbers differ in the details)."
+        )
     if diverged:
         note += "\n\nDiverged: " + ", ".join(diverged)
     if failures:

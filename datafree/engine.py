@@ -9,6 +9,7 @@ atomically, so ``--resume`` continues a killed run from its last epoch with the
 same random state: the resumed run ends in the same state as an uninterrupted
 one.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -51,7 +52,7 @@ CHECK_EVERY = 50
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -68,8 +69,13 @@ def rng_state() -> Dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": list(random.getstate()[1]) + [random.getstate()[0]],
         "python_gauss": random.getstate()[2],
     }
@@ -117,8 +123,9 @@ def barrier(world_size: int) -> None:
 def default_run_dir(cfg: RunConfig) -> str:
     teacher = (name_from_file(cfg.teacher, cfg.dataset) or "none").replace("/", "-")  # timm/x: one folder
     name = f"{teacher}-{cfg.student}-s{cfg.seed}" + (f"-{cfg.tag}" if cfg.tag else "")
-    return os.path.join("results", "runs", cfg.dataset.replace(":", "_").replace("/", "_"), method_folder(cfg.method),
-                        name)
+    return os.path.join(
+        "results", "runs", cfg.dataset.replace(":", "_").replace("/", "_"), method_folder(cfg.method), name
+    )
 
 
 def _mean_logs(acc: Dict[str, List[torch.Tensor]]) -> Dict[str, float]:
@@ -135,8 +142,9 @@ def _mean_logs(acc: Dict[str, List[torch.Tensor]]) -> Dict[str, float]:
 class Engine:
     """Build everything a run needs from its config, then :meth:`run` it."""
 
-    def __init__(self, cfg: RunConfig, resume: bool = False, overwrite: bool = False,
-                 log: Callable[[str], None] = None):
+    def __init__(
+        self, cfg: RunConfig, resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = None
+    ):
         self.cfg = cfg
         self.resume = resume
         self.overwrite = overwrite
@@ -190,7 +198,8 @@ class Engine:
                 raise DatafreeError(
                     f"cannot resume {d}: it holds a run of another config or teacher "
                     f"({identity.differences(old, self.identity)}). Use --overwrite to start it again, "
-                    "or out=<new dir> for a separate run")
+                    "or out=<new dir> for a separate run"
+                )
         barrier(self.world_size)
         if self.is_main:
             if self.overwrite and has_records:
@@ -221,8 +230,10 @@ class Engine:
                     state.update(own)
             except Exception as e:
                 first = first_line(e)
-                raise CheckpointError(f"cannot resume: {ckpt_path} is unreadable ({type(e).__name__}: {first}); "
-                                      "use --overwrite to start the run again") from e
+                raise CheckpointError(
+                    f"cannot resume: {ckpt_path} is unreadable ({type(e).__name__}: {first}); "
+                    "use --overwrite to start the run again"
+                ) from e
             if not isinstance(state, dict) or not all(k in state for k in ("epoch", "student", "rng", "metrics")):
                 raise CheckpointError(f"cannot resume: {ckpt_path} is not a datafree run checkpoint; use --overwrite")
             return state
@@ -311,16 +322,29 @@ class Engine:
 
         self.teacher, self.teacher_info = None, {}
         if self.teacher_file is not None:  # identity.teacher_path decided whether the method needs one
-            model, record = load_teacher(self.teacher_file, dataset=cfg.dataset, arch=cfg.teacher_arch,
-                                         device=self.device, spec=self.spec)
+            model, record = load_teacher(
+                self.teacher_file, dataset=cfg.dataset, arch=cfg.teacher_arch, device=self.device, spec=self.spec
+            )
             self.teacher = model.to(memory_format=torch.channels_last) if channels_last else model
             self.teacher_info = dict(record)
-        self.student = create_model(cfg.student, self.spec.num_classes, self.spec.channels, self.spec.size).to(self.device)
+        self.student = create_model(cfg.student, self.spec.num_classes, self.spec.channels, self.spec.size).to(
+            self.device
+        )
         if channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
-        self.ctx = Context(self.teacher, self.student, self.spec, self.device, cfg=cfg, amp=self.amp,
-                           out_dir=self.out_dir, channels_last=channels_last, rank=self.rank,
-                           world_size=self.world_size, teacher_record=self.teacher_info)
+        self.ctx = Context(
+            self.teacher,
+            self.student,
+            self.spec,
+            self.device,
+            cfg=cfg,
+            amp=self.amp,
+            out_dir=self.out_dir,
+            channels_last=channels_last,
+            rank=self.rank,
+            world_size=self.world_size,
+            teacher_record=self.teacher_info,
+        )
         if self.world_size > 1:
             seed_everything(cfg.seed + 1000 * self.rank)  # each rank synthesises with its own seed
         try:  # a value only the method can judge (an unknown generator output, a pool dtype) is still bad input
@@ -330,13 +354,17 @@ class Engine:
             if isinstance(e, DatafreeError):
                 raise
             first = first_line(e)
-            raise ConfigError(f"method {cfg.method} cannot be built from its synth/distill values "
-                              f"({type(e).__name__}: {first}); check them with --print-config") from e
+            raise ConfigError(
+                f"method {cfg.method} cannot be built from its synth/distill values "
+                f"({type(e).__name__}: {first}); check them with --print-config"
+            ) from e
         # the synthesizer's own autocast policy (fp32 for the inversion methods under amp=auto on CUDA)
         self.synth_amp = getattr(getattr(self.synth, "ctx", None), "amp", None) or self.amp
         if self.is_main and self.synth_amp.mode != self.amp.mode:  # docs/precision.md
-            self.log(f"precision: synthesis {precision_name(self.synth_amp.mode)}, "
-                     f"student steps {precision_name(self.amp.mode)} (amp={cfg.amp})")
+            self.log(
+                f"precision: synthesis {precision_name(self.synth_amp.mode)}, "
+                f"student steps {precision_name(self.amp.mode)} (amp={cfg.amp})"
+            )
         self.ctx.total_steps = (cfg.epochs - cfg.warmup) * self.ep_steps
         if cfg.compile:
             self._compile()
@@ -345,8 +373,10 @@ class Engine:
         if self.teacher is not None:
             self._measure_teacher()
             if self.is_main and not self.checkpoint:  # once the run is set up: a failed setup says only why
-                self.log(f"teacher: {describe_teacher(self.teacher_info)}, test accuracy "
-                         f"{self.teacher_info['accuracy']:.2f}%")
+                self.log(
+                    f"teacher: {describe_teacher(self.teacher_info)}, test accuracy "
+                    f"{self.teacher_info['accuracy']:.2f}%"
+                )
         if self.checkpoint is not None:
             self._load_checkpoint(self.checkpoint)
         self._open_logger()  # after the checkpoint: a resumed run's logs go on after its epoch
@@ -363,15 +393,21 @@ class Engine:
         fresh = self.checkpoint is None
         before = set(os.listdir(self.out_dir)) if fresh else set()
         try:
-            self.logger = loggers.open_logger(self.cfg.log, self.out_dir, os.path.basename(self.out_dir),
-                                              start_step=self.start_epoch)
+            self.logger = loggers.open_logger(
+                self.cfg.log, self.out_dir, os.path.basename(self.out_dir), start_step=self.start_epoch
+            )
         except BaseException:
             for name in (set(os.listdir(self.out_dir)) - before) if fresh else ():
                 path = os.path.join(self.out_dir, name)
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
             raise
-        self.logger.config({**to_dict(self.cfg), "run_id": os.path.basename(self.out_dir),
-                            "fingerprint": self.identity.fingerprint if self.identity else None})
+        self.logger.config(
+            {
+                **to_dict(self.cfg),
+                "run_id": os.path.basename(self.out_dir),
+                "fingerprint": self.identity.fingerprint if self.identity else None,
+            }
+        )
 
     def _measure_teacher(self) -> None:
         """The teacher's test accuracy, measured once per (sha256, dataset) and cached in the zoo."""
@@ -382,8 +418,9 @@ class Engine:
         if acc is None:
             acc = self.evaluate(self.teacher)
             if self.is_main:
-                remember_accuracy(sha, self.cfg.dataset, acc, self.teacher_info["path"], self.cfg.model_zoo, amp=amp,
-                                  arch=arch)
+                remember_accuracy(
+                    sha, self.cfg.dataset, acc, self.teacher_info["path"], self.cfg.model_zoo, amp=amp, arch=arch
+                )
         self.teacher_info["accuracy"] = acc
 
     # -- attempts: wall time across every process that worked on this run --------------------
@@ -393,8 +430,14 @@ class Engine:
             self.attempts = list(results.read_json(path).get("attempts", []))
         except (OSError, ValueError, AttributeError):
             self.attempts = []
-        self.attempts.append({"started": datetime.datetime.now().isoformat(timespec="seconds"), "pid": os.getpid(),
-                              "seconds": 0.0, "from_epoch": self.start_epoch})
+        self.attempts.append(
+            {
+                "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "pid": os.getpid(),
+                "seconds": 0.0,
+                "from_epoch": self.start_epoch,
+            }
+        )
         self._save_attempts(force=True)
 
     def _save_attempts(self, force: bool = False) -> None:
@@ -443,8 +486,9 @@ class Engine:
             results.atomic_torch_save(state, os.path.join(self.out_dir, CHECKPOINT))
             self._save_attempts(force=True)  # the wall time that produced this checkpoint is on record with it
         else:  # the model, optimiser and records are rank 0's; a rank keeps its own data side and randomness
-            results.atomic_torch_save({"synthesizer": state["synthesizer"], "rng": state["rng"]},
-                                      self._rank_checkpoint_path())
+            results.atomic_torch_save(
+                {"synthesizer": state["synthesizer"], "rng": state["rng"]}, self._rank_checkpoint_path()
+            )
         barrier(self.world_size)
 
     def save_best(self, epoch: int, acc: float) -> None:
@@ -453,8 +497,14 @@ class Engine:
         earlier = [m["acc"] for m in self.metrics[:-1] if isinstance(m.get("acc"), (int, float))]
         if earlier and acc <= max(earlier):
             return
-        save_model(os.path.join(self.out_dir, BEST_STUDENT), self.student, self.cfg.student, self.cfg.dataset,
-                   self.spec.as_dict(), extra={"accuracy": acc, "epoch": epoch + 1})
+        save_model(
+            os.path.join(self.out_dir, BEST_STUDENT),
+            self.student,
+            self.cfg.student,
+            self.cfg.dataset,
+            self.spec.as_dict(),
+            extra={"accuracy": acc, "epoch": epoch + 1},
+        )
 
     def _load_checkpoint(self, state: Dict[str, Any]) -> None:
         try:
@@ -472,7 +522,8 @@ class Engine:
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
             raise CheckpointError(
                 f"cannot resume: {os.path.join(self.out_dir, CHECKPOINT)} does not fit this run "
-                f"({type(e).__name__}: {e}); use --overwrite to start it again") from e
+                f"({type(e).__name__}: {e}); use --overwrite to start it again"
+            ) from e
         if self.is_main:  # drop any record written after the checkpoint the run resumes from
             results.atomic_write_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), self.metrics)
             self.log(f"resuming {self.out_dir} after epoch {self.start_epoch}")
@@ -557,7 +608,7 @@ class Engine:
         if self.world_size > 1:  # every rank stops together, at the earliest failure of any rank
             import torch.distributed as dist
 
-            never = 2 ** 62
+            never = 2**62
             first = torch.tensor([bad[0] if bad is not None else never], dtype=torch.long, device=self.device)
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
             step = int(first.item())
@@ -565,7 +616,9 @@ class Engine:
                 return None
             reasons: List[Any] = [None] * self.world_size  # a failure is rare: the names can travel as objects
             dist.all_gather_object(reasons, bad)
-            rank, (step, reason) = min(((r, b) for r, b in enumerate(reasons) if b is not None), key=lambda rb: rb[1][0])
+            rank, (step, reason) = min(
+                ((r, b) for r, b in enumerate(reasons) if b is not None), key=lambda rb: rb[1][0]
+            )
             bad = (step, reason if rank == self.rank else f"rank {rank}: {reason}")
         if bad is None:
             return None
@@ -590,9 +643,16 @@ class Engine:
         if cfg.progress and self.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.epochs * ep_steps, initial=self.start_epoch * ep_steps, unit="step",
-                       desc=f"{cfg.method} {cfg.teacher or ''}->{cfg.student}", leave=False, dynamic_ncols=True,
-                       mininterval=1.0, file=sys.stderr)
+            bar = tqdm(
+                total=cfg.epochs * ep_steps,
+                initial=self.start_epoch * ep_steps,
+                unit="step",
+                desc=f"{cfg.method} {cfg.teacher or ''}->{cfg.student}",
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=1.0,
+                file=sys.stderr,
+            )
         wall0 = time.time()
         guard = self.guard
         diverged: Optional[Dict[str, Any]] = None
@@ -655,13 +715,20 @@ class Engine:
                 diverged = {"epoch": epoch + 1, "step": ctx.step, "reason": "accuracy non-finite"}
                 break
             if train_student and self.is_main and ((epoch + 1) % max(1, cfg.eval_every) == 0 or last):
-                record = {"epoch": epoch + 1, "acc": acc, "lr": self.distiller.lr, "step": ctx.step,
-                          "images_synthesized": self.meter.images_synthesized, "images_seen": self.meter.images_seen,
-                          "seconds": self.meter.total_seconds,
-                          # cumulative seconds per phase (synthesis, distill, eval, other): per-epoch times
-                          # without evaluation, e.g. for benchmarks/parity
-                          "phase_seconds": {k: round(v, 4) for k, v in self.meter.seconds.items()},
-                          "synth": _mean_logs(synth_logs), "distill": _mean_logs(dist_logs)}
+                record = {
+                    "epoch": epoch + 1,
+                    "acc": acc,
+                    "lr": self.distiller.lr,
+                    "step": ctx.step,
+                    "images_synthesized": self.meter.images_synthesized,
+                    "images_seen": self.meter.images_seen,
+                    "seconds": self.meter.total_seconds,
+                    # cumulative seconds per phase (synthesis, distill, eval, other): per-epoch times
+                    # without evaluation, e.g. for benchmarks/parity
+                    "phase_seconds": {k: round(v, 4) for k, v in self.meter.seconds.items()},
+                    "synth": _mean_logs(synth_logs),
+                    "distill": _mean_logs(dist_logs),
+                }
                 self.metrics.append(record)
                 results.atomic_write_jsonl(os.path.join(self.out_dir, "metrics.jsonl"), self.metrics)
                 if cfg.keep == "best":
@@ -673,11 +740,15 @@ class Engine:
                 if bar is not None:
                     bar.set_postfix(epoch=epoch + 1, acc=f"{acc:.2f}", best=f"{best:.2f}", refresh=False)
                 else:
-                    self.log(f"epoch {epoch + 1}/{cfg.epochs}: acc {acc:.2f} (best {best:.2f}), "
-                             f"{self.meter.total_seconds:.0f} s")
+                    self.log(
+                        f"epoch {epoch + 1}/{cfg.epochs}: acc {acc:.2f} (best {best:.2f}), "
+                        f"{self.meter.total_seconds:.0f} s"
+                    )
                 if cfg.stop_on_collapse and self._collapsed():
-                    self.log(f"accuracy at chance for {cfg.collapse_patience} evaluations in a row: stopping "
-                             "(stop_on_collapse)")
+                    self.log(
+                        f"accuracy at chance for {cfg.collapse_patience} evaluations in a row: stopping "
+                        "(stop_on_collapse)"
+                    )
                     collapsed = True
             collapsed = self._agree(collapsed)
             with self.meter.phase("other"):
@@ -692,7 +763,7 @@ class Engine:
 
     def _collapsed(self) -> bool:
         """True when the last ``collapse_patience`` evaluations after the first ``collapse_grace`` sat at chance."""
-        accs = [m["acc"] for m in self.metrics][self.cfg.collapse_grace:]
+        accs = [m["acc"] for m in self.metrics][self.cfg.collapse_grace :]
         return collapse_streak(accs, self.spec.num_classes) >= self.cfg.collapse_patience
 
     def _ranks_in_sync(self) -> bool:
@@ -716,11 +787,21 @@ class Engine:
         collapsed = diverged is None and self._collapsed()
         status = "diverged" if diverged is not None else ("collapsed" if collapsed else "finished")
         if self.is_main and diverged is None:  # a diverged student's weights are not a model
-            save_model(os.path.join(self.out_dir, "student.pt"), self.student, cfg.student, cfg.dataset,
-                       self.spec.as_dict(), extra={"accuracy": accs[-1] if accs else None,
-                                                   "extra_modules": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()}
-                                                                     for k, m in self.distiller.extra_modules().items()},
-                                                   **self.distiller.export_extra()})
+            save_model(
+                os.path.join(self.out_dir, "student.pt"),
+                self.student,
+                cfg.student,
+                cfg.dataset,
+                self.spec.as_dict(),
+                extra={
+                    "accuracy": accs[-1] if accs else None,
+                    "extra_modules": {
+                        k: {n: t.detach().cpu() for n, t in m.state_dict().items()}
+                        for k, m in self.distiller.extra_modules().items()
+                    },
+                    **self.distiller.export_extra(),
+                },
+            )
         if self.is_main:  # what the method keeps past its checkpoint (a pool method's pool.pt), diverged or not
             for name, obj in self.synth.final_files().items():
                 results.atomic_torch_save(obj, os.path.join(self.out_dir, name))
@@ -764,10 +845,13 @@ class Engine:
             summary["diverged"] = diverged
         if collapsed:
             summary["collapsed"] = True
-            summary["collapse"] = {"chance": 100.0 / self.spec.num_classes,
-                                   "evaluations_at_chance": collapse_streak(accs, self.spec.num_classes),
-                                   "stopped": bool(stopped),
-                                   "patience": cfg.collapse_patience, "grace": cfg.collapse_grace}
+            summary["collapse"] = {
+                "chance": 100.0 / self.spec.num_classes,
+                "evaluations_at_chance": collapse_streak(accs, self.spec.num_classes),
+                "stopped": bool(stopped),
+                "patience": cfg.collapse_patience,
+                "grace": cfg.collapse_grace,
+            }
         summary.update(self.meter.report())
         # total_seconds is the time inside the epochs the checkpoints kept; wall time counts every attempt,
         # the work a killed attempt lost after its last checkpoint included
@@ -785,12 +869,17 @@ class Engine:
         results.atomic_write_json(os.path.join(self.out_dir, "summary.json"), summary)
         if diverged is not None:
             last = f"{summary['last_acc']:.2f}" if accs else "none"
-            self.log(f"{cfg.method} {summary['pair']} on {cfg.dataset}: DIVERGED at epoch {diverged['epoch']} step "
-                     f"{diverged['step']} ({diverged['reason']}); last finite accuracy {last} -> {self.out_dir}")
+            self.log(
+                f"{cfg.method} {summary['pair']} on {cfg.dataset}: DIVERGED at epoch {diverged['epoch']} step "
+                f"{diverged['step']} ({diverged['reason']}); last finite accuracy {last} -> {self.out_dir}"
+            )
         elif accs:
-            self.log(f"{cfg.method} {summary['pair']} on {cfg.dataset}: last {summary['last_acc']:.2f} "
-                     f"best {summary['best_acc']:.2f} ({summary['total_seconds']:.0f} s)"
-                     + (" COLLAPSED to chance" if collapsed else "") + f" -> {self.out_dir}")
+            self.log(
+                f"{cfg.method} {summary['pair']} on {cfg.dataset}: last {summary['last_acc']:.2f} "
+                f"best {summary['best_acc']:.2f} ({summary['total_seconds']:.0f} s)"
+                + (" COLLAPSED to chance" if collapsed else "")
+                + f" -> {self.out_dir}"
+            )
         else:
             self.log(f"{cfg.method}: finished without evaluation -> {self.out_dir}")
         return summary
@@ -802,8 +891,11 @@ def run_on_after_collapse(summary: Dict[str, Any], cfg: RunConfig) -> bool:
     c = summary.get("collapse") or {}
     if summary.get("status") != "collapsed" or not c.get("stopped"):
         return False
-    return (not cfg.stop_on_collapse or c.get("patience", cfg.collapse_patience) != cfg.collapse_patience
-            or c.get("grace", cfg.collapse_grace) != cfg.collapse_grace)
+    return (
+        not cfg.stop_on_collapse
+        or c.get("patience", cfg.collapse_patience) != cfg.collapse_patience
+        or c.get("grace", cfg.collapse_grace) != cfg.collapse_grace
+    )
 
 
 def all_finite(module: nn.Module) -> bool:

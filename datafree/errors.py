@@ -4,6 +4,7 @@ Every error a user can cause by bad input derives from :class:`DatafreeError`.
 The CLI prints the message (no traceback) and exits with status 2; library
 callers can catch the class. Messages name the problem and the fix.
 """
+
 from __future__ import annotations
 
 import difflib

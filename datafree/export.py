@@ -19,6 +19,7 @@ and of the pool methods' ``synth.init_from=DIR``.
 The folder is written under a temporary name beside DIR and renamed into place, so an interrupted export
 leaves no half set. A non-empty DIR is refused unless ``overwrite``.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -79,8 +80,11 @@ def read_pool(run_dir: str, method: str, synthesizer: str) -> Tuple[torch.Tensor
             state = saved["pool"]
         except Exception as e:
             raise CheckpointError(f"{pool_file} is unreadable ({type(e).__name__}: {first_line(e)})") from e
-        source = {"file": POOL_FILE, "images_synthesized": saved.get("images_synthesized"),
-                  "init_images": saved.get("init_images")}
+        source = {
+            "file": POOL_FILE,
+            "images_synthesized": saved.get("images_synthesized"),
+            "init_images": saved.get("init_images"),
+        }
     elif os.path.isfile(ckpt_file):
         try:
             ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True, mmap=True)
@@ -90,22 +94,32 @@ def read_pool(run_dir: str, method: str, synthesizer: str) -> Tuple[torch.Tensor
         if not isinstance(synth_state, dict) or not isinstance(synth_state.get("pool"), dict):
             raise DatafreeError(
                 f"{run_dir} keeps no synthetic pool: its method {method} (synthesizer {synthesizer}) does not keep "
-                f"one. The methods that do: {keepers}")
+                f"one. The methods that do: {keepers}"
+            )
         state = synth_state["pool"]
-        source = {"file": CHECKPOINT, "epoch": int(ckpt.get("epoch", -1)) + 1,
-                  "images_synthesized": synth_state.get("images_synthesized")}
+        source = {
+            "file": CHECKPOINT,
+            "epoch": int(ckpt.get("epoch", -1)) + 1,
+            "images_synthesized": synth_state.get("images_synthesized"),
+        }
     else:
         from .registry import SYNTHESIZERS
         from .synthesis.common import PoolSampling
 
         keeps = synthesizer in SYNTHESIZERS and issubclass(SYNTHESIZERS.get(synthesizer), PoolSampling)
-        why = (f"it has neither {POOL_FILE} (written when a run ends) nor {CHECKPOINT} (deleted?)" if keeps else
-               f"its method {method} (synthesizer {synthesizer}) keeps no synthetic pool. The methods that do: {keepers}")
+        why = (
+            f"it has neither {POOL_FILE} (written when a run ends) nor {CHECKPOINT} (deleted?)"
+            if keeps
+            else f"its method {method} (synthesizer {synthesizer}) keeps no synthetic pool. "
+            f"The methods that do: {keepers}"
+        )
         raise DatafreeError(f"{run_dir} has no synthetic set to export: {why}")
     images, labels = pool_pixels(state)
     if images.shape[0] == 0:
-        raise DatafreeError(f"the synthetic pool of {run_dir} is empty (the run stopped before its first synthesis "
-                            "round); nothing to export")
+        raise DatafreeError(
+            f"the synthetic pool of {run_dir} is empty (the run stopped before its first synthesis "
+            "round); nothing to export"
+        )
     return images, labels, source
 
 
@@ -127,7 +141,7 @@ def _teacher_for(run_dir: str, cfg: Dict[str, Any], teacher: Optional[str], zoo:
     from .zoo import resolve_teacher
 
     ident = read_identity(run_dir)
-    recorded = (ident.fields.get("teacher.sha256") if ident else None)
+    recorded = ident.fields.get("teacher.sha256") if ident else None
     summary = _summary(run_dir)
     recorded = recorded or summary.get("teacher_sha256")
     candidates: List[str] = []
@@ -143,8 +157,9 @@ def _teacher_for(run_dir: str, cfg: Dict[str, Any], teacher: Optional[str], zoo:
         if isinstance(summary.get("teacher_path"), str) and os.path.isfile(summary["teacher_path"]):
             candidates.append(summary["teacher_path"])
     if not candidates:
-        raise DatafreeError(f"{run_dir}: its teacher {cfg.get('teacher')!r} is not in the zoo here; pass "
-                            "--teacher PATH (or --zoo DIR)")
+        raise DatafreeError(
+            f"{run_dir}: its teacher {cfg.get('teacher')!r} is not in the zoo here; pass --teacher PATH (or --zoo DIR)"
+        )
     if recorded is None:
         return candidates[0]
     for path in candidates:
@@ -153,19 +168,21 @@ def _teacher_for(run_dir: str, cfg: Dict[str, Any], teacher: Optional[str], zoo:
     raise DatafreeError(
         f"{run_dir} ran with the teacher of sha256 {recorded[:12]}..., but {candidates[0]} is another one "
         f"(sha256 {file_sha256(candidates[0])[:12]}...; retrained since?). Its labels would not be the run's "
-        "teacher's: pass that teacher's file with --teacher PATH")
+        "teacher's: pass that teacher's file with --teacher PATH"
+    )
 
 
 @torch.no_grad()
-def teacher_argmax(teacher: torch.nn.Module, images: torch.Tensor, spec, device: torch.device,
-                   batch_size: int = 512) -> torch.Tensor:
+def teacher_argmax(
+    teacher: torch.nn.Module, images: torch.Tensor, spec, device: torch.device, batch_size: int = 512
+) -> torch.Tensor:
     """The teacher's class for each uint8 image, normalised with the dataset's mean/std (float32)."""
     from .data import Normalizer
 
     norm = Normalizer(spec, device)
     out = []
     for i in range(0, images.shape[0], batch_size):
-        x = norm(images[i:i + batch_size].to(device).float().div_(255.0))
+        x = norm(images[i : i + batch_size].to(device).float().div_(255.0))
         out.append(teacher(x).float().argmax(1).cpu())
     return torch.cat(out)
 
@@ -189,12 +206,20 @@ def _check_out(out: str, run_dir: str, overwrite: bool) -> None:
     if inside(run_dir, out):
         raise DatafreeError(f"--out {out} holds the run directory {run_dir} itself: choose a folder outside it")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise DatafreeError(f"--out {out} is not empty: pass --overwrite to replace what it holds, or choose "
-                            "another folder")
+        raise DatafreeError(
+            f"--out {out} is not empty: pass --overwrite to replace what it holds, or choose another folder"
+        )
 
 
-def export_run(run_dir: str, out: str, overwrite: bool = False, device: str = "auto", teacher: Optional[str] = None,
-               zoo: Optional[str] = None, log: Callable[[str], None] = lambda m: None) -> Dict[str, Any]:
+def export_run(
+    run_dir: str,
+    out: str,
+    overwrite: bool = False,
+    device: str = "auto",
+    teacher: Optional[str] = None,
+    zoo: Optional[str] = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> Dict[str, Any]:
     """Write the synthetic pool of ``run_dir`` into the folder ``out`` (see the module docstring); returns the
     manifest. Bad input (no run, no pool, a non-empty ``out``, another teacher) raises :class:`DatafreeError`."""
     from .config import load_yaml
@@ -218,8 +243,10 @@ def export_run(run_dir: str, out: str, overwrite: bool = False, device: str = "a
     images, pool_labels, source = read_pool(run_dir, method, synthesizer)
     spec = get_spec(dataset)
     if tuple(images.shape[1:]) != tuple(spec.shape):
-        raise DatafreeError(f"the pool of {run_dir} holds {tuple(images.shape[1:])} images, but {dataset} is "
-                            f"{spec.shape}: not this run's pool")
+        raise DatafreeError(
+            f"the pool of {run_dir} holds {tuple(images.shape[1:])} images, but {dataset} is "
+            f"{spec.shape}: not this run's pool"
+        )
     teacher_file = _teacher_for(run_dir, cfg, teacher, zoo)
     dev = resolve_device(device)
     model, record = load_teacher(teacher_file, dataset=dataset, arch=cfg.get("teacher_arch"), device=dev, spec=spec)
@@ -245,14 +272,21 @@ def export_run(run_dir: str, out: str, overwrite: bool = False, device: str = "a
         "dataset": dataset,
         "status": summary.get("status", "unfinished"),
         "fingerprint": ident.fingerprint if ident else None,
-        "teacher": {"name": cfg.get("teacher"), "path": os.path.abspath(teacher_file), "sha256": record.get("sha256"),
-                    "arch": record.get("arch")},
+        "teacher": {
+            "name": cfg.get("teacher"),
+            "path": os.path.abspath(teacher_file),
+            "sha256": record.get("sha256"),
+            "arch": record.get("arch"),
+        },
         "spec": {kk: (list(v) if isinstance(v, tuple) else v) for kk, v in spec.as_dict().items()},
         "images": int(images.shape[0]),
         "per_class": {class_folder(c, k): int(counts[c]) for c in range(k)},
         "labels": "teacher argmax (float32) on the images normalised with the dataset's mean/std",
-        "target_agreement": (float((pool_labels[known] == labels[known]).float().mean()) if bool(known.any()) else None),
-        "layout": "train/<class>/<pool index>.png; <class> zero-padded to sort as a number; empty classes have no folder",
+        "target_agreement": (
+            float((pool_labels[known] == labels[known]).float().mean()) if bool(known.any()) else None
+        ),
+        "layout": "train/<class>/<pool index>.png; <class> zero-padded to sort as a number; "
+        "empty classes have no folder",
         "digest": pixel_digest(images[order]),
         "source": source,
         "config": cfg,

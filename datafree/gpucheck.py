@@ -20,6 +20,7 @@ same kind as a trained teacher's (running statistics of real activations), which
 about. A GPU run uses the CMI table's pair, wrn40_2 -> wrn16_1, at the methods' own batch sizes; ``--dry-run``
 uses resnet8 at tiny sizes on the CPU (bf16 autocast works there too), for ``make test``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,10 @@ PRECISIONS = {"fp32": "off", "bf16": "bf16"}
 #: what the comparison runs: on a GPU, the CMI table's pair at the methods' batch sizes, short; dry, tiny
 PLANS: Dict[str, Dict[str, Any]] = {
     "gpu": {
-        "dataset": "cifar10", "teacher": "wrn40_2", "student": "wrn16_1", "calibration": (8, 256),
+        "dataset": "cifar10",
+        "teacher": "wrn40_2",
+        "student": "wrn16_1",
+        "calibration": (8, 256),
         "methods": {
             # one whole round: 1000 iterations (the CMI script's --g_steps), the BN term's curve from noise
             "deepinv": {"rounds": 1, "synth": {}},
@@ -54,17 +58,37 @@ PLANS: Dict[str, Dict[str, Any]] = {
         },
     },
     "dry": {
-        "dataset": "cifar10", "teacher": "resnet8", "student": "resnet8", "calibration": (2, 16),
+        "dataset": "cifar10",
+        "teacher": "resnet8",
+        "student": "resnet8",
+        "calibration": (2, 16),
         "methods": {
             "deepinv": {"rounds": 1, "synth": {"iterations": 4, "synthesis_batch_size": 8}},
-            "cmi": {"rounds": 2, "synth": {"g_steps": 3, "synthesis_batch_size": 8, "ngf": 8, "head_dim": 16,
-                                           "bank_size": 64, "n_neg": 16}},
+            "cmi": {
+                "rounds": 2,
+                "synth": {
+                    "g_steps": 3,
+                    "synthesis_batch_size": 8,
+                    "ngf": 8,
+                    "head_dim": 16,
+                    "bank_size": 64,
+                    "n_neg": 16,
+                },
+            },
             "fast10": {"rounds": 3, "synth": {"g_steps": 2, "synthesis_batch_size": 8, "ngf": 8}},
         },
     },
 }
-FILES = ("env.json", "steps.log", "tests.log", "perf.json", "perf.md", "precision.json", "precision_curves.csv",
-         "gpu_check.md")
+FILES = (
+    "env.json",
+    "steps.log",
+    "tests.log",
+    "perf.json",
+    "perf.md",
+    "precision.json",
+    "precision_curves.csv",
+    "gpu_check.md",
+)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -92,9 +116,14 @@ def environment(dry_run: bool) -> Dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     env: Dict[str, Any] = {
-        "dry_run": dry_run, "python": platform.python_version(), "torch": torch.__version__,
-        "cuda_available": cuda, "torch_cuda": torch.version.cuda, "machine": machine(),
-        "commit": _git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "dry_run": dry_run,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": cuda,
+        "torch_cuda": torch.version.cuda,
+        "machine": machine(),
+        "commit": _git_commit(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         # what "fp32" means on the GPU: with these on (PyTorch's default for convolutions), fp32 convolutions
         # and (if on) matrix products run in TF32 on Ampere and later, as the reference code's fp32 did there
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
@@ -103,9 +132,15 @@ def environment(dry_run: bool) -> Dict[str, Any]:
     }
     if cuda:
         p = torch.cuda.get_device_properties(0)
-        env.update({"gpu": p.name, "gpu_memory_gib": round(p.total_memory / 2 ** 30, 1),
-                    "gpu_capability": f"{p.major}.{p.minor}", "gpu_count": torch.cuda.device_count(),
-                    "bf16_supported": torch.cuda.is_bf16_supported()})
+        env.update(
+            {
+                "gpu": p.name,
+                "gpu_memory_gib": round(p.total_memory / 2**30, 1),
+                "gpu_capability": f"{p.major}.{p.minor}",
+                "gpu_count": torch.cuda.device_count(),
+                "bf16_supported": torch.cuda.is_bf16_supported(),
+            }
+        )
     try:
         import kornia
 
@@ -195,8 +230,17 @@ def _models(plan: Dict[str, Any], device: torch.device, teacher_file: Optional[s
     return spec, teacher, student, desc, arch
 
 
-def run_precision(method: str, precision: str, plan: Dict[str, Any], teacher: nn.Module, student0: nn.Module,
-                  spec, arch: str, device: torch.device, seed: int) -> Dict[str, Any]:
+def run_precision(
+    method: str,
+    precision: str,
+    plan: Dict[str, Any],
+    teacher: nn.Module,
+    student0: nn.Module,
+    spec,
+    arch: str,
+    device: torch.device,
+    seed: int,
+) -> Dict[str, Any]:
     """One short synthesis run of ``method`` at ``precision`` (fp32 or bf16) from ``seed``."""
     from .config import resolve
     from .engine import seed_everything
@@ -205,9 +249,18 @@ def run_precision(method: str, precision: str, plan: Dict[str, Any], teacher: nn
     from .synthesis.base import Amp, Context
 
     mplan = plan["methods"][method]
-    cfg = resolve({"method": method, "dataset": plan["dataset"], "teacher": arch, "student": plan["student"],
-                   "device": str(device), "amp": PRECISIONS[precision], "progress": False,
-                   "synth": dict(mplan["synth"])})
+    cfg = resolve(
+        {
+            "method": method,
+            "dataset": plan["dataset"],
+            "teacher": arch,
+            "student": plan["student"],
+            "device": str(device),
+            "amp": PRECISIONS[precision],
+            "progress": False,
+            "synth": dict(mplan["synth"]),
+        }
+    )
     student = copy.deepcopy(student0)
     channels_last = use_channels_last(cfg.channels_last, device)
     if channels_last:
@@ -238,14 +291,25 @@ def run_precision(method: str, precision: str, plan: Dict[str, Any], teacher: nn
     last = ctx.to_device(synth.normalizer(images[-n:].float()))
     with torch.no_grad():
         agree = float((teacher(synth.normalizer(images.float())).argmax(1) == labels.to(device)).float().mean())
-    same_batch = {"fp32": bn_term(teacher, last, Amp(device, "off")),
-                  "bf16": bn_term(teacher, last, Amp(device, "bf16"))}
+    same_batch = {
+        "fp32": bn_term(teacher, last, Amp(device, "off")),
+        "bf16": bn_term(teacher, last, Amp(device, "bf16")),
+    }
     synth.close()
-    return {"precision": precision, "amp": cfg.amp, "synthesis_autocast": synth.ctx.amp.mode,
-            "seconds": seconds, "rounds": rounds, "iterations_per_round": per_round_iters, "bn_per_iteration": bn_curve,
-            "teacher_agreement": agree, "last_batch_bn": same_batch,
-            "settings": {k: getattr(synth.cfg, k) for k in ("synthesis_batch_size", "bn", "oh", "adv")
-                         if hasattr(synth.cfg, k)}}
+    return {
+        "precision": precision,
+        "amp": cfg.amp,
+        "synthesis_autocast": synth.ctx.amp.mode,
+        "seconds": seconds,
+        "rounds": rounds,
+        "iterations_per_round": per_round_iters,
+        "bn_per_iteration": bn_curve,
+        "teacher_agreement": agree,
+        "last_batch_bn": same_batch,
+        "settings": {
+            k: getattr(synth.cfg, k) for k in ("synthesis_batch_size", "bn", "oh", "adv") if hasattr(synth.cfg, k)
+        },
+    }
 
 
 def _tail_mean(values: List[float], fraction: float = 0.1) -> Optional[float]:
@@ -270,32 +334,47 @@ def _warm_up(teacher: nn.Module, student: nn.Module, spec, device: torch.device,
         torch.cuda.synchronize(device)
 
 
-def compare(methods, out: str, dry_run: bool, device: str = "auto", teacher_file: Optional[str] = None,
-            seed: int = 0, log=print) -> Dict[str, Any]:
+def compare(
+    methods, out: str, dry_run: bool, device: str = "auto", teacher_file: Optional[str] = None, seed: int = 0, log=print
+) -> Dict[str, Any]:
     from .engine import resolve_device
 
     plan = PLANS["dry" if dry_run else "gpu"]
     dev = resolve_device("cpu" if dry_run and device == "auto" else device)
     spec, teacher, student0, desc, arch = _models(plan, dev, teacher_file, seed)
     _warm_up(teacher, student0, spec, dev, 8 if dry_run else 256)
-    record: Dict[str, Any] = {"device": str(dev), "dry_run": dry_run, "dataset": plan["dataset"],
-                              "pair": f"{arch}->{plan['student']}", "teacher": desc, "seed": seed, "methods": {}}
+    record: Dict[str, Any] = {
+        "device": str(dev),
+        "dry_run": dry_run,
+        "dataset": plan["dataset"],
+        "pair": f"{arch}->{plan['student']}",
+        "teacher": desc,
+        "seed": seed,
+        "methods": {},
+    }
     for m in methods:
         entry: Dict[str, Any] = {}
         for prec in PRECISIONS:
             t0 = time.time()
             entry[prec] = run_precision(m, prec, plan, teacher, student0, spec, arch, dev, seed)
-            log(f"[precision] {m:<8} {prec}: {entry[prec]['seconds']:.1f} s, final round "
+            log(
+                f"[precision] {m:<8} {prec}: {entry[prec]['seconds']:.1f} s, final round "
                 + ", ".join(f"{k} {v:.4g}" for k, v in entry[prec]["rounds"][-1].items())
-                + f" [{time.time() - t0:.0f} s]")
+                + f" [{time.time() - t0:.0f} s]"
+            )
         f, b = entry["fp32"], entry["bf16"]
         entry["summary"] = {
-            "bn_tail_fp32": _tail_mean(f["bn_per_iteration"]), "bn_tail_bf16": _tail_mean(b["bn_per_iteration"]),
-            "loss_g_fp32": f["rounds"][-1].get("loss_g"), "loss_g_bf16": b["rounds"][-1].get("loss_g"),
-            "agreement_fp32": f["teacher_agreement"], "agreement_bf16": b["teacher_agreement"],
-            "seconds_fp32": f["seconds"], "seconds_bf16": b["seconds"],
+            "bn_tail_fp32": _tail_mean(f["bn_per_iteration"]),
+            "bn_tail_bf16": _tail_mean(b["bn_per_iteration"]),
+            "loss_g_fp32": f["rounds"][-1].get("loss_g"),
+            "loss_g_bf16": b["rounds"][-1].get("loss_g"),
+            "agreement_fp32": f["teacher_agreement"],
+            "agreement_bf16": b["teacher_agreement"],
+            "seconds_fp32": f["seconds"],
+            "seconds_bf16": b["seconds"],
             # the term's own rounding: the fp32 run's last batch, evaluated in fp32 and under bf16
-            "same_batch_bn_fp32": f["last_batch_bn"]["fp32"], "same_batch_bn_bf16": f["last_batch_bn"]["bf16"],
+            "same_batch_bn_fp32": f["last_batch_bn"]["fp32"],
+            "same_batch_bn_bf16": f["last_batch_bn"]["bf16"],
             "same_batch_rel_diff": abs(f["last_batch_bn"]["bf16"] - f["last_batch_bn"]["fp32"])
             / max(abs(f["last_batch_bn"]["fp32"]), 1e-12),
         }
@@ -336,8 +415,15 @@ def read_steps(path: str) -> List[Dict[str, Any]]:
                 m = _STEP.match(line)
                 if m:
                     rc = int(m.group(2))
-                    steps.append({"step": m.group(1), "rc": rc, "seconds": int(m.group(3)), "limit": int(m.group(4)),
-                                  "status": "ok" if rc == 0 else ("timed out" if rc in (124, 137) else "failed")})
+                    steps.append(
+                        {
+                            "step": m.group(1),
+                            "rc": rc,
+                            "seconds": int(m.group(3)),
+                            "limit": int(m.group(4)),
+                            "status": "ok" if rc == 0 else ("timed out" if rc in (124, 137) else "failed"),
+                        }
+                    )
     except OSError:
         pass
     return steps
@@ -365,16 +451,24 @@ def report(out: str) -> str:
     try:
         with open(os.path.join(out, "env.json")) as fh:
             env = json.load(fh)
-        parts.append(f"{'Dry run (CPU)' if env.get('dry_run') else 'GPU run'} on {env.get('gpu') or env.get('machine')}"
-                     f", torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), commit {env.get('commit')}, "
-                     f"{env.get('time')}; cudnn TF32 {env.get('cudnn_allow_tf32')}, matmul TF32 "
-                     f"{env.get('matmul_allow_tf32')}.\n")
+        parts.append(
+            f"{'Dry run (CPU)' if env.get('dry_run') else 'GPU run'} on {env.get('gpu') or env.get('machine')}"
+            f", torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), commit {env.get('commit')}, "
+            f"{env.get('time')}; cudnn TF32 {env.get('cudnn_allow_tf32')}, matmul TF32 "
+            f"{env.get('matmul_allow_tf32')}.\n"
+        )
     except (OSError, ValueError):
         parts.append("(no env.json)\n")
     steps = read_steps(os.path.join(out, "steps.log"))
-    parts.append("## Steps\n\n" + markdown(["step", "status", "rc", "seconds", "limit"],
-                                           [[s["step"], s["status"], s["rc"], s["seconds"], s["limit"]] for s in steps],
-                                           "llrrr") + "\n")
+    parts.append(
+        "## Steps\n\n"
+        + markdown(
+            ["step", "status", "rc", "seconds", "limit"],
+            [[s["step"], s["status"], s["rc"], s["seconds"], s["limit"]] for s in steps],
+            "llrrr",
+        )
+        + "\n"
+    )
     parts.append(f"Tests: {tests_summary(os.path.join(out, 'tests.log'))}\n")
     try:
         with open(os.path.join(out, "perf.json")) as fh:
@@ -390,11 +484,22 @@ def report(out: str) -> str:
         rows = []
         for m, e in prec["methods"].items():
             s = e["summary"]
-            rows.append([m, _fmt(s["bn_tail_fp32"]), _fmt(s["bn_tail_bf16"]), _fmt(s["loss_g_fp32"]),
-                         _fmt(s["loss_g_bf16"]), _fmt(s["same_batch_bn_fp32"]), _fmt(s["same_batch_bn_bf16"]),
-                         _fmt(s["same_batch_rel_diff"], ".2%"), _fmt(s["agreement_fp32"], ".1%"),
-                         _fmt(s["agreement_bf16"], ".1%"), _fmt(s["seconds_fp32"], ".1f"),
-                         _fmt(s["seconds_bf16"], ".1f")])
+            rows.append(
+                [
+                    m,
+                    _fmt(s["bn_tail_fp32"]),
+                    _fmt(s["bn_tail_bf16"]),
+                    _fmt(s["loss_g_fp32"]),
+                    _fmt(s["loss_g_bf16"]),
+                    _fmt(s["same_batch_bn_fp32"]),
+                    _fmt(s["same_batch_bn_bf16"]),
+                    _fmt(s["same_batch_rel_diff"], ".2%"),
+                    _fmt(s["agreement_fp32"], ".1%"),
+                    _fmt(s["agreement_bf16"], ".1%"),
+                    _fmt(s["seconds_fp32"], ".1f"),
+                    _fmt(s["seconds_bf16"], ".1f"),
+                ]
+            )
         parts.append(
             f"## fp32 against bf16 synthesis\n\n{prec['pair']} on {prec['dataset']}-shaped tensors, {prec['device']}, "
             f"seed {prec['seed']}; teacher: {prec['teacher']}. BN tail: mean BN term over the last 10% of the "
@@ -402,9 +507,26 @@ def report(out: str) -> str:
             "under bf16; agreement: the teacher's argmax equals the target label on the kept images; seconds: "
             "the run's synthesis rounds (beside the tests step, so indicative only). Curves: "
             "precision_curves.csv.\n\n"
-            + markdown(["method", "BN tail fp32", "BN tail bf16", "loss_g fp32", "loss_g bf16", "same batch fp32",
-                        "same batch bf16", "rel. diff", "agree fp32", "agree bf16", "s fp32", "s bf16"], rows,
-                       "l" + "r" * 11) + "\n")
+            + markdown(
+                [
+                    "method",
+                    "BN tail fp32",
+                    "BN tail bf16",
+                    "loss_g fp32",
+                    "loss_g bf16",
+                    "same batch fp32",
+                    "same batch bf16",
+                    "rel. diff",
+                    "agree fp32",
+                    "agree bf16",
+                    "s fp32",
+                    "s bf16",
+                ],
+                rows,
+                "l" + "r" * 11,
+            )
+            + "\n"
+        )
     else:
         parts.append("## fp32 against bf16 synthesis\n\n(no precision.json)\n")
     text = "\n".join(parts)
@@ -423,8 +545,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--device", default="auto")
-    p.add_argument("--teacher", default=None, help="a teacher checkpoint for the comparison (default: untrained, "
-                                                   "BN statistics calibrated)")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="a teacher checkpoint for the comparison (default: untrained, BN statistics calibrated)",
+    )
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -434,13 +559,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         _write_json(os.path.join(args.out, "env.json"), env)
         print(json.dumps(env, indent=1))
         if not args.dry_run and not env["cuda_available"]:
-            print("gpu_check: no CUDA device here; use --dry-run (GPU_CHECK_DRY_RUN=1) for the CPU plan",
-                  file=sys.stderr)
+            print(
+                "gpu_check: no CUDA device here; use --dry-run (GPU_CHECK_DRY_RUN=1) for the CPU plan", file=sys.stderr
+            )
             return 3
         return 0
     if args.what == "precision":
-        compare([m for m in args.methods.split(",") if m], args.out, args.dry_run, args.device, args.teacher,
-                args.seed, log=lambda s: print(s, flush=True))
+        compare(
+            [m for m in args.methods.split(",") if m],
+            args.out,
+            args.dry_run,
+            args.device,
+            args.teacher,
+            args.seed,
+            log=lambda s: print(s, flush=True),
+        )
         return 0
     print(report(args.out))
     return 0

@@ -16,6 +16,7 @@ with the host (no ``.item()``, ``float()`` or ``if tensor:``).
 :func:`collapse_streak` counts the evaluations at chance at the end of a run
 (within one point of 100 / classes).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Tuple

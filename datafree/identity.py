@@ -24,6 +24,7 @@ when it matches; otherwise it is set aside as ``<cell>.stale-<n>/`` and run
 again), and by ``train-teacher`` (a teacher run is reused only for the same
 recipe and seed).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,22 @@ FINGERPRINT_FILE = "fingerprint.json"
 #: config keys that say where and how loudly a run runs, or how it is watched, not what it computes
 #: (the allocator and the evaluation batch change speed only; the collapse settings only when a run is
 #: marked or stopped, which :func:`datafree.runner.classify` checks on the record itself)
-NEUTRAL_KEYS = ("out", "progress", "log", "data_root", "model_zoo", "suite", "threads", "plugins", "tag",
-                "eval_batch_size", "cpu_malloc", "collapse_patience", "collapse_grace", "stop_on_collapse")
+NEUTRAL_KEYS = (
+    "out",
+    "progress",
+    "log",
+    "data_root",
+    "model_zoo",
+    "suite",
+    "threads",
+    "plugins",
+    "tag",
+    "eval_batch_size",
+    "cpu_malloc",
+    "collapse_patience",
+    "collapse_grace",
+    "stop_on_collapse",
+)
 
 
 def resolved_device(cfg: RunConfig, device_kind: Optional[str] = None) -> tuple:
@@ -77,6 +92,7 @@ def resolved_precision(cfg: RunConfig, device_kind: Optional[str] = None) -> Dic
 
     kind, amp = resolved_device(cfg, device_kind)
     return {"device": kind, "synthesis": synthesis_amp(cfg.amp, kind, synthesis_precision(cfg)), "distillation": amp}
+
 
 _SHA_CACHE: Dict[tuple, str] = {}
 
@@ -144,8 +160,10 @@ class Identity:
 def needs_teacher(cfg: RunConfig) -> bool:
     from .registry import DISTILLERS, SYNTHESIZERS
 
-    return bool(getattr(SYNTHESIZERS.get(cfg.synthesizer), "needs_teacher", True)
-                or getattr(DISTILLERS.get(cfg.distiller), "needs_teacher", True))
+    return bool(
+        getattr(SYNTHESIZERS.get(cfg.synthesizer), "needs_teacher", True)
+        or getattr(DISTILLERS.get(cfg.distiller), "needs_teacher", True)
+    )
 
 
 def teacher_path(cfg: RunConfig) -> Optional[str]:
@@ -193,8 +211,9 @@ def run_identity(cfg: RunConfig, teacher_file: Optional[str] = "auto", device_ki
         fields["teacher.sha256"] = file_sha256(teacher_file)
     try:
         spec = get_spec(cfg.dataset)
-        fields.update({"dataset.channels": spec.channels, "dataset.size": spec.size,
-                       "dataset.classes": spec.num_classes})
+        fields.update(
+            {"dataset.channels": spec.channels, "dataset.size": spec.size, "dataset.classes": spec.num_classes}
+        )
     except Exception:  # an image folder that is not there: the engine reports it
         pass
     return Identity(fingerprint_of(fields), fields)
@@ -248,7 +267,9 @@ def differences(old: Optional[Identity], new: Identity, limit: int = 6) -> str:
     for k in keys:
         a, b = old.fields.get(k, missing), new.fields.get(k, missing)
         if a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
-            diffs.append(f"{k} {'(unset)' if a is missing else _short(a)} -> {'(unset)' if b is missing else _short(b)}")
+            diffs.append(
+                f"{k} {'(unset)' if a is missing else _short(a)} -> {'(unset)' if b is missing else _short(b)}"
+            )
     if not diffs:
         return "the fingerprints differ"
     more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
@@ -277,5 +298,7 @@ def set_aside(run_dir: str) -> str:
 
 
 def has_records(run_dir: str) -> bool:
-    return any(os.path.exists(os.path.join(run_dir, f))
-               for f in ("summary.json", "metrics.jsonl", "checkpoint.pt", FINGERPRINT_FILE))
+    return any(
+        os.path.exists(os.path.join(run_dir, f))
+        for f in ("summary.json", "metrics.jsonl", "checkpoint.pt", FINGERPRINT_FILE)
+    )

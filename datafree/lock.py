@@ -8,6 +8,7 @@ lock file left behind by a killed run never blocks a resume: only a living
 holder does. The holder writes its pid (and host and start time) into the
 file, for the error message of whoever comes second.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -57,7 +58,8 @@ class DirLock:
             os.close(fd)
             raise LockedError(
                 f"{self.what} {self.directory} is in use by another process ({self.holder()}): "
-                "wait for it to finish or stop it; one directory has one owner at a time") from None
+                "wait for it to finish or stop it; one directory has one owner at a time"
+            ) from None
         os.ftruncate(fd, 0)
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode())

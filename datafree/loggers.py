@@ -23,6 +23,7 @@ Every logger has the same four calls (:class:`Logger`). A plugin adds one with `
 :class:`Logger` subclass whose constructor takes ``(run_dir, run_name, start_step)``; a ``requires`` tuple of
 ``(module, pip name)`` pairs lets a missing package fail when the config is checked, before any file is written.
 """
+
 from __future__ import annotations
 
 import csv
@@ -133,8 +134,9 @@ def installed(module: str) -> bool:
 
 def missing(name: str, pip_name: str) -> MissingPackageError:
     extra = f" (or pip install 'datafree[{name}]')" if name in ("wandb", "tensorboard") else ""
-    return MissingPackageError(f"log={name} needs the {pip_name} package, which is not installed here: "
-                               f"pip install {pip_name}{extra}")
+    return MissingPackageError(
+        f"log={name} needs the {pip_name} package, which is not installed here: pip install {pip_name}{extra}"
+    )
 
 
 def open_logger(spec: str, run_dir: str, run_name: str, start_step: int = 0) -> Logger:
@@ -149,9 +151,10 @@ def open_logger(spec: str, run_dir: str, run_name: str, start_step: int = 0) -> 
                 needs = dict(getattr(LOGGERS.get(n), "requires", ()))
                 if e.name in needs:
                     raise missing(n, needs[e.name]) from e
-                raise DatafreeError(f"log={n}: its package does not import here ({type(e).__name__}: {e}); "
-                                    f"reinstall it (pip install --force-reinstall {' '.join(needs.values()) or n})"
-                                    ) from e
+                raise DatafreeError(
+                    f"log={n}: its package does not import here ({type(e).__name__}: {e}); "
+                    f"reinstall it (pip install --force-reinstall {' '.join(needs.values()) or n})"
+                ) from e
     except BaseException:
         for lg in built:  # the ones already open are closed: no half-started W&B run is left behind
             try:
@@ -265,16 +268,18 @@ class TensorBoardLogger(Logger):
         from torch.utils.tensorboard import SummaryWriter
 
         # a resumed run hides what the killed attempt logged after its checkpoint
-        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"),
-                                    purge_step=start_step + 1 if start_step > 0 else None)
+        self.writer = SummaryWriter(
+            os.path.join(run_dir, "tensorboard"), purge_step=start_step + 1 if start_step > 0 else None
+        )
         self.start_step = start_step
 
     def config(self, values: Dict[str, Any]) -> None:
         import yaml
 
         text = yaml.safe_dump(values, sort_keys=False, default_flow_style=None)
-        self.writer.add_text("config", "".join("    " + line + "\n" for line in text.splitlines()),
-                             self.start_step)  # indented: markdown shows it as code
+        self.writer.add_text(
+            "config", "".join("    " + line + "\n" for line in text.splitlines()), self.start_step
+        )  # indented: markdown shows it as code
 
     def scalars(self, values: Dict[str, float], step: int) -> None:
         for k, v in values.items():
@@ -320,14 +325,21 @@ class WandbLogger(Logger):
         mode = os.environ.get("WANDB_MODE") or "offline"
         try:
             self.run = wandb.init(
-                dir=run_dir, id=run_id, resume="allow", name=run_name or None, mode=mode,
+                dir=run_dir,
+                id=run_id,
+                resume="allow",
+                name=run_name or None,
+                mode=mode,
                 project=os.environ.get("WANDB_PROJECT") or "datafree",
                 # console off: the run's own output (progress bar, log lines) stays as it is
-                settings=wandb.Settings(console="off", quiet=True))
+                settings=wandb.Settings(console="off", quiet=True),
+            )
         except Exception as e:  # noqa: BLE001 - W&B raises many kinds; the user needs one line
             first = first_line(e)
-            raise DatafreeError(f"log=wandb: wandb.init failed in mode {mode!r} ({type(e).__name__}: {first}); "
-                                "set WANDB_MODE=offline to log without a network, or run `wandb login`") from e
+            raise DatafreeError(
+                f"log=wandb: wandb.init failed in mode {mode!r} ({type(e).__name__}: {first}); "
+                "set WANDB_MODE=offline to log without a network, or run `wandb login`"
+            ) from e
         self._wandb = wandb
 
     def config(self, values: Dict[str, Any]) -> None:

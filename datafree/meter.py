@@ -6,6 +6,7 @@ without synchronising). GPU-hours are wall hours times the GPUs the run used
 (zero on CPU). Peak memory is ``torch.cuda.max_memory_allocated`` on GPU and
 the process's peak resident set size on CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,15 +77,19 @@ class Meter:
             "synthesis_seconds": self.seconds["synthesis"],
             "distill_seconds": self.seconds["distill"],
             "total_seconds": self.total_seconds,
-            "peak_memory_mb": self.peak_memory_bytes() / 2 ** 20,
+            "peak_memory_mb": self.peak_memory_bytes() / 2**20,
             "memory_kind": "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss",
             "images_synthesized": self.images_synthesized,
             "images_seen": self.images_seen,
         }
 
     def state_dict(self) -> Dict:
-        return {"seconds": dict(self.seconds), "images_synthesized": self.images_synthesized,
-                "images_seen": self.images_seen, "peak_cuda": self._peak_cuda}
+        return {
+            "seconds": dict(self.seconds),
+            "images_synthesized": self.images_synthesized,
+            "images_seen": self.images_seen,
+            "peak_cuda": self._peak_cuda,
+        }
 
     def load_state_dict(self, state: Dict) -> None:
         self.seconds.update(state["seconds"])

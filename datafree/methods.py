@@ -26,6 +26,7 @@ A method file (``datafree/configs/methods/<name>.yaml``) is a partial
 
 Plugins add methods with :func:`register_method` (a dict or a YAML path).
 """
+
 from __future__ import annotations
 
 import glob
@@ -47,14 +48,15 @@ def register_method(name: str, entry: Any, override: bool = False) -> Dict[str, 
     if isinstance(entry, (str, os.PathLike)):
         entry = load_yaml(os.fspath(entry))
     if not isinstance(entry, dict):
-        raise ConfigError(f"method {name!r}: entry must be a mapping or a YAML file path, "
-                          f"got {type(entry).__name__}")
+        raise ConfigError(f"method {name!r}: entry must be a mapping or a YAML file path, got {type(entry).__name__}")
     if "synthesizer" not in entry and "extends" not in entry:
         raise ConfigError(f"method {name!r}: entry must name a synthesizer (or extend a method)")
     sources = entry.get("sources") or {}
     if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
-        raise ConfigError(f"method {name!r}: sources must map a dataset or a pair (cifar10/resnet34-resnet18) "
-                          f"to one line of text, got {sources!r}")
+        raise ConfigError(
+            f"method {name!r}: sources must map a dataset or a pair (cifar10/resnet34-resnet18) "
+            f"to one line of text, got {sources!r}"
+        )
     presets = entry.get("presets") or {}
     if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
         raise ConfigError(f"method {name!r}: presets must map preset names to entries, got {presets!r}")
@@ -136,8 +138,9 @@ def dataset_section(sections: Dict[str, Any], dataset: str) -> tuple:
     return None, f"no section for {dataset} ({shape}) or its family: the top-level recipe"
 
 
-def method_layers_explained(name: str, dataset: str, teacher: Optional[str], student: str,
-                            teacher_arch: Optional[str] = None) -> List[tuple]:
+def method_layers_explained(
+    name: str, dataset: str, teacher: Optional[str], student: str, teacher_arch: Optional[str] = None
+) -> List[tuple]:
     """``(why, layer)`` for each config layer of a method, in the order they apply.
 
     The entry's top level, then its ``students`` section (shell patterns matched against the student's
@@ -169,8 +172,9 @@ def method_layers_explained(name: str, dataset: str, teacher: Optional[str], stu
     return [(w, l) for w, l in layers if l or w.startswith("no datasets")]
 
 
-def method_layers(name: str, dataset: str, teacher: Optional[str], student: str,
-                  teacher_arch: Optional[str] = None) -> List[Dict[str, Any]]:
+def method_layers(
+    name: str, dataset: str, teacher: Optional[str], student: str, teacher_arch: Optional[str] = None
+) -> List[Dict[str, Any]]:
     """Config layers for a method: its defaults, its students, dataset and pair sections."""
     return [layer for _, layer in method_layers_explained(name, dataset, teacher, student, teacher_arch) if layer]
 

@@ -30,6 +30,7 @@ spread (min, max).
 Each method is measured in a fresh subprocess, so peak memory (CUDA max
 allocated, or peak RSS on CPU) is the method's own.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timeit(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int,
-           before: Optional[Callable[[], Any]] = None) -> Dict[str, float]:
+def timeit(
+    fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int, before: Optional[Callable[[], Any]] = None
+) -> Dict[str, float]:
     """Median and range of ``fn``'s wall time; ``before`` runs untimed ahead of every call."""
     for _ in range(warmup):
         if before:
@@ -71,8 +73,12 @@ def timeit(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: in
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "max_ms": 1000 * max(times),
-            "repeats": repeats}
+    return {
+        "median_ms": 1000 * statistics.median(times),
+        "min_ms": 1000 * min(times),
+        "max_ms": 1000 * max(times),
+        "repeats": repeats,
+    }
 
 
 def _scaled(t: Dict[str, float], factor: float) -> Dict[str, float]:
@@ -135,8 +141,15 @@ def build(method: str, scale: str, device: str = "auto", overrides: Optional[Dic
     return ctx, synth, distiller, cfg
 
 
-def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 3, max_iters: int = 20,
-                   device: str = "auto", overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def measure_method(
+    method: str,
+    scale: str,
+    repeats: int = 5,
+    warmup: int = 3,
+    max_iters: int = 20,
+    device: str = "auto",
+    overrides: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     """Time one method at one scale (in this process)."""
     from .config import deep_merge
 
@@ -144,8 +157,16 @@ def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 3, m
     field, full_iters, gan = round_iterations(cfg)
     over = dict(overrides or {})
     if gan:  # just the GAN steps that are timed, and a small synthetic set to draw student batches from
-        over = deep_merge(over, {"synth": {"gan_steps": repeats + warmup, "pool_size": 4 * cfg.batch_size,
-                                           "synthetic_size": 2 * cfg.batch_size}})
+        over = deep_merge(
+            over,
+            {
+                "synth": {
+                    "gan_steps": repeats + warmup,
+                    "pool_size": 4 * cfg.batch_size,
+                    "synthetic_size": 2 * cfg.batch_size,
+                }
+            },
+        )
     timed_iters = full_iters
     if field and full_iters > max_iters:
         timed_iters = max_iters
@@ -179,16 +200,23 @@ def measure_method(method: str, scale: str, repeats: int = 5, warmup: int = 3, m
     step_t = _scaled(step_t, 1.0 / steps)
     floors = measure_floors(ctx, synth, distiller, cfg, repeats, warmup, steps)
     synth_per_iter = synth_t["median_ms"] / max(1, full_iters)
-    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss()) / 2 ** 20
+    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss()) / 2**20
     synth.close()
     return {
-        "method": method, "scale": scale, "device": str(dev), "batch_size": bs,
+        "method": method,
+        "scale": scale,
+        "device": str(dev),
+        "batch_size": bs,
         "synthesis_batch_size": getattr(synth.cfg, "synthesis_batch_size", None),
-        "round_iterations": full_iters, "timed_iterations": timed_iters,
-        "synthesis_round": synth_t, "student_step": step_t, "floor": floors,
+        "round_iterations": full_iters,
+        "timed_iterations": timed_iters,
+        "synthesis_round": synth_t,
+        "student_step": step_t,
+        "floor": floors,
         "synthesis_ratio": synth_per_iter / floors["synthesis_iteration"]["median_ms"],
         "student_ratio": step_t["median_ms"] / floors["student_step"]["median_ms"],
-        "peak_memory_mb": peak, "memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "cpu_peak_rss",
+        "peak_memory_mb": peak,
+        "memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "cpu_peak_rss",
         "precision": {"synthesis": synth.ctx.amp.mode, "distillation": ctx.amp.mode},
     }
 
@@ -217,8 +245,9 @@ def generator_calls_per_step(synth, n: int, steps: int) -> float:
     return len(calls) / steps
 
 
-def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps: int = 1
-                   ) -> Dict[str, Dict[str, float]]:
+def measure_floors(
+    ctx, synth, distiller, cfg, repeats: int, warmup: int, steps: int = 1
+) -> Dict[str, Dict[str, float]]:
     """The bare work of a student step and of one synthesis iteration at the method's batch sizes."""
     dev, spec = ctx.device, ctx.spec
     teacher, student = ctx.teacher, ctx.student
@@ -242,6 +271,7 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps:
     # counted as often as the method runs it per step
     gen_per_step = generator_calls_per_step(synth, bs, steps)
     if gen_per_step > 0:
+
         def generate():
             with torch.no_grad(), synth_amp.autocast():
                 synth.generate(synth.latent(bs))
@@ -279,15 +309,26 @@ def measure_floors(ctx, synth, distiller, cfg, repeats: int, warmup: int, steps:
         loss.backward()
         floor_opt.step()
 
-    return {"student_step": student_t, "synthesis_iteration": timeit(synth_floor, dev, repeats, warmup),
-            "generator_forwards_per_step": gen_per_step}
+    return {
+        "student_step": student_t,
+        "synthesis_iteration": timeit(synth_floor, dev, repeats, warmup),
+        "generator_forwards_per_step": gen_per_step,
+    }
 
 
 # --------------------------------------------------------------------------- many methods, one table
 
 
-def run_perf(methods: List[str], scales: List[str], repeats: int = 5, warmup: int = 3, max_iters: int = 20,
-             device: str = "auto", out_json: Optional[str] = None, log=print) -> List[Dict[str, Any]]:
+def run_perf(
+    methods: List[str],
+    scales: List[str],
+    repeats: int = 5,
+    warmup: int = 3,
+    max_iters: int = 20,
+    device: str = "auto",
+    out_json: Optional[str] = None,
+    log=print,
+) -> List[Dict[str, Any]]:
     """Measure each (method, scale) in its own subprocess; return the records."""
     records = []
     for scale in scales:
@@ -302,9 +343,11 @@ def run_perf(methods: List[str], scales: List[str], repeats: int = 5, warmup: in
                 continue
             rec = json.loads(proc.stdout.strip().splitlines()[-1])
             records.append(rec)
-            log(f"[perf] {m:<10} {scale:<6} synthesis {rec['synthesis_round']['median_ms']:.0f} ms/round "
+            log(
+                f"[perf] {m:<10} {scale:<6} synthesis {rec['synthesis_round']['median_ms']:.0f} ms/round "
                 f"(x{rec['synthesis_ratio']:.2f} floor), student {rec['student_step']['median_ms']:.0f} ms/step "
-                f"(x{rec['student_ratio']:.2f}), peak {rec['peak_memory_mb']:.0f} MB [{time.time() - t0:.0f} s]")
+                f"(x{rec['student_ratio']:.2f}), peak {rec['peak_memory_mb']:.0f} MB [{time.time() - t0:.0f} s]"
+            )
             if out_json:
                 from .results import atomic_write_json
 
@@ -318,8 +361,10 @@ def _precision_note(prec: Optional[Dict[str, str]]) -> str:
 
     if not prec or (prec.get("synthesis") == "off" and prec.get("distillation") == "off"):
         return ""
-    return (f" (synthesis {precision_name(prec.get('synthesis', 'off'))}, "
-            f"student {precision_name(prec.get('distillation', 'off'))})")
+    return (
+        f" (synthesis {precision_name(prec.get('synthesis', 'off'))}, "
+        f"student {precision_name(prec.get('distillation', 'off'))})"
+    )
 
 
 def perf_table(records: List[Dict[str, Any]]) -> str:
@@ -331,21 +376,42 @@ def perf_table(records: List[Dict[str, Any]]) -> str:
             rows.append([r["method"], r["scale"], "failed: " + r["error"]] + [""] * 7)
             continue
         s, st, fl = r["synthesis_round"], r["student_step"], r["floor"]
-        extrap = "" if r["timed_iterations"] == r["round_iterations"] else \
-            f" ({r['timed_iterations']} of {r['round_iterations']} its)"
-        rows.append([
-            r["method"], r["scale"],
-            f"{s['median_ms']:.0f} [{s['min_ms']:.0f}-{s['max_ms']:.0f}]{extrap}",
-            f"{st['median_ms']:.1f} [{st['min_ms']:.1f}-{st['max_ms']:.1f}]",
-            f"{fl['synthesis_iteration']['median_ms']:.1f}",
-            f"{fl['student_step']['median_ms']:.1f}"
-            + (f" (+{fl['generator_forwards_per_step']:.2g} G)" if fl.get("generator_forwards_per_step") else ""),
-            f"{r['synthesis_ratio']:.2f}", f"{r['student_ratio']:.2f}", f"{r['peak_memory_mb']:.0f}",
-            r["device"] + _precision_note(r.get("precision")),
-        ])
-    return markdown(["method", "scale", "synthesis ms/round [min-max]", "student ms/step [min-max]",
-                     "floor ms/synth iter", "floor ms/student step", "synth / floor", "student / floor",
-                     "peak MB", "device"], rows, "ll" + "r" * 7 + "l")
+        extrap = (
+            ""
+            if r["timed_iterations"] == r["round_iterations"]
+            else f" ({r['timed_iterations']} of {r['round_iterations']} its)"
+        )
+        rows.append(
+            [
+                r["method"],
+                r["scale"],
+                f"{s['median_ms']:.0f} [{s['min_ms']:.0f}-{s['max_ms']:.0f}]{extrap}",
+                f"{st['median_ms']:.1f} [{st['min_ms']:.1f}-{st['max_ms']:.1f}]",
+                f"{fl['synthesis_iteration']['median_ms']:.1f}",
+                f"{fl['student_step']['median_ms']:.1f}"
+                + (f" (+{fl['generator_forwards_per_step']:.2g} G)" if fl.get("generator_forwards_per_step") else ""),
+                f"{r['synthesis_ratio']:.2f}",
+                f"{r['student_ratio']:.2f}",
+                f"{r['peak_memory_mb']:.0f}",
+                r["device"] + _precision_note(r.get("precision")),
+            ]
+        )
+    return markdown(
+        [
+            "method",
+            "scale",
+            "synthesis ms/round [min-max]",
+            "student ms/step [min-max]",
+            "floor ms/synth iter",
+            "floor ms/student step",
+            "synth / floor",
+            "student / floor",
+            "peak MB",
+            "device",
+        ],
+        rows,
+        "ll" + "r" * 7 + "l",
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -13,6 +13,7 @@ plugin registered is recorded, and unknown-name errors raised afterwards say it
 (a plugin that registered nothing is the usual reason a new method is unknown).
 :func:`config_class` checks a synthesizer's or distiller's ``Config``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,9 +62,7 @@ class Registry:
                 raise ValueError(f"{self.kind}: a name is required to register {o!r}")
             key = key if name else key.lower()
             if key in self._entries and not override and self._entries[key] is not o:
-                raise DatafreeError(
-                    f"{self.kind} {key!r} is already registered; pass override=True to replace it"
-                )
+                raise DatafreeError(f"{self.kind} {key!r} is already registered; pass override=True to replace it")
             self._entries[key] = o
             if _RECORDING:  # a plugin is being imported: remember what it added, for unknown-name errors
                 _RECORDING[-1].append((self.kind, key))
@@ -168,9 +167,7 @@ def load_plugins(modules: Optional[List[Union[str, os.PathLike]]] = None, entry_
                 with _recording(ep.value, ep.module):
                     ep.load()
             except Exception as e:  # a broken plugin must not hide the others' names
-                raise DatafreeError(
-                    f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {e}"
-                ) from e
+                raise DatafreeError(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {e}") from e
             _PLUGINS_LOADED.add(key)
             loaded.append(ep.value)
     for mod in modules or []:
@@ -266,8 +263,9 @@ def config_class(owner: type, what: str) -> type:
     cfg = getattr(owner, "Config", None)
     name = getattr(owner, "__name__", repr(owner))
     if cfg is None:
-        raise ConfigError(f"{what} {name} has no Config: give it a @dataclass `class Config` "
-                          "(an empty one if it takes no parameters)")
+        raise ConfigError(
+            f"{what} {name} has no Config: give it a @dataclass `class Config` (an empty one if it takes no parameters)"
+        )
     # the class whose body defines Config names it in messages (it may be inherited)
     where = next((k.__name__ for k in getattr(owner, "__mro__", ()) if "Config" in vars(k)), name)
     if not isinstance(cfg, type):

@@ -21,6 +21,7 @@ it: file, sha256 prefix, published or trained here with which recipe, measured a
 cell whose measured teacher accuracy is more than :data:`TEACHER_TOLERANCE` points from the published
 teacher's (the reference's ``teacher`` row) carries :data:`TEACHER_MARK` and a footnote.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -33,8 +34,26 @@ import numpy as np
 
 #: the papers' row order; methods not listed follow alphabetically
 METHOD_ORDER = [
-    "teacher", "scratch", "scratch_cmi", "kd_real", "collected_kd", "dafl", "zskt", "dfad", "deepinv", "dfq", "cmi", "mbdfkd",
-    "predfkd", "cudfkd", "fast", "fast1", "fast2", "fast5", "fast10", "hidfd",
+    "teacher",
+    "scratch",
+    "scratch_cmi",
+    "kd_real",
+    "collected_kd",
+    "dafl",
+    "zskt",
+    "dfad",
+    "deepinv",
+    "dfq",
+    "cmi",
+    "mbdfkd",
+    "predfkd",
+    "cudfkd",
+    "fast",
+    "fast1",
+    "fast2",
+    "fast5",
+    "fast10",
+    "hidfd",
 ]
 
 
@@ -59,8 +78,7 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[object]], align: Opt
     """A GitHub markdown table. ``align``: one char per column, l or r."""
     align = align or "l" + "r" * (len(header) - 1)
     cells = [[_md_cell(c) for c in header]] + [[_md_cell(c) for c in r] for r in rows]
-    lines = ["| " + " | ".join(cells[0]) + " |",
-             "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
     return "\n".join(lines)
 
@@ -179,10 +197,18 @@ def skipped_section(skipped: Sequence[Dict[str, str]]) -> str:
     if not skipped:
         return ""
     rows = [[f"`{s.get('path', '?')}`", s.get("reason", "")] for s in skipped]
-    return "\n".join(["## Skipped records", "",
-                      "These records could not be read or are incomplete, so the tables above leave them out (a run "
-                      "whose metrics.jsonl is bad keeps its row, from summary.json, but has no curve). Repair or "
-                      "delete them and run `datafree table` again.", "", markdown(["path", "reason"], rows, "ll"), ""])
+    return "\n".join(
+        [
+            "## Skipped records",
+            "",
+            "These records could not be read or are incomplete, so the tables above leave them out (a run "
+            "whose metrics.jsonl is bad keeps its row, from summary.json, but has no curve). Repair or "
+            "delete them and run `datafree table` again.",
+            "",
+            markdown(["path", "reason"], rows, "ll"),
+            "",
+        ]
+    )
 
 
 def describe_skipped(skipped: Sequence[Dict[str, str]], limit: int = 3) -> str:
@@ -260,15 +286,24 @@ def teacher_source(r: Any) -> Optional[Dict[str, Any]]:
         if isinstance(recipe, dict):  # a checkpoint's recipe values, not only the name
             recipe = recipe.get("name") or "datafree"
         kind = _text(src.get("kind")) or "unknown"
-        return {"kind": kind, "file": _text(src.get("file")) or _text(get("teacher")),
-                "sha256": _text(src.get("sha256")) or _text(get("teacher_sha256")), "layout": _text(src.get("layout")),
-                "recipe": _text(recipe) or ("datafree" if kind == "trained" else None)}
+        return {
+            "kind": kind,
+            "file": _text(src.get("file")) or _text(get("teacher")),
+            "sha256": _text(src.get("sha256")) or _text(get("teacher_sha256")),
+            "layout": _text(src.get("layout")),
+            "recipe": _text(recipe) or ("datafree" if kind == "trained" else None),
+        }
     sha = _text(get("teacher_sha256"))
     path = _text(get("teacher_path"))
     if not sha and not path and not _clean([get("teacher_acc")]):
         return None  # a method without a teacher (scratch), or a record that cannot say
-    return {"kind": "unknown", "file": os.path.basename(path) if path else _text(get("teacher")), "sha256": sha,
-            "layout": None, "recipe": None}
+    return {
+        "kind": "unknown",
+        "file": os.path.basename(path) if path else _text(get("teacher")),
+        "sha256": sha,
+        "layout": None,
+        "recipe": None,
+    }
 
 
 def _rows_of(g) -> List[Dict[str, Any]]:
@@ -286,8 +321,12 @@ def _teacher_check(g, published: Optional[float]) -> Dict[str, Any]:
     """The teacher accuracies measured by the runs of one cell, and whether any is off the published one."""
     accs = sorted(set(round(a, 2) for a in _clean(g["teacher_acc"]))) if "teacher_acc" in g else []
     off = [a for a in accs if teacher_off(a, published)]
-    return {"teacher_acc": float(np.mean(accs)) if accs else None, "teacher_published": published,
-            "teacher_flag": bool(off), "teacher_off": off}
+    return {
+        "teacher_acc": float(np.mean(accs)) if accs else None,
+        "teacher_published": published,
+        "teacher_flag": bool(off),
+        "teacher_off": off,
+    }
 
 
 def teacher_rows(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
@@ -312,28 +351,48 @@ def teacher_rows(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -
         for e in groups.values():
             accs = sorted(set(round(a, 2) for a in e["accs"]))
             pub = published.get(p)
-            out.append({"dataset": dataset, "pair": p, **e["source"], "measured": accs, "published": pub,
-                        "flag": any(teacher_off(a, pub) for a in accs),
-                        "methods": order_methods(e["methods"]), "runs": e["runs"]})
+            out.append(
+                {
+                    "dataset": dataset,
+                    "pair": p,
+                    **e["source"],
+                    "measured": accs,
+                    "published": pub,
+                    "flag": any(teacher_off(a, pub) for a in accs),
+                    "methods": order_methods(e["methods"]),
+                    "runs": e["runs"],
+                }
+            )
     return out
 
 
 def teachers_section(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -> List[str]:
     """The "Teachers" list under a dataset's accuracy table (no lines when no run used a teacher)."""
     from .teacher import origin as teacher_origin  # not at import: teacher.py brings torch
+
     recs = teacher_rows(df, dataset, reference)
     if not recs:
         return []
     rows = []
     for t in recs:
         measured = ", ".join(f"{a:.2f}" for a in t["measured"]) or "-"
-        rows.append([t["pair"], f"`{t['file']}`" if t.get("file") else "?",
-                     f"`{t['sha256'][:12]}`" if t.get("sha256") else "-", teacher_origin(t),
-                     measured + (f" {TEACHER_MARK}" if t["flag"] else ""),
-                     "-" if t["published"] is None else f"{t['published']:.2f}", t["runs"]])
-    return ["", f"Teachers of the {dataset} cells (measured: the teacher's test accuracy as the runs measured it):",
-            "", markdown(["pair", "teacher file", "sha256", "origin", "measured", "published", "runs"], rows,
-                         "lllllrr")]
+        rows.append(
+            [
+                t["pair"],
+                f"`{t['file']}`" if t.get("file") else "?",
+                f"`{t['sha256'][:12]}`" if t.get("sha256") else "-",
+                teacher_origin(t),
+                measured + (f" {TEACHER_MARK}" if t["flag"] else ""),
+                "-" if t["published"] is None else f"{t['published']:.2f}",
+                t["runs"],
+            ]
+        )
+    return [
+        "",
+        f"Teachers of the {dataset} cells (measured: the teacher's test accuracy as the runs measured it):",
+        "",
+        markdown(["pair", "teacher file", "sha256", "origin", "measured", "published", "runs"], rows, "lllllrr"),
+    ]
 
 
 # --------------------------------------------------------------------------- tables
@@ -378,21 +437,45 @@ def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, An
                 if not vals and not c["diverged"] and pub is None:
                     continue
                 mean = float(np.mean(vals)) if vals else None
-                out.append({"dataset": dataset, "method": m, "pair": p, "status": group_status(**c),
-                            "seeds": len(vals), **c, "mean": mean,
-                            "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None, "published": pub,
-                            "delta": (mean - pub) if (mean is not None and pub is not None) else None,
-                            "real_data": _real_data(dm), **_teacher_check(g, teacher_pub.get(p))})
+                out.append(
+                    {
+                        "dataset": dataset,
+                        "method": m,
+                        "pair": p,
+                        "status": group_status(**c),
+                        "seeds": len(vals),
+                        **c,
+                        "mean": mean,
+                        "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+                        "published": pub,
+                        "delta": (mean - pub) if (mean is not None and pub is not None) else None,
+                        "real_data": _real_data(dm),
+                        **_teacher_check(g, teacher_pub.get(p)),
+                    }
+                )
         # the teacher row comes from the run records
         for p in pairs:
             t = _clean(d[d["pair"] == p]["teacher_acc"]) if "teacher_acc" in d else []
             pub = use_ref.get("teacher", {}).get(p)
             if t or pub is not None:
-                out.append({"dataset": dataset, "method": "teacher", "pair": p, "status": "finished" if t else None,
-                            "seeds": 1 if t else 0, "runs": 1 if t else 0, "diverged": 0, "collapsed": 0,
-                            "mean": t[0] if t else None, "std": None, "published": pub,
-                            "delta": (t[0] - pub) if (t and pub is not None) else None, "real_data": "",
-                            **_teacher_check(d[d["pair"] == p], pub)})
+                out.append(
+                    {
+                        "dataset": dataset,
+                        "method": "teacher",
+                        "pair": p,
+                        "status": "finished" if t else None,
+                        "seeds": 1 if t else 0,
+                        "runs": 1 if t else 0,
+                        "diverged": 0,
+                        "collapsed": 0,
+                        "mean": t[0] if t else None,
+                        "std": None,
+                        "published": pub,
+                        "delta": (t[0] - pub) if (t and pub is not None) else None,
+                        "real_data": "",
+                        **_teacher_check(d[d["pair"] == p], pub),
+                    }
+                )
     return out
 
 
@@ -421,8 +504,10 @@ def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, A
         if any(r["published"] is not None for r in rs):
             lines[0] += " Cells read `ours · published (ours − published)`; `-` where we have no run."
         if any(r["diverged"] for r in rs):
-            lines[0] += (" `diverged`: the run's loss became non-finite, so it has no accuracy; a diverged seed is left"
-                         " out of the mean of the others.")
+            lines[0] += (
+                " `diverged`: the run's loss became non-finite, so it has no accuracy; a diverged seed is left"
+                " out of the mean of the others."
+            )
         if any(r["collapsed"] for r in rs):
             lines[0] += " `(collapsed)`: the student ended near chance accuracy."
         lines += ["", markdown(["method"] + pairs, rows)]
@@ -437,7 +522,8 @@ def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, A
                 f"{TEACHER_MARK} {p}: teacher {', '.join(f'{a:.2f}%' for a in sorted(accs))} vs published {pub:.2f}%: "
                 f"the teacher behind these cells measures more than {TEACHER_TOLERANCE:g} points from the published "
                 "teacher's accuracy, so they are not comparable with the published cells as they stand"
-                for p, (accs, pub) in off.items()]
+                for p, (accs, pub) in off.items()
+            ]
         used = sorted({r["method"] for r in rs if r["published"] is not None})
         sources = _ref_sources(reference, dataset, "accuracy")
         if used and sources:
@@ -445,8 +531,10 @@ def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, A
             for m in used:
                 if sources.get(m):
                     by_source.setdefault(sources[m], []).append(m)
-            lines += ["", "Published numbers: " + "; ".join(f"{src} ({', '.join(ms)})" for src, ms in by_source.items())
-                      + "."]
+            lines += [
+                "",
+                "Published numbers: " + "; ".join(f"{src} ({', '.join(ms)})" for src, ms in by_source.items()) + ".",
+            ]
         lines += teachers_section(df, dataset, reference)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
@@ -466,7 +554,11 @@ def _cell(r: Optional[Dict[str, Any]]) -> str:
 
 
 def _hours_column(d) -> str:
-    return "gpu_hours" if "gpu_hours" in d and _clean(d["gpu_hours"]) and sum(_clean(d["gpu_hours"])) > 0 else "total_hours"
+    return (
+        "gpu_hours"
+        if "gpu_hours" in d and _clean(d["gpu_hours"]) and sum(_clean(d["gpu_hours"])) > 0
+        else "total_hours"
+    )
 
 
 def stability_rows(df) -> List[Dict[str, Any]]:
@@ -478,17 +570,31 @@ def stability_rows(df) -> List[Dict[str, Any]]:
         # a diverged run stopped where it broke: its accuracy, memory and time are not comparable with the others
         ok = g[g["status"] != "diverged"]
 
-        def mean(col):
+        def mean(col, ok=ok):
             v = _clean(ok[col]) if col in ok else []
             return float(np.mean(v)) if v else None
 
-        out.append({"dataset": dataset, "pair": pair, "method": method, "status": group_status(**c), "seeds": len(g),
-                    "diverged": c["diverged"], "collapsed": c["collapsed"],
-                    "mean_acc": mean("mean_acc"), "var_acc": mean("var_acc"), "best_acc": mean("best_acc"),
-                    "last_acc": mean("last_acc"), "peak_memory_mb": mean("peak_memory_mb"),
-                    "total_hours": mean("total_hours"), "gpu_hours": mean("gpu_hours"),
-                    "synthesis_hours": mean("synthesis_hours"), "images_synthesized": mean("images_synthesized"),
-                    "real_data": _real_data(g)})
+        out.append(
+            {
+                "dataset": dataset,
+                "pair": pair,
+                "method": method,
+                "status": group_status(**c),
+                "seeds": len(g),
+                "diverged": c["diverged"],
+                "collapsed": c["collapsed"],
+                "mean_acc": mean("mean_acc"),
+                "var_acc": mean("var_acc"),
+                "best_acc": mean("best_acc"),
+                "last_acc": mean("last_acc"),
+                "peak_memory_mb": mean("peak_memory_mb"),
+                "total_hours": mean("total_hours"),
+                "gpu_hours": mean("gpu_hours"),
+                "synthesis_hours": mean("synthesis_hours"),
+                "images_synthesized": mean("images_synthesized"),
+                "real_data": _real_data(g),
+            }
+        )
     order = {m: i for i, m in enumerate(order_methods(df["method"]))}
     return sorted(out, key=lambda r: (r["dataset"], r["pair"], order[r["method"]]))
 
@@ -507,17 +613,39 @@ def stability_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
     rows = []
     for r in stability_rows(df):
         c = (r["seeds"], r["diverged"], r["collapsed"])
-        row = [r["dataset"], r["pair"], method_label(r["method"], r["real_data"]), r["seeds"],
-               *(_acc_cell(_num(r[k]), *c) for k in ("mean_acc", "var_acc", "best_acc", "last_acc")),
-               _num(r["peak_memory_mb"], 0), _num(r["gpu_hours"] if gpu else r["total_hours"], 3),
-               _num(r["synthesis_hours"], 3)]
+        row = [
+            r["dataset"],
+            r["pair"],
+            method_label(r["method"], r["real_data"]),
+            r["seeds"],
+            *(_acc_cell(_num(r[k]), *c) for k in ("mean_acc", "var_acc", "best_acc", "last_acc")),
+            _num(r["peak_memory_mb"], 0),
+            _num(r["gpu_hours"] if gpu else r["total_hours"], 3),
+            _num(r["synthesis_hours"], 3),
+        ]
         if has_pub:
             pub = _ref(reference, r["dataset"], "stability").get(r["method"], {}).get(r["pair"], {})
-            row += [_num(pub.get("mean_acc"), 1), _num(pub.get("var_acc")), _num(pub.get("best_acc"), 1),
-                    _num(pub.get("peak_memory_gb"), 2), _num(pub.get("hours"), 2)]
+            row += [
+                _num(pub.get("mean_acc"), 1),
+                _num(pub.get("var_acc")),
+                _num(pub.get("best_acc"), 1),
+                _num(pub.get("peak_memory_gb"), 2),
+                _num(pub.get("hours"), 2),
+            ]
         rows.append(row)
-    header = ["dataset", "pair", "method", "seeds", "mean", "var", "best", "last", "peak mem (MB)",
-              "GPU-hours" if gpu else "hours (CPU)", "synthesis h"]
+    header = [
+        "dataset",
+        "pair",
+        "method",
+        "seeds",
+        "mean",
+        "var",
+        "best",
+        "last",
+        "peak mem (MB)",
+        "GPU-hours" if gpu else "hours (CPU)",
+        "synthesis h",
+    ]
     if has_pub:
         header += ["pub. mean", "pub. var", "pub. best", "pub. mem (GB)", "pub. hours"]
     return markdown(header, rows, "lllr" + "r" * (len(header) - 4))
@@ -528,11 +656,19 @@ def speed_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
     rows = []
     for r in stability_rows(df):
         pub = _ref(reference, r["dataset"], "synthesis_hours").get(r["method"], {}).get(r["pair"])
-        rows.append([r["dataset"], r["pair"], r["method"],
-                     _acc_cell(_num(r["last_acc"]), r["seeds"], r["diverged"], r["collapsed"]),
-                     _num(r["synthesis_hours"], 3), _num(pub, 2)])
-    return markdown(["dataset", "pair", "method", "last acc", "synthesis h (ours)", "synthesis h (published)"], rows,
-                    "lllrrr")
+        rows.append(
+            [
+                r["dataset"],
+                r["pair"],
+                r["method"],
+                _acc_cell(_num(r["last_acc"]), r["seeds"], r["diverged"], r["collapsed"]),
+                _num(r["synthesis_hours"], 3),
+                _num(pub, 2),
+            ]
+        )
+    return markdown(
+        ["dataset", "pair", "method", "last acc", "synthesis h (ours)", "synthesis h (published)"], rows, "lllrrr"
+    )
 
 
 def runs_table(df) -> str:
@@ -545,46 +681,93 @@ def runs_table(df) -> str:
     rows = []
     for _, r in d.iterrows():
         c = (1, int(r["status"] == "diverged"), int(r["status"] == "collapsed"))
-        rows.append([
-            r["dataset"], method_label(r["method"], r.get("uses_real_data") or ""), r["pair"], int(r["seed"]),
-            run_status_text(r), *(_acc_cell(_num(r[k]), *c) for k in ("best_acc", "last_acc", "mean_acc", "var_acc")),
-            _num(r.get("peak_memory_mb"), 0), _num(r.get("total_seconds"), 0),
-            _num(r.get("synthesis_seconds"), 0), _num(r.get("gpu_hours"), 3),
-            f"{int(_clean([r.get('images_synthesized')])[0]) if _clean([r.get('images_synthesized')]) else 0:,}",
-        ])
-    header = ["dataset", "method", "pair", "seed", "status", "best", "last", "mean", "var", "peak mem (MB)",
-              "wall (s)", "synthesis (s)", "GPU-h", "images synthesized"]
+        rows.append(
+            [
+                r["dataset"],
+                method_label(r["method"], r.get("uses_real_data") or ""),
+                r["pair"],
+                int(r["seed"]),
+                run_status_text(r),
+                *(_acc_cell(_num(r[k]), *c) for k in ("best_acc", "last_acc", "mean_acc", "var_acc")),
+                _num(r.get("peak_memory_mb"), 0),
+                _num(r.get("total_seconds"), 0),
+                _num(r.get("synthesis_seconds"), 0),
+                _num(r.get("gpu_hours"), 3),
+                f"{int(_clean([r.get('images_synthesized')])[0]) if _clean([r.get('images_synthesized')]) else 0:,}",
+            ]
+        )
+    header = [
+        "dataset",
+        "method",
+        "pair",
+        "seed",
+        "status",
+        "best",
+        "last",
+        "mean",
+        "var",
+        "peak mem (MB)",
+        "wall (s)",
+        "synthesis (s)",
+        "GPU-h",
+        "images synthesized",
+    ]
     return markdown(header, rows, "lllrl" + "r" * 9)
 
 
-def tables_markdown(df, title: str = "Results", note: str = "", reference: Optional[Dict[str, Any]] = None,
-                    metric: str = "last_acc", skipped: Optional[Sequence[Dict[str, str]]] = None,
-                    figures: Sequence[str] = ()) -> str:
+def tables_markdown(
+    df,
+    title: str = "Results",
+    note: str = "",
+    reference: Optional[Dict[str, Any]] = None,
+    metric: str = "last_acc",
+    skipped: Optional[Sequence[Dict[str, str]]] = None,
+    figures: Sequence[str] = (),
+) -> str:
     """The README: accuracy, stability (and synthesis time) and per-run tables, then ``figures`` (markdown
     lines) and the "Skipped records" section. ``skipped`` defaults to ``df.attrs["skipped"]`` (from load_runs)."""
     df = _frame(df)
     skipped = list(df.attrs.get("skipped", []) if skipped is None else skipped)
     machines = sorted({m for m in df["machine"] if isinstance(m, str)}) if len(df) and "machine" in df else []
-    lines = [f"# {title}", "",
-             f"Generated by `datafree table` on {datetime.date.today().isoformat()} from {len(df)} run records."]
+    lines = [
+        f"# {title}",
+        "",
+        f"Generated by `datafree table` on {datetime.date.today().isoformat()} from {len(df)} run records.",
+    ]
     if skipped:
-        lines[-1] += (f" {len(skipped)} record{'s' if len(skipped) != 1 else ''} could not be used: see "
-                      "[Skipped records](#skipped-records).")
+        lines[-1] += (
+            f" {len(skipped)} record{'s' if len(skipped) != 1 else ''} could not be used: see "
+            "[Skipped records](#skipped-records)."
+        )
     if machines:
         lines.append("Measured on: " + "; ".join(machines) + ".")
     if note:
         lines += ["", note.strip()]
-    lines += ["", "## Accuracy", "", accuracy_table(df, metric, reference), "",
-              "## Stability and resources", "",
-              "mean/var: mean and variance of test accuracy over all evaluations of a run (averaged over seeds); "
-              "best/last: at the best and the last evaluation. Peak memory is CUDA max-allocated on GPU and the "
-              "process's peak RSS on CPU. GPU-hours are wall hours x GPUs (CPU runs show wall hours instead).",
-              "", stability_table(df, reference), ""]
+    lines += [
+        "",
+        "## Accuracy",
+        "",
+        accuracy_table(df, metric, reference),
+        "",
+        "## Stability and resources",
+        "",
+        "mean/var: mean and variance of test accuracy over all evaluations of a run (averaged over seeds); "
+        "best/last: at the best and the last evaluation. Peak memory is CUDA max-allocated on GPU and the "
+        "process's peak RSS on CPU. GPU-hours are wall hours x GPUs (CPU runs show wall hours instead).",
+        "",
+        stability_table(df, reference),
+        "",
+    ]
     if any(_ref(reference, d, "synthesis_hours") for d in df["dataset"].unique()):
-        lines += ["## Synthesis time", "",
-                  "Synthesis hours are wall hours of the synthesis phase (GPU-synchronised on GPU); the published "
-                  "ones were measured on the authors' GPUs, ours on the machine named above.", "",
-                  speed_table(df, reference), ""]
+        lines += [
+            "## Synthesis time",
+            "",
+            "Synthesis hours are wall hours of the synthesis phase (GPU-synchronised on GPU); the published "
+            "ones were measured on the authors' GPUs, ours on the machine named above.",
+            "",
+            speed_table(df, reference),
+            "",
+        ]
     lines += ["## Per run", "", runs_table(df), ""]
     text = "\n".join(lines)
     if figures:
@@ -594,8 +777,15 @@ def tables_markdown(df, title: str = "Results", note: str = "", reference: Optio
     return text
 
 
-def write_tables(df, out_dir: str, title: str = "Results", reference: Optional[str] = None, note: str = "",
-                 metric: str = "last_acc", readme: Optional[str] = None) -> str:
+def write_tables(
+    df,
+    out_dir: str,
+    title: str = "Results",
+    reference: Optional[str] = None,
+    note: str = "",
+    metric: str = "last_acc",
+    readme: Optional[str] = None,
+) -> str:
     """README.md (markdown tables), accuracy.csv, stability.csv, curves.png and acc_vs_hours.png in ``out_dir``.
 
     The README lists the records that could not be used: ``df.attrs["skipped"]`` (as load_runs leaves it) and,
@@ -610,8 +800,10 @@ def write_tables(df, out_dir: str, title: str = "Results", reference: Optional[s
     df = _frame(df)
     skipped = list(df.attrs.get("skipped", []))
     acc_rows = [{k: v for k, v in r.items() if k != "teacher_off"} for r in accuracy_rows(df, metric, ref)]
-    files = {os.path.join(out_dir, "accuracy.csv"): pd.DataFrame(acc_rows).to_csv(index=False),
-             os.path.join(out_dir, "stability.csv"): pd.DataFrame(stability_rows(df)).to_csv(index=False)}
+    files = {
+        os.path.join(out_dir, "accuracy.csv"): pd.DataFrame(acc_rows).to_csv(index=False),
+        os.path.join(out_dir, "stability.csv"): pd.DataFrame(stability_rows(df)).to_csv(index=False),
+    }
     figures: List[str] = []
     if "run_dir" in df and len(df):
         files[os.path.join(out_dir, "curves.png")] = _curves_png(_curves(df, skipped, base=out_dir), title)
@@ -648,8 +840,9 @@ def _plt():
     return plt
 
 
-def _curves(runs, skipped: Optional[List[Dict[str, str]]] = None,
-            base: Optional[str] = None) -> List[Tuple[str, List[Tuple[float, Optional[float]]]]]:
+def _curves(
+    runs, skipped: Optional[List[Dict[str, str]]] = None, base: Optional[str] = None
+) -> List[Tuple[str, List[Tuple[float, Optional[float]]]]]:
     """(label, points) per run that has evaluations.
 
     ``runs``: a frame from load_runs (its ``curve`` column holds the points, read already; rows in run-directory
@@ -679,8 +872,12 @@ def _curves(runs, skipped: Optional[List[Dict[str, str]]] = None,
             except (OSError, RecordError) as e:
                 if skipped is not None:
                     why = f"cannot be read: {e.strerror or e}" if isinstance(e, OSError) else str(e)
-                    skipped.append({"path": os.path.relpath(path, base) if base else path,
-                                    "reason": f"{why}; its curve is left out"})
+                    skipped.append(
+                        {
+                            "path": os.path.relpath(path, base) if base else path,
+                            "reason": f"{why}; its curve is left out",
+                        }
+                    )
                 continue
         if not isinstance(points, list) or not points:
             continue
@@ -696,8 +893,14 @@ def _curves_png(curves, title: str = "") -> bytes:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for label, points in curves:
         # a null accuracy (the engine's record of a non-finite one) is a gap in the line
-        ax.plot([e for e, _ in points], [math.nan if a is None else a for _, a in points], marker="o", ms=2.5,
-                lw=1.2, label=label)
+        ax.plot(
+            [e for e, _ in points],
+            [math.nan if a is None else a for _, a in points],
+            marker="o",
+            ms=2.5,
+            lw=1.2,
+            label=label,
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     if title:
@@ -787,9 +990,11 @@ def save_sample_grid(images, labels, path: str, ncol: int = 8, cell: int = 40) -
 #: results folders with tables of their own making, linked from the index rather than tabulated from their runs
 #: (results/parity: benchmarks/parity/parity.py's table of ours against the reference code)
 LINKED_FOLDERS = {
-    "parity": ("Parity with the reference code",
-               "Each method run by our code and by its authors' code on MNIST lenet5_bn -> lenet5_half, same teacher "
-               "file and budget: accuracy and seconds per epoch, side by side"),
+    "parity": (
+        "Parity with the reference code",
+        "Each method run by our code and by its authors' code on MNIST lenet5_bn -> lenet5_half, same teacher "
+        "file and budget: accuracy and seconds per epoch, side by side",
+    ),
 }
 
 
@@ -800,10 +1005,14 @@ def write_index(root: str = "results", title: str = "Results measured by this pr
     """
     from .results import atomic_write_text, load_runs
 
-    lines = [f"# {title}", "",
-             "Every number here comes from a run record (summary.json) under this folder, made by this project; "
-             f"regenerate with `datafree table {root} --index`. Each section links its folder's full tables "
-             "(stability, resources, per-run rows, curves).", ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Every number here comes from a run record (summary.json) under this folder, made by this project; "
+        f"regenerate with `datafree table {root} --index`. Each section links its folder's full tables "
+        "(stability, resources, per-run rows, curves).",
+        "",
+    ]
     for name in sorted(os.listdir(root)):
         d = os.path.join(root, name)
         if not os.path.isdir(d) or name in ("runs", "teachers") or name in LINKED_FOLDERS:
@@ -824,9 +1033,14 @@ def write_index(root: str = "results", title: str = "Results measured by this pr
             with open(suite) as f:
                 reference = (yaml.safe_load(f) or {}).get("reference")
         ref = load_reference(reference) if reference and os.path.isfile(reference) else None
-        lines += [f"## {name}", "",
-                  f"{len(df)} runs, {dates[0]} to {dates[-1]}, on {machines}. Full tables: [{name}/README.md]({name}/README.md)."
-                  if dates else f"{len(df)} runs on {machines}."]
+        lines += [
+            f"## {name}",
+            "",
+            f"{len(df)} runs, {dates[0]} to {dates[-1]}, on {machines}. "
+            f"Full tables: [{name}/README.md]({name}/README.md)."
+            if dates
+            else f"{len(df)} runs on {machines}.",
+        ]
         if skipped:
             lines[-1] += f" {describe_skipped(skipped)}."
         lines += ["", accuracy_table(df, reference=ref), ""]
@@ -834,9 +1048,13 @@ def write_index(root: str = "results", title: str = "Results measured by this pr
         if os.path.isfile(os.path.join(root, name, "README.md")):
             lines += [f"## {heading}", "", f"{text}: [{name}/README.md]({name}/README.md).", ""]
     if os.path.isfile(os.path.join(root, "perf.md")):
-        lines += ["## Speed and memory", "",
-                  "Each method's synthesis round and student step against its compute floor, and our DeepInversion, "
-                  "CMI and Fast-10 against the reference code: [perf.md](perf.md).", ""]
+        lines += [
+            "## Speed and memory",
+            "",
+            "Each method's synthesis round and student step against its compute floor, and our DeepInversion, "
+            "CMI and Fast-10 against the reference code: [perf.md](perf.md).",
+            "",
+        ]
     text = "\n".join(lines)
     atomic_write_text(os.path.join(root, "README.md"), text)
     return text

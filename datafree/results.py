@@ -7,6 +7,7 @@ also ``pool.pt``, its synthetic pool, for ``datafree export``). Every file is
 written to a temporary name in the same directory and renamed into place, so
 a killed process leaves the previous complete version, never half a file.
 """
+
 from __future__ import annotations
 
 import glob
@@ -184,13 +185,23 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
 
 def git_commit(cwd: Optional[str] = None) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd or os.path.dirname(__file__),
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=cwd or os.path.dirname(__file__),
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         commit = out.stdout.strip()
         if not commit:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd or os.path.dirname(__file__), capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd or os.path.dirname(__file__),
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return commit + ("+dirty" if dirty.stdout.strip() else "")
     except Exception:
         return "unknown"
@@ -226,9 +237,11 @@ def find_summaries(root: str) -> List[str]:
     import re
 
     stale = re.compile(r"\.stale-\d+$")
-    return sorted(p for p in glob.glob(os.path.join(root, "**", "summary.json"), recursive=True)
-                  if os.path.isfile(p) and not any(stale.search(part) for part in
-                                                   os.path.relpath(p, root).split(os.sep)[:-1]))
+    return sorted(
+        p
+        for p in glob.glob(os.path.join(root, "**", "summary.json"), recursive=True)
+        if os.path.isfile(p) and not any(stale.search(part) for part in os.path.relpath(p, root).split(os.sep)[:-1])
+    )
 
 
 #: run statuses of summary.json; a record without one (older engines) finished
@@ -334,9 +347,12 @@ def load_runs(root: str):
             s["curve"] = read_curve(metrics)
         except (OSError, RecordError) as e:
             s["curve"] = None
-            skipped.append({"path": os.path.relpath(metrics, root),
-                            "reason": f"{_why(e)}; the run's table row comes from its summary.json, "
-                                      "its curve is left out"})
+            skipped.append(
+                {
+                    "path": os.path.relpath(metrics, root),
+                    "reason": f"{_why(e)}; the run's table row comes from its summary.json, its curve is left out",
+                }
+            )
         rows.append(s)
     df = pd.DataFrame(rows)
     df.attrs["skipped"] = skipped

@@ -33,6 +33,7 @@ A finished cell is reused only when its record's fingerprint is the cell's
 (:mod:`datafree.identity`); a stale one is kept aside as ``<cell>.stale-<n>/``
 and the cell runs again. One ``bench`` process owns a suite folder at a time.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -68,8 +69,14 @@ class Cell:
         return f"{self.dataset}/{self.entry}/{self.teacher or 'none'}-{self.student}/s{self.seed}"
 
     def user_config(self) -> Dict[str, Any]:
-        base = {"method": self.method, "dataset": self.dataset, "teacher": self.teacher, "student": self.student,
-                "seed": self.seed, "out": self.out}
+        base = {
+            "method": self.method,
+            "dataset": self.dataset,
+            "teacher": self.teacher,
+            "student": self.student,
+            "seed": self.seed,
+            "out": self.out,
+        }
         return deep_merge(base, self.overrides)
 
 
@@ -108,16 +115,34 @@ def find_suite(path: str) -> str:
     here = os.path.join("benchmarks", "suites", f"{path}.yaml")
     if os.path.isfile(here):
         return here
-    known = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join("benchmarks", "suites"))) \
-        if os.path.isdir(os.path.join("benchmarks", "suites")) else []
+    known = (
+        sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join("benchmarks", "suites")))
+        if os.path.isdir(os.path.join("benchmarks", "suites"))
+        else []
+    )
     from .errors import UnknownNameError
 
     raise UnknownNameError("suite", path, known)
 
 
 #: every key a suite file may hold (docs/suites.md explains each)
-SUITE_KEYS = ("name", "out", "dataset", "pairs", "methods", "exclude", "seeds", "reference", "teacher_training",
-              "defaults", "overrides", "variants", "note", "plugins", "extends")
+SUITE_KEYS = (
+    "name",
+    "out",
+    "dataset",
+    "pairs",
+    "methods",
+    "exclude",
+    "seeds",
+    "reference",
+    "teacher_training",
+    "defaults",
+    "overrides",
+    "variants",
+    "note",
+    "plugins",
+    "extends",
+)
 PAIR_KEYS = ("dataset", "teacher", "student", "defaults", "overrides")
 #: the keys of a pair that name it (the others set its budget: the pair's own defaults and per-method overrides)
 PAIR_NAME_KEYS = ("dataset", "teacher", "student")
@@ -125,12 +150,17 @@ PAIR_NAME_KEYS = ("dataset", "teacher", "student")
 
 def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
     """Every suite value has the type docs/suites.md gives it; else one ConfigError naming key and value."""
+
     def bad(key: str, want: str) -> ConfigError:
         return ConfigError(f"suite {path}: {key} must be {want}, got {raw[key]!r}")
 
     def str_or_list(key: str) -> None:
         v = raw.get(key)
-        if v is not None and not isinstance(v, str) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+        if (
+            v is not None
+            and not isinstance(v, str)
+            and not (isinstance(v, list) and all(isinstance(x, str) for x in v))
+        ):
             raise bad(key, "a name or a list of names")
 
     for key in ("name", "out", "dataset", "reference", "note"):
@@ -142,7 +172,11 @@ def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
     str_or_list("exclude")
     str_or_list("plugins")
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+    ):
         raise bad("seeds", "a non-empty list of integers, e.g. [0, 1, 2]")
     for key in ("defaults", "teacher_training"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
@@ -155,16 +189,24 @@ def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
             raise bad(key, "a mapping of method names to mappings of run-config keys")
     # a cell's identity (its folder, seed, pair and method) is the suite's layout, not an override
     identity_keys = ("method", "dataset", "teacher", "student", "seed", "out")
-    layers = [("defaults", raw.get("defaults") or {})] + [(f"overrides.{m}", v) for m, v in (raw.get("overrides") or {}).items()]
-    layers += [(f"variants.{m}", {k: x for k, x in v.items() if k != "method"}) for m, v in (raw.get("variants") or {}).items()]
+    layers = [("defaults", raw.get("defaults") or {})] + [
+        (f"overrides.{m}", v) for m, v in (raw.get("overrides") or {}).items()
+    ]
+    layers += [
+        (f"variants.{m}", {k: x for k, x in v.items() if k != "method"}) for m, v in (raw.get("variants") or {}).items()
+    ]
     for where, layer in layers:
         for k in identity_keys:
             if k in layer:
-                raise ConfigError(f"suite {path}: {where} sets {k!r}, which the suite's layout decides "
-                                  f"(pairs, seeds, methods, out); set it there instead")
+                raise ConfigError(
+                    f"suite {path}: {where} sets {k!r}, which the suite's layout decides "
+                    f"(pairs, seeds, methods, out); set it there instead"
+                )
     for name, v in (raw.get("variants") or {}).items():
         if not isinstance(v.get("method"), str):
-            raise ConfigError(f"suite {path}: variant {name!r} must name its method (a string), got {v.get('method')!r}")
+            raise ConfigError(
+                f"suite {path}: variant {name!r} must name its method (a string), got {v.get('method')!r}"
+            )
     for p in raw.get("pairs") or []:
         if isinstance(p, dict):
             for k in PAIR_NAME_KEYS:
@@ -172,25 +214,31 @@ def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
                     raise ConfigError(f"suite {path}: pair {p!r}: {k} must be a string")
             name = f"{p.get('teacher')}->{p.get('student')}"
             if p.get("defaults") is not None and not isinstance(p["defaults"], dict):
-                raise ConfigError(f"suite {path}: pair {name}: defaults must be a mapping of run-config keys, "
-                                  f"got {p['defaults']!r}")
+                raise ConfigError(
+                    f"suite {path}: pair {name}: defaults must be a mapping of run-config keys, got {p['defaults']!r}"
+                )
             over = p.get("overrides")
             if over is not None and (not isinstance(over, dict) or not all(isinstance(x, dict) for x in over.values())):
-                raise ConfigError(f"suite {path}: pair {name}: overrides must be a mapping of method names to "
-                                  f"mappings of run-config keys, got {over!r}")
+                raise ConfigError(
+                    f"suite {path}: pair {name}: overrides must be a mapping of method names to "
+                    f"mappings of run-config keys, got {over!r}"
+                )
             pair_layers = [(f"pair {name}: defaults", p.get("defaults") or {})]
             pair_layers += [(f"pair {name}: overrides.{m}", v) for m, v in (over or {}).items()]
             for where, layer in pair_layers:
                 for k in identity_keys:
                     if k in layer:
-                        raise ConfigError(f"suite {path}: {where} sets {k!r}, which the suite's layout decides "
-                                          f"(pairs, seeds, methods, out); set it there instead")
+                        raise ConfigError(
+                            f"suite {path}: {where} sets {k!r}, which the suite's layout decides "
+                            f"(pairs, seeds, methods, out); set it there instead"
+                        )
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"suite {path}: seeds {seeds} lists a seed twice")
     ref = raw.get("reference")
     if ref and not os.path.isfile(ref):
-        raise ConfigError(f"suite {path}: reference file {ref} does not exist (published numbers live in "
-                          "benchmarks/reference/)")
+        raise ConfigError(
+            f"suite {path}: reference file {ref} does not exist (published numbers live in benchmarks/reference/)"
+        )
 
 
 def _raw_suite(path: str, seen: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -246,18 +294,29 @@ def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
         for m in pair_over:
             if m not in METHODS and m not in (raw.get("variants") or {}):
                 # a typo in a pair's overrides would silently skip them: fail with suggestions
-                raise UnknownNameError(f"method or variant in the overrides of pair {p.get('teacher')}->"
-                                       f"{p['student']} in suite {path}",
-                                       str(m), METHODS.list() + list(raw.get("variants") or {}))
-        pairs.append({"dataset": ds, "teacher": p.get("teacher"), "student": p["student"],
-                      "defaults": _dotted(p.get("defaults") or {}), "overrides": pair_over})
+                raise UnknownNameError(
+                    f"method or variant in the overrides of pair {p.get('teacher')}->{p['student']} in suite {path}",
+                    str(m),
+                    METHODS.list() + list(raw.get("variants") or {}),
+                )
+        pairs.append(
+            {
+                "dataset": ds,
+                "teacher": p.get("teacher"),
+                "student": p["student"],
+                "defaults": _dotted(p.get("defaults") or {}),
+                "overrides": pair_over,
+            }
+        )
     if not pairs:
         raise ConfigError(f"suite {path} lists no pairs")
     seen = set()
     for p in pairs:
         key = (p["dataset"], p["teacher"], p["student"])  # a pair is named by these, not by its budget
         if key in seen:
-            raise ConfigError(f"suite {path}: the pair {p['teacher']} -> {p['student']} on {p['dataset']} is listed twice")
+            raise ConfigError(
+                f"suite {path}: the pair {p['teacher']} -> {p['student']} on {p['dataset']} is listed twice"
+            )
         seen.add(key)
     variants, variant_pairs = {}, {}
     pair_names = [f"{p['teacher']}->{p['student']}" for p in pairs]
@@ -269,8 +328,9 @@ def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
         if "pairs" in v:  # a row for some of the suite's pairs only (a teacher's own saved set, say)
             only = v.pop("pairs")
             if not isinstance(only, list) or not only or not all(isinstance(x, str) for x in only):
-                raise ConfigError(f"suite {path}: variant {vname!r}: pairs must be a list of \"teacher->student\" "
-                                  f"names, got {only!r}")
+                raise ConfigError(
+                    f'suite {path}: variant {vname!r}: pairs must be a list of "teacher->student" names, got {only!r}'
+                )
             for x in only:
                 if x not in pair_names:
                     raise UnknownNameError(f"pair of variant {vname!r} in suite {path}", x, pair_names)
@@ -299,16 +359,26 @@ def load_suite(path: str, plugins: Optional[List[str]] = None) -> Suite:
         if m not in METHODS:
             METHODS.get(m)
     return Suite(
-        name=name, out=raw.get("out") or os.path.join("results", name), pairs=pairs, methods=list(methods),
-        seeds=[int(s) for s in raw.get("seeds", [0])], defaults=_dotted(raw.get("defaults", {})),
-        overrides=overrides, teacher_training=_dotted(raw.get("teacher_training", {})), variants=variants,
+        name=name,
+        out=raw.get("out") or os.path.join("results", name),
+        pairs=pairs,
+        methods=list(methods),
+        seeds=[int(s) for s in raw.get("seeds", [0])],
+        defaults=_dotted(raw.get("defaults", {})),
+        overrides=overrides,
+        teacher_training=_dotted(raw.get("teacher_training", {})),
+        variants=variants,
         variant_pairs=variant_pairs,
-        reference=raw.get("reference"), path=path, raw=raw, plugins=suite_plugins,
+        reference=raw.get("reference"),
+        path=path,
+        raw=raw,
+        plugins=suite_plugins,
     )
 
 
-def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] = None,
-           out: Optional[str] = None) -> List[Cell]:
+def expand(
+    suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] = None, out: Optional[str] = None
+) -> List[Cell]:
     """Every (pair, method, seed) cell of the suite; ``only`` keeps names matching a pattern or substring."""
     cells = []
     root = out or suite.out
@@ -316,12 +386,15 @@ def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] 
         for entry in suite.methods:
             variant = dict(suite.variants.get(entry, {}))
             method = variant.pop("method", entry)
-            if entry in suite.variant_pairs and f"{pair['teacher']}->{pair['student']}" not in suite.variant_pairs[entry]:
+            if (
+                entry in suite.variant_pairs
+                and f"{pair['teacher']}->{pair['student']}" not in suite.variant_pairs[entry]
+            ):
                 continue
             for seed in seeds or suite.seeds:
                 base = method.split(":")[0]  # a method's overrides apply to its presets (the preset's own win)
 
-                def method_layer(table: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+                def method_layer(table: Dict[str, Dict[str, Any]], method=method, base=base) -> Dict[str, Any]:
                     own = table.get(method, {})
                     return deep_merge(table.get(base, {}), own) if base != method else own
 
@@ -337,10 +410,13 @@ def expand(suite: Suite, seeds: Optional[List[int]] = None, only: Optional[str] 
                     over = deep_merge(over, {"plugins": list(suite.plugins)})
                 teacher = pair["teacher"]
                 cell = Cell(entry, method, pair["dataset"], teacher, pair["student"], seed, over)
-                cell.out = os.path.join(root, pair["dataset"].replace(":", "_").replace("/", "_"), method_folder(entry),
-                                        f"{teacher or 'none'}-{pair['student']}-s{seed}")
-                if only and not any(fnmatch.fnmatchcase(cell.name, pat) or pat in cell.name
-                                    for pat in only.split(",")):
+                cell.out = os.path.join(
+                    root,
+                    pair["dataset"].replace(":", "_").replace("/", "_"),
+                    method_folder(entry),
+                    f"{teacher or 'none'}-{pair['student']}-s{seed}",
+                )
+                if only and not any(fnmatch.fnmatchcase(cell.name, pat) or pat in cell.name for pat in only.split(",")):
                     continue
                 cells.append(cell)
     return cells
@@ -419,14 +495,24 @@ def cell_status(cell: Cell, extra: Optional[Dict[str, Any]] = None) -> str:
 
 def cell_command(cell: Cell) -> List[str]:
     """The command that runs (or resumes) one cell from its ``cell.yaml``."""
-    return [sys.executable, "-m", "datafree.cli", "distill", "--config", os.path.join(cell.out, "cell.yaml"),
-            "--resume", "progress=false"]
+    return [
+        sys.executable,
+        "-m",
+        "datafree.cli",
+        "distill",
+        "--config",
+        os.path.join(cell.out, "cell.yaml"),
+        "--resume",
+        "progress=false",
+    ]
 
 
 def prepare_cell(cell: Cell, extra: Optional[Dict[str, Any]] = None) -> None:
     os.makedirs(cell.out, exist_ok=True)
-    atomic_write_text(os.path.join(cell.out, "cell.yaml"),
-                      yaml.safe_dump(deep_merge(cell.user_config(), extra or {}), sort_keys=False))
+    atomic_write_text(
+        os.path.join(cell.out, "cell.yaml"),
+        yaml.safe_dump(deep_merge(cell.user_config(), extra or {}), sort_keys=False),
+    )
 
 
 def run_cell_process(cell_out: str, cmd: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
@@ -453,8 +539,12 @@ def record_cell_error(cell_out: str, e: BaseException) -> Dict[str, Any]:
     """Write ``error.json`` for a cell that could not be started or run; return the result record."""
     import traceback
 
-    res = {"returncode": -1, "seconds": 0.0, "error": f"{type(e).__name__}: {e}",
-           "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]}
+    res = {
+        "returncode": -1,
+        "seconds": 0.0,
+        "error": f"{type(e).__name__}: {e}",
+        "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:],
+    }
     try:
         atomic_write_json(os.path.join(cell_out, "error.json"), {**res, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
     except OSError:
@@ -545,9 +635,16 @@ def _submitit_job(cell_out: str, cmd: List[str]) -> Dict[str, Any]:
 class SubmititExecutor:
     """Run cells as Slurm jobs (or local submitit jobs for testing) through submitit."""
 
-    def __init__(self, folder: str, cluster: Optional[str] = None, partition: Optional[str] = None,
-                 timeout_min: int = 24 * 60, gpus_per_node: int = 1, cpus_per_task: int = 8,
-                 parallelism: int = 32):
+    def __init__(
+        self,
+        folder: str,
+        cluster: Optional[str] = None,
+        partition: Optional[str] = None,
+        timeout_min: int = 24 * 60,
+        gpus_per_node: int = 1,
+        cpus_per_task: int = 8,
+        parallelism: int = 32,
+    ):
         try:
             import submitit
         except ImportError as e:
@@ -555,8 +652,7 @@ class SubmititExecutor:
         self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
         params: Dict[str, Any] = {"timeout_min": timeout_min}
         if self.executor.cluster == "slurm":
-            params.update(gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task,
-                          slurm_array_parallelism=parallelism)
+            params.update(gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, slurm_array_parallelism=parallelism)
             if partition:
                 params["slurm_partition"] = partition
         self.executor.update_parameters(**params)
@@ -592,9 +688,13 @@ def make_executor(name: str, out: str, **opts: Any):
     if name == "local":
         return LocalExecutor(gpus=opts.get("gpus"), jobs=opts.get("jobs") or 1)
     if name in ("slurm", "submitit-local"):
-        return SubmititExecutor(os.path.join(out, "submitit"), cluster="local" if name == "submitit-local" else None,
-                                partition=opts.get("partition"), timeout_min=opts.get("timeout_min") or 24 * 60,
-                                gpus_per_node=opts.get("gpus_per_job") or 1)
+        return SubmititExecutor(
+            os.path.join(out, "submitit"),
+            cluster="local" if name == "submitit-local" else None,
+            partition=opts.get("partition"),
+            timeout_min=opts.get("timeout_min") or 24 * 60,
+            gpus_per_node=opts.get("gpus_per_job") or 1,
+        )
     from .errors import UnknownNameError
 
     raise UnknownNameError("executor", name, ["local", "slurm", "submitit-local"])
@@ -607,9 +707,17 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_suite(path: str, seeds: Optional[List[int]] = None, only: Optional[str] = None, dry_run: bool = False,
-              executor: str = "local", out: Optional[str] = None, extra: Optional[Dict[str, Any]] = None,
-              tables: bool = True, **executor_opts: Any) -> Dict[str, Any]:
+def run_suite(
+    path: str,
+    seeds: Optional[List[int]] = None,
+    only: Optional[str] = None,
+    dry_run: bool = False,
+    executor: str = "local",
+    out: Optional[str] = None,
+    extra: Optional[Dict[str, Any]] = None,
+    tables: bool = True,
+    **executor_opts: Any,
+) -> Dict[str, Any]:
     """Run every cell of a suite that has no record of its own; return counts. ``extra`` overrides go into
     every cell.
 
@@ -628,22 +736,32 @@ def run_suite(path: str, seeds: Optional[List[int]] = None, only: Optional[str] 
     for dataset, model in teachers_needed(cells):  # and in the teacher recipe (teacher_training may name one)
         from .train import teacher_config
 
-        teacher_config(dataset, model, deep_merge(suite.teacher_training,
-                                                  {k: v for k, v in extra.items() if k == "data_root"}))
+        teacher_config(
+            dataset, model, deep_merge(suite.teacher_training, {k: v for k, v in extra.items() if k == "data_root"})
+        )
     if dry_run:
         for dataset, model in teachers_needed(cells):
             print(f"teacher {model} on {dataset}: {teacher_origin(dataset, model)}")
         for c in cells:
             print(f"{cell_status(c, extra):<10} {c.name:<60} {c.out}")
-        print(f"{len(cells)} cells ({sum(cell_status(c, extra) == 'finished' for c in cells)} finished) "
-              f"in suite {suite.name}")
+        print(
+            f"{len(cells)} cells ({sum(cell_status(c, extra) == 'finished' for c in cells)} finished) "
+            f"in suite {suite.name}"
+        )
         return {"cells": len(cells)}
     with DirLock(root, f"suite folder of {suite.name}"):
         return _run_locked(suite, cells, root, executor, extra, tables, executor_opts)
 
 
-def _run_locked(suite: Suite, cells: List[Cell], root: str, executor: str, extra: Dict[str, Any], tables: bool,
-                executor_opts: Dict[str, Any]) -> Dict[str, Any]:
+def _run_locked(
+    suite: Suite,
+    cells: List[Cell],
+    root: str,
+    executor: str,
+    extra: Dict[str, Any],
+    tables: bool,
+    executor_opts: Dict[str, Any],
+) -> Dict[str, Any]:
     t0 = time.time()
     no_teacher = train_missing_teachers(suite, cells, extra)
     device_kind = "cuda" if executor == "slurm" else None  # where the cells will run, not where bench runs
@@ -671,8 +789,10 @@ def _run_locked(suite: Suite, cells: List[Cell], root: str, executor: str, extra
                 pass
             continue
         todo.append(c)
-    _say(f"[bench {suite.name}] {len(cells)} cells: {reused} reused, {stale} stale -> rerun, "
-         f"{len(todo) - stale} to run, {len(failed0)} failed to start ({executor} executor)")
+    _say(
+        f"[bench {suite.name}] {len(cells)} cells: {reused} reused, {stale} stale -> rerun, "
+        f"{len(todo) - stale} to run, {len(failed0)} failed to start ({executor} executor)"
+    )
     state = {"done": 0, "failed": list(failed0), "diverged": 0}
 
     def done(cell: Cell, res: Dict[str, Any]) -> None:
@@ -691,14 +811,17 @@ def _run_locked(suite: Suite, cells: List[Cell], root: str, executor: str, extra
             what = f"DIVERGED at epoch {d.get('epoch')} step {d.get('step')} ({d.get('reason')})"
         elif ok:
             acc = lambda k: f"{s[k]:.2f}" if isinstance(s.get(k), (int, float)) else "-"  # noqa: E731
-            what = (f"last {acc('last_acc')} best {acc('best_acc')} ({res.get('seconds', 0):.0f} s)"
-                    + (" COLLAPSED" if s.get("status") == "collapsed" else ""))
+            what = f"last {acc('last_acc')} best {acc('best_acc')} ({res.get('seconds', 0):.0f} s)" + (
+                " COLLAPSED" if s.get("status") == "collapsed" else ""
+            )
         else:
             state["failed"].append((cell.name, res.get("error", "")))
             what = f"FAILED: {res.get('error', '')}"
         eta = elapsed / state["done"] * (len(todo) - state["done"])
-        _say(f"[bench {suite.name} {state['done']}/{len(todo)}] {cell.name}: {what} | elapsed {elapsed:.0f} s, "
-             f"eta {eta:.0f} s")
+        _say(
+            f"[bench {suite.name} {state['done']}/{len(todo)}] {cell.name}: {what} | elapsed {elapsed:.0f} s, "
+            f"eta {eta:.0f} s"
+        )
 
     if todo:
         make_executor(executor, root, **executor_opts).run(todo, done)
@@ -707,15 +830,26 @@ def _run_locked(suite: Suite, cells: List[Cell], root: str, executor: str, extra
         write_suite_tables(suite, root)
     nfail = len(state["failed"])
     ran = len(todo) - (nfail - len(failed0))
-    _say(f"[bench {suite.name}] done in {wall:.0f} s: {ran} ran ({state['diverged']} diverged), {reused} reused, "
-         f"{stale} stale -> rerun, {nfail} failed")
+    _say(
+        f"[bench {suite.name}] done in {wall:.0f} s: {ran} ran ({state['diverged']} diverged), {reused} reused, "
+        f"{stale} stale -> rerun, {nfail} failed"
+    )
     for name, err in state["failed"]:
         _say(f"  failed {name}: {err}")
-    return {"cells": len(cells), "ran": ran, "reused": reused, "stale": stale, "failed": nfail,
-            "diverged": state["diverged"], "seconds": wall}
+    return {
+        "cells": len(cells),
+        "ran": ran,
+        "reused": reused,
+        "stale": stale,
+        "failed": nfail,
+        "diverged": state["diverged"],
+        "seconds": wall,
+    }
 
 
-def train_missing_teachers(suite: Suite, cells: Sequence[Cell], extra: Optional[Dict[str, Any]] = None) -> Dict[tuple, str]:
+def train_missing_teachers(
+    suite: Suite, cells: Sequence[Cell], extra: Optional[Dict[str, Any]] = None
+) -> Dict[tuple, str]:
     """Train the zoo teachers the cells need and lack; return ``{(dataset, model): error}`` of those that failed
     (their cells fail, the others run)."""
     failed: Dict[tuple, str] = {}
@@ -737,8 +871,10 @@ def teacher_origin(dataset: str, model: str) -> str:
         return f"published file {os.path.relpath(published)} (used before any teacher trained here)"
     if os.path.isfile(zoo_path(dataset, model)):
         return f"trained here, {os.path.relpath(zoo_path(dataset, model))}"
-    return (f"not in the zoo: trained here first with the suite's teacher_training recipe (or put the published "
-            f"file in {os.path.relpath(os.path.dirname(zoo_path(dataset, model)))}/, see the README)")
+    return (
+        f"not in the zoo: trained here first with the suite's teacher_training recipe (or put the published "
+        f"file in {os.path.relpath(os.path.dirname(zoo_path(dataset, model)))}/, see the README)"
+    )
 
 
 def _train_one_teacher(suite: Suite, dataset: str, model: str, extra: Optional[Dict[str, Any]]) -> None:
@@ -764,5 +900,6 @@ def write_suite_tables(suite: Suite, root: str) -> Optional[str]:
     df = load_runs(root)
     if len(df) == 0:
         return None
-    return write_tables(df, root, title=f"Suite {suite.name}", reference=suite.reference,
-                        note=suite.raw.get("note", ""))
+    return write_tables(
+        df, root, title=f"Suite {suite.name}", reference=suite.reference, note=suite.raw.get("note", "")
+    )

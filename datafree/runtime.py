@@ -39,6 +39,7 @@ And one that matters on CUDA only, the run's precision (``amp``, docs/precision.
   fp32. :func:`resolve_amp` and :func:`synthesis_amp` say what a run will use; the
   run's fingerprint records both (:mod:`datafree.identity`).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -121,9 +122,11 @@ def tune_cpu_malloc(setting: str = "tuned") -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = (libc.mallopt(_M_MMAP_MAX, 0) == 1
-              and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
-              and libc.mallopt(_M_TOP_PAD, 64 << 20) == 1)
+        ok = (
+            libc.mallopt(_M_MMAP_MAX, 0) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+            and libc.mallopt(_M_TOP_PAD, 64 << 20) == 1
+        )
     except (OSError, AttributeError):
         return False
     _tuned = ok

@@ -19,6 +19,7 @@ The record says what was loaded: architecture and where that came from, class
 and channel counts, the detected layout, the sha256, and whether the file is a
 published one (a reference layout), trained here (with which recipe) or unknown.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,7 +62,7 @@ def name_from_file(teacher: Optional[str], dataset: Optional[str] = None) -> Opt
         for sep in ("_", "-"):
             prefix = dataset.replace("/", "-") + sep
             if name.startswith(prefix):
-                return name[len(prefix):]
+                return name[len(prefix) :]
     return name
 
 
@@ -71,8 +72,11 @@ def arch_from_file(path: str, dataset: Optional[str] = None) -> Optional[str]:
 
     load_builtins()
     name = name_from_file(path, dataset) or ""
-    candidates = [name] + [name[len(d) + 1:] for d in sorted(DATASETS.list(), key=len, reverse=True)
-                           if name.startswith((f"{d}_", f"{d}-"))]
+    candidates = [name] + [
+        name[len(d) + 1 :]
+        for d in sorted(DATASETS.list(), key=len, reverse=True)
+        if name.startswith((f"{d}_", f"{d}-"))
+    ]
     for c in candidates:
         c = ARCH_ALIASES.get(c, c)
         if c in MODELS:
@@ -84,17 +88,26 @@ def _fits(path: str, ckpt: Dict[str, Any], spec, dataset: str, arch: Optional[st
     """Refuse a teacher of another dataset before building it: its name, classes, channels, size."""
     own = ckpt.get("spec") or {}
     ds = ckpt.get("dataset")
-    fix = (f"pick a teacher trained on {dataset}, e.g. `datafree train-teacher --dataset {dataset} "
-           f"--model {arch or '<model>'}`")
-    diffs = [(key, own[key], want) for key, want in (("num_classes", spec.num_classes), ("channels", spec.channels),
-                                                      ("size", spec.size)) if key in own and own[key] != want]
+    fix = (
+        f"pick a teacher trained on {dataset}, e.g. `datafree train-teacher --dataset {dataset} "
+        f"--model {arch or '<model>'}`"
+    )
+    diffs = [
+        (key, own[key], want)
+        for key, want in (("num_classes", spec.num_classes), ("channels", spec.channels), ("size", spec.size))
+        if key in own and own[key] != want
+    ]
     other = isinstance(ds, str) and ds and ds != dataset
     if other or diffs:
         theirs = ", ".join(f"{k}={a}" for k, a, _ in diffs)
         ours = ", ".join(f"{k}={b}" for k, _, b in diffs)
         raise CheckpointError(
-            f"teacher {path} was trained on {ds or 'another dataset'}" + (f" ({theirs})" if diffs else "")
-            + f", but this run's dataset is {dataset}" + (f" ({ours})" if diffs else "") + f": {fix}")
+            f"teacher {path} was trained on {ds or 'another dataset'}"
+            + (f" ({theirs})" if diffs else "")
+            + f", but this run's dataset is {dataset}"
+            + (f" ({ours})" if diffs else "")
+            + f": {fix}"
+        )
     if own or (arch or "").startswith("timm/"):
         return
     from .models.layouts import read_counts, to_datafree
@@ -104,15 +117,23 @@ def _fits(path: str, ckpt: Dict[str, Any], spec, dataset: str, arch: Optional[st
     except Exception:  # noqa: BLE001 (names of no known layout: the strict load explains the mismatch)
         return
     if classes is not None and spec.num_classes and classes != spec.num_classes:
-        raise CheckpointError(f"teacher {path} has {classes} classes (its classifier's rows), but {dataset} has "
-                              f"{spec.num_classes}: {fix}")
+        raise CheckpointError(
+            f"teacher {path} has {classes} classes (its classifier's rows), but {dataset} has {spec.num_classes}: {fix}"
+        )
     if channels is not None and channels != spec.channels:
-        raise CheckpointError(f"teacher {path} takes {channels}-channel images, but {dataset} has "
-                              f"{spec.channels} channels: {fix}")
+        raise CheckpointError(
+            f"teacher {path} takes {channels}-channel images, but {dataset} has {spec.channels} channels: {fix}"
+        )
 
 
-def load_teacher(path_or_name: str, dataset: Optional[str] = None, arch: Optional[str] = None,
-                 model_zoo: Optional[str] = None, device: Any = "cpu", spec=None) -> Tuple[nn.Module, Dict[str, Any]]:
+def load_teacher(
+    path_or_name: str,
+    dataset: Optional[str] = None,
+    arch: Optional[str] = None,
+    model_zoo: Optional[str] = None,
+    device: Any = "cpu",
+    spec=None,
+) -> Tuple[nn.Module, Dict[str, Any]]:
     """Load a teacher; return ``(module in eval mode without gradients, record)``.
 
     ``path_or_name``: a checkpoint path, or a model name looked up in the zoo for ``dataset``.
@@ -132,12 +153,17 @@ def load_teacher(path_or_name: str, dataset: Optional[str] = None, arch: Optiona
     from .zoo import resolve_teacher, timm_pretrained_file
 
     if not os.path.isfile(path_or_name):
-        if str(path_or_name).endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors")) or os.sep in str(path_or_name) \
-                and not str(path_or_name).startswith("timm/"):
+        if (
+            str(path_or_name).endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors"))
+            or os.sep in str(path_or_name)
+            and not str(path_or_name).startswith("timm/")
+        ):
             raise CheckpointError(f"teacher checkpoint {path_or_name!r} does not exist")
         if dataset is None:
-            raise CheckpointError(f"teacher {path_or_name!r} is not a file; a model name is looked up in the zoo "
-                                  "for a dataset: pass dataset=... (--dataset)")
+            raise CheckpointError(
+                f"teacher {path_or_name!r} is not a file; a model name is looked up in the zoo "
+                "for a dataset: pass dataset=... (--dataset)"
+            )
         path = resolve_teacher(path_or_name, dataset, model_zoo)
     else:
         path = path_or_name
@@ -150,8 +176,15 @@ def load_teacher(path_or_name: str, dataset: Optional[str] = None, arch: Optiona
     pretrained = timm_pretrained_file(path)
     if pretrained is not None:  # timm's own pretrained weights from its cache
         model = _timm_pretrained(pretrained, path, spec, dataset)
-        record.update(arch=f"timm/{pretrained}", arch_from="timm cache", layout="timm", kind="pretrained",
-                      recipe=None, dataset=None, stored_accuracy=None)
+        record.update(
+            arch=f"timm/{pretrained}",
+            arch_from="timm cache",
+            layout="timm",
+            kind="pretrained",
+            recipe=None,
+            dataset=None,
+            stored_accuracy=None,
+        )
     else:
         ckpt = read_checkpoint(path)
         chosen, source = arch, "argument"
@@ -165,7 +198,8 @@ def load_teacher(path_or_name: str, dataset: Optional[str] = None, arch: Optiona
             raise CheckpointError(
                 f"checkpoint {path} does not say its architecture (a bare state dict): name it with "
                 f"teacher_arch=<model> (`datafree inspect --arch`, load_teacher(..., arch=...)), e.g. "
-                f"teacher_arch=resnet34; `datafree list models` lists them")
+                f"teacher_arch=resnet34; `datafree list models` lists them"
+            )
         chosen = ARCH_ALIASES.get(chosen, chosen)
         if spec is not None:
             _fits(path, ckpt, spec, dataset, chosen)
@@ -181,17 +215,23 @@ def load_teacher(path_or_name: str, dataset: Optional[str] = None, arch: Optiona
         if isinstance(model, TimmClassifier):  # timm's names: its own counts
             classes, channels = model.num_classes, model.in_channels
         record.update(
-            arch=chosen, arch_from=source, layout=layout,
+            arch=chosen,
+            arch_from=source,
+            layout=layout,
             kind="trained" if datafree_file else ("published" if layout not in ("datafree", "timm") else "unknown"),
             recipe=(recipe.get("name") or "datafree") if datafree_file else None,
             dataset=ckpt.get("dataset") if isinstance(ckpt.get("dataset"), str) else None,
             stored_accuracy=float(stored) if isinstance(stored, (int, float)) else None,
-            num_classes=classes, channels=channels,
+            num_classes=classes,
+            channels=channels,
             size=spec.size if spec is not None else own.get("size"),
         )
     if pretrained is not None:
-        record.update(num_classes=model.num_classes, channels=spec.channels if spec is not None else 3,
-                      size=spec.size if spec is not None else None)
+        record.update(
+            num_classes=model.num_classes,
+            channels=spec.channels if spec is not None else 3,
+            size=spec.size if spec is not None else None,
+        )
     model = model.to(device).eval().requires_grad_(False)
     return model, record
 
@@ -206,10 +246,15 @@ def _timm_pretrained(name: str, path: str, spec, dataset: Optional[str]) -> nn.M
         raise CheckpointError(
             f"timm's pretrained {name} has {classes} classes, but {dataset} has {spec.num_classes}: its classifier "
             f"would be new and untrained. Fine-tune it into a teacher first (datafree train-teacher --dataset "
-            f"{dataset} --model timm/{name}) or use a dataset of its {classes} classes")
-    return create_model(f"timm/{name}", num_classes=classes or (spec.num_classes if spec else 1000),
-                        in_channels=spec.channels if spec is not None else 3,
-                        image_size=spec.size if spec is not None else 224, pretrained_file=path)
+            f"{dataset} --model timm/{name}) or use a dataset of its {classes} classes"
+        )
+    return create_model(
+        f"timm/{name}",
+        num_classes=classes or (spec.num_classes if spec else 1000),
+        in_channels=spec.channels if spec is not None else 3,
+        image_size=spec.size if spec is not None else 224,
+        pretrained_file=path,
+    )
 
 
 def origin(src: Optional[Dict[str, Any]]) -> str:
@@ -232,8 +277,10 @@ def origin(src: Optional[Dict[str, Any]]) -> str:
 
 def describe(record: Dict[str, Any]) -> str:
     """One line: ``published (cmi layout): cifar10_resnet34.pth (sha256 1a2b3c4d), resnet34, 10 classes``."""
-    return (f"{origin(record)}: {record.get('file')} (sha256 {str(record.get('sha256'))[:8]}), "
-            f"{record.get('arch')}, {record.get('num_classes')} classes")
+    return (
+        f"{origin(record)}: {record.get('file')} (sha256 {str(record.get('sha256'))[:8]}), "
+        f"{record.get('arch')}, {record.get('num_classes')} classes"
+    )
 
 
 def source_of(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -242,8 +289,9 @@ def source_of(record: Dict[str, Any]) -> Dict[str, Any]:
 
 
 @torch.no_grad()
-def test_accuracy(model: nn.Module, dataset: str, data_root: Optional[str] = None, device: Any = "cpu",
-                  batch_size: int = 512) -> float:
+def test_accuracy(
+    model: nn.Module, dataset: str, data_root: Optional[str] = None, device: Any = "cpu", batch_size: int = 512
+) -> float:
     """Top-1 accuracy (%) of ``model`` on ``dataset``'s test split, in float32 (what the engine measures)."""
     from .data import get_source, iterate_eval
 

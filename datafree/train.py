@@ -10,6 +10,7 @@ A teacher recipe is such a method entry: ``datafree`` (ours, ``scratch``) or
 ``scratch_<name>`` for ``--recipe <name>`` (``scratch_cmi``: the CMI
 repository's ``train_scratch.py``); see docs/teachers.md.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -77,7 +78,7 @@ def teacher_recipes() -> List[str]:
     from .registry import METHODS, load_builtins
 
     load_builtins()
-    return [DEFAULT_RECIPE] + sorted(m[len(RECIPE_PREFIX):] for m in METHODS.list() if m.startswith(RECIPE_PREFIX))
+    return [DEFAULT_RECIPE] + sorted(m[len(RECIPE_PREFIX) :] for m in METHODS.list() if m.startswith(RECIPE_PREFIX))
 
 
 def recipe_method(recipe: Optional[str] = None) -> str:
@@ -100,8 +101,9 @@ def recipe_of(entry: Dict[str, Any]) -> str:
     return str(values.get("name") or DEFAULT_RECIPE) if isinstance(values, dict) else DEFAULT_RECIPE
 
 
-def teacher_config(dataset: str, model: str, overrides: Optional[Dict[str, Any]] = None,
-                   recipe: Optional[str] = None) -> Tuple[Any, str]:
+def teacher_config(
+    dataset: str, model: str, overrides: Optional[Dict[str, Any]] = None, recipe: Optional[str] = None
+) -> Tuple[Any, str]:
     """``(resolved config, recipe name)`` of training ``model`` on ``dataset`` as a teacher.
 
     ``overrides`` may name the recipe too (``{"recipe": "cmi"}``, as a suite's ``teacher_training`` does);
@@ -126,18 +128,34 @@ def teacher_config(dataset: str, model: str, overrides: Optional[Dict[str, Any]]
 def recipe_values(cfg, name: str, spec) -> Dict[str, Any]:
     """What the manifest and the checkpoint record of a recipe: its name, method entry and values."""
     o = cfg.optim
-    values = {"name": name, "method": cfg.method, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-              "optimizer": o.name, "lr": o.lr, "momentum": o.momentum, "weight_decay": o.weight_decay,
-              "schedule": o.schedule}
+    values = {
+        "name": name,
+        "method": cfg.method,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "optimizer": o.name,
+        "lr": o.lr,
+        "momentum": o.momentum,
+        "weight_decay": o.weight_decay,
+        "schedule": o.schedule,
+    }
     if o.schedule == "multistep":
         values.update(milestones=list(o.milestones), gamma=o.gamma)
     values.update(augment=cfg.synth.get("augment") or spec.augment, seed=cfg.seed, keep=cfg.keep or "last")
     return values
 
 
-def train_teacher(dataset: str, model: str, overrides: Optional[Dict[str, Any]] = None, zoo: Optional[str] = None,
-                  force: bool = False, resume: bool = True, log=print,
-                  other_recipe: str = "error", recipe: Optional[str] = None) -> Dict[str, Any]:
+def train_teacher(
+    dataset: str,
+    model: str,
+    overrides: Optional[Dict[str, Any]] = None,
+    zoo: Optional[str] = None,
+    force: bool = False,
+    resume: bool = True,
+    log=print,
+    other_recipe: str = "error",
+    recipe: Optional[str] = None,
+) -> Dict[str, Any]:
     """Train ``model`` on ``dataset`` from scratch and add it to the zoo. Returns its manifest entry.
 
     ``recipe`` names the method entry that trains it (:func:`recipe_method`): ``datafree`` (the default, the
@@ -163,32 +181,42 @@ def train_teacher(dataset: str, model: str, overrides: Optional[Dict[str, Any]] 
     recipe_id = run_identity(cfg, teacher_file=None)
     if os.path.isfile(path) and not force:
         entry = read_manifest(zoo).get(key, {})
-        recorded = Identity(entry["fingerprint"], entry.get("recipe_fields") or {}) if entry.get("fingerprint") else None
+        recorded = (
+            Identity(entry["fingerprint"], entry.get("recipe_fields") or {}) if entry.get("fingerprint") else None
+        )
         if same_run(recorded, recipe_id):
-            log(f"teacher {path} exists (recipe {name}, accuracy {entry.get('accuracy', '?')}); "
-                "reusing it (--force retrains)")
+            log(
+                f"teacher {path} exists (recipe {name}, accuracy {entry.get('accuracy', '?')}); "
+                "reusing it (--force retrains)"
+            )
             return entry
         if other_recipe == "retrain":
             log(f"teacher {path} was trained with another recipe: retraining it")
             return train_teacher(dataset, model, overrides, zoo=zoo, force=True, resume=resume, log=log, recipe=recipe)
         old = recorded
         old_name = recipe_of(entry) if entry else None
-        which = (f"recipe {old_name}, not {name}: " if old_name and old_name != name else "")
+        which = f"recipe {old_name}, not {name}: " if old_name and old_name != name else ""
         raise ConfigError(
             f"teacher {path} exists but was trained with another recipe "
-            f"({which}{differences(old, recipe_id) if old else 'the manifest does not record its recipe fingerprint'}). "
-            f"Use --force to retrain and replace it, or --zoo DIR for a zoo of its own")
+            f"({which}{differences(old, recipe_id) if old else 'the manifest does not record its recipe fingerprint'})"
+            ". "
+            f"Use --force to retrain and replace it, or --zoo DIR for a zoo of its own"
+        )
     if os.path.isdir(cfg.out) and not force and not matches(cfg.out, recipe_id) and os.listdir(cfg.out):
         old_dir = set_aside(cfg.out)  # another recipe or seed: its weights must not be relabelled
-        log(f"teacher run {cfg.out} was another recipe ({differences(read_identity(old_dir), recipe_id)}); "
-            f"kept as {old_dir}")
+        log(
+            f"teacher run {cfg.out} was another recipe ({differences(read_identity(old_dir), recipe_id)}); "
+            f"kept as {old_dir}"
+        )
     summary = engine.Engine(cfg, resume=resume and not force, overwrite=force).run()
     if summary.get("status") in ("diverged", "collapsed") or summary.get("last_acc") is None:
         from .errors import DatafreeError
 
-        raise DatafreeError(f"training the {model} teacher on {dataset} {summary.get('status', 'failed')} "
-                            f"({summary.get('diverged', {}).get('reason', 'accuracy at chance')}); nothing was "
-                            f"added to the zoo. Try another recipe (e.g. a lower optim.lr); the run is in {cfg.out}")
+        raise DatafreeError(
+            f"training the {model} teacher on {dataset} {summary.get('status', 'failed')} "
+            f"({summary.get('diverged', {}).get('reason', 'accuracy at chance')}); nothing was "
+            f"added to the zoo. Try another recipe (e.g. a lower optim.lr); the run is in {cfg.out}"
+        )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     kept = engine.BEST_STUDENT if cfg.keep == "best" else "student.pt"
     ckpt = torch.load(os.path.join(cfg.out, kept), map_location="cpu", weights_only=True)
@@ -201,21 +229,34 @@ def train_teacher(dataset: str, model: str, overrides: Optional[Dict[str, Any]] 
     values = recipe_values(cfg, name, spec)
     sha = save_model(path, net, model, dataset, spec.as_dict(), extra={"accuracy": accuracy, "recipe": values})
     entry = {
-        "dataset": dataset, "arch": model, "file": os.path.basename(path), "accuracy": round(accuracy, 2),
-        "best_accuracy": round(summary["best_acc"], 2), "last_accuracy": round(summary["last_acc"], 2),
+        "dataset": dataset,
+        "arch": model,
+        "file": os.path.basename(path),
+        "accuracy": round(accuracy, 2),
+        "best_accuracy": round(summary["best_acc"], 2),
+        "last_accuracy": round(summary["last_acc"], 2),
         "kept": (f"best (epoch {ckpt.get('epoch')}, selected on the test split)" if cfg.keep == "best" else "last"),
-        "sha256": sha, "recipe": values,
-        "seconds": round(summary["total_seconds"], 1), "machine": machine(),
-        "date": datetime.date.today().isoformat(), "run_dir": os.path.relpath(cfg.out),
-        "fingerprint": recipe_id.fingerprint, "recipe_fields": recipe_id.fields,
+        "sha256": sha,
+        "recipe": values,
+        "seconds": round(summary["total_seconds"], 1),
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "run_dir": os.path.relpath(cfg.out),
+        "fingerprint": recipe_id.fingerprint,
+        "recipe_fields": recipe_id.fields,
     }
     write_manifest_entry(dataset, model, entry, zoo)
     from .zoo import published_path
 
     shadow = published_path(dataset, model, zoo)
     if shadow:  # the zoo's lookup takes a published file first: say which file a run of this name gets
-        log(f"note: the zoo also holds the published {shadow}, which a run naming teacher={model} uses before "
-            f"this one; pass teacher={path} to use this one")
-    log(f"teacher {model} on {dataset} (recipe {name}): {accuracy:.2f}%"
-        + (" (best evaluation)" if cfg.keep == "best" else "") + f" -> {path}")
+        log(
+            f"note: the zoo also holds the published {shadow}, which a run naming teacher={model} uses before "
+            f"this one; pass teacher={path} to use this one"
+        )
+    log(
+        f"teacher {model} on {dataset} (recipe {name}): {accuracy:.2f}%"
+        + (" (best evaluation)" if cfg.keep == "best" else "")
+        + f" -> {path}"
+    )
     return entry

@@ -12,6 +12,7 @@ run's dataset) or by a path to a checkpoint. Its test accuracy is measured by
 the engine, never taken from the file, and cached by (sha256, dataset) in
 ``model_zoo/measured.yaml``.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,10 @@ def read_manifest(directory: Optional[str] = None) -> Dict[str, Any]:
     path = os.path.join(zoo_dir(directory), "manifest.yaml")
     if not os.path.isfile(path):
         return {}
-    fix = (f"fix or delete {path}: it is local to this machine, and `datafree train-teacher ... --force` "
-           "writes a teacher's entry again")
+    fix = (
+        f"fix or delete {path}: it is local to this machine, and `datafree train-teacher ... --force` "
+        "writes a teacher's entry again"
+    )
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -68,8 +71,10 @@ PUBLISHED_NAMES = ("{key}.pth", "{dataset}-{model}_8x.pt", "{dataset}-{model}.pt
 def published_path(dataset: str, model: str, directory: Optional[str] = None) -> Optional[str]:
     """A reference repository's teacher file for (dataset, model) in the zoo, or None."""
     for pattern in PUBLISHED_NAMES:
-        path = os.path.join(zoo_dir(directory), pattern.format(key=zoo_key(dataset, model), dataset=dataset,
-                                                               model=model.replace("/", "-")))
+        path = os.path.join(
+            zoo_dir(directory),
+            pattern.format(key=zoo_key(dataset, model), dataset=dataset, model=model.replace("/", "-")),
+        )
         if os.path.isfile(path):
             return path
     return None
@@ -133,8 +138,9 @@ def _cache_key(sha256: str, dataset: str, amp: str = "off", arch: Optional[str] 
     return f"{sha256}/{dataset}" + (f"/{arch}" if arch else "") + ("" if amp == "off" else f"/{amp}")
 
 
-def measured_accuracy(sha256: str, dataset: str, directory: Optional[str] = None, amp: str = "off",
-                      arch: Optional[str] = None) -> Optional[float]:
+def measured_accuracy(
+    sha256: str, dataset: str, directory: Optional[str] = None, amp: str = "off", arch: Optional[str] = None
+) -> Optional[float]:
     """The cached measured test accuracy of the teacher with this sha256 on ``dataset`` (evaluated in float32,
     or under ``amp``), or None."""
     try:
@@ -149,8 +155,15 @@ def measured_accuracy(sha256: str, dataset: str, directory: Optional[str] = None
         return None
 
 
-def remember_accuracy(sha256: str, dataset: str, accuracy: float, path: str, directory: Optional[str] = None,
-                      amp: str = "off", arch: Optional[str] = None) -> None:
+def remember_accuracy(
+    sha256: str,
+    dataset: str,
+    accuracy: float,
+    path: str,
+    directory: Optional[str] = None,
+    amp: str = "off",
+    arch: Optional[str] = None,
+) -> None:
     """Cache a measured teacher accuracy (best effort: a read-only zoo only means measuring again)."""
     import datetime
 
@@ -164,8 +177,11 @@ def remember_accuracy(sha256: str, dataset: str, accuracy: float, path: str, dir
                 cache = yaml.safe_load(f) or {}
         if not isinstance(cache, dict):
             cache = {}
-        cache[_cache_key(sha256, dataset, amp, arch)] = {"accuracy": round(float(accuracy), 4), "file": os.path.basename(path),
-                                       "date": datetime.date.today().isoformat()}
+        cache[_cache_key(sha256, dataset, amp, arch)] = {
+            "accuracy": round(float(accuracy), 4),
+            "file": os.path.basename(path),
+            "date": datetime.date.today().isoformat(),
+        }
         atomic_write_yaml(target, dict(sorted(cache.items())))
     except (OSError, yaml.YAMLError):
         pass

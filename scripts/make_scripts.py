@@ -6,13 +6,24 @@ The per-pair scripts follow the reference repositories' naming
 suite, so their results land in the suite's folder and tables. Re-run after adding a suite
 or a method:  python scripts/make_scripts.py
 """
+
 import os
 import stat
 
 from datafree.runner import expand, load_suite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SUITES = ["demo", "mnist", "mnist_2core", "mnist_bn", "cifar10", "cifar100", "cudfkd_stability", "fast_speed", "hidfd_rho"]
+SUITES = [
+    "demo",
+    "mnist",
+    "mnist_2core",
+    "mnist_bn",
+    "cifar10",
+    "cifar100",
+    "cudfkd_stability",
+    "fast_speed",
+    "hidfd_rho",
+]
 CIFAR = ["cifar10", "cifar100"]
 
 
@@ -26,25 +37,35 @@ def write(path: str, lines) -> None:
 def main() -> None:
     for name in SUITES:
         s = load_suite(name)
-        write(os.path.join(HERE, f"bench_{name}.sh"), [
-            f"# The {name} suite ({len(expand(s))} cells): runs what is not finished yet, then writes {s.out}/README.md.",
-            "# Extra arguments go to `datafree bench` (--dry-run, --only PATTERN, --seeds 0,1,2, --executor slurm, ...).",
-            "set -euo pipefail",
-            'cd "$(dirname "$0")/.."',
-            f'datafree bench {name} "$@"',
-        ])
+        write(
+            os.path.join(HERE, f"bench_{name}.sh"),
+            [
+                f"# The {name} suite ({len(expand(s))} cells): runs what is not finished yet,"
+                f" then writes {s.out}/README.md.",
+                "# Extra arguments go to `datafree bench` (--dry-run, --only PATTERN, --seeds 0,1,2, --executor slurm,"
+                " ...).",
+                "set -euo pipefail",
+                'cd "$(dirname "$0")/.."',
+                f'datafree bench {name} "$@"',
+            ],
+        )
     for name in CIFAR:
         s = load_suite(name)
         for cell in expand(s):
             fname = f"{cell.entry}_{cell.dataset}_{cell.teacher}_{cell.student}.sh"
-            write(os.path.join(HERE, cell.entry, fname), [
-                f"# {cell.entry} on {cell.dataset}, {cell.teacher} -> {cell.student}: one cell of the {name} suite,",
-                f"# with the method's settings for this pair (datafree/configs/methods/{cell.method}.yaml).",
-                "# Extra arguments go to `datafree bench` (e.g. --seeds 0,1,2, or key=value overrides).",
-                "set -euo pipefail",
-                'cd "$(dirname "$0")/../.."',
-                f"datafree bench {name} --only '{cell.dataset}/{cell.entry}/{cell.teacher}-{cell.student}/*' \"$@\"",
-            ])
+            write(
+                os.path.join(HERE, cell.entry, fname),
+                [
+                    f"# {cell.entry} on {cell.dataset}, {cell.teacher} -> {cell.student}: one cell of the {name}"
+                    " suite,",
+                    f"# with the method's settings for this pair (datafree/configs/methods/{cell.method}.yaml).",
+                    "# Extra arguments go to `datafree bench` (e.g. --seeds 0,1,2, or key=value overrides).",
+                    "set -euo pipefail",
+                    'cd "$(dirname "$0")/../.."',
+                    f"datafree bench {name} --only '{cell.dataset}/{cell.entry}/{cell.teacher}-{cell.student}/*'"
+                    ' "$@"',
+                ],
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny digits teacher in a temporary zoo, and quiet, small run configs."""
+
 import os
 
 import pytest
@@ -58,9 +59,20 @@ def tiny(method: str, out, **over):
     from datafree.config import deep_merge, resolve
     from datafree.methods import method_entry
 
-    base = {"method": method, "dataset": "digits", "teacher": "lenet5", "student": "lenet5_half",
-            "epochs": 2, "ep_steps": 3, "kd_steps": None, "batch_size": 16, "samples": 8, "progress": False,
-            "out": str(out), "warmup": 0}
+    base = {
+        "method": method,
+        "dataset": "digits",
+        "teacher": "lenet5",
+        "student": "lenet5_half",
+        "epochs": 2,
+        "ep_steps": 3,
+        "kd_steps": None,
+        "batch_size": 16,
+        "samples": 8,
+        "progress": False,
+        "out": str(out),
+        "warmup": 0,
+    }
     synth = method_entry(method).get("synthesizer")
     base["synth"] = dict(TINY_SYNTH.get(method, TINY_SYNTH.get(synth, {})))
     return resolve(deep_merge(base, over))

@@ -4,12 +4,18 @@ Each expected value is written out from the script named beside it (flags are ex
 in our YAML, so the comparisons are exact). CIFAR-10 values are checked too: the CIFAR-100 sections must not move
 them.
 """
+
 import pytest
 
 from datafree.config import resolve, to_dict
 
-PAIRS = [("resnet34", "resnet18"), ("vgg11", "resnet18"), ("wrn40_2", "wrn16_1"), ("wrn40_2", "wrn40_1"),
-         ("wrn40_2", "wrn16_2")]
+PAIRS = [
+    ("resnet34", "resnet18"),
+    ("vgg11", "resnet18"),
+    ("wrn40_2", "wrn16_1"),
+    ("wrn40_2", "wrn40_1"),
+    ("wrn40_2", "wrn16_2"),
+]
 
 
 def cfg(method, dataset, teacher, student):
@@ -18,10 +24,12 @@ def cfg(method, dataset, teacher, student):
 
 # -- CMI ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
 @pytest.mark.parametrize("teacher,student", PAIRS)
 def test_cmi_cifar_runs_the_scratch_script(dataset, teacher, student):
-    """No CIFAR-100 CMI script exists in zju-vipa/CMI: CIFAR-100 restates scripts/cmi/scratch_cmi_cifar10_wrn402_wrn161.sh
+    """No CIFAR-100 CMI script exists in zju-vipa/CMI: CIFAR-100 restates
+    scripts/cmi/scratch_cmi_cifar10_wrn402_wrn161.sh
     (--batch_size 128 --synthesis_batch_size 256 --g_steps 200 --lr_g 1e-3 --adv 0.5 --bn 1 --oh 1 --cr 0.8
     --cr_T 0.1 --T 20 --kd_steps 400 --ep_steps 400, default --epochs 200 --lr 0.1), like CIFAR-10."""
     c = cfg("cmi", dataset, teacher, student)
@@ -31,8 +39,13 @@ def test_cmi_cifar_runs_the_scratch_script(dataset, teacher, student):
     assert (s["bank_size"], s["n_neg"], s["head_dim"], s["nz"], s["ngf"]) == (40960, 4096, 256, 256, 64)
     assert s["feature_layers"] == ("stages" if teacher == "resnet34" else "bn")  # datafree_kd.py:270-272
     assert (c.batch_size, c.epochs, c.ep_steps, c.kd_steps, c.distill["T"]) == (128, 200, 400, 400, 20)
-    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.schedule, c.optim.lr_min) == \
-        ("sgd", 0.1, 1e-4, "cosine", 0.0)
+    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.schedule, c.optim.lr_min) == (
+        "sgd",
+        0.1,
+        1e-4,
+        "cosine",
+        0.0,
+    )
 
 
 @pytest.mark.parametrize("method", ["cmi", "deepinv", "fast", "fast2", "fast5", "fast10"])
@@ -66,8 +79,11 @@ def test_cmi_tuned_fast_round_has_no_contrastive_term(zoo, tmp_path):
     empty memory bank (Fast-Datafree's contrastive.py skips the term when cr is 0)."""
     from conftest import engine_for, snapshot, unchanged
 
-    e = engine_for("cmi:tuned_fast", tmp_path / "r",
-                   synth={"synthesis_batch_size": 8, "ngf": 8, "nz": 16, "bank_size": 20, "n_neg": 12, "head_dim": 16})
+    e = engine_for(
+        "cmi:tuned_fast",
+        tmp_path / "r",
+        synth={"synthesis_batch_size": 8, "ngf": 8, "nz": 16, "bank_size": 20, "n_neg": 12, "head_dim": 16},
+    )
     synth = e.synth
     assert synth.cfg.g_steps == 5 and synth.cfg.cr == 0
     head = snapshot(synth.head)
@@ -78,6 +94,7 @@ def test_cmi_tuned_fast_round_has_no_contrastive_term(zoo, tmp_path):
 
 # -- DeepInversion -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
 @pytest.mark.parametrize("teacher,student", PAIRS)
 def test_deepinv_cifar_runs_the_cmi_script(dataset, teacher, student):
@@ -87,8 +104,15 @@ def test_deepinv_cifar_runs_the_cmi_script(dataset, teacher, student):
     c = cfg("deepinv", dataset, teacher, student)
     s = c.synth
     assert (s["iterations"], s["lr_g"], s["synthesis_batch_size"]) == (1000, 0.1, 256)
-    assert (s["bn"], s["oh"], s["adv"], s["adv_T"], s["adv_kind"], s["tv"], s["l2"]) == \
-        (10.0, 1.0, 1.0, 3.0, "js_clamped", 1e-3, 0.0)
+    assert (s["bn"], s["oh"], s["adv"], s["adv_T"], s["adv_kind"], s["tv"], s["l2"]) == (
+        10.0,
+        1.0,
+        1.0,
+        3.0,
+        "js_clamped",
+        1e-3,
+        0.0,
+    )
     assert (c.batch_size, c.epochs, c.ep_steps, c.kd_steps, c.distill["T"]) == (256, 200, 400, 400, 20)
     assert (c.optim.name, c.optim.lr, c.optim.schedule) == ("sgd", 0.1, "cosine")
     assert cfg("deepinv:paper", dataset, teacher, student).synth["iterations"] == 2000
@@ -97,14 +121,21 @@ def test_deepinv_cifar_runs_the_cmi_script(dataset, teacher, student):
 # -- Fast-DFKD ---------------------------------------------------------------------------------------------------
 
 #: scripts/fast_cifar.sh (--dataset cifar100 on every line): (adv, oh) per pair
-FAST_PAIR = {("resnet34", "resnet18"): (1.33, 0.5),   # lines 4, 6, 8
-             ("vgg11", "resnet18"): (1.0, 0.5),       # lines 12, 14, 16
-             ("wrn40_2", "wrn16_1"): (1.1, 0.4),      # lines 20, 22, 24
-             ("wrn40_2", "wrn40_1"): (1.1, 0.4),      # lines 28, 30, 32
-             ("wrn40_2", "wrn16_2"): (1.1, 0.4)}      # lines 36, 38, 40
+FAST_PAIR = {
+    ("resnet34", "resnet18"): (1.33, 0.5),  # lines 4, 6, 8
+    ("vgg11", "resnet18"): (1.0, 0.5),  # lines 12, 14, 16
+    ("wrn40_2", "wrn16_1"): (1.1, 0.4),  # lines 20, 22, 24
+    ("wrn40_2", "wrn40_1"): (1.1, 0.4),  # lines 28, 30, 32
+    ("wrn40_2", "wrn16_2"): (1.1, 0.4),
+}  # lines 36, 38, 40
 #: (g_steps, lr_z, lr_g): the "-2", "-5", "-10" lines; fast1 has no script (Fast-2's rates); fast = Fast-10
-FAST_PRESET = {"fast": (10, 0.01, 2e-3), "fast1": (1, 0.015, 5e-3), "fast2": (2, 0.015, 5e-3),
-               "fast5": (5, 0.01, 3e-3), "fast10": (10, 0.01, 2e-3)}
+FAST_PRESET = {
+    "fast": (10, 0.01, 2e-3),
+    "fast1": (1, 0.015, 5e-3),
+    "fast2": (2, 0.015, 5e-3),
+    "fast5": (5, 0.01, 3e-3),
+    "fast10": (10, 0.01, 2e-3),
+}
 
 
 @pytest.mark.parametrize("method", sorted(FAST_PRESET))
@@ -119,12 +150,26 @@ def test_fast_cifar_runs_fast_cifar_sh(method, dataset):
         s = c.synth
         assert (s["g_steps"], s["lr_z"], s["lr_g"]) == (g_steps, lr_z, lr_g)
         assert (s["adv"], s["oh"], s["bn"], s["bn_momentum"]) == (adv, oh, 10.0, 0.9)
-        assert (s["meta"], s["reset_l0"], s["synthesis_batch_size"], s["nz"], s["ngf"]) == ("fomaml", True, 256, 256, 64)
-        assert (c.batch_size, c.epochs, c.warmup, c.ep_steps, c.kd_steps, c.distill["T"]) == (256, 220, 20, 400, 400, 20)
+        assert (s["meta"], s["reset_l0"], s["synthesis_batch_size"], s["nz"], s["ngf"]) == (
+            "fomaml",
+            True,
+            256,
+            256,
+            64,
+        )
+        assert (c.batch_size, c.epochs, c.warmup, c.ep_steps, c.kd_steps, c.distill["T"]) == (
+            256,
+            220,
+            20,
+            400,
+            400,
+            20,
+        )
         assert (c.optim.lr, c.optim.lr_min, c.optim.weight_decay, c.optim.schedule) == (0.2, 2e-4, 1e-4, "cosine")
 
 
 # -- CuDFKD ------------------------------------------------------------------------------------------------------
+
 
 def test_cudfkd_cifar100_resnet34_resnet18_is_its_script():
     """ljrprocc/DataFree scripts/cudfkd/cudfkd_cifar100_resnet34_resnet18.sh: --batch_size 768 --epochs 400
@@ -162,9 +207,19 @@ def test_cudfkd_cifar10_values_stay():
     """CIFAR-10: cudfkd_cifar10_resnet34_resnet18.sh at the top level (+ --loss l1 in its pair), the wrn script
     for the wrn40_2 pairs; alpha 1e-4."""
     r34 = cfg("cudfkd", "cifar10", "resnet34", "resnet18")
-    assert (r34.batch_size, r34.epochs, r34.synth["T"], r34.synth["grad_adv"], r34.synth["begin_fraction"]) == \
-        (512, 250, 20.0, 0.5, 0.25)
+    assert (r34.batch_size, r34.epochs, r34.synth["T"], r34.synth["grad_adv"], r34.synth["begin_fraction"]) == (
+        512,
+        250,
+        20.0,
+        0.5,
+        0.25,
+    )
     assert (r34.distill["loss"], r34.distill["lambda0"], r34.distill["alpha"]) == ("l1", 2.0, 1e-4)
     wrn = cfg("cudfkd", "cifar10", "wrn40_2", "wrn16_1")
-    assert (wrn.batch_size, wrn.epochs, wrn.synth["adv"], wrn.synth["grad_adv"], wrn.distill["loss"]) == \
-        (1024, 250, 0.5, 0.05, "kl")
+    assert (wrn.batch_size, wrn.epochs, wrn.synth["adv"], wrn.synth["grad_adv"], wrn.distill["loss"]) == (
+        1024,
+        250,
+        0.5,
+        0.05,
+        "kl",
+    )

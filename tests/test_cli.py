@@ -1,27 +1,44 @@
-
 import pytest
 
 from datafree.cli import main
 
 
 def _distill(tmp_path, *extra):
-    return ["distill", "--method", "dafl", "--dataset", "digits", "--teacher", "lenet5", "--student",
-            "lenet5_half", "--out", str(tmp_path / "run"), "epochs=1", "ep_steps=2", "batch_size=8",
-            "synth.synthesis_batch_size=8", "synth.ngf=8", "progress=false", *extra]
+    return [
+        "distill",
+        "--method",
+        "dafl",
+        "--dataset",
+        "digits",
+        "--teacher",
+        "lenet5",
+        "--student",
+        "lenet5_half",
+        "--out",
+        str(tmp_path / "run"),
+        "epochs=1",
+        "ep_steps=2",
+        "batch_size=8",
+        "synth.synthesis_batch_size=8",
+        "synth.ngf=8",
+        "progress=false",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["distill", "--method", "dafll", "--dataset", "digits", "--student", "lenet5_half"], "'dafl'"),
-    (["distill", "--method", "dafl", "--dataset", "digitz", "--student", "lenet5_half"], "'digits'"),
-    (["distill", "--method", "dafl", "--dataset", "digits", "--student", "lenet5_hlf"], "'lenet5_half'"),
-    (["distill", "--method", "dafl", "--dataset", "digits", "--student", "lenet5_half", "synth.lr_gg=1"],
-     "'lr_g'"),
-    (["distill", "--method", "dafl", "--dataset", "digits", "--student", "lenet5_half", "epochs=many"],
-     "integer"),
-    (["list", "models", "--plugin", "no_such_module_xyz"], "cannot be imported"),
-    (["table", "/nonexistent/dir"], "not a directory"),
-    (["data", "check", "cifar10", "--data-root", "/nonexistent/root"], "cifar-10-batches-py"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["distill", "--method", "dafll", "--dataset", "digits", "--student", "lenet5_half"], "'dafl'"),
+        (["distill", "--method", "dafl", "--dataset", "digitz", "--student", "lenet5_half"], "'digits'"),
+        (["distill", "--method", "dafl", "--dataset", "digits", "--student", "lenet5_hlf"], "'lenet5_half'"),
+        (["distill", "--method", "dafl", "--dataset", "digits", "--student", "lenet5_half", "synth.lr_gg=1"], "'lr_g'"),
+        (["distill", "--method", "dafl", "--dataset", "digits", "--student", "lenet5_half", "epochs=many"], "integer"),
+        (["list", "models", "--plugin", "no_such_module_xyz"], "cannot be imported"),
+        (["table", "/nonexistent/dir"], "not a directory"),
+        (["data", "check", "cifar10", "--data-root", "/nonexistent/root"], "cifar-10-batches-py"),
+    ],
+)
 def test_bad_input_exits_2_with_a_clear_message(zoo, tmp_path, capsys, args, needle):
     assert main(args + (["--out", str(tmp_path / "x")] if args[0] == "distill" else [])) == 2
     err = capsys.readouterr().err
@@ -29,8 +46,21 @@ def test_bad_input_exits_2_with_a_clear_message(zoo, tmp_path, capsys, args, nee
 
 
 def test_missing_teacher_says_how_to_train_it(zoo, tmp_path, capsys):
-    code = main(["distill", "--method", "dafl", "--dataset", "digits", "--teacher", "resnet8", "--student",
-                 "lenet5_half", "--out", str(tmp_path / "r")])
+    code = main(
+        [
+            "distill",
+            "--method",
+            "dafl",
+            "--dataset",
+            "digits",
+            "--teacher",
+            "resnet8",
+            "--student",
+            "lenet5_half",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 2
     assert "datafree train-teacher --dataset digits --model resnet8" in capsys.readouterr().err
 
@@ -49,8 +79,23 @@ def test_distill_then_refuse_to_overwrite_then_table(zoo, tmp_path, capsys):
 
 
 def test_print_config_shows_method_defaults_and_overrides(zoo, capsys):
-    assert main(["distill", "--method", "deepinv", "--dataset", "digits", "--student", "lenet5_half",
-                 "--print-config", "synth.iterations=7", "distill.T=3"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "deepinv",
+                "--dataset",
+                "digits",
+                "--student",
+                "lenet5_half",
+                "--print-config",
+                "synth.iterations=7",
+                "distill.T=3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "iterations: 7" in out and "T: 3" in out and "bn: 10" in out
 

@@ -3,6 +3,7 @@ most-confident selection, the record of which images were used, source adaptatio
 Dc comes from: a named source (never an implicit one), an image folder found in the data roots (or a clear error
 naming where it looked), digits upscaled and framed as MNIST frames its digits, and the in-distribution mark in
 records and tables."""
+
 import dataclasses
 import json
 import os
@@ -13,8 +14,16 @@ import torch
 from conftest import tiny
 from datafree.config import resolve
 from datafree.data import collected as collected_mod
-from datafree.data.collected import (CollectedConfig, InflatedSet, adapt_images, collect, collected_count,
-                                     open_source, select_confident, teacher_labels)
+from datafree.data.collected import (
+    CollectedConfig,
+    InflatedSet,
+    adapt_images,
+    collect,
+    collected_count,
+    open_source,
+    select_confident,
+    teacher_labels,
+)
 from datafree.data.datasets import ImageSplit, get_source, get_spec
 from datafree.engine import Engine, run
 from datafree.errors import ConfigError, DataNotFoundError
@@ -64,8 +73,14 @@ def test_balanced_most_confident_selection():
 
 def test_confident_selection_on_a_dataset_is_balanced(zoo, tmp_path):
     e = _teacher_and_spec(tmp_path)
-    c = collect(CollectedConfig(source="digits", count=100, selection="confident"), e.teacher, e.spec, "cpu",
-                dataset="digits", run_seed=0)
+    c = collect(
+        CollectedConfig(source="digits", count=100, selection="confident"),
+        e.teacher,
+        e.spec,
+        "cpu",
+        dataset="digits",
+        run_seed=0,
+    )
     counts = torch.bincount(c.split.labels, minlength=10)
     assert len(c) == 100 and (counts >= 8).all()  # 10 per class unless the teacher predicts a class rarely
     assert "most confident" in c.describe()
@@ -77,8 +92,9 @@ def test_the_run_records_which_images_it_used(zoo, tmp_path):
     assert rec["count"] == s["real_images"] == len(rec["indices"]) == 72 and rec["labels"] == "teacher"
     assert rec["source"] == "digits" and rec["split"] == "train" and sum(rec["class_counts"]) == 72
     assert rec["dataset"] == "digits" and rec["in_distribution"] is True  # the demo's Dc: digits' own split
-    assert s["uses_real_data"] == ("digits train, 72 images (rho 0.0501), teacher labels; in-distribution: the "
-                                   "teacher's own dataset")
+    assert s["uses_real_data"] == (
+        "digits train, 72 images (rho 0.0501), teacher labels; in-distribution: the teacher's own dataset"
+    )
     assert s["collected_file"] == "collected.json" and s["collected_source"] == "digits train"
     assert s["collected_in_distribution"] is True
     assert s["images_seen"] == 9 * 16  # one pass over Dc x 2 = 144 items per epoch
@@ -107,8 +123,11 @@ def test_a_source_box_centres_the_resized_image_on_a_black_canvas():
     assert framed[..., 4:27, 4:27].min() > 0  # the resized digit itself is untouched by the padding
     assert torch.equal(adapt_images(src, spec, box=32), adapt_images(src, spec))  # a full box is no frame
     for bad in (0, 33):
-        with pytest.raises(ConfigError, match=rf"synth\.source_box must be between 1 and the run's image size 32 "
-                                              rf"\(got {bad}\); leave it unset"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"synth\.source_box must be between 1 and the run's image size 32 "
+            rf"\(got {bad}\); leave it unset",
+        ):
             open_source("digits", "train", spec, box=bad)
 
 
@@ -132,8 +151,11 @@ def test_inflation_repeats_dc_and_resumes():
 
 def test_the_source_must_be_named(zoo, tmp_path):
     e = _teacher_and_spec(tmp_path)
-    with pytest.raises(ConfigError, match=r"no source .*synth\.source=imagefolder:imagenet32.*synth\.source=digits "
-                                          r"uses the teacher's own training split \(in-distribution"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no source .*synth\.source=imagefolder:imagenet32.*synth\.source=digits "
+        r"uses the teacher's own training split \(in-distribution",
+    ):
         collect(CollectedConfig(rho=0.1), e.teacher, e.spec, "cpu", dataset="digits", run_seed=0)
 
 
@@ -142,8 +164,15 @@ def test_a_missing_image_folder_fails_naming_where_it_looked(zoo, tmp_path, monk
     e = _teacher_and_spec(tmp_path)
     root = tmp_path / "root"
     with pytest.raises(DataNotFoundError) as err:
-        collect(CollectedConfig(source="imagefolder:imagenet32", rho=0.1), e.teacher, e.spec, "cpu",
-                dataset="digits", run_seed=0, data_root=str(root))
+        collect(
+            CollectedConfig(source="imagefolder:imagenet32", rho=0.1),
+            e.teacher,
+            e.spec,
+            "cpu",
+            dataset="digits",
+            run_seed=0,
+            data_root=str(root),
+        )
     msg = str(err.value)
     assert "'imagefolder:imagenet32' (train split) was not found" in msg and "\n" not in msg  # one line
     assert str(tmp_path / "imagenet32") in msg and str(root / "imagenet32") in msg  # the cwd, then each data root
@@ -154,9 +183,24 @@ def test_the_cli_exits_2_with_the_message_when_the_folder_is_missing(zoo, tmp_pa
     from datafree.cli import main
 
     monkeypatch.chdir(tmp_path)
-    code = main(["distill", "--method", "collected_kd", "--dataset", "digits", "--teacher", "lenet5", "--student",
-                 "lenet5_half", "--out", str(tmp_path / "r"), "synth.source=imagefolder:imagenet32", "epochs=1",
-                 "progress=false"])
+    code = main(
+        [
+            "distill",
+            "--method",
+            "collected_kd",
+            "--dataset",
+            "digits",
+            "--teacher",
+            "lenet5",
+            "--student",
+            "lenet5_half",
+            "--out",
+            str(tmp_path / "r"),
+            "synth.source=imagefolder:imagenet32",
+            "epochs=1",
+            "progress=false",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: the collected set's image folder 'imagefolder:imagenet32'") and "looked for" in err
@@ -181,8 +225,15 @@ def test_an_image_folder_in_a_data_root_decodes_only_the_images_it_takes(zoo, tm
     decoded = []
     real_decode = collected_mod.decode_images
     monkeypatch.setattr(collected_mod, "decode_images", lambda s, size: decoded.append(len(s)) or real_decode(s, size))
-    c = collect(CollectedConfig(source="imagefolder:natural", count=5), e.teacher, e.spec, "cpu",
-                dataset="digits", run_seed=0, data_root=str(root))
+    c = collect(
+        CollectedConfig(source="imagefolder:natural", count=5),
+        e.teacher,
+        e.spec,
+        "cpu",
+        dataset="digits",
+        run_seed=0,
+        data_root=str(root),
+    )
     assert decoded == [5]  # of 12
     assert c.split.images.shape == (5, 1, 8, 8) and c.split.images.dtype == torch.uint8  # grey, at digits' size
     assert c.location == str(root / "natural" / "train") and not c.in_distribution
@@ -191,8 +242,9 @@ def test_an_image_folder_in_a_data_root_decodes_only_the_images_it_takes(zoo, tm
     assert c.describe().endswith("; out-of-distribution: another source than the teacher's digits")
     # a folder of class folders (no train/) is a train split too: the released code's layout
     _write_folder(tmp_path / "flat")
-    d = collect(CollectedConfig(source="imagefolder:flat", count=3), e.teacher, e.spec, "cpu", dataset="digits",
-                run_seed=0)
+    d = collect(
+        CollectedConfig(source="imagefolder:flat", count=3), e.teacher, e.spec, "cpu", dataset="digits", run_seed=0
+    )
     assert len(d) == 3 and d.location == str(tmp_path / "flat")
 
 
@@ -218,11 +270,14 @@ def test_mnist_collects_from_digits_upscaled(zoo, tmp_path):
     digits = get_source("digits").load("train")
     assert torch.equal(c.split.images, adapt_images(digits.images[c.indices], spec))
     assert not c.in_distribution and c.summary()["collected_in_distribution"] is False
-    assert c.describe() == ("digits train, 600 images (rho 0.01), teacher labels; out-of-distribution: another "
-                            "source than the teacher's mnist")
+    assert c.describe() == (
+        "digits train, 600 images (rho 0.01), teacher labels; out-of-distribution: another "
+        "source than the teacher's mnist"
+    )
     assert "source_box" not in c.record()
-    framed = collect(CollectedConfig(source="digits", rho=0.01, source_box=23), teacher, spec, "cpu",
-                     dataset="mnist", run_seed=0)
+    framed = collect(
+        CollectedConfig(source="digits", rho=0.01, source_box=23), teacher, spec, "cpu", dataset="mnist", run_seed=0
+    )
     assert torch.equal(framed.indices, c.indices)  # the same images, framed
     assert torch.equal(framed.split.images, adapt_images(digits.images[c.indices], spec, box=23))
     assert framed.record()["source_box"] == 23
@@ -234,16 +289,31 @@ def test_tables_mark_whether_the_collected_set_is_in_distribution():
 
     from datafree.report import accuracy_table, method_label, runs_table
 
-    ood = "digits train, 600 images (rho 0.01), teacher labels; out-of-distribution: another source than the teacher's mnist"
+    ood = (
+        "digits train, 600 images (rho 0.01), teacher labels; out-of-distribution: another source than the "
+        "teacher's mnist"
+    )
     ind = "mnist train, 600 images (rho 0.01), teacher labels; in-distribution: the teacher's own dataset"
     assert method_label("hidfd", ood) == "hidfd † OOD" and method_label("hidfd", ind) == "hidfd † ID"
     assert method_label("kd_real", "mnist train split, 60,000 images (labels used)") == "kd_real †"
     assert method_label("dafl", "") == "dafl"
     # records made before the mark (no distribution in the note) keep the plain dagger
     assert method_label("hidfd", "mnist train, 600 images (rho 0.01), teacher labels") == "hidfd †"
-    rows = [dict(dataset="mnist", method=m, pair="lenet5->lenet5_half", seed=0, last_acc=a, best_acc=a, mean_acc=a,
-                 var_acc=0.0, status="finished", uses_real_data=r)
-            for m, a, r in (("hidfd", 98.0, ood), ("collected_kd", 97.0, ind), ("dafl", 90.0, ""))]
+    rows = [
+        dict(
+            dataset="mnist",
+            method=m,
+            pair="lenet5->lenet5_half",
+            seed=0,
+            last_acc=a,
+            best_acc=a,
+            mean_acc=a,
+            var_acc=0.0,
+            status="finished",
+            uses_real_data=r,
+        )
+        for m, a, r in (("hidfd", 98.0, ood), ("collected_kd", 97.0, ind), ("dafl", 90.0, ""))
+    ]
     df = pd.DataFrame(rows)
     table = accuracy_table(df)
     assert "| hidfd † OOD |" in table and "| collected_kd † ID |" in table and "| dafl |" in table
@@ -256,8 +326,9 @@ def test_collected_labels_diagnosis_reports_a_teacher_that_files_everything_unde
     """benchmarks/diagnose/collected_labels.py: the figures behind the source_box of MNIST's presets."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "diagnose",
-                        "collected_labels.py")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "diagnose", "collected_labels.py"
+    )
     spec_ = importlib.util.spec_from_file_location("collected_labels", path)
     mod = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(mod)

@@ -1,4 +1,5 @@
 """compile=true (torch.compile of the student and teacher forward) gives the same losses within tolerance."""
+
 import pytest
 import torch
 
@@ -7,8 +8,9 @@ from conftest import engine_for
 
 def _losses(zoo, tmp_path, compile_: bool):
     torch.manual_seed(0)
-    e = engine_for("dafl", tmp_path / ("c" if compile_ else "e"), compile=compile_,
-                   synth={"synthesis_batch_size": 16, "ngf": 8})
+    e = engine_for(
+        "dafl", tmp_path / ("c" if compile_ else "e"), compile=compile_, synth={"synthesis_batch_size": 16, "ngf": 8}
+    )
     torch.manual_seed(1)
     out = []
     for _ in range(3):

@@ -79,8 +79,19 @@ def test_mnist_real_files(tmp_path):
     assert torch.bincount(te.labels).tolist()[:3] == [980, 1135, 1032]
     from datafree.train import train_teacher
 
-    entry = train_teacher("mnist", "lenet5_half",
-                          {"epochs": 1, "ep_steps": 150, "batch_size": 128, "data_root": root, "progress": False,
-                           "optim": {"name": "adam", "lr": 3e-3, "weight_decay": 0},
-                           "out": str(tmp_path / "t")}, zoo=str(tmp_path / "zoo"), log=lambda *a: None)
+    entry = train_teacher(
+        "mnist",
+        "lenet5_half",
+        {
+            "epochs": 1,
+            "ep_steps": 150,
+            "batch_size": 128,
+            "data_root": root,
+            "progress": False,
+            "optim": {"name": "adam", "lr": 3e-3, "weight_decay": 0},
+            "out": str(tmp_path / "t"),
+        },
+        zoo=str(tmp_path / "zoo"),
+        log=lambda *a: None,
+    )
     assert entry["accuracy"] > 90

@@ -15,13 +15,33 @@ from datafree.results import read_jsonl
 def test_run_writes_records(zoo, tmp_path, method):
     run(tiny(method, tmp_path / "r"))
     d = tmp_path / "r"
-    for f in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "student.pt",
-              "samples_0000.png", "samples_0001.png"):
+    for f in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoint.pt",
+        "student.pt",
+        "samples_0000.png",
+        "samples_0001.png",
+    ):
         assert (d / f).exists(), f
     s = json.loads((d / "summary.json").read_text())
-    for key in ("best_acc", "last_acc", "mean_acc", "var_acc", "peak_memory_mb", "synthesis_hours",
-                "distill_hours", "total_hours", "gpu_hours", "images_synthesized", "images_seen", "teacher_acc",
-                "seed", "versions"):
+    for key in (
+        "best_acc",
+        "last_acc",
+        "mean_acc",
+        "var_acc",
+        "peak_memory_mb",
+        "synthesis_hours",
+        "distill_hours",
+        "total_hours",
+        "gpu_hours",
+        "images_synthesized",
+        "images_seen",
+        "teacher_acc",
+        "seed",
+        "versions",
+    ):
         assert key in s, key
     assert s["images_seen"] == 2 * 3 * 16
     assert s["peak_memory_mb"] > 0 and s["teacher_acc"] > 50

@@ -1,5 +1,6 @@
 """scripts/gpu_check.sh --dry-run: the GPU plan (env, perf, tests, fp32 against bf16 synthesis, report) on the CPU
 at tiny sizes, into a temporary folder; every file the GPU run would bring back is there and says what it should."""
+
 import csv
 import json
 import os
@@ -23,8 +24,14 @@ def _env(**extra):
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu")
-    proc = subprocess.run(["bash", SCRIPT, "--dry-run", "--out", str(out)], capture_output=True, text=True,
-                          env=_env(), timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        ["bash", SCRIPT, "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        cwd=REPO,
+    )
     return out, proc
 
 
@@ -35,8 +42,9 @@ def test_dry_run_writes_every_file_and_every_step_passes(dry_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(os.listdir(out)) == sorted(FILES)  # 8 files: what the device tool brings back
     steps = read_steps(str(out / "steps.log"))
-    assert [s["step"] for s in steps] == ["env", "perf", "tests", "precision", "report"] or \
-        [s["step"] for s in steps] == ["env", "perf", "precision", "tests", "report"]  # tests and precision overlap
+    assert [s["step"] for s in steps] == ["env", "perf", "tests", "precision", "report"] or [
+        s["step"] for s in steps
+    ] == ["env", "perf", "precision", "tests", "report"]  # tests and precision overlap
     assert all(s["status"] == "ok" for s in steps), steps
     env = json.loads((out / "env.json").read_text())
     assert env["dry_run"] is True and env["torch"] == torch.__version__
@@ -58,8 +66,11 @@ def test_dry_run_compares_fp32_and_bf16_synthesis_side_by_side(dry_run):
     rec = json.loads((out / "precision.json").read_text())
     plan = PLANS["dry"]["methods"]
     assert rec["dry_run"] is True and sorted(rec["methods"]) == sorted(plan) == ["cmi", "deepinv", "fast10"]
-    iters = {"deepinv": plan["deepinv"]["synth"]["iterations"], "cmi": plan["cmi"]["synth"]["g_steps"],
-             "fast10": plan["fast10"]["synth"]["g_steps"]}
+    iters = {
+        "deepinv": plan["deepinv"]["synth"]["iterations"],
+        "cmi": plan["cmi"]["synth"]["g_steps"],
+        "fast10": plan["fast10"]["synth"]["g_steps"],
+    }
     rows = list(csv.DictReader(open(out / "precision_curves.csv")))
     for m, entry in rec["methods"].items():
         for prec, autocast in (("fp32", "off"), ("bf16", "bf16")):
@@ -71,7 +82,9 @@ def test_dry_run_compares_fp32_and_bf16_synthesis_side_by_side(dry_run):
             assert all(v > 0 for v in run["bn_per_iteration"])  # resnet8 has BN layers: the term is live
             assert {"bn", "oh", "loss_g"} <= set(run["rounds"][-1])
             assert 0.0 <= run["teacher_agreement"] <= 1.0
-            curve = [float(r["value"]) for r in rows if (r["method"], r["precision"], r["curve"]) == (m, prec, "iteration")]
+            curve = [
+                float(r["value"]) for r in rows if (r["method"], r["precision"], r["curve"]) == (m, prec, "iteration")
+            ]
             assert curve == pytest.approx(run["bn_per_iteration"], rel=1e-15)  # repr() round-trips a float
         s = entry["summary"]
         # the same batch, its BN term in fp32 and under bf16: close, not equal (bf16 rounds every activation)
@@ -86,8 +99,9 @@ def test_dry_run_compares_fp32_and_bf16_synthesis_side_by_side(dry_run):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_gpu_mode_without_cuda_stops_after_the_env_step(tmp_path):
-    proc = subprocess.run(["bash", SCRIPT, "--out", str(tmp_path)], capture_output=True, text=True, env=_env(),
-                          timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        ["bash", SCRIPT, "--out", str(tmp_path)], capture_output=True, text=True, env=_env(), timeout=120, cwd=REPO
+    )
     assert proc.returncode == 1 and "env step failed" in proc.stderr
     assert "no CUDA device" in (tmp_path / "steps.log").read_text()
     assert not (tmp_path / "perf.json").exists()

@@ -1,4 +1,5 @@
 """log=: the csv, tensorboard and wandb loggers, end to end on tiny digits runs, and their errors."""
+
 import csv
 import glob
 import json
@@ -34,8 +35,13 @@ def wandb_env(tmp_path, monkeypatch):
     """W&B offline, every directory it may write to inside tmp_path, run from an empty working directory."""
     pytest.importorskip("wandb", reason="log=wandb needs the wandb package (pip install wandb, or the test extra)")
     home = tmp_path / "wandb_home"
-    for var, sub in (("WANDB_DIR", "dir"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
-                     ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+    for var, sub in (
+        ("WANDB_DIR", "dir"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ):
         monkeypatch.setenv(var, str(home / sub))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -70,13 +76,13 @@ def wandb_records(path):
         if room < 7:
             pos += room
             continue
-        _crc, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             pos += room
             continue
         if pos + 7 + n > len(data):  # still being written
             return
-        payload, pos = data[pos + 7:pos + 7 + n], pos + 7 + n
+        payload, pos = data[pos + 7 : pos + 7 + n], pos + 7 + n
         if kind in (1, 4):
             yield pb.Record.FromString(pieces + payload if kind == 4 else payload)
             pieces = b""
@@ -129,8 +135,21 @@ def test_logger_names_and_errors(zoo, tmp_path):
 
 def test_unknown_logger_fails_before_any_file_is_written(zoo, tmp_path, capsys):
     out = tmp_path / "r"
-    args = ["distill", "--method", "scratch", "--dataset", "digits", "--student", "lenet5_half", "--out", str(out),
-            "epochs=1", "ep_steps=1", "samples=0", "progress=false"]
+    args = [
+        "distill",
+        "--method",
+        "scratch",
+        "--dataset",
+        "digits",
+        "--student",
+        "lenet5_half",
+        "--out",
+        str(out),
+        "epochs=1",
+        "ep_steps=1",
+        "samples=0",
+        "progress=false",
+    ]
     assert main(args + ["log=cvs"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1
@@ -141,8 +160,22 @@ def test_unknown_logger_fails_before_any_file_is_written(zoo, tmp_path, capsys):
 def test_a_missing_package_is_one_error_line_before_any_file(zoo, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(loggers, "installed", lambda module: module != "wandb")
     out = tmp_path / "r"
-    args = ["distill", "--method", "scratch", "--dataset", "digits", "--student", "lenet5_half", "--out", str(out),
-            "epochs=1", "ep_steps=1", "samples=0", "progress=false", "log=csv,wandb"]
+    args = [
+        "distill",
+        "--method",
+        "scratch",
+        "--dataset",
+        "digits",
+        "--student",
+        "lenet5_half",
+        "--out",
+        str(out),
+        "epochs=1",
+        "ep_steps=1",
+        "samples=0",
+        "progress=false",
+        "log=csv,wandb",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1 and "pip install wandb" in err
@@ -184,8 +217,11 @@ def test_csv_logger_adds_late_columns_and_resumes_without_a_second_header(tmp_pa
     lg.close()
     header, rows = _csv(tmp_path / "log.csv")
     assert header == ["step", "acc", "late"]
-    assert [(r["step"], r["acc"], r["late"]) for r in rows] == [("1", "10.0", ""), ("2", "20.0", "1.5"),
-                                                                  ("3", "30.0", "")]
+    assert [(r["step"], r["acc"], r["late"]) for r in rows] == [
+        ("1", "10.0", ""),
+        ("2", "20.0", "1.5"),
+        ("3", "30.0", ""),
+    ]
     with open(tmp_path / "log.csv", "a") as f:
         f.write("4,40.0,2")  # a row cut by a kill: no newline
     lg = loggers.CSVLogger(str(tmp_path), start_step=2)  # resumed after step 2: rows 3 and 4 are redone
@@ -228,8 +264,9 @@ def test_tensorboard_logger_writes_scalars_images_and_config(zoo, tmp_path):
     acc = EventAccumulator(str(d / "tensorboard")).Reload()
     tags = acc.Tags()
     assert {"acc", "lr", "synth/loss_g", "distill/loss"} <= set(tags["scalars"])
-    assert [(e.step, round(e.value, 4)) for e in acc.Scalars("acc")] == [(i + 1, round(a, 4))
-                                                                           for i, a in enumerate(_accs(d))]
+    assert [(e.step, round(e.value, 4)) for e in acc.Scalars("acc")] == [
+        (i + 1, round(a, 4)) for i, a in enumerate(_accs(d))
+    ]
     assert [e.step for e in acc.Images("samples")] == [1, 2]
     assert "config/text_summary" in tags["tensors"]
 
@@ -241,7 +278,7 @@ def test_wandb_logger_offline_run_holds_config_and_history(zoo, wandb_env, monke
     monkeypatch.delenv("WANDB_MODE")  # offline is the default: no network, no login
     d = wandb_env / "r"
     run(tiny("dafl", d, log="wandb"))
-    (run_id, name, config, history), = wandb_run(str(d))
+    ((run_id, name, config, history),) = wandb_run(str(d))
     assert name == "r" and run_id == (d / "wandb" / "datafree-id").read_text().strip()
     assert config["method"] == "dafl" and config["dataset"] == "digits" and config["run_id"] == "r"
     assert config["synth"]["ngf"] == 8 and len(config["fingerprint"]) == 64

@@ -7,8 +7,9 @@ from datafree.synthesis import losses
 
 def _bn_net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3),
-                         nn.BatchNorm2d(4))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)
+    )
 
 
 def test_bn_statistics_zero_when_batch_matches_running_stats():
@@ -188,10 +189,13 @@ def test_adversarial_elementmean_is_the_released_mb_pre_dfkd_term():
     # the same as js_clamped's batch mean divided by the class count
     assert abs(float(got.detach()) - (1 - float(js_clamped(s.detach(), t, T=3.0)) / 4)) < 1e-6
     (g,) = torch.autograd.grad(got, s)
-    expected = torch.tensor([
-        [-8.47801735859886e-04, 5.16995929696848e-04, -9.94636906910652e-05, 4.30269496854106e-04],
-        [1.23623884447429e-04, 4.37196820579453e-04, -2.20133821238606e-03, 1.64051750735918e-03],
-        [5.94897140844152e-07, 2.32731399966494e-05, 5.33528313768154e-05, -7.72208685143090e-05]])
+    expected = torch.tensor(
+        [
+            [-8.47801735859886e-04, 5.16995929696848e-04, -9.94636906910652e-05, 4.30269496854106e-04],
+            [1.23623884447429e-04, 4.37196820579453e-04, -2.20133821238606e-03, 1.64051750735918e-03],
+            [5.94897140844152e-07, 2.32731399966494e-05, 5.33528313768154e-05, -7.72208685143090e-05],
+        ]
+    )
     # float32 backward through 4-class softmaxes: errors ~1e-7 relative to the largest entry (2.2e-3), i.e.
     # ~3e-10 absolute; 1e-8 leaves a 30x margin and still separates every entry from its neighbours
     assert torch.allclose(g, expected, atol=1e-8, rtol=0)

@@ -1,5 +1,6 @@
 """CMI (Fang et al., IJCAI 2021): one round, each term's reach, the kept batches, the generator reset,
 the contrastive head and memory bank, the masked adversarial term, and an end-to-end run that resumes."""
+
 import pytest
 import torch
 from torch import nn
@@ -12,8 +13,16 @@ from datafree.synthesis.cmi import FeatureBank, dcgan_init
 # the digits lenet5 teacher has no BatchNorm: the BN term is zero there, and the run says so
 pytestmark = pytest.mark.filterwarnings("ignore:.*no BatchNorm layers")
 
-SYNTH = {"synthesis_batch_size": 8, "ngf": 8, "nz": 16, "g_steps": 3, "bank_size": 20, "n_neg": 12,
-         "head_dim": 16, "pool_dtype": "float32"}
+SYNTH = {
+    "synthesis_batch_size": 8,
+    "ngf": 8,
+    "nz": 16,
+    "g_steps": 3,
+    "bank_size": 20,
+    "n_neg": 12,
+    "head_dim": 16,
+    "pool_dtype": "float32",
+}
 
 
 def _engine(tmp_path, **synth):
@@ -111,7 +120,9 @@ def test_generator_is_reinitialised_every_round(zoo, tmp_path):
     end_of_first = snapshot(synth.generator)
     synth.synthesize()
     assert len(starts) == 2
-    assert any(not torch.equal(starts[1][k], end_of_first[k]) for k in end_of_first if end_of_first[k].is_floating_point())
+    assert any(
+        not torch.equal(starts[1][k], end_of_first[k]) for k in end_of_first if end_of_first[k].is_floating_point()
+    )
     # a reset is a fresh DCGAN draw: the same as initialising a brand-new generator from the same random state
     torch.manual_seed(5)
     synth.reset_generator()
@@ -130,8 +141,11 @@ def test_contrastive_term_and_head(zoo, tmp_path):
     assert torch.isfinite(plain) and plain > 0
     assert losses.cross_view_info_nce(q, q, T=0.1) < plain  # matching views are easy positives
     with_bank = losses.cross_view_info_nce(torch.cat([q, q[:4]]), torch.cat([k, k[:4]]), T=0.1, n_current=8)
-    logits = torch.nn.functional.normalize(torch.cat([q, q[:4]]), dim=1) @ \
-        torch.nn.functional.normalize(torch.cat([k, k[:4]]), dim=1).t() / 0.1
+    logits = (
+        torch.nn.functional.normalize(torch.cat([q, q[:4]]), dim=1)
+        @ torch.nn.functional.normalize(torch.cat([k, k[:4]]), dim=1).t()
+        / 0.1
+    )
     rows = torch.nn.functional.cross_entropy(logits, torch.arange(12), reduction="none")
     assert torch.allclose(with_bank, rows[:8].mean() + rows[8:].mean())
 
@@ -188,7 +202,9 @@ def test_end_to_end_run_and_resume(zoo, tmp_path, monkeypatch):
     sa = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["synthesizer"]
     sb = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["synthesizer"]
     assert all(torch.equal(sa["head"][k], sb["head"][k]) for k in sa["head"])  # the head resumed exactly
-    assert torch.equal(sa["bank"]["data"], sb["bank"]["data"]) and torch.equal(sa["pool"]["images"], sb["pool"]["images"])
+    assert torch.equal(sa["bank"]["data"], sb["bank"]["data"]) and torch.equal(
+        sa["pool"]["images"], sb["pool"]["images"]
+    )
 
 
 @pytest.mark.parametrize("bug", [True, False])
@@ -204,11 +220,16 @@ def test_exactly_full_bank_keeps_first_steps_from_then_on_as_the_reference(zoo, 
             assert resolve({"method": "cmi", **cell}).synth["bank_full_nan"] is True  # the compared cells
             assert resolve({"method": "cmi:fixed", **cell}).synth["bank_full_nan"] is False
             assert resolve({"method": "cmi:fixed", **cell}).synth["feature_layers"] == (
-                "stages" if pair[0] == "resnet34" else "bn")
+                "stages" if pair[0] == "resnet34" else "bn"
+            )
     # anywhere else the bug would only waste rounds: off
     assert resolve({"method": "cmi", "dataset": "mnist"}).synth["bank_full_nan"] is False
-    assert resolve({"method": "cmi", "dataset": "cifar10", "teacher": "resnet20",
-                    "student": "resnet8"}).synth["bank_full_nan"] is False
+    assert (
+        resolve({"method": "cmi", "dataset": "cifar10", "teacher": "resnet20", "student": "resnet8"}).synth[
+            "bank_full_nan"
+        ]
+        is False
+    )
     e = _engine(tmp_path, bank_size=16, bank_full_nan=bug)
     calls = []
     original = type(e.synth).objective

@@ -1,4 +1,5 @@
 """CuDFKD: the adversarial curriculum on the data side, self-paced per-sample KD on the student side."""
+
 import copy
 import math
 
@@ -141,8 +142,8 @@ def test_adversarial_weight_ramps_linearly_inside_the_middle_fraction():
     E, start, grad = 20, 0.0, 0.5
     w = [curriculum_adv_weight(e, E, start, grad, 0.25, 0.75) for e in range(E)]
     s, f = 5, 15  # floor(20 * 0.25), floor(20 * 0.75)
-    assert all(v == 0.0 for v in w[:s + 2])  # zero before the ramp (the first increment lands after epoch s+1)
-    inside = w[s + 1:f + 1]
+    assert all(v == 0.0 for v in w[: s + 2])  # zero before the ramp (the first increment lands after epoch s+1)
+    inside = w[s + 1 : f + 1]
     assert all(b - a == pytest.approx(grad) for a, b in zip(inside, inside[1:]))  # linear, +grad per epoch
     assert all(v == pytest.approx(grad * (f - s - 1)) for v in w[f:])  # constant at the final value after
     # the reference's loop: adv += grad after each epoch e with s < e < f
@@ -236,8 +237,11 @@ def test_generator_starts_from_the_dcgan_initialisation(zoo, tmp_path):
 
 
 def test_engine_run_and_resume(zoo, tmp_path, monkeypatch):
-    over = {"epochs": 3, "synth": dict(SYNTH, adv=0.0, grad_adv=0.5, adv_final=None),
-            "distill": {"lambda_final": None}}  # the ramp (25-75 % of 3 epochs) opens in the last epoch
+    over = {
+        "epochs": 3,
+        "synth": dict(SYNTH, adv=0.0, grad_adv=0.5, adv_final=None),
+        "distill": {"lambda_final": None},
+    }  # the ramp (25-75 % of 3 epochs) opens in the last epoch
     full, resumed = interrupted_then_resumed(lambda d: tiny("cudfkd", d, **over), tmp_path, monkeypatch)
     assert resumed["last_acc"] == full["last_acc"] and full["evaluations"] == 3
     m = read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))

@@ -1,4 +1,5 @@
 """DAFL: the generator's loss in the form of DAFL's code, and each compared cell's protocol and generator."""
+
 import math
 
 import pytest
@@ -63,7 +64,9 @@ def _generator_for(dataset, teacher, student, method="dafl"):
     spec = get_spec(dataset)
     synth = SYNTHESIZERS.get("dafl")
     params = dict(cfg.synth)
-    return cfg, synth.build_generator(type("S", (), {"cfg": synth.Config(**params), "ctx": type("C", (), {"spec": spec})})())
+    return cfg, synth.build_generator(
+        type("S", (), {"cfg": synth.Config(**params), "ctx": type("C", (), {"spec": spec})})()
+    )
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
@@ -99,5 +102,12 @@ def test_resnet34_resnet18_runs_the_dafl_readme_command(dataset, oh, ie, act):
 def test_mnist_is_dafl_code_defaults():
     cfg, gen = _generator_for("mnist", "lenet5", "lenet5_half")
     s = cfg.synth
-    assert (s["nz"], s["lr_g"], s["ie_log"], s["bn_eps"], s["conv_bias"], cfg.batch_size) == (100, 0.2, "10", 0.8, True, 512)
+    assert (s["nz"], s["lr_g"], s["ie_log"], s["bn_eps"], s["conv_bias"], cfg.batch_size) == (
+        100,
+        0.2,
+        "10",
+        0.8,
+        True,
+        512,
+    )
     assert (cfg.distill["T"], cfg.epochs, cfg.ep_steps) == (1.0, 200, 120)

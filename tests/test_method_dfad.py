@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from conftest import (
-    adversarial_live_and_trap, engine_for, interrupted_then_resumed, round_trains_only, snapshot, tiny, unchanged,
+    adversarial_live_and_trap,
+    engine_for,
+    interrupted_then_resumed,
+    round_trains_only,
+    snapshot,
+    tiny,
+    unchanged,
 )
 from datafree.config import resolve
 from datafree.synthesis.losses import l1_logits
@@ -113,10 +119,17 @@ def test_student_runs_in_train_mode_in_the_generator_loss_as_the_reference(zoo, 
     e = _engine(tmp_path)
     assert e.synth.cfg.student_mode == "train"
     torch.manual_seed(0)
-    student = nn.Sequential(nn.Conv2d(e.spec.channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, e.spec.num_classes)).eval()
-    s = SYNTHESIZERS.build("dfad", Context(e.teacher, student, e.spec, e.device, cfg=e.cfg),
-                           **{**e.cfg.synth, "student_mode": mode})
+    student = nn.Sequential(
+        nn.Conv2d(e.spec.channels, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, e.spec.num_classes),
+    ).eval()
+    s = SYNTHESIZERS.build(
+        "dfad", Context(e.teacher, student, e.spec, e.device, cfg=e.cfg), **{**e.cfg.synth, "student_mode": mode}
+    )
     before = snapshot(student)
     x = s.generate(s.latent(16))
     loss, _ = s.generator_loss(x, None)

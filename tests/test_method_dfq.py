@@ -1,4 +1,5 @@
 """DFQ: the generator's terms, the adversarial term against a real student, the BN term on a BN teacher."""
+
 import copy
 import warnings
 
@@ -6,8 +7,14 @@ import pytest
 import torch
 
 from conftest import (
-    assert_term_moves_only_the_generator, engine_for, grad_norm, interrupted_then_resumed, round_trains_only,
-    snapshot, tiny, unchanged,
+    assert_term_moves_only_the_generator,
+    engine_for,
+    grad_norm,
+    interrupted_then_resumed,
+    round_trains_only,
+    snapshot,
+    tiny,
+    unchanged,
 )
 from datafree.data import get_source
 from datafree.models import create_model
@@ -96,15 +103,21 @@ def test_plain_dfq_runs_the_cmi_criterion_at_t1_and_the_fixed_preset_the_scripts
     train the student with it: the CMI table's DFQ cells come from T = 1, whatever the script's --T."""
     from datafree.config import resolve
 
-    for ds, t, s, lr in (("cifar10", "wrn40_2", "wrn16_1", 0.1), ("cifar10", "resnet34", "resnet18", 0.1),
-                         ("cifar100", "resnet34", "resnet18", 0.05), ("cifar100", "wrn40_2", "wrn16_2", 0.05)):
+    for ds, t, s, lr in (
+        ("cifar10", "wrn40_2", "wrn16_1", 0.1),
+        ("cifar10", "resnet34", "resnet18", 0.1),
+        ("cifar100", "resnet34", "resnet18", 0.05),
+        ("cifar100", "wrn40_2", "wrn16_2", 0.05),
+    ):
         plain = resolve({"method": "dfq", "dataset": ds, "teacher": t, "student": s})
         assert plain.distill["T"] == 1 and plain.synth["adv_T"] == 1 and plain.synth["adv_masked"] is False
         assert plain.optim.lr == lr and plain.kd_steps == 10 and plain.batch_size == 256
         fixed = resolve({"method": "dfq:fixed", "dataset": ds, "teacher": t, "student": s})
         # --T 20 in dfq_cifar10_wrn402_wrn161.sh, --T 1 in dfq_cifar10_res34_res18.sh (a CIFAR-100 script)
         assert fixed.distill["T"] == (20 if ds == "cifar10" else 1) and fixed.synth["adv_T"] == 1
-    assert resolve({"method": "dfq", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"}).distill["T"] == 1
+    assert (
+        resolve({"method": "dfq", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"}).distill["T"] == 1
+    )
 
 
 # Fixed logits: batch 2, K = 3; student s, teacher t (the same as tests/test_method_zskt.py).

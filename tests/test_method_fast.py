@@ -1,12 +1,22 @@
 """Fast-DFKD: the meta-generator round, the meta update rules, warm-up, the one-time reset,
 BN-statistics momentum, the presets, and end-to-end runs that resume."""
+
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import changed_params, count_calls, engine_for, interrupted_then_resumed, run_killed, snapshot, tiny, unchanged
+from conftest import (
+    changed_params,
+    count_calls,
+    engine_for,
+    interrupted_then_resumed,
+    run_killed,
+    snapshot,
+    tiny,
+    unchanged,
+)
 from datafree.config import RunConfig, resolve
 from datafree.data.datasets import get_spec
 from datafree.engine import run
@@ -154,8 +164,9 @@ def test_first_layer_reset_happens_once_at_the_chosen_epoch(zoo, tmp_path):
 def test_reset_is_not_repeated_by_a_resume(zoo, tmp_path, monkeypatch):
     calls = []
     real_reset = fast_mod.reset_first_layers
-    monkeypatch.setattr(fast_mod, "reset_first_layers",
-                        lambda g, *a, **k: (calls.append(type(g).__name__), real_reset(g, *a, **k)))
+    monkeypatch.setattr(
+        fast_mod, "reset_first_layers", lambda g, *a, **k: (calls.append(type(g).__name__), real_reset(g, *a, **k))
+    )
     cfg = dict(synth=dict(SYNTH, reset_after=0), warmup=1, epochs=4)
     run_killed(tiny("fast", tmp_path / "r", **cfg), monkeypatch, after=2)  # after epoch index 1, the reset epoch
     assert len(calls) == 1  # at the start of epoch index 1 = warmup + reset_after
@@ -198,14 +209,23 @@ def test_bn_momentum_targets_are_updated_after_each_round():
     assert s.state_dict()["terms"]["ema"][0] is not None  # resumable
 
 
-@pytest.mark.parametrize("preset,g_steps,lr_z,lr_g", [
-    ("fast", 10, 0.01, 2e-3), ("fast1", 1, 0.015, 5e-3), ("fast2", 2, 0.015, 5e-3),
-    ("fast5", 5, 0.01, 3e-3), ("fast10", 10, 0.01, 2e-3)])
+@pytest.mark.parametrize(
+    "preset,g_steps,lr_z,lr_g",
+    [
+        ("fast", 10, 0.01, 2e-3),
+        ("fast1", 1, 0.015, 5e-3),
+        ("fast2", 2, 0.015, 5e-3),
+        ("fast5", 5, 0.01, 3e-3),
+        ("fast10", 10, 0.01, 2e-3),
+    ],
+)
 def test_presets_resolve(preset, g_steps, lr_z, lr_g):
-    for dataset, teacher, student, adv, oh in [("cifar10", "wrn40_2", "wrn16_1", 1.1, 0.4),
-                                               ("cifar100", "resnet34", "resnet18", 1.33, 0.5),
-                                               ("cifar10", "vgg11", "resnet18", 1.0, 0.5),
-                                               ("mnist", "lenet5", "lenet5_half", 1.1, 0.4)]:
+    for dataset, teacher, student, adv, oh in [
+        ("cifar10", "wrn40_2", "wrn16_1", 1.1, 0.4),
+        ("cifar100", "resnet34", "resnet18", 1.33, 0.5),
+        ("cifar10", "vgg11", "resnet18", 1.0, 0.5),
+        ("mnist", "lenet5", "lenet5_half", 1.1, 0.4),
+    ]:
         cfg = resolve({"method": preset, "dataset": dataset, "teacher": teacher, "student": student})
         assert cfg.synthesizer == "fast" and cfg.distiller == "kd" and cfg.distill["T"] == 20
         assert (cfg.synth["g_steps"], cfg.synth["lr_z"], cfg.synth["lr_g"]) == (g_steps, lr_z, lr_g)

@@ -1,6 +1,7 @@
 """HiDFD (Tang et al., AAAI 2025): the GAN's loss terms and what each one trains, the class weights of the
 frequency smoothing, ADC-GAN's 2K-way classifier, the synthetic set and data inflation, classifier-sharing
 feature alignment, the deployed student, and end-to-end runs that train the GAN in warm-up and resume."""
+
 import json
 import math
 
@@ -13,8 +14,17 @@ from datafree.engine import Engine, run
 from datafree.synthesis import losses
 from datafree.synthesis.hidfd import FrequencySmoother
 
-SYNTH = {"g_ch": 2, "d_ch": 2, "feature_hidden": 16, "gan_batch_size": 8, "gan_steps": 4, "pool_size": 40,
-         "synthetic_size": 24, "repeat": 2, "rho": 0.05}
+SYNTH = {
+    "g_ch": 2,
+    "d_ch": 2,
+    "feature_hidden": 16,
+    "gan_batch_size": 8,
+    "gan_steps": 4,
+    "pool_size": 40,
+    "synthetic_size": 24,
+    "repeat": 2,
+    "rho": 0.05,
+}
 
 
 def _engine(tmp_path, name="r", **synth):
@@ -114,8 +124,9 @@ def test_adc_classifier_has_2k_outputs_and_the_papers_losses(zoo, tmp_path):
     assert torch.isclose(d, F.cross_entropy(a_r, 2 * y_r) + F.cross_entropy(a_f, 2 * y_f + 1))
     g = losses.adc_generator(a_f, y_f)
     assert torch.isclose(g, F.cross_entropy(a_f, 2 * y_f) - F.cross_entropy(a_f, 2 * y_f + 1))
-    assert torch.isclose(losses.hinge_discriminator(torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.5])),
-                         torch.tensor(0.5 + 0.75))
+    assert torch.isclose(
+        losses.hinge_discriminator(torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.5])), torch.tensor(0.5 + 0.75)
+    )
 
 
 def test_feature_integration_is_the_four_distances():
@@ -233,23 +244,28 @@ def _released_stats(mean, std, grey=False):
     if grey:  # a grey pixel through adapt_images' weights
         w = (0.299, 0.587, 0.114)
         a, b = [sum(x * y for x, y in zip(w, a))], [sum(x * y for x, y in zip(w, b))]
-    return ([round((m - bb) / aa, 4) for m, aa, bb in zip(mean, a, b)],
-            [round(s / aa, 4) for s, aa in zip(std, a)])
+    return ([round((m - bb) / aa, 4) for m, aa, bb in zip(mean, a, b)], [round(s / aa, 4) for s, aa in zip(std, a)])
 
 
 def test_released_student_normalisation_keeps_the_released_change_of_pixels():
     from datafree.config import resolve
     from datafree.data.datasets import get_spec
 
-    for ds, teacher, student in (("cifar10", "resnet34", "resnet18"), ("cifar100", "resnet34", "resnet18"),
-                                 ("mnist", "lenet5", "lenet5_half"), ("digits", "lenet5", "lenet5_half")):
+    for ds, teacher, student in (
+        ("cifar10", "resnet34", "resnet18"),
+        ("cifar100", "resnet34", "resnet18"),
+        ("mnist", "lenet5", "lenet5_half"),
+        ("digits", "lenet5", "lenet5_half"),
+    ):
         cfg = resolve({"method": "hidfd:released", "dataset": ds, "teacher": teacher, "student": student})
         spec = get_spec(ds)
         want = _released_stats(spec.mean, spec.std, grey=spec.channels == 1)
         assert (cfg.synth["train_mean"], cfg.synth["train_std"]) == want, ds
     # CIFAR-100's teacher is normalised as the released one: ImageNet32's constants themselves
     assert _released_stats((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)) == (
-        [0.480, 0.457, 0.409], [0.275, 0.271, 0.281])
+        [0.480, 0.457, 0.409],
+        [0.275, 0.271, 0.281],
+    )
 
 
 def test_minmax_pixels_are_torchvisions_save_image_normalize():
@@ -291,7 +307,7 @@ def test_released_synthetic_set_comes_from_the_non_ema_generator_in_eval_mode(zo
     z, y = torch.randn(3, e.synth.cfg.nz), torch.tensor([0, 1, 2])
     g.eval()
     with torch.no_grad():
-        one = torch.cat([g(z[i:i + 1], y[i:i + 1]) for i in range(3)])
+        one = torch.cat([g(z[i : i + 1], y[i : i + 1]) for i in range(3)])
         assert torch.allclose(g(z, y), one, atol=1e-5)  # eval mode: an image does not depend on its batch
     g.train()
 

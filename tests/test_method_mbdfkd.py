@@ -1,11 +1,19 @@
 """MB-DFKD: the adversarial generator and the memory buffer replayed to the student."""
+
 import pytest
 import torch
 from torch import nn
 
 from conftest import (
-    assert_same_results, assert_term_moves_only_the_generator, changed_params, engine_for, round_trains_only,
-    run_killed, snapshot, tiny, unchanged,
+    assert_same_results,
+    assert_term_moves_only_the_generator,
+    changed_params,
+    engine_for,
+    round_trains_only,
+    run_killed,
+    snapshot,
+    tiny,
+    unchanged,
 )
 from datafree.engine import run
 from datafree.synthesis import losses
@@ -95,7 +103,9 @@ def test_engine_runs_and_resumes(zoo, tmp_path, monkeypatch):
     assert full["images_seen"] == resumed["images_seen"] == 3 * 16 + 2 * 3 * 18
 
 
-@pytest.mark.parametrize("method, kind, log, eps", [("mbdfkd", "released", "10", 0.8), ("mbdfkd:fixed", "js", "e", 1e-5)])
+@pytest.mark.parametrize(
+    "method, kind, log, eps", [("mbdfkd", "released", "10", 0.8), ("mbdfkd:fixed", "js", "e", 1e-5)]
+)
 def test_plain_name_runs_the_released_terms_and_the_preset_the_fixed_ones(zoo, tmp_path, method, kind, log, eps):
     """mbdfkd: the released code's adversarial term (utils/aux.py:70-85), log10 class balance
     (distillation.py:58) and BatchNorm2d(C, 0.8) (networks/generator.py:17,22); mbdfkd:fixed: the true JS,
@@ -113,8 +123,11 @@ def test_plain_name_runs_the_released_terms_and_the_preset_the_fixed_ones(zoo, t
     with torch.no_grad():
         t = e.teacher(x)
         st = e.student(x)
-    adv = (losses.adversarial_elementmean(st, t, T=3.0) if kind == "released"
-           else losses.adversarial(st, t, kind="js", T=3.0))
+    adv = (
+        losses.adversarial_elementmean(st, t, T=3.0)
+        if kind == "released"
+        else losses.adversarial(st, t, kind="js", T=3.0)
+    )
     ie = losses.class_balance(t, log=log)
     # the same float32 operations on the same tensors: equal up to summation order
     assert torch.allclose(logs["adv"], adv, atol=1e-6, rtol=0) and torch.allclose(logs["ie"], ie, atol=1e-6, rtol=0)
@@ -127,8 +140,14 @@ def test_plain_name_runs_the_released_terms_and_the_preset_the_fixed_ones(zoo, t
 
 def _bn_student(channels: int, classes: int = 10) -> nn.Module:
     torch.manual_seed(3)
-    return nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, classes))
+    return nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, classes),
+    )
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -1,4 +1,5 @@
 """PRE-DFKD: the adversarial generator, the VAE and its pseudo replay (no stored images)."""
+
 import pytest
 import torch
 from torch import nn
@@ -146,7 +147,8 @@ def test_plain_name_runs_the_released_vae_and_the_preset_the_fixed_one(zoo, tmp_
     assert _eps(s.vae.encoder) == [eps, eps, 1e-5]
     assert s.vae.encoder.l2norm == s.cfg.vae_tuning_grad == released
     assert (s.cfg.adv_kind, s.cfg.ie_log, s.cfg.student_mode) == (
-        ("released", "10", "train") if released else ("js", "e", "eval"))
+        ("released", "10", "train") if released else ("js", "e", "eval")
+    )
     seen = []
     real = losses.class_balance
     monkeypatch.setattr(losses, "class_balance", lambda t, **kw: seen.append(kw.get("log")) or real(t, **kw))
@@ -168,7 +170,7 @@ def test_encoder_input_is_l2_normalised_along_the_height_axis(zoo, tmp_path):
     enc(x)
     # exact in float32 up to one rounding of the norm: 5 and 2 * sqrt(32) are computed to < 1 ulp
     assert torch.allclose(seen["x"][0, 0, :3, 5], torch.tensor([0.6, 0.8, 0.0]), atol=1e-7, rtol=0)
-    assert torch.allclose(seen["x"][0, 0, :, 7], torch.full((32,), 32 ** -0.5), atol=1e-7, rtol=0)
+    assert torch.allclose(seen["x"][0, 0, :, 7], torch.full((32,), 32**-0.5), atol=1e-7, rtol=0)
     # a positive scale per column (n, c, w) does not change what the encoder computes
     torch.manual_seed(0)
     y = torch.randn(2, 1, 32, 32)
@@ -222,8 +224,12 @@ def test_vae_update_carries_the_latent_tuning_gradient_as_the_released_code(zoo,
     decoder.train()
     t = e.teacher(decoder(z))
     p = F.softmax(t, dim=1).mean(0)
-    tune = (c.oh * F.cross_entropy(t, t.argmax(1)) + c.ie * (p * torch.log10(p)).sum()
-            + F.mse_loss(z.var(0), torch.ones(c.nz)) + F.mse_loss(z.mean(0), torch.zeros(c.nz)))
+    tune = (
+        c.oh * F.cross_entropy(t, t.argmax(1))
+        + c.ie * (p * torch.log10(p)).sum()
+        + F.mse_loss(z.var(0), torch.ones(c.nz))
+        + F.mse_loss(z.mean(0), torch.zeros(c.nz))
+    )
     expected = torch.autograd.grad(tune, list(decoder.parameters()), allow_unused=True)
     expected = [torch.zeros_like(on) if g is None else g for on, g in zip(dec_on, expected)]
     # float32: each gradient element is a sum of terms on the scale of the decoder's gradients, summed in another

@@ -1,4 +1,5 @@
 """ZSKT: adversarial KL generator, KD + attention-transfer student (kd_at)."""
+
 import copy
 import math
 
@@ -6,7 +7,13 @@ import pytest
 import torch
 
 from conftest import (
-    adversarial_live_and_trap, engine_for, interrupted_then_resumed, round_trains_only, snapshot, tiny, unchanged,
+    adversarial_live_and_trap,
+    engine_for,
+    interrupted_then_resumed,
+    round_trains_only,
+    snapshot,
+    tiny,
+    unchanged,
 )
 from datafree.distill.zskt import KDAttention, attention_loss, attention_map, pair_by_size
 from datafree.models import create_model
@@ -28,18 +35,38 @@ def test_plain_zskt_runs_the_cmi_protocol_and_the_paper_preset_the_authors(zoo):
     for ds, t, s in (("cifar10", "wrn40_2", "wrn16_1"), ("cifar100", "resnet34", "resnet18")):
         c = resolve({"method": "zskt", "dataset": ds, "teacher": t, "student": s})
         assert (c.synthesizer, c.distiller, c.batch_size, c.kd_steps, c.ep_steps, c.epochs) == (
-            "zskt", "kd_at", 256, 5, 400, 200)
+            "zskt",
+            "kd_at",
+            256,
+            5,
+            400,
+            200,
+        )
         assert (c.synth["generator"], c.synth["nz"], c.synth["output"], c.synth["conv_bias"]) == (
-            "dcgan_large", 256, "sigmoid", False)
+            "dcgan_large",
+            256,
+            "sigmoid",
+            False,
+        )
         assert c.synth["betas"] == [0.5, 0.999] and c.synth["synthesis_batch_size"] == 256
         assert (c.synth["sample_mode"], c.synth["reuse_batch"], c.synth["clip_grad"]) == ("eval", False, 0)
         assert (c.synth["T"], c.synth["kl_reduction"]) == (1, "batchmean")  # KLDiv(): T = 1, batchmean
         assert c.distill == {"T": 1, "beta": 0, "clip_grad": 0, "kl_reduction": "batchmean"}  # no AT, T = 1
         assert (c.optim.name, c.optim.lr, c.optim.momentum, c.optim.weight_decay, c.optim.schedule) == (
-            "sgd", 0.1, 0.9, 1e-4, "cosine")
+            "sgd",
+            0.1,
+            0.9,
+            1e-4,
+            "cosine",
+        )
         p = resolve({"method": "zskt:paper", "dataset": ds, "teacher": t, "student": s})
         assert (p.batch_size, p.kd_steps, p.synth["nz"], p.synth["output"], p.synth["generator"]) == (
-            128, 10, 100, "bn", "dcgan")
+            128,
+            10,
+            100,
+            "bn",
+            "dcgan",
+        )
         assert p.epochs * p.ep_steps // p.kd_steps == 80_000  # --total_n_pseudo_batches 8e4
         assert (p.synth["kl_reduction"], p.synth["clip_grad"], p.synth["reuse_batch"]) == ("mean", 5, True)
         assert p.distill == {"T": 1, "beta": 250, "clip_grad": 5, "kl_reduction": "mean"}
@@ -104,14 +131,19 @@ def test_generator_loss_is_minus_the_reference_kl(reduction, expected):
     x = torch.zeros(2, *ctx.spec.shape, requires_grad=True)
     loss, logs = synth.generator_loss(x, None)
     # float32 softmax / log over 3 classes: a few ulps of 0.4 (~1e-7); 1e-6 covers the 6-digit literals
-    assert loss.item() == pytest.approx(-expected, abs=1e-6) and logs["adv"].item() == pytest.approx(-expected, abs=1e-6)
+    assert loss.item() == pytest.approx(-expected, abs=1e-6) and logs["adv"].item() == pytest.approx(
+        -expected, abs=1e-6
+    )
 
 
-@pytest.mark.parametrize("beta, reduction, expected", [
-    (0.0, "batchmean", KL_BATCHMEAN),  # zskt: the CMI criterion KLDiv() (T = 1, batchmean), no attention term
-    (250.0, "mean", 69.236750),  # zskt:paper, solver.py:231-243: 0.138449 + 250 x 0.2763932
-    (250.0, "batchmean", 69.513649),  # the paper's equation with beta 250: 0.415348 + 250 x 0.2763932
-])
+@pytest.mark.parametrize(
+    "beta, reduction, expected",
+    [
+        (0.0, "batchmean", KL_BATCHMEAN),  # zskt: the CMI criterion KLDiv() (T = 1, batchmean), no attention term
+        (250.0, "mean", 69.236750),  # zskt:paper, solver.py:231-243: 0.138449 + 250 x 0.2763932
+        (250.0, "batchmean", 69.513649),  # the paper's equation with beta 250: 0.415348 + 250 x 0.2763932
+    ],
+)
 def test_student_loss_is_the_reference_form(beta, reduction, expected):
     d = KDAttention(_fixed_context(), T=1.0, beta=beta, clip_grad=0.0, kl_reduction=reduction)
     x = torch.zeros(2, 1, 1, 1)
@@ -203,7 +235,11 @@ def test_attention_term_is_zero_between_identical_networks(zoo, tmp_path):
 def test_stages_are_paired_by_spatial_size():
     # VGG-11 blocks (32, 16, 8, 4, 4) against ResNet-18 layers (32, 16, 8, 4): the last block of each size
     assert pair_by_size([(32, 32), (16, 16), (8, 8), (4, 4), (4, 4)], [(32, 32), (16, 16), (8, 8), (4, 4)]) == [
-        (0, 0), (1, 1), (2, 2), (4, 3)]
+        (0, 0),
+        (1, 1),
+        (2, 2),
+        (4, 3),
+    ]
     assert pair_by_size([(8, 8), (4, 4)], [(16, 16), (8, 8), None]) == [(0, 1)]
     assert pair_by_size([(8, 8)], [(3, 3)]) == []
 
@@ -268,8 +304,16 @@ def test_the_cmi_protocol_runs_end_to_end(zoo, tmp_path):
 
     top = method_entry("zskt")
     assert top["synth"]["generator"] == "dcgan_large" and top["distill"]["beta"] == 0
-    cfg = tiny("zskt", tmp_path / "r", synth={**top["synth"], **SYNTH}, distill=top["distill"], optim=top["optim"],
-               kd_steps=5, ep_steps=10, epochs=1)
+    cfg = tiny(
+        "zskt",
+        tmp_path / "r",
+        synth={**top["synth"], **SYNTH},
+        distill=top["distill"],
+        optim=top["optim"],
+        kd_steps=5,
+        ep_steps=10,
+        epochs=1,
+    )
     summary = run(cfg)
     assert summary["evaluations"] == 1 and summary["images_synthesized"] == 2 * 16  # 10 // 5 rounds x 16
     assert summary["images_seen"] == 10 * 16

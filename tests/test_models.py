@@ -42,8 +42,19 @@ def test_lenet5_bn_is_lenet5_with_a_batchnorm_after_each_conv_and_the_hidden_lin
 
     plain, bn = create_model("lenet5", 10, 1, 32), create_model("lenet5_bn", 10, 1, 32)
     kinds = [type(l).__name__ for l in bn.features]
-    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d",
-                     "Conv2d", "BatchNorm2d", "ReLU"]
+    assert kinds == [
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+    ]
     assert [type(l).__name__ for l in bn.head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
     # the same widths: 2 x (6 + 16 + 120 + 84) BN parameters more than LeNet-5
     assert sum(p.numel() for p in bn.parameters()) == 61706 + 2 * (6 + 16 + 120 + 84)

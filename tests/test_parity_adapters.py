@@ -1,4 +1,5 @@
 """The parity adapters' budgets and shim models (no reference work tree needed)."""
+
 import importlib.util
 import os
 
@@ -10,7 +11,9 @@ PARITY = os.path.join(ROOT, "benchmarks", "parity")
 
 
 def _common():
-    spec = importlib.util.spec_from_file_location("parity_adapters_common", os.path.join(PARITY, "adapters", "_common.py"))
+    spec = importlib.util.spec_from_file_location(
+        "parity_adapters_common", os.path.join(PARITY, "adapters", "_common.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -36,16 +39,48 @@ def _flat(ours):
     return {k.split(".")[-1] if k.startswith(("synth.", "distill.", "optim.")) else k: v for k, v in ours.items()}
 
 
-@pytest.mark.parametrize("method,pairs", [
-    ("fast10", {"epochs": "epochs", "warmup": "warmup", "ep_steps": "ep_steps", "kd_steps": "kd_steps",
-                "batch_size": "batch_size", "synthesis_batch_size": "synthesis_batch_size", "ngf": "ngf",
-                "reset_after": "reset_after", "lr": "lr", "lr_min": "lr_min"}),
-    ("cudfkd", {"epochs": "epochs", "ep_steps": "ep_steps", "kd_steps": "kd_steps", "batch_size": "batch_size",
-                "synthesis_batch_size": "synthesis_batch_size", "g_steps": "g_steps", "nz": "nz", "ngf": "ngf",
-                "T": "T", "adv": "adv", "grad_adv": "grad_adv", "begin_fraction": "begin_fraction",
-                "end_fraction": "end_fraction", "lambda0": "lambda_0", "alpha": "alpha", "lr": "lr",
-                "loss": "loss"}),
-])
+@pytest.mark.parametrize(
+    "method,pairs",
+    [
+        (
+            "fast10",
+            {
+                "epochs": "epochs",
+                "warmup": "warmup",
+                "ep_steps": "ep_steps",
+                "kd_steps": "kd_steps",
+                "batch_size": "batch_size",
+                "synthesis_batch_size": "synthesis_batch_size",
+                "ngf": "ngf",
+                "reset_after": "reset_after",
+                "lr": "lr",
+                "lr_min": "lr_min",
+            },
+        ),
+        (
+            "cudfkd",
+            {
+                "epochs": "epochs",
+                "ep_steps": "ep_steps",
+                "kd_steps": "kd_steps",
+                "batch_size": "batch_size",
+                "synthesis_batch_size": "synthesis_batch_size",
+                "g_steps": "g_steps",
+                "nz": "nz",
+                "ngf": "ngf",
+                "T": "T",
+                "adv": "adv",
+                "grad_adv": "grad_adv",
+                "begin_fraction": "begin_fraction",
+                "end_fraction": "end_fraction",
+                "lambda0": "lambda_0",
+                "alpha": "alpha",
+                "lr": "lr",
+                "loss": "loss",
+            },
+        ),
+    ],
+)
 def test_ours_overrides_equal_shared(method, pairs):
     b = yaml.safe_load(open(os.path.join(PARITY, "budgets", f"{method}.yaml")))
     ours = _flat(b["ours"])

@@ -1,4 +1,5 @@
 """benchmarks/parity: record conversion, table rendering, budget files, resumable skip (no reference tree)."""
+
 import importlib.util
 import json
 import os
@@ -27,9 +28,17 @@ def _metrics(n=3):
     for e in range(1, n + 1):
         work += 2.0 * e
         ev += 0.5
-        out.append({"epoch": e, "acc": 50.0 + e, "step": 40 * e, "seconds": work + ev,
-                    "phase_seconds": {"synthesis": work * 0.75, "distill": work * 0.25, "eval": ev, "other": 0.25 * e},
-                    "synth": {"bn": 1.0 / e, "oh": 0.5, "loss_g": 2.0}, "distill": {"kd": 0.1}})
+        out.append(
+            {
+                "epoch": e,
+                "acc": 50.0 + e,
+                "step": 40 * e,
+                "seconds": work + ev,
+                "phase_seconds": {"synthesis": work * 0.75, "distill": work * 0.25, "eval": ev, "other": 0.25 * e},
+                "synth": {"bn": 1.0 / e, "oh": 0.5, "loss_g": 2.0},
+                "distill": {"kd": 0.1},
+            }
+        )
     return out
 
 
@@ -85,24 +94,27 @@ def test_cell_done_skip_logic(parity, tmp_path):
     assert not parity.cell_done(str(d), budget, "abc", fingerprint="f1")
     (d / "run").mkdir(parents=True)
     (d / "run" / "fingerprint.json").write_text(json.dumps({"fingerprint": "f1", "fields": {}}))
-    (d / "record.json").write_text(json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc",
-                                               "fingerprint": "f1", "commit": "c1"}))
+    (d / "record.json").write_text(
+        json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc", "fingerprint": "f1", "commit": "c1"})
+    )
     assert parity.cell_done(str(d), budget, "abc", fingerprint="f1")
     assert parity.cell_done(str(d), budget, "abc", commit="c2", fingerprint="f1")  # our HEAD: information only
     assert not parity.cell_done(str(d), budget, "abc", commit="c1")  # ours needs the fingerprint
     assert not parity.cell_done(str(d), budget, "abc", fingerprint="f2")
     assert not parity.cell_done(str(d), {"epochs": 3}, "abc", fingerprint="f1")
     assert not parity.cell_done(str(d), budget, "other", fingerprint="f1")
-    (d / "record.json").write_text(json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc",
-                                               "commit": "c1"}))  # a record from before the field
+    (d / "record.json").write_text(
+        json.dumps({"side": "ours", "budget": budget, "teacher_sha256": "abc", "commit": "c1"})
+    )  # a record from before the field
     assert parity.cell_done(str(d), budget, "abc", fingerprint="f1")
     assert not parity.cell_done(str(d), budget, "abc", fingerprint="f2")
     (d / "run" / "fingerprint.json").write_text(json.dumps({"fingerprint": "f2", "fields": {}}))
     assert not parity.cell_done(str(d), budget, "abc", fingerprint="f1")  # the run dir is another run's
     (d / "run" / "fingerprint.json").unlink()
     assert not parity.cell_done(str(d), budget, "abc", fingerprint="f1")
-    (d / "record.json").write_text(json.dumps({"side": "theirs", "budget": budget, "teacher_sha256": "abc",
-                                               "reference_commit": "r9"}))
+    (d / "record.json").write_text(
+        json.dumps({"side": "theirs", "budget": budget, "teacher_sha256": "abc", "reference_commit": "r9"})
+    )
     assert parity.cell_done(str(d), budget, "abc", commit="r9")
     assert not parity.cell_done(str(d), budget, "abc", commit="r8")
     (d / "record.json").write_text("{not json")
@@ -131,10 +143,22 @@ def test_our_fingerprint_is_the_engines(parity, tmp_path):
 def _fake_cell(root, method, side, seed, acc, secs, curves):
     d = os.path.join(root, method, f"{side}-s{seed}")
     os.makedirs(d)
-    rec = {"method": method, "side": side, "seed": seed, "acc_last": acc, "acc_best": acc, "epochs": len(secs),
-           "epoch_seconds": secs, "eval_acc": [acc], "budget": {}, "teacher_sha256": "x",
-           "machine": {"cpu": "Fake CPU", "threads": 2}}
-    rec.update({"reference_repo": "zju-vipa/CMI", "reference_commit": "9e79fa9"} if side == "theirs" else {"commit": "abc"})
+    rec = {
+        "method": method,
+        "side": side,
+        "seed": seed,
+        "acc_last": acc,
+        "acc_best": acc,
+        "epochs": len(secs),
+        "epoch_seconds": secs,
+        "eval_acc": [acc],
+        "budget": {},
+        "teacher_sha256": "x",
+        "machine": {"cpu": "Fake CPU", "threads": 2},
+    }
+    rec.update(
+        {"reference_repo": "zju-vipa/CMI", "reference_commit": "9e79fa9"} if side == "theirs" else {"commit": "abc"}
+    )
     with open(os.path.join(d, "record.json"), "w") as f:
         json.dump(rec, f)
     with open(os.path.join(d, "curves.jsonl"), "w") as f:
@@ -161,7 +185,9 @@ def test_table_renders_pairs_and_verdicts(parity, tmp_path):
     assert "FAIL" in rows["cmi"] and "BELOW" in rows["cmi"] and "speed-up < 2x" in rows["cmi"]
     assert "incomplete" in rows["deepinv"]
     # one seed has no std: the row is provisional, neither PASS nor FAIL
-    assert "provisional (1 of 3 seeds)" in rows["fast10"] and "PASS" not in rows["fast10"] and "FAIL" not in rows["fast10"]
+    assert (
+        "provisional (1 of 3 seeds)" in rows["fast10"] and "PASS" not in rows["fast10"] and "FAIL" not in rows["fast10"]
+    )
     assert os.path.isfile(os.path.join(root, "dfq_curves.png"))
     assert "zju-vipa/CMI: 9e79fa9" in text and "Fake CPU" in text
 
@@ -196,5 +222,7 @@ def test_speedup_pairs_each_seeds_two_cells(parity, tmp_path):
 def test_ran_together_reads_the_records_times(parity):
     a = {"started_at": "2026-12-02T15:00:00Z", "finished_at": "2026-12-02T15:10:00Z"}
     assert parity.ran_together(a, {"started_at": "2026-12-02T15:09:00Z", "finished_at": "2026-12-02T15:20:00Z"})
-    assert parity.ran_together(a, {"started_at": "2026-12-02T15:10:00Z", "finished_at": "2026-12-02T15:20:00Z"}) is False
+    assert (
+        parity.ran_together(a, {"started_at": "2026-12-02T15:10:00Z", "finished_at": "2026-12-02T15:20:00Z"}) is False
+    )
     assert parity.ran_together(a, {"acc_last": 1.0}) is None and parity.ran_together(a, None) is None

@@ -1,5 +1,6 @@
 """datafree perf on tiny settings: every phase is timed, and the student floor counts the generator forwards the
 method really runs per student step."""
+
 import pytest
 import torch
 
@@ -28,8 +29,9 @@ def test_synthesis_floor_runs_the_generator_of_methods_without_generate(method):
     """CMI and Fast drive their generators in their own loops (no generate()); their floor must still run it."""
     from datafree.perf import build, measure_floors
 
-    ctx, synth, distiller, cfg = build(method, "mnist", "cpu", {"batch_size": 8, "synth": {"synthesis_batch_size": 8,
-                                                                                          "ngf": 8}})
+    ctx, synth, distiller, cfg = build(
+        method, "mnist", "cpu", {"batch_size": 8, "synth": {"synthesis_batch_size": 8, "ngf": 8}}
+    )
     # only the floor may run the generator here: the method's own round and sampling are stubbed out
     synth.synthesize = lambda: {}
     synth.sample = lambda n: torch.zeros(n, *ctx.spec.shape)
@@ -44,8 +46,9 @@ def test_pair_steps_times_every_step_kind(capsys):
     import importlib.util
     import os
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "diagnose",
-                        "pair_steps.py")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "diagnose", "pair_steps.py"
+    )
     spec = importlib.util.spec_from_file_location("pair_steps", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

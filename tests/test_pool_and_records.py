@@ -27,7 +27,11 @@ def test_pool_ring_buffer_and_uint8_quantisation():
         pool.add(torch.full((3, 1, 2, 2), i / 10))
     assert len(pool) == 8 and pool.total_added == 15
     vals = sorted(set(round(v, 3) for v in pool.all()[0].flatten().tolist()))
-    assert vals == [round(round(0.2 * 255) / 255, 3), round(round(0.3 * 255) / 255, 3), round(round(0.4 * 255) / 255, 3)]
+    assert vals == [
+        round(round(0.2 * 255) / 255, 3),
+        round(round(0.3 * 255) / 255, 3),
+        round(round(0.4 * 255) / 255, 3),
+    ]
     assert torch.allclose(pool.latest(3), torch.full((3, 1, 2, 2), round(0.4 * 255) / 255))
 
 

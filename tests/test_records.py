@@ -1,5 +1,6 @@
 """Records are evidence: run identity, one owner per directory, divergence and collapse as outcomes,
 validation before I/O, measured teachers, a runner that never hangs, and the small things."""
+
 import errno
 import json
 import os
@@ -18,8 +19,23 @@ from datafree.engine import Engine, run
 
 
 def _cli_distill(out, *extra):
-    return ["distill", "--method", "scratch", "--dataset", "digits", "--student", "lenet5_half", "--out", str(out),
-            "epochs=2", "ep_steps=2", "batch_size=16", "samples=0", "progress=false", *extra]
+    return [
+        "distill",
+        "--method",
+        "scratch",
+        "--dataset",
+        "digits",
+        "--student",
+        "lenet5_half",
+        "--out",
+        str(out),
+        "epochs=2",
+        "ep_steps=2",
+        "batch_size=16",
+        "samples=0",
+        "progress=false",
+        *extra,
+    ]
 
 
 def _lines(text):
@@ -31,15 +47,32 @@ def _lines(text):
 
 def test_resolved_config_shows_every_method_default(zoo, tmp_path, capsys):
     """DAFL's generator BN eps (a Config default no YAML names) is in --print-config and config.yaml."""
-    assert main(["distill", "--method", "dafl", "--dataset", "digits", "--teacher", "lenet5", "--student",
-                 "lenet5_half", "--print-config"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "dafl",
+                "--dataset",
+                "digits",
+                "--teacher",
+                "lenet5",
+                "--student",
+                "lenet5_half",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["synth"]["bn_eps"] == 0.8 and printed["distill"]["T"] == 1.0
     cfg = tiny("dafl", tmp_path / "r")
     run(cfg)
     assert yaml.safe_load(open(tmp_path / "r" / "config.yaml"))["synth"]["bn_eps"] == 0.8
-    assert json.load(open(tmp_path / "r" / "summary.json"))["fingerprint"] == \
-        json.load(open(tmp_path / "r" / "fingerprint.json"))["fingerprint"]
+    assert (
+        json.load(open(tmp_path / "r" / "summary.json"))["fingerprint"]
+        == json.load(open(tmp_path / "r" / "fingerprint.json"))["fingerprint"]
+    )
 
 
 def test_fingerprint_ignores_paths_and_follows_the_teacher_weights(zoo, tmp_path):
@@ -68,9 +101,15 @@ def test_resume_refuses_another_config_and_names_the_keys(zoo, tmp_path, capsys)
 
 
 def _suite(tmp_path, epochs=2, methods=("scratch", "kd_real"), **extra):
-    suite = {"name": "tiny", "out": str(tmp_path / "suite"), "dataset": "digits",
-             "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}], "methods": list(methods), "seeds": [0],
-             "defaults": {"samples": 0, "epochs": epochs, "ep_steps": 2, "batch_size": 16}}
+    suite = {
+        "name": "tiny",
+        "out": str(tmp_path / "suite"),
+        "dataset": "digits",
+        "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}],
+        "methods": list(methods),
+        "seeds": [0],
+        "defaults": {"samples": 0, "epochs": epochs, "ep_steps": 2, "batch_size": 16},
+    }
     suite.update(extra)
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
@@ -142,8 +181,10 @@ def test_train_teacher_never_relabels_another_seed(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- 2. one owner
 
 
-HOLD = ("import sys, time; sys.path.insert(0, {repo!r}); from datafree.lock import DirLock; "
-        "l = DirLock({d!r}).acquire(); print('held', flush=True); time.sleep(60)")
+HOLD = (
+    "import sys, time; sys.path.insert(0, {repo!r}); from datafree.lock import DirLock; "
+    "l = DirLock({d!r}).acquire(); print('held', flush=True); time.sleep(60)"
+)
 
 
 def _holder(d):
@@ -188,9 +229,30 @@ def test_divergence_is_an_outcome_with_exit_3(zoo, tmp_path, capsys):
     from datafree.results import load_runs
 
     out = tmp_path / "r"
-    assert main(["distill", "--method", "kd_real", "--dataset", "digits", "--teacher", "lenet5", "--student",
-                 "lenet5_half", "--out", str(out), "epochs=3", "ep_steps=10", "batch_size=16", "samples=0",
-                 "progress=false", "optim.lr=1e6"]) == 3
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "kd_real",
+                "--dataset",
+                "digits",
+                "--teacher",
+                "lenet5",
+                "--student",
+                "lenet5_half",
+                "--out",
+                str(out),
+                "epochs=3",
+                "ep_steps=10",
+                "batch_size=16",
+                "samples=0",
+                "progress=false",
+                "optim.lr=1e6",
+            ]
+        )
+        == 3
+    )
     s = json.load(open(out / "summary.json"))
     assert s["status"] == "diverged" and s["diverged"]["epoch"] == 1 and s["diverged"]["step"] < 10
     assert "non-finite" in s["diverged"]["reason"] and s["last_acc"] is None
@@ -251,10 +313,19 @@ def test_the_divergence_check_does_not_sync_every_step(zoo, tmp_path, monkeypatc
 # --------------------------------------------------------------------------- 4. validation before I/O
 
 
-@pytest.mark.parametrize("bad,needle", [
-    ("batch_size=0", "batch_size"), ("epochs=-3", "epochs"), ("optim.lr=0", "optim.lr"), ("log=tb", "log"),
-    ("warmup=2", "warmup"), ("ep_steps=0", "ep_steps"), ("optim.name=sdg", "'sgd'"), ("amp=bf17", "amp"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        ("batch_size=0", "batch_size"),
+        ("epochs=-3", "epochs"),
+        ("optim.lr=0", "optim.lr"),
+        ("log=tb", "log"),
+        ("warmup=2", "warmup"),
+        ("ep_steps=0", "ep_steps"),
+        ("optim.name=sdg", "'sgd'"),
+        ("amp=bf17", "amp"),
+    ],
+)
 def test_bad_values_fail_before_any_file_is_written(zoo, tmp_path, capsys, bad, needle):
     out = tmp_path / "r"
     assert main(_cli_distill(out, bad)) == 2
@@ -266,19 +337,45 @@ def test_bad_values_fail_before_any_file_is_written(zoo, tmp_path, capsys, bad, 
 
 def test_unknown_suite_keys_are_errors_with_suggestions(zoo, tmp_path, capsys):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"name": "x", "dataset": "digits", "method": ["dafl"],
-                                    "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "dataset": "digits",
+                "method": ["dafl"],
+                "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}],
+            }
+        )
+    )
     assert main(["bench", str(path), "--dry-run"]) == 2
     assert "'methods'" in capsys.readouterr().err
-    path.write_text(yaml.safe_dump({"dataset": "digits", "methods": ["dafl"],
-                                    "pairs": [{"teacher": "lenet5", "studnet": "lenet5_half", "student": "x"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": "digits",
+                "methods": ["dafl"],
+                "pairs": [{"teacher": "lenet5", "studnet": "lenet5_half", "student": "x"}],
+            }
+        )
+    )
     assert main(["bench", str(path), "--dry-run"]) == 2
     assert "'student'" in capsys.readouterr().err
-    path.write_text(yaml.safe_dump({"dataset": "digits", "methods": "dafk*",
-                                    "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {"dataset": "digits", "methods": "dafk*", "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}]}
+        )
+    )
     assert main(["bench", str(path), "--dry-run"]) == 2  # a pattern that matches nothing is a typo
-    path.write_text(yaml.safe_dump({"dataset": "digits", "methods": ["dafl"], "defaults": {"batch_size": 0},
-                                    "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": "digits",
+                "methods": ["dafl"],
+                "defaults": {"batch_size": 0},
+                "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}],
+            }
+        )
+    )
     assert main(["bench", str(path), "--dry-run"]) == 2  # every cell's config is validated up front
     assert "batch_size" in capsys.readouterr().err
 
@@ -289,11 +386,19 @@ def test_a_suite_names_its_plugins(zoo, tmp_path, monkeypatch):
 
     (tmp_path / "suite_plugin.py").write_text(
         "from datafree.methods import register_method\n"
-        "register_method('dafl_from_suite_plugin', {'extends': 'dafl'}, override=True)\n")
+        "register_method('dafl_from_suite_plugin', {'extends': 'dafl'}, override=True)\n"
+    )
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"dataset": "digits", "methods": ["dafl_from_suite_plugin"],
-                                    "plugins": ["suite_plugin.py"],
-                                    "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": "digits",
+                "methods": ["dafl_from_suite_plugin"],
+                "plugins": ["suite_plugin.py"],
+                "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}],
+            }
+        )
+    )
     try:
         cells = expand(load_suite(str(path)))
         assert [c.method for c in cells] == ["dafl_from_suite_plugin"]
@@ -311,8 +416,14 @@ def _save_lenet(path, dataset="digits", accuracy=99.9, spec=None):
 
     torch.manual_seed(0)
     s = get_spec("digits")
-    save_model(str(path), create_model("lenet5", s.num_classes, s.channels, s.size), "lenet5", dataset,
-               spec or s.as_dict(), extra={"accuracy": accuracy})
+    save_model(
+        str(path),
+        create_model("lenet5", s.num_classes, s.channels, s.size),
+        "lenet5",
+        dataset,
+        spec or s.as_dict(),
+        extra={"accuracy": accuracy},
+    )
 
 
 def test_teacher_accuracy_is_measured_not_read_from_the_file(zoo, tmp_path, monkeypatch):
@@ -333,18 +444,40 @@ def test_teacher_accuracy_is_measured_not_read_from_the_file(zoo, tmp_path, monk
     assert all(m is None for m in calls)
 
 
-@pytest.mark.parametrize("dataset,spec_change,needle", [
-    ("mnist", {}, "trained on mnist"), ("digits", {"num_classes": 100}, "num_classes=100"),
-    ("digits", {"channels": 3}, "channels=3"), ("digits", {"size": 32}, "size=32"),
-])
+@pytest.mark.parametrize(
+    "dataset,spec_change,needle",
+    [
+        ("mnist", {}, "trained on mnist"),
+        ("digits", {"num_classes": 100}, "num_classes=100"),
+        ("digits", {"channels": 3}, "channels=3"),
+        ("digits", {"size": 32}, "size=32"),
+    ],
+)
 def test_a_teacher_of_another_dataset_is_refused(zoo, tmp_path, capsys, dataset, spec_change, needle):
     from datafree.data import get_spec
 
     path = tmp_path / "other.pt"
     _save_lenet(path, dataset=dataset, spec={**get_spec("digits").as_dict(), **spec_change})
     out = tmp_path / "r"
-    assert main(["distill", "--method", "kd_real", "--dataset", "digits", "--teacher", str(path), "--student",
-                 "lenet5_half", "--out", str(out), "progress=false"]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "kd_real",
+                "--dataset",
+                "digits",
+                "--teacher",
+                str(path),
+                "--student",
+                "lenet5_half",
+                "--out",
+                str(out),
+                "progress=false",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert len(_lines(err)) == 1 and needle in err and "train-teacher --dataset digits" in err
     assert not out.exists()  # a failed setup leaves no empty run directory
@@ -426,8 +559,22 @@ def test_failed_setup_leaves_no_empty_run_directory(zoo, tmp_path, capsys):
     """The data is missing: the run fails after it took its directory, and leaves none behind."""
     out = tmp_path / "r"
     missing = tmp_path / "no_such_folder"
-    assert main(["distill", "--method", "scratch", "--dataset", f"imagefolder:{missing}", "--student",
-                 "lenet5_half", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "scratch",
+                "--dataset",
+                f"imagefolder:{missing}",
+                "--student",
+                "lenet5_half",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err and str(missing) in err and not out.exists()
 
@@ -464,9 +611,10 @@ def test_a_dataset_section_applies_to_its_family():
     cfg = resolve({"method": "dafl", "dataset": "fashion_mnist", "teacher": "lenet5", "student": "lenet5_half"})
     assert cfg.synth["generator"] == "dcgan" and cfg.ep_steps == 120  # DAFL's MNIST recipe, not CIFAR's
     assert any("MNIST family" in p for p in provenance(cfg))
-    assert resolve({"method": "cudfkd", "dataset": "kmnist", "teacher": "lenet5",
-                    "student": "lenet5_half"}).batch_size == resolve(
-        {"method": "cudfkd", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"}).batch_size
+    assert (
+        resolve({"method": "cudfkd", "dataset": "kmnist", "teacher": "lenet5", "student": "lenet5_half"}).batch_size
+        == resolve({"method": "cudfkd", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"}).batch_size
+    )
     from datafree.methods import dataset_section
 
     sections = {"mnist": {}, "tiny_imagenet": {}}
@@ -480,13 +628,30 @@ def test_reference_rows_take_the_learning_rate_of_the_architecture():
     for ds in ("fashion_mnist", "cifar10", "svhn"):
         cfg = resolve({"method": "kd_real", "dataset": ds, "teacher": "lenet5", "student": "lenet5_half"})
         assert cfg.optim.lr == 0.01, ds
-    assert resolve({"method": "kd_real", "dataset": "cifar10", "teacher": "resnet34",
-                    "student": "resnet18"}).optim.lr == 0.1
+    assert (
+        resolve({"method": "kd_real", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"}).optim.lr
+        == 0.1
+    )
 
 
 def test_config_yaml_says_which_section_applied(zoo, tmp_path, capsys):
-    assert main(["distill", "--method", "dafl", "--dataset", "kmnist", "--teacher", "lenet5", "--student",
-                 "lenet5_half", "--print-config"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "dafl",
+                "--dataset",
+                "kmnist",
+                "--teacher",
+                "lenet5",
+                "--student",
+                "lenet5_half",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "# datasets.mnist: kmnist is 1x32x32" in out
     run(tiny("dafl", tmp_path / "r"))
@@ -504,20 +669,56 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(zoo, tmp_path
     before = sorted(os.listdir(out))
     wrong = tmp_path / "mnist_teacher.pt"
     _save_lenet(wrong, dataset="mnist", spec=get_spec("digits").as_dict())
-    assert main(["distill", "--method", "kd_real", "--dataset", "digits", "--teacher", str(wrong), "--student",
-                 "lenet5_half", "--out", str(out), "progress=false", "--overwrite"]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "kd_real",
+                "--dataset",
+                "digits",
+                "--teacher",
+                str(wrong),
+                "--student",
+                "lenet5_half",
+                "--out",
+                str(out),
+                "progress=false",
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
     assert "trained on mnist" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == before and json.load(open(out / "summary.json"))["method"] == "scratch"
     assert main(_cli_distill(out, "epochs=3", "--overwrite")) == 0  # a good overwrite replaces it
     assert json.load(open(out / "summary.json"))["epochs"] == 3 and not (out / ".overwritten").exists()
 
 
-@pytest.mark.parametrize("bad", ["synth.synthesis_batch_size=0", "synth.ngf=0", "synth.lr_g=-1", "synth.lr_g=nan",
-                                 "distill.T=0"])
+@pytest.mark.parametrize(
+    "bad", ["synth.synthesis_batch_size=0", "synth.ngf=0", "synth.lr_g=-1", "synth.lr_g=nan", "distill.T=0"]
+)
 def test_method_values_are_range_checked_before_any_io(zoo, tmp_path, capsys, bad):
     out = tmp_path / "r"
-    assert main(["distill", "--method", "dafl", "--dataset", "digits", "--teacher", "lenet5", "--student",
-                 "lenet5_half", "--out", str(out), bad]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "dafl",
+                "--dataset",
+                "digits",
+                "--teacher",
+                "lenet5",
+                "--student",
+                "lenet5_half",
+                "--out",
+                str(out),
+                bad,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert len(_lines(err)) == 1 and bad.split("=")[0] in err and not out.exists()
 
@@ -543,8 +744,19 @@ def test_fingerprint_leaves_out_what_only_watches_and_resolves_the_device(zoo, t
     from datafree.identity import run_identity
 
     a = run_identity(tiny("dafl", tmp_path / "a"))
-    assert a.fingerprint == run_identity(tiny("dafl", tmp_path / "a", eval_batch_size=7, stop_on_collapse=True,
-                                              collapse_patience=9, cpu_malloc="default")).fingerprint
+    assert (
+        a.fingerprint
+        == run_identity(
+            tiny(
+                "dafl",
+                tmp_path / "a",
+                eval_batch_size=7,
+                stop_on_collapse=True,
+                collapse_patience=9,
+                cpu_malloc="default",
+            )
+        ).fingerprint
+    )
     assert a.fields["device"] in ("cpu", "cuda") and a.fields["amp"] in ("off", "bf16")
     assert run_identity(tiny("dafl", tmp_path / "a", amp="fp16")).fingerprint != a.fingerprint
 
@@ -553,8 +765,10 @@ def test_a_run_stopped_on_collapse_continues_when_asked_to_run_on(zoo, tmp_path,
     monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: 10.0 if model is None else 97.0)
     s = run(tiny("scratch", tmp_path / "r", epochs=7, teacher=None, stop_on_collapse=True))
     assert s["evaluations"] == 5 and s["collapse"]["stopped"]
-    assert run(tiny("scratch", tmp_path / "r", epochs=7, teacher=None, stop_on_collapse=True),
-               resume=True)["evaluations"] == 5  # the same request: the record is the outcome
+    assert (
+        run(tiny("scratch", tmp_path / "r", epochs=7, teacher=None, stop_on_collapse=True), resume=True)["evaluations"]
+        == 5
+    )  # the same request: the record is the outcome
     s = run(tiny("scratch", tmp_path / "r", epochs=7, teacher=None), resume=True)
     assert s["evaluations"] == 7 and s["status"] == "collapsed"
 
@@ -570,13 +784,22 @@ def test_one_bad_cell_folder_does_not_stop_the_suite(zoo, tmp_path, monkeypatch)
     assert res["failed"] == 1 and res["ran"] == 1
 
 
-@pytest.mark.parametrize("line,needle", [("seeds: 0", "seeds"), ("exclude: [dafll]", "'dafl'"),
-                                         ("reference: /nonexistent.yaml", "does not exist"),
-                                         ("overrides: [dafl]", "overrides"), ("defaults: 5", "defaults"),
-                                         ("teacher_training: {epochz: 3}", "'epochs'")])
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        ("seeds: 0", "seeds"),
+        ("exclude: [dafll]", "'dafl'"),
+        ("reference: /nonexistent.yaml", "does not exist"),
+        ("overrides: [dafl]", "overrides"),
+        ("defaults: 5", "defaults"),
+        ("teacher_training: {epochz: 3}", "'epochs'"),
+    ],
+)
 def test_suite_values_are_checked(zoo, tmp_path, capsys, line, needle):
     path = tmp_path / "s.yaml"
-    path.write_text("dataset: digits\nmethods: [dafl]\npairs: [{teacher: lenet5, student: lenet5_half}]\n" + line + "\n")
+    path.write_text(
+        "dataset: digits\nmethods: [dafl]\npairs: [{teacher: lenet5, student: lenet5_half}]\n" + line + "\n"
+    )
     assert main(["bench", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert len(_lines(err)) == 1 and err.startswith("error:") and needle in err
@@ -619,16 +842,48 @@ def test_named_three_channel_datasets_do_not_borrow_each_others_sections():
 def test_a_value_only_the_method_can_judge_is_one_error_line_and_no_directory(zoo, tmp_path, capsys):
     """The run takes its directory, then its synthesizer refuses a value: exit 2, one line, nothing left."""
     out = tmp_path / "r"
-    assert main(["distill", "--method", "deepinv", "--dataset", "digits", "--teacher", "lenet5", "--student",
-                 "lenet5_half", "--out", str(out), "synth.pool_dtype=float7", "progress=false"]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--method",
+                "deepinv",
+                "--dataset",
+                "digits",
+                "--teacher",
+                "lenet5",
+                "--student",
+                "lenet5_half",
+                "--out",
+                str(out),
+                "synth.pool_dtype=float7",
+                "progress=false",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert len(_lines(err)) == 1 and "float7" in err and not out.exists()
 
 
 def test_resume_refuses_another_teacher(zoo, tmp_path, capsys):
     out = tmp_path / "r"
-    args = ["distill", "--method", "kd_real", "--dataset", "digits", "--student", "lenet5_half", "--out", str(out),
-            "epochs=2", "ep_steps=2", "batch_size=16", "samples=0", "progress=false"]
+    args = [
+        "distill",
+        "--method",
+        "kd_real",
+        "--dataset",
+        "digits",
+        "--student",
+        "lenet5_half",
+        "--out",
+        str(out),
+        "epochs=2",
+        "ep_steps=2",
+        "batch_size=16",
+        "samples=0",
+        "progress=false",
+    ]
     assert main(args + ["--teacher", "lenet5"]) == 0
     other = tmp_path / "other.pt"
     _save_lenet(other)
@@ -641,20 +896,35 @@ def test_what_make_demo_and_make_test_write_is_git_ignored():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not os.path.isdir(os.path.join(repo, ".git")):
         pytest.skip("not a git checkout")
-    paths = ["results/runs/demo/README.md", "model_zoo/manifest.yaml", "model_zoo/measured.yaml",
-             "model_zoo/digits_lenet5.pt", "results/teachers/digits_lenet5/summary.json",
-             "results/demo/digits/dafl/lenet5-lenet5_half-s0/.datafree.lock",
-             "results/demo/digits/dafl/lenet5-lenet5_half-s0/.overwritten/summary.json",
-             "results/mnist/mnist/dafl/lenet5-lenet5_half-s0.stale-1/summary.json"]
+    paths = [
+        "results/runs/demo/README.md",
+        "model_zoo/manifest.yaml",
+        "model_zoo/measured.yaml",
+        "model_zoo/digits_lenet5.pt",
+        "results/teachers/digits_lenet5/summary.json",
+        "results/demo/digits/dafl/lenet5-lenet5_half-s0/.datafree.lock",
+        "results/demo/digits/dafl/lenet5-lenet5_half-s0/.overwritten/summary.json",
+        "results/mnist/mnist/dafl/lenet5-lenet5_half-s0.stale-1/summary.json",
+    ]
     res = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=repo, capture_output=True, text=True)
     assert sorted(res.stdout.split()) == sorted(paths)
 
 
-@pytest.mark.parametrize("line", ["defaults: {seed: 5}", "defaults: {out: x}", "overrides: {dafl: {method: cmi}}",
-                                  "seeds: [0, 0]", "variants: {v: {method: 5}}"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "defaults: {seed: 5}",
+        "defaults: {out: x}",
+        "overrides: {dafl: {method: cmi}}",
+        "seeds: [0, 0]",
+        "variants: {v: {method: 5}}",
+    ],
+)
 def test_a_suite_cannot_override_its_cells_identity(zoo, tmp_path, capsys, line):
     path = tmp_path / "s.yaml"
-    path.write_text("dataset: digits\nmethods: [dafl]\npairs: [{teacher: lenet5, student: lenet5_half}]\n" + line + "\n")
+    path.write_text(
+        "dataset: digits\nmethods: [dafl]\npairs: [{teacher: lenet5, student: lenet5_half}]\n" + line + "\n"
+    )
     assert main(["bench", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert len(_lines(err)) == 1 and err.startswith("error:")
@@ -667,11 +937,19 @@ def test_a_teacher_that_cannot_be_trained_fails_only_its_cells(zoo, tmp_path, mo
     monkeypatch.setenv("DATAFREE_DATA", str(tmp_path / "nodata"))
     monkeypatch.chdir(tmp_path)  # no ./data here either
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({
-        "out": str(tmp_path / "suite"), "methods": ["kd_real"],
-        "pairs": [{"dataset": "digits", "teacher": "lenet5", "student": "lenet5_half"},
-                  {"dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"}],
-        "defaults": {"samples": 0, "epochs": 2, "ep_steps": 2, "batch_size": 16}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "out": str(tmp_path / "suite"),
+                "methods": ["kd_real"],
+                "pairs": [
+                    {"dataset": "digits", "teacher": "lenet5", "student": "lenet5_half"},
+                    {"dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"},
+                ],
+                "defaults": {"samples": 0, "epochs": 2, "ep_steps": 2, "batch_size": 16},
+            }
+        )
+    )
     res = run_suite(str(path), tables=False, extra={"data_root": str(tmp_path / "nodata")})
     assert res["ran"] == 1 and res["failed"] == 1
     err = json.load(open(tmp_path / "suite" / "mnist" / "kd_real" / "lenet5-lenet5_half-s0" / "error.json"))

@@ -7,6 +7,7 @@ repository: the names and shapes of their state dicts, and for one
 architecture per family the logits their model computes on a seeded input
 after the deterministic weight fill :func:`fill` (float64 and float32).
 """
+
 import collections
 import importlib.util
 import json
@@ -21,8 +22,9 @@ from datafree.models import create_model, layouts, load_model, load_state, read_
 from datafree.registry import MODELS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("make_reference_layouts",
-                                               os.path.join(HERE, "fixtures", "make_reference_layouts.py"))
+_spec = importlib.util.spec_from_file_location(
+    "make_reference_layouts", os.path.join(HERE, "fixtures", "make_reference_layouts.py")
+)
 ref = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ref)
 with open(os.path.join(HERE, "fixtures", "reference_layouts.json")) as _f:
@@ -35,14 +37,19 @@ def _id(e):
 
 
 def entry(arch, layout="cmi", classes=None):
-    return next(e for e in LAYOUTS if e["arch"] == arch and e["layout"] == layout
-                and (classes is None or e["num_classes"] == classes))
+    return next(
+        e
+        for e in LAYOUTS
+        if e["arch"] == arch and e["layout"] == layout and (classes is None or e["num_classes"] == classes)
+    )
 
 
 def distinct_state(keys):
     """Tensor i holds the value i + 1 everywhere: any swap of two same-shaped tensors shows."""
-    return {k: (torch.tensor(i + 1) if k.endswith("num_batches_tracked") else torch.full(s, float(i + 1)))
-            for i, (k, s) in enumerate(keys)}
+    return {
+        k: (torch.tensor(i + 1) if k.endswith("num_batches_tracked") else torch.full(s, float(i + 1)))
+        for i, (k, s) in enumerate(keys)
+    }
 
 
 def test_fixture_covers_every_architecture_we_share():
@@ -52,8 +59,13 @@ def test_fixture_covers_every_architecture_we_share():
     assert all(any(e["arch"] == a and e["layout"] == "cmi" for e in LAYOUTS) for a in shared)
     assert {e["arch"] for e in LAYOUTS if e["layout"] == "dafl"} == {"lenet5", "lenet5_half"}
     built = " ".join(b for e in LAYOUTS for b in e["built_by"])
-    for repo in ("zju-vipa/CMI", "zju-vipa/Fast-Datafree", "ljrprocc/DataFree", "VainF/Data-Free-Adversarial",
-                 "huawei-noah/Efficient-Computing"):
+    for repo in (
+        "zju-vipa/CMI",
+        "zju-vipa/Fast-Datafree",
+        "ljrprocc/DataFree",
+        "VainF/Data-Free-Adversarial",
+        "huawei-noah/Efficient-Computing",
+    ):
         assert repo in built
 
 
@@ -64,8 +76,12 @@ def test_reference_state_dict_loads_strictly(e):
     state = distinct_state(e["keys"])
     ours = list(layouts.rename(arch, {k: None for k, _ in e["keys"]}, e["layout"]))
     assert ours == list(model.state_dict()), "same names after the rename, in the same order"
-    cmi_file = {"epoch": 200, "arch": arch, "state_dict": {"module." + k: v for k, v in state.items()},
-                "best_acc1": 95.0}
+    cmi_file = {
+        "epoch": 200,
+        "arch": arch,
+        "state_dict": {"module." + k: v for k, v in state.items()},
+        "best_acc1": 95.0,
+    }
     for variant in (state, {"state_dict": state}, {"module." + k: v for k, v in state.items()}, cmi_file):
         assert load_state(model, variant, "the reference checkpoint", arch=arch) == e["layout"]
     assert load_state(model, cmi_file, "the reference checkpoint") == e["layout"]  # no arch: any exact layout
@@ -82,16 +98,45 @@ def test_reference_checkpoint_files(tmp_path):
     state = {"module." + k: v for k, v in ref.filled_state(e["keys"], torch.float32).items()}
     n = sum(1 for k, _ in e["keys"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     # what torch's SGD and MultiStepLR state_dict() hold (the scheduler's milestones are a Counter)
-    optimizer = {"state": {i: {"momentum_buffer": torch.zeros(1)} for i in range(n)},
-                 "param_groups": [{"lr": 0.1, "momentum": 0.9, "dampening": 0, "weight_decay": 5e-4,
-                                   "nesterov": False, "maximize": False, "foreach": None, "differentiable": False,
-                                   "fused": None, "params": list(range(n))}]}
-    scheduler = {"milestones": collections.Counter([120, 150, 180]), "gamma": 0.1, "base_lrs": [0.1],
-                 "last_epoch": 200, "verbose": False, "_step_count": 201, "_get_lr_called_within_step": False,
-                 "_last_lr": [0.0001]}
+    optimizer = {
+        "state": {i: {"momentum_buffer": torch.zeros(1)} for i in range(n)},
+        "param_groups": [
+            {
+                "lr": 0.1,
+                "momentum": 0.9,
+                "dampening": 0,
+                "weight_decay": 5e-4,
+                "nesterov": False,
+                "maximize": False,
+                "foreach": None,
+                "differentiable": False,
+                "fused": None,
+                "params": list(range(n)),
+            }
+        ],
+    }
+    scheduler = {
+        "milestones": collections.Counter([120, 150, 180]),
+        "gamma": 0.1,
+        "base_lrs": [0.1],
+        "last_epoch": 200,
+        "verbose": False,
+        "_step_count": 201,
+        "_get_lr_called_within_step": False,
+        "_last_lr": [0.0001],
+    }
     path = str(tmp_path / "cifar100_resnet56.pth")
-    torch.save({"epoch": 200, "arch": "resnet56", "state_dict": state, "best_acc1": 72.3,
-                "optimizer": optimizer, "scheduler": scheduler}, path)
+    torch.save(
+        {
+            "epoch": 200,
+            "arch": "resnet56",
+            "state_dict": state,
+            "best_acc1": 72.3,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+        },
+        path,
+    )
     model, ckpt = load_model(path)  # architecture from the file, the 100 classes from the classifier's rows
     assert ckpt["arch"] == "resnet56" and model.head.out_features == 100
     assert torch.equal(model.head.weight, state["module.fc.weight"])
@@ -111,7 +156,7 @@ def test_a_state_dict_without_num_batches_tracked_loads():
 
 
 # --- the same function --------------------------------------------------------------------------------------
-U32, U64 = 2.0 ** -24, 2.0 ** -53  # unit roundoff of float32 and float64
+U32, U64 = 2.0**-24, 2.0**-53  # unit roundoff of float32 and float64
 
 
 def forward_with_rounding_terms(model, x):
@@ -206,29 +251,85 @@ def _state(arch, layout="cmi", classes=None):
 
 CAUSES = [
     # (model arch, classes, channels, size, state, what the message must say)
-    ("resnet56", 10, 3, 32, lambda: _state("resnet56", classes=100),
-     ["the checkpoint has 100 classes, the dataset has 10", "dataset it was trained for"]),
-    ("lenet5", 10, 3, 32, lambda: _state("lenet5"),
-     ["takes 1-channel images, the dataset has 3", "1-channel images"]),
-    ("wrn16_2", 10, 3, 32, lambda: _state("wrn40_2", classes=100),
-     ["are a wrn40_2 in the cmi layout", "100 classes", "teacher_arch=wrn40_2"]),
-    ("resnet8", 10, 3, 32, lambda: create_model("resnet20").state_dict(),
-     ["are a resnet20 in the datafree layout", "teacher_arch=resnet20"]),
-    ("mobilenetv2_cifar", 10, 3, 32, lambda: _state("mobilenetv2"),
-     ["are a mobilenetv2 in the cmi layout", "teacher_arch=mobilenetv2"]),
-    ("resnet8", 10, 1, 32, lambda: _state("lenet5", "dafl"),  # another naming scheme: a known layout of another arch
-     ["are a lenet5 in the dafl layout", "teacher_arch=lenet5"]),
-    ("resnet8", 10, 3, 32, lambda: {"encoder.0.weight": torch.zeros(16, 3, 3, 3), "fc.weight": torch.zeros(10, 16)},
-     ["follow no layout known for resnet8 (datafree, cmi)", "(1 of 56 names match)", "'encoder.0.weight'",
-      "teacher_arch=<name>"]),
-    ("lenet5", 10, 1, 8, lambda: _state("lenet5", "dafl"),
-     ["shapes are those of lenet5 for 32x32 images", "built for 8x8"]),
+    (
+        "resnet56",
+        10,
+        3,
+        32,
+        lambda: _state("resnet56", classes=100),
+        ["the checkpoint has 100 classes, the dataset has 10", "dataset it was trained for"],
+    ),
+    ("lenet5", 10, 3, 32, lambda: _state("lenet5"), ["takes 1-channel images, the dataset has 3", "1-channel images"]),
+    (
+        "wrn16_2",
+        10,
+        3,
+        32,
+        lambda: _state("wrn40_2", classes=100),
+        ["are a wrn40_2 in the cmi layout", "100 classes", "teacher_arch=wrn40_2"],
+    ),
+    (
+        "resnet8",
+        10,
+        3,
+        32,
+        lambda: create_model("resnet20").state_dict(),
+        ["are a resnet20 in the datafree layout", "teacher_arch=resnet20"],
+    ),
+    (
+        "mobilenetv2_cifar",
+        10,
+        3,
+        32,
+        lambda: _state("mobilenetv2"),
+        ["are a mobilenetv2 in the cmi layout", "teacher_arch=mobilenetv2"],
+    ),
+    (
+        "resnet8",
+        10,
+        1,
+        32,
+        lambda: _state("lenet5", "dafl"),  # another naming scheme: a known layout of another arch
+        ["are a lenet5 in the dafl layout", "teacher_arch=lenet5"],
+    ),
+    (
+        "resnet8",
+        10,
+        3,
+        32,
+        lambda: {"encoder.0.weight": torch.zeros(16, 3, 3, 3), "fc.weight": torch.zeros(10, 16)},
+        [
+            "follow no layout known for resnet8 (datafree, cmi)",
+            "(1 of 56 names match)",
+            "'encoder.0.weight'",
+            "teacher_arch=<name>",
+        ],
+    ),
+    (
+        "lenet5",
+        10,
+        1,
+        8,
+        lambda: _state("lenet5", "dafl"),
+        ["shapes are those of lenet5 for 32x32 images", "built for 8x8"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("arch,classes,channels,size,make,says", CAUSES,
-                         ids=["classes", "channels", "arch-cmi", "arch-ours", "mobilenet-strides", "other-layout",
-                              "no-layout", "image-size"])
+@pytest.mark.parametrize(
+    "arch,classes,channels,size,make,says",
+    CAUSES,
+    ids=[
+        "classes",
+        "channels",
+        "arch-cmi",
+        "arch-ours",
+        "mobilenet-strides",
+        "other-layout",
+        "no-layout",
+        "image-size",
+    ],
+)
 def test_a_checkpoint_that_does_not_fit_says_why(arch, classes, channels, size, make, says):
     model = create_model(arch, classes, channels, size)
     with pytest.raises(CheckpointError) as err:

@@ -43,8 +43,17 @@ def test_builtins_are_registered():
     load_plugins([])
     for m in ("dafl", "deepinv", "scratch", "kd_real"):
         assert m in METHODS
-    assert {"lenet5", "lenet5_half", "resnet8", "resnet110", "resnet50", "wrn40_2", "vgg13", "mobilenetv2",
-            "mobilenetv2_cifar"} <= set(MODELS)
+    assert {
+        "lenet5",
+        "lenet5_half",
+        "resnet8",
+        "resnet110",
+        "resnet50",
+        "wrn40_2",
+        "vgg13",
+        "mobilenetv2",
+        "mobilenetv2_cifar",
+    } <= set(MODELS)
 
 
 PLUGIN = textwrap.dedent('''
@@ -94,11 +103,15 @@ def test_plugin_from_entry_point_and_cli(tmp_path, monkeypatch):
     load_plugins([])
     assert "noise_b" in METHODS
     # the command line loads the same entry point in a fresh process, and --plugin loads a file by path
-    (tmp_path / "other" ).mkdir()
+    (tmp_path / "other").mkdir()
     (tmp_path / "other" / "noise_c.py").write_text(PLUGIN.format(name="noise_c"))
     env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-m", "datafree.cli", "list", "methods", "--plugin",
-                          str(tmp_path / "other" / "noise_c.py")], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "datafree.cli", "list", "methods", "--plugin", str(tmp_path / "other" / "noise_c.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     assert "noise_b" in out.stdout and "noise_c" in out.stdout and "dafl" in out.stdout
 
@@ -150,8 +163,11 @@ def test_config_without_dataclass_decorator_is_named():
         class Config(GeneratorSynthesizer.Config):  # @dataclass forgotten: still a dataclass, via its parent
             adv: float = 1.0
 
-    with pytest.raises(ConfigError, match=r"MyMethod\.Config is not a @dataclass: put @dataclass above "
-                                          r"`class Config` \(its fields adv are invisible otherwise\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"MyMethod\.Config is not a @dataclass: put @dataclass above "
+        r"`class Config` \(its fields adv are invisible otherwise\)",
+    ):
         config_class(MyMethod, "synthesizer")
     # building it says the same, not "unknown key in synth: adv"
     with pytest.raises(ConfigError, match=r"MyMethod\.Config is not a @dataclass"):
@@ -186,7 +202,7 @@ def test_config_without_dataclass_decorator_is_named():
     assert config_class(GeneratorSynthesizer, "synthesizer") is GeneratorSynthesizer.Config
 
 
-PLUGIN_HALF = textwrap.dedent('''
+PLUGIN_HALF = textwrap.dedent("""
     from dataclasses import dataclass
     from datafree.registry import SYNTHESIZERS
     from datafree.methods import register_method
@@ -199,7 +215,7 @@ PLUGIN_HALF = textwrap.dedent('''
             pass
 
     register_method("friction_foo2", {"synthesizer": "friction_foo"})
-''')
+""")
 
 
 def test_unknown_name_says_what_each_plugin_registered(tmp_path, monkeypatch):
@@ -210,8 +226,9 @@ def test_unknown_name_says_what_each_plugin_registered(tmp_path, monkeypatch):
     half = tmp_path / "friction_half.py"
     half.write_text(PLUGIN_HALF)
     empty = tmp_path / "friction_empty.py"
-    empty.write_text("from dataclasses import dataclass\n\nclass Forgotten:  # no decorator: registers nothing\n"
-                     "    pass\n")
+    empty.write_text(
+        "from dataclasses import dataclass\n\nclass Forgotten:  # no decorator: registers nothing\n    pass\n"
+    )
     (tmp_path / "friction_seen.py").write_text(PLUGIN_HALF.replace("friction_", "friction_seen_"))
     monkeypatch.syspath_prepend(str(tmp_path))
     import friction_seen  # noqa: F401  (imported before load_plugins: nothing new is registered then)
@@ -235,8 +252,12 @@ def test_unknown_name_says_what_each_plugin_registered(tmp_path, monkeypatch):
         err = MODELS.unknown("resnet19", MODELS.list() + ["timm/<name>"])
         assert "Did you mean 'resnet18'" in str(err) and f"plugin {empty} registered nothing" in str(err)
     finally:
-        for reg, name in ((METHODS, "friction_foo2"), (SYNTHESIZERS, "friction_foo"),
-                          (METHODS, "friction_seen_foo2"), (SYNTHESIZERS, "friction_seen_foo")):
+        for reg, name in (
+            (METHODS, "friction_foo2"),
+            (SYNTHESIZERS, "friction_foo"),
+            (METHODS, "friction_seen_foo2"),
+            (SYNTHESIZERS, "friction_seen_foo"),
+        ):
             reg.unregister(name)
 
 
@@ -269,16 +290,23 @@ def test_adding_a_method_doc_lists_the_inherited_config_fields():
 
 # -- presets: method:preset --------------------------------------------------------------------------------
 
+
 def test_a_preset_is_a_method_that_extends_its_own(tmp_path):
     from datafree.config import resolve
     from datafree.methods import method_entry, method_folder, register_method
     from datafree.registry import METHODS
     from datafree.report import order_methods
 
-    register_method("mythod", {"synthesizer": "dafl", "synth": {"ngf": 8, "oh": 1.0},
-                               "datasets": {"digits": {"epochs": 3}},
-                               "presets": {"paper": {"about": "the paper's values", "synth": {"oh": 0.05}}}},
-                    override=True)
+    register_method(
+        "mythod",
+        {
+            "synthesizer": "dafl",
+            "synth": {"ngf": 8, "oh": 1.0},
+            "datasets": {"digits": {"epochs": 3}},
+            "presets": {"paper": {"about": "the paper's values", "synth": {"oh": 0.05}}},
+        },
+        override=True,
+    )
     assert "mythod:paper" in METHODS.list("mythod*")
     e = method_entry("mythod:paper")
     assert e["synth"] == {"ngf": 8, "oh": 0.05} and e["datasets"]["digits"] == {"epochs": 3}
@@ -307,14 +335,18 @@ def test_list_methods_sources_prints_each_scope_and_preset_overrides(capsys):
 
     assert main(["list", "methods", "dafl*", "--sources"]) == 0
     out = capsys.readouterr().out.splitlines()
-    plain, preset = out.index(next(l for l in out if l.startswith("dafl "))), out.index(
-        next(l for l in out if l.startswith("dafl:cmi ")))
-    plain_lines, preset_lines = out[plain + 1:preset], out[preset + 1:]
+    plain, preset = (
+        out.index(next(l for l in out if l.startswith("dafl "))),
+        out.index(next(l for l in out if l.startswith("dafl:cmi "))),
+    )
+    plain_lines, preset_lines = out[plain + 1 : preset], out[preset + 1 :]
     pair = [l for l in plain_lines if "cifar10/resnet34-resnet18" in l]
     assert pair and "DAFL README.md:29" in pair[0]
     # datasets come before pairs; the preset keeps its method's dataset lines and replaces the pair's
     assert plain_lines[0].strip().startswith("cifar10 ") and "README.md:29" not in "".join(preset_lines)
-    assert any("ljrprocc/DataFree" in l for l in preset_lines) and any(l.strip().startswith("mnist") for l in preset_lines)
+    assert any("ljrprocc/DataFree" in l for l in preset_lines) and any(
+        l.strip().startswith("mnist") for l in preset_lines
+    )
 
 
 def test_sources_must_be_lines_and_apply_to_methods_only(capsys):

@@ -1,5 +1,6 @@
 """The paper-layout accuracy table: ours beside the published value, the teacher row from the run records;
 unreadable records listed as skipped, never dropped or crashed on; diverged and collapsed runs."""
+
 import json
 import os
 
@@ -8,8 +9,15 @@ import pytest
 
 from conftest import REPO
 from datafree.cli import main
-from datafree.report import (accuracy_rows, accuracy_table, load_reference, runs_table, stability_table,
-                             tables_markdown, write_tables)
+from datafree.report import (
+    accuracy_rows,
+    accuracy_table,
+    load_reference,
+    runs_table,
+    stability_table,
+    tables_markdown,
+    write_tables,
+)
 from datafree.results import load_runs, read_jsonl
 
 PAIR = "lenet5->lenet5_half"
@@ -17,8 +25,21 @@ PAIR = "lenet5->lenet5_half"
 
 def _runs():
     rows = [("dafl", 0, 97.0), ("dafl", 1, 98.0), ("cmi", 0, 60.0)]
-    return pd.DataFrame([{"dataset": "mnist", "method": m, "pair": PAIR, "seed": s, "last_acc": a, "best_acc": a,
-                          "teacher_acc": 99.26, "uses_real_data": ""} for m, s, a in rows])
+    return pd.DataFrame(
+        [
+            {
+                "dataset": "mnist",
+                "method": m,
+                "pair": PAIR,
+                "seed": s,
+                "last_acc": a,
+                "best_acc": a,
+                "teacher_acc": 99.26,
+                "uses_real_data": "",
+            }
+            for m, s, a in rows
+        ]
+    )
 
 
 def test_rows_carry_ours_published_and_the_difference():
@@ -49,12 +70,33 @@ OUTPUTS = ("README.md", "accuracy.csv", "stability.csv", "curves.png", "acc_vs_h
 
 def _summary(method="dafl", seed=0, last=97.0, **over):
     """The keys engine.finish() writes that the tables read."""
-    s = {"run_id": f"lenet5-lenet5_half-s{seed}", "method": method, "dataset": "digits", "teacher": "lenet5",
-         "student": "lenet5_half", "pair": PAIR, "seed": seed, "tag": "", "uses_real_data": "", "epochs": 2,
-         "evaluations": 2, "last_acc": last, "best_acc": last, "mean_acc": last, "var_acc": 0.0,
-         "teacher_acc": 99.26, "machine": "CPU test", "finished": "2026-01-01T00:00:00", "peak_memory_mb": 100.0,
-         "total_seconds": 36.0, "total_hours": 0.01, "gpu_hours": 0.0, "synthesis_seconds": 18.0,
-         "synthesis_hours": 0.005, "images_synthesized": 1000}
+    s = {
+        "run_id": f"lenet5-lenet5_half-s{seed}",
+        "method": method,
+        "dataset": "digits",
+        "teacher": "lenet5",
+        "student": "lenet5_half",
+        "pair": PAIR,
+        "seed": seed,
+        "tag": "",
+        "uses_real_data": "",
+        "epochs": 2,
+        "evaluations": 2,
+        "last_acc": last,
+        "best_acc": last,
+        "mean_acc": last,
+        "var_acc": 0.0,
+        "teacher_acc": 99.26,
+        "machine": "CPU test",
+        "finished": "2026-01-01T00:00:00",
+        "peak_memory_mb": 100.0,
+        "total_seconds": 36.0,
+        "total_hours": 0.01,
+        "gpu_hours": 0.0,
+        "synthesis_seconds": 18.0,
+        "synthesis_hours": 0.005,
+        "images_synthesized": 1000,
+    }
     s.update(over)
     return s
 
@@ -74,14 +116,19 @@ def _section(text, header):
     return text.split(f"## {header}", 1)[1]
 
 
-@pytest.mark.parametrize("bad,why", [
-    ('{"method": "cmi", "dataset": "dig', "not valid JSON"),  # truncated by a crash mid-write
-    ("[1, 2]", "not a JSON object"),
-    (json.dumps({k: v for k, v in _summary("cmi").items() if k not in ("method", "dataset")}),
-     "missing method, dataset"),
-    (json.dumps(_summary("cmi", status="exploded")), "unknown status"),
-    (json.dumps(_summary("cmi", last_acc="high")), "last_acc is not a number"),
-])
+@pytest.mark.parametrize(
+    "bad,why",
+    [
+        ('{"method": "cmi", "dataset": "dig', "not valid JSON"),  # truncated by a crash mid-write
+        ("[1, 2]", "not a JSON object"),
+        (
+            json.dumps({k: v for k, v in _summary("cmi").items() if k not in ("method", "dataset")}),
+            "missing method, dataset",
+        ),
+        (json.dumps(_summary("cmi", status="exploded")), "unknown status"),
+        (json.dumps(_summary("cmi", last_acc="high")), "last_acc is not a number"),
+    ],
+)
 def test_an_unreadable_summary_is_listed_as_skipped_and_the_good_run_tabled(tmp_path, bad, why):
     _run(tmp_path, "dafl/s0")
     _run(tmp_path, "cmi/s0", raw_summary=bad)
@@ -153,10 +200,18 @@ def _statuses(tmp_path):
     diverged = {"status": "diverged", "diverged": {"epoch": 2, "step": 6, "reason": "non-finite loss"}}
     _run(tmp_path, "dafl/s0", _summary("dafl", 0, 97.0, status="finished"))
     _run(tmp_path, "dafl/s1", _summary("dafl", 1, 98.0))
-    _run(tmp_path, "dafl/s2", _summary("dafl", 2, 50.0, **diverged),
-         metrics=['{"epoch": 1, "acc": 50.0}', '{"epoch": 2, "acc": null, "lr": null}'])
-    _run(tmp_path, "cmi/s0", _summary("cmi", 0, None, best_acc=None, mean_acc=None, var_acc=None, **diverged),
-         metrics=['{"epoch": 1, "acc": null}'])
+    _run(
+        tmp_path,
+        "dafl/s2",
+        _summary("dafl", 2, 50.0, **diverged),
+        metrics=['{"epoch": 1, "acc": 50.0}', '{"epoch": 2, "acc": null, "lr": null}'],
+    )
+    _run(
+        tmp_path,
+        "cmi/s0",
+        _summary("cmi", 0, None, best_acc=None, mean_acc=None, var_acc=None, **diverged),
+        metrics=['{"epoch": 1, "acc": null}'],
+    )
     _run(tmp_path, "dfad/s0", _summary("dfad", 0, 10.09, status="collapsed", collapsed=True))
     _run(tmp_path, "zskt/s0", _summary("zskt", 0, 96.0))
     return load_runs(str(tmp_path))
@@ -170,8 +225,13 @@ def test_diverged_and_collapsed_cells(tmp_path):
     df = _statuses(tmp_path)
     assert df.attrs["skipped"] == []  # null accuracies in metrics.jsonl are accepted
     assert dict(zip(df["method"] + df["seed"].astype(str), df["status"])) == {
-        "cmi0": "diverged", "dafl0": "finished", "dafl1": "finished", "dafl2": "diverged", "dfad0": "collapsed",
-        "zskt0": "finished"}
+        "cmi0": "diverged",
+        "dafl0": "finished",
+        "dafl1": "finished",
+        "dafl2": "diverged",
+        "dfad0": "collapsed",
+        "zskt0": "finished",
+    }
     recs = {r["method"]: r for r in accuracy_rows(df)}
     assert recs["dafl"]["mean"] == 97.5 and recs["dafl"]["seeds"] == 2 and recs["dafl"]["diverged"] == 1
     assert recs["dafl"]["status"] == "mixed" and recs["cmi"]["mean"] is None and recs["cmi"]["status"] == "diverged"

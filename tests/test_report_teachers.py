@@ -1,6 +1,7 @@
 """The accuracy tables say which teacher produced each cell (the "Teachers" list: file, sha256 prefix, published
 or trained here with which recipe, measured accuracy) and flag a cell whose measured teacher accuracy is more
 than 0.5 points from the published teacher's (the reference's teacher row)."""
+
 import json
 
 import pandas as pd
@@ -8,26 +9,56 @@ import pytest
 
 from conftest import REPO
 from datafree.cli import main
-from datafree.report import (TEACHER_MARK, accuracy_rows, accuracy_table, load_reference, teacher_rows,
-                             teacher_source)
+from datafree.report import TEACHER_MARK, accuracy_rows, accuracy_table, load_reference, teacher_rows, teacher_source
 from datafree.results import load_runs
 
 REF = f"{REPO}/benchmarks/reference/cifar10.yaml"  # teacher row: resnet34->resnet18 95.70, wrn40_2->* 94.87
 R34, WRN = "resnet34->resnet18", "wrn40_2->wrn16_1"
 SHA_TRAINED, SHA_PUBLISHED, SHA_OLD = "a1" * 32, "b2" * 32, "c3" * 32
-TRAINED = {"kind": "trained", "file": "cifar10_resnet34.pt", "sha256": SHA_TRAINED, "layout": "datafree",
-           "recipe": "cmi", "arch": "resnet34"}
-PUBLISHED = {"kind": "published", "file": "cifar10_wrn40_2.pth", "sha256": SHA_PUBLISHED, "layout": "cmi",
-             "recipe": None, "arch": "wrn40_2"}
+TRAINED = {
+    "kind": "trained",
+    "file": "cifar10_resnet34.pt",
+    "sha256": SHA_TRAINED,
+    "layout": "datafree",
+    "recipe": "cmi",
+    "arch": "resnet34",
+}
+PUBLISHED = {
+    "kind": "published",
+    "file": "cifar10_wrn40_2.pth",
+    "sha256": SHA_PUBLISHED,
+    "layout": "cmi",
+    "recipe": None,
+    "arch": "wrn40_2",
+}
 
 
 def _summary(method, pair, teacher_acc, seed=0, last=90.0, **over):
     teacher, student = pair.split("->")
-    s = {"run_id": f"{teacher}-{student}-s{seed}", "method": method, "dataset": "cifar10", "teacher": teacher,
-         "student": student, "pair": pair, "seed": seed, "tag": "", "uses_real_data": "", "epochs": 2,
-         "evaluations": 2, "last_acc": last, "best_acc": last, "mean_acc": last, "var_acc": 0.0,
-         "teacher_acc": teacher_acc, "machine": "CPU test", "finished": "2026-01-01T00:00:00",
-         "peak_memory_mb": 100.0, "total_seconds": 36.0, "total_hours": 0.01, "gpu_hours": 0.0}
+    s = {
+        "run_id": f"{teacher}-{student}-s{seed}",
+        "method": method,
+        "dataset": "cifar10",
+        "teacher": teacher,
+        "student": student,
+        "pair": pair,
+        "seed": seed,
+        "tag": "",
+        "uses_real_data": "",
+        "epochs": 2,
+        "evaluations": 2,
+        "last_acc": last,
+        "best_acc": last,
+        "mean_acc": last,
+        "var_acc": 0.0,
+        "teacher_acc": teacher_acc,
+        "machine": "CPU test",
+        "finished": "2026-01-01T00:00:00",
+        "peak_memory_mb": 100.0,
+        "total_seconds": 36.0,
+        "total_hours": 0.01,
+        "gpu_hours": 0.0,
+    }
     s.update(over)
     return s
 
@@ -46,8 +77,11 @@ def _records(tmp_path):
     _write(tmp_path, "cmi/r34", _summary("cmi", R34, 93.1, teacher_source=TRAINED, teacher_sha256=SHA_TRAINED))
     _write(tmp_path, "dafl/r34", _summary("dafl", R34, 93.1, teacher_source=TRAINED, teacher_sha256=SHA_TRAINED))
     _write(tmp_path, "cmi/wrn", _summary("cmi", WRN, 94.6, teacher_source=PUBLISHED, teacher_sha256=SHA_PUBLISHED))
-    _write(tmp_path, "zskt/wrn", _summary("zskt", WRN, 94.6, teacher_sha256=SHA_OLD,
-                                          teacher_path="/somewhere/model_zoo/cifar10_wrn40_2.pt"))
+    _write(
+        tmp_path,
+        "zskt/wrn",
+        _summary("zskt", WRN, 94.6, teacher_sha256=SHA_OLD, teacher_path="/somewhere/model_zoo/cifar10_wrn40_2.pt"),
+    )
     _write(tmp_path, "scratch/wrn", _summary("scratch", WRN, None, teacher_source=None))
     return load_runs(str(tmp_path))
 
@@ -86,11 +120,14 @@ def test_teacher_source_of_a_record_with_and_without_the_field():
     old = teacher_source({"teacher": "resnet34", "teacher_sha256": SHA_OLD, "teacher_acc": 95.0})
     assert old == {"kind": "unknown", "file": "resnet34", "sha256": SHA_OLD, "layout": None, "recipe": None}
     assert teacher_source({"teacher": "resnet34", "teacher_acc": None}) is None  # no teacher was loaded
-    assert teacher_source(pd.Series({"teacher": "x", "teacher_source": float("nan"), "teacher_acc": float("nan")})) is None
+    assert (
+        teacher_source(pd.Series({"teacher": "x", "teacher_source": float("nan"), "teacher_acc": float("nan")})) is None
+    )
 
 
-@pytest.mark.parametrize("teacher_acc,flagged", [(95.1, True), (96.3, True), (95.3, False), (95.2, False),
-                                                 (96.2, False), (95.7, False)])
+@pytest.mark.parametrize(
+    "teacher_acc,flagged", [(95.1, True), (96.3, True), (95.3, False), (95.2, False), (96.2, False), (95.7, False)]
+)
 def test_a_cell_is_flagged_only_beyond_half_a_point_from_the_published_teacher(teacher_acc, flagged):
     df = pd.DataFrame([_summary("cmi", R34, teacher_acc, teacher_source=TRAINED)])
     ref = load_reference(REF)
@@ -105,8 +142,12 @@ def test_a_cell_is_flagged_only_beyond_half_a_point_from_the_published_teacher(t
 
 
 def test_a_pair_without_a_published_teacher_and_runs_without_a_measured_one_are_not_flagged():
-    df = pd.DataFrame([_summary("cmi", "resnet34->mobilenetv2", 80.0, teacher_source=TRAINED),
-                       _summary("dafl", R34, None, teacher_source=TRAINED)])
+    df = pd.DataFrame(
+        [
+            _summary("cmi", "resnet34->mobilenetv2", 80.0, teacher_source=TRAINED),
+            _summary("dafl", R34, None, teacher_source=TRAINED),
+        ]
+    )
     text = accuracy_table(df, reference=load_reference(REF))
     assert TEACHER_MARK not in text.split("Teachers of", 1)[0]
     assert not any(r["teacher_flag"] for r in accuracy_rows(df, reference=load_reference(REF)))

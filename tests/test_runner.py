@@ -1,4 +1,5 @@
 """The benchmark runner: cells, skipping finished ones, failures, executors, and a SIGKILLed suite."""
+
 import json
 import os
 import signal
@@ -18,12 +19,17 @@ TINY = {"epochs": 2, "ep_steps": 2, "batch_size": 8, "samples": 4, "progress": F
 
 def _suite(tmp_path, methods=("dafl", "deepinv"), **over):
     s = {
-        "name": "tiny", "dataset": "digits", "out": str(tmp_path / "results"),
+        "name": "tiny",
+        "dataset": "digits",
+        "out": str(tmp_path / "results"),
         "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}],
-        "methods": list(methods), "seeds": [0],
+        "methods": list(methods),
+        "seeds": [0],
         "defaults": TINY,
-        "overrides": {"dafl": {"synth.synthesis_batch_size": 8, "synth.ngf": 8},
-                      "deepinv": {"synth.iterations": 2, "synth.synthesis_batch_size": 8}},
+        "overrides": {
+            "dafl": {"synth.synthesis_batch_size": 8, "synth.ngf": 8},
+            "deepinv": {"synth.iterations": 2, "synth.synthesis_batch_size": 8},
+        },
     }
     s.update(over)
     path = tmp_path / "suite.yaml"
@@ -44,9 +50,15 @@ def test_expand_seeds_only_and_dry_run(zoo, tmp_path, capsys):
 
 def test_a_pair_sets_its_own_budget_over_the_suites(zoo, tmp_path, capsys):
     """A pair's defaults and per-method overrides come after the suite's (and a method's reach its presets)."""
-    pairs = [{"teacher": "lenet5", "student": "lenet5_half"},
-             {"teacher": "lenet5_bn", "student": "lenet5_half", "defaults": {"epochs": 1},
-              "overrides": {"deepinv": {"synth.iterations": 1}}}]
+    pairs = [
+        {"teacher": "lenet5", "student": "lenet5_half"},
+        {
+            "teacher": "lenet5_bn",
+            "student": "lenet5_half",
+            "defaults": {"epochs": 1},
+            "overrides": {"deepinv": {"synth.iterations": 1}},
+        },
+    ]
     suite = load_suite(_suite(tmp_path, methods=("dafl", "deepinv", "deepinv:paper"), pairs=pairs))
     cells = {(c.teacher, c.method): c.overrides for c in expand(suite)}
     assert cells[("lenet5", "deepinv")]["epochs"] == 2 and cells[("lenet5", "deepinv")]["synth"]["iterations"] == 2
@@ -64,9 +76,14 @@ def test_a_pair_sets_its_own_budget_over_the_suites(zoo, tmp_path, capsys):
 
 def test_a_pair_sets_a_variants_budget_over_the_variants_own(zoo, tmp_path):
     """A pair's overrides may name a variant: they go over the variant's settings, on that pair only."""
-    pairs = [{"teacher": "lenet5", "student": "lenet5_half"},
-             {"teacher": "lenet5_bn", "student": "lenet5_half",
-              "overrides": {"deepinv": {"epochs": 1}, "di_long": {"epochs": 3, "synth.iterations": 5}}}]
+    pairs = [
+        {"teacher": "lenet5", "student": "lenet5_half"},
+        {
+            "teacher": "lenet5_bn",
+            "student": "lenet5_half",
+            "overrides": {"deepinv": {"epochs": 1}, "di_long": {"epochs": 3, "synth.iterations": 5}},
+        },
+    ]
     variants = {"di_long": {"method": "deepinv", "epochs": 4, "synth.iterations": 6, "synth.lr": 0.2}}
     suite = load_suite(_suite(tmp_path, methods=("deepinv", "di_long"), pairs=pairs, variants=variants))
     cells = {(c.teacher, c.name.split("/")[1]): c.overrides for c in expand(suite)}
@@ -83,8 +100,16 @@ def test_a_suite_extends_another(zoo, tmp_path):
     """extends: the other suite's keys under this one's (mappings merged, lists replaced), minus name/out/note."""
     base = _suite(tmp_path)  # tmp_path/suite.yaml: dafl and deepinv on lenet5 -> lenet5_half
     child = tmp_path / "child.yaml"
-    child.write_text(yaml.safe_dump({"extends": base, "name": "child", "pairs": [{"teacher": "lenet5_bn",
-                                     "student": "lenet5_half"}], "overrides": {"dafl": {"synth.ngf": 4}}}))
+    child.write_text(
+        yaml.safe_dump(
+            {
+                "extends": base,
+                "name": "child",
+                "pairs": [{"teacher": "lenet5_bn", "student": "lenet5_half"}],
+                "overrides": {"dafl": {"synth.ngf": 4}},
+            }
+        )
+    )
     suite = load_suite(str(child))
     assert suite.name == "child" and suite.out == os.path.join("results", "child")
     assert suite.methods == ["dafl", "deepinv"] and [p["teacher"] for p in suite.pairs] == ["lenet5_bn"]
@@ -111,8 +136,13 @@ def test_a_bad_key_in_any_cell_fails_the_suite_before_anything_runs(zoo, tmp_pat
 
 def test_run_skip_finished_and_record_failures(zoo, tmp_path):
     # a value that passes the config's checks and fails in the cell's own process
-    path = _suite(tmp_path, overrides={"dafl": {"synth.synthesis_batch_size": 8, "synth.ngf": 8},
-                                       "deepinv": {"synth.pool_dtype": "float7"}})
+    path = _suite(
+        tmp_path,
+        overrides={
+            "dafl": {"synth.synthesis_batch_size": 8, "synth.ngf": 8},
+            "deepinv": {"synth.pool_dtype": "float7"},
+        },
+    )
     res = run_suite(path)
     assert res["failed"] == 1 and res["ran"] == 1
     root = tmp_path / "results" / "digits"
@@ -140,15 +170,27 @@ def test_submitit_local_executor(zoo, tmp_path):
 def test_killed_suite_resumes_without_rerunning_or_duplicating(zoo, tmp_path):
     """SIGKILL the runner and its cell mid-suite; running the suite again finishes it cleanly."""
     slow = dict(TINY, epochs=6, ep_steps=6)
-    path = _suite(tmp_path, methods=("dafl", "deepinv"), defaults=slow,
-                  overrides={"dafl": {"synth.synthesis_batch_size": 8, "synth.ngf": 8},
-                             "deepinv": {"synth.iterations": 40, "synth.synthesis_batch_size": 32}})
+    path = _suite(
+        tmp_path,
+        methods=("dafl", "deepinv"),
+        defaults=slow,
+        overrides={
+            "dafl": {"synth.synthesis_batch_size": 8, "synth.ngf": 8},
+            "deepinv": {"synth.iterations": 40, "synth.synthesis_batch_size": 32},
+        },
+    )
     root = tmp_path / "results" / "digits"
     first = root / "dafl" / "lenet5-lenet5_half-s0"
     second = root / "deepinv" / "lenet5-lenet5_half-s0"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "datafree.cli", "bench", path], cwd=str(tmp_path), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "datafree.cli", "bench", path],
+        cwd=str(tmp_path),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not (second / "checkpoint.pt").exists():
         time.sleep(0.2)

@@ -1,4 +1,5 @@
 """The process-level speed settings (datafree/runtime.py): channels_last and the CPU allocator."""
+
 import platform
 import subprocess
 import sys
@@ -27,8 +28,10 @@ def test_on_off_switches_survive_yaml_booleans():
     """YAML 1.1 reads `off` as False: `--set channels_last=off amp=off` must still mean off, not 'False'."""
     from datafree.config import parse_overrides, resolve
 
-    cfg = resolve({"method": "dafl", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"},
-                  parse_overrides(["channels_last=off", "amp=off", "cpu_malloc=default"]))
+    cfg = resolve(
+        {"method": "dafl", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"},
+        parse_overrides(["channels_last=off", "amp=off", "cpu_malloc=default"]),
+    )
     assert (cfg.channels_last, cfg.amp, cfg.cpu_malloc) == ("off", "off", "default")
     assert not use_channels_last(cfg.channels_last, torch.device("cpu"))
     assert resolve({"method": "dafl"}, parse_overrides(["channels_last=on"])).channels_last == "on"
@@ -90,6 +93,7 @@ _FAULTS = textwrap.dedent("""
 def test_tuned_allocator_reuses_pages_for_large_tensors():
     """Untuned, each 40 MiB temporary is a fresh mmap: ~10,000 page faults apiece, 30,000 a step. Tuned, after
     a warm-up, the heap's pages are reused (an occasional step still grows it)."""
+
     def faults(setting):
         out = subprocess.run([sys.executable, "-c", _FAULTS, setting], capture_output=True, text=True, check=True)
         tuned, n = out.stdout.split()
@@ -176,7 +180,7 @@ def test_bn_term_of_large_activations_under_bf16_and_fp32_precision(monkeypatch)
 
     def term(amp, outer=None):
         bn = BNStatistics(m)
-        with bn, (outer.autocast() if outer else amp.autocast()), amp.autocast():
+        with bn, outer.autocast() if outer else amp.autocast(), amp.autocast():
             m(x)
         return float(bn.loss())
 
@@ -194,22 +198,36 @@ def test_bn_term_of_large_activations_under_bf16_and_fp32_precision(monkeypatch)
 
 def _conv_dtypes(model):
     seen = []
-    handles = [m.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
-               for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    handles = [
+        m.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     return seen, handles
 
 
 #: one synthesis round in milliseconds (the digits teacher is LeNet-5: no BN term, the convolutions are what is seen)
-_SMALL_SYNTH = {"cmi": {"g_steps": 2, "synthesis_batch_size": 8, "ngf": 8, "head_dim": 16, "bank_size": 64, "n_neg": 16},
-                "fast": {"g_steps": 2, "synthesis_batch_size": 8, "ngf": 8},
-                "dfq": {"synthesis_batch_size": 8, "ngf": 8}, "dafl": {"synthesis_batch_size": 8, "ngf": 8}}
+_SMALL_SYNTH = {
+    "cmi": {"g_steps": 2, "synthesis_batch_size": 8, "ngf": 8, "head_dim": 16, "bank_size": 64, "n_neg": 16},
+    "fast": {"g_steps": 2, "synthesis_batch_size": 8, "ngf": 8},
+    "dfq": {"synthesis_batch_size": 8, "ngf": 8},
+    "dafl": {"synthesis_batch_size": 8, "ngf": 8},
+}
 
 
-@pytest.mark.parametrize("method, synthesis", [("deepinv", torch.float32), ("cmi", torch.float32),
-                                               ("fast", torch.float32), ("dfq", torch.float32),
-                                               ("dafl", torch.bfloat16)])
-def test_auto_amp_precision_on_cuda_fp32_synthesis_for_the_inversion_methods(zoo, tmp_path, monkeypatch, method,
-                                                                              synthesis):
+@pytest.mark.parametrize(
+    "method, synthesis",
+    [
+        ("deepinv", torch.float32),
+        ("cmi", torch.float32),
+        ("fast", torch.float32),
+        ("dfq", torch.float32),
+        ("dafl", torch.bfloat16),
+    ],
+)
+def test_auto_amp_precision_on_cuda_fp32_synthesis_for_the_inversion_methods(
+    zoo, tmp_path, monkeypatch, method, synthesis
+):
     """amp=auto on CUDA (the CPU taken for CUDA: auto resolves to bf16): the teacher's convolutions run in fp32
     during the synthesis of DeepInversion, CMI, Fast-DFKD and DFQ, in bf16 during DAFL's; the student's KD step
     stays bf16. The synthesizer's view of the run's Context shares everything but amp."""
@@ -281,8 +299,20 @@ def _legacy_fingerprint(cfg, kind):
     return fingerprint_of(fields)
 
 
-_PRECISION_METHODS = ["deepinv", "deepinv:paper", "cmi", "fast10", "fast2", "dfq", "dafl", "zskt", "dfad", "mbdfkd",
-                      "predfkd", "cudfkd"]
+_PRECISION_METHODS = [
+    "deepinv",
+    "deepinv:paper",
+    "cmi",
+    "fast10",
+    "fast2",
+    "dfq",
+    "dafl",
+    "zskt",
+    "dfad",
+    "mbdfkd",
+    "predfkd",
+    "cudfkd",
+]
 
 
 @pytest.mark.parametrize("method", _PRECISION_METHODS)
@@ -339,10 +369,16 @@ def test_summary_records_each_phase_precision_amp(zoo, tmp_path, monkeypatch):
     from conftest import tiny
     from datafree.engine import run
 
-    assert run(tiny("deepinv", tmp_path / "a", device="cpu"))["precision"] == {"synthesis": "off",
-                                                                                "distillation": "off"}
-    assert run(tiny("deepinv", tmp_path / "b", device="cpu", amp="bf16"))["precision"] == {"synthesis": "bf16",
-                                                                                            "distillation": "bf16"}
+    assert run(tiny("deepinv", tmp_path / "a", device="cpu"))["precision"] == {
+        "synthesis": "off",
+        "distillation": "off",
+    }
+    assert run(tiny("deepinv", tmp_path / "b", device="cpu", amp="bf16"))["precision"] == {
+        "synthesis": "bf16",
+        "distillation": "bf16",
+    }
     monkeypatch.setattr(runtime, "resolve_amp", lambda s, d: {"auto": "bf16"}.get(s, s))
-    assert run(tiny("deepinv", tmp_path / "c", device="cpu"))["precision"] == {"synthesis": "off",
-                                                                                "distillation": "bf16"}
+    assert run(tiny("deepinv", tmp_path / "c", device="cpu"))["precision"] == {
+        "synthesis": "off",
+        "distillation": "bf16",
+    }

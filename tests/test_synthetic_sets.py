@@ -1,4 +1,5 @@
 """Synthetic sets out and in: `datafree export`, the kd_folder method, and synth.init_from of the pool methods."""
+
 import json
 import math
 import os
@@ -22,9 +23,11 @@ from datafree.export import export_run
 SET_SYNTH = {"iterations": 100, "synthesis_batch_size": 128}
 SET_SIZE = 2 * 128
 #: one quick round of each pool method
-SMALL = {"cmi": {"g_steps": 2, "synthesis_batch_size": 16, "ngf": 8, "n_neg": 64, "bank_size": 256},
-         "deepinv": {"iterations": 3, "synthesis_batch_size": 16},
-         "fast": {"g_steps": 2, "synthesis_batch_size": 16, "ngf": 8}}
+SMALL = {
+    "cmi": {"g_steps": 2, "synthesis_batch_size": 16, "ngf": 8, "n_neg": 64, "bank_size": 256},
+    "deepinv": {"iterations": 3, "synthesis_batch_size": 16},
+    "fast": {"g_steps": 2, "synthesis_batch_size": 16, "ngf": 8},
+}
 
 
 def _lines(text):
@@ -106,7 +109,10 @@ def test_export_refuses_a_non_empty_folder_and_replaces_it_with_overwrite(export
     (dest / "junk.txt").write_text("x")
     assert main(["export", str(run_dir), "--out", str(dest), "--overwrite"]) == 0
     assert f"exported {SET_SIZE} images" in capsys.readouterr().out
-    assert not (dest / "junk.txt").exists() and json.loads((dest / "manifest.json").read_text())["digest"] == manifest["digest"]
+    assert (
+        not (dest / "junk.txt").exists()
+        and json.loads((dest / "manifest.json").read_text())["digest"] == manifest["digest"]
+    )
     assert sorted(os.listdir(tmp_path)) == ["dest"]  # no temporary folder left beside it
     assert main(["export", str(run_dir), "--out", str(run_dir.parent), "--overwrite"]) == 2  # would delete the run
     assert "holds the run directory" in capsys.readouterr().err
@@ -171,8 +177,9 @@ def test_export_refuses_a_teacher_other_than_the_runs(exported, tmp_path):
 def test_kd_folder_trains_a_student_from_an_exported_set(exported, tmp_path):
     _, out, manifest, _ = exported
     epochs, batch = 40, 32
-    s = run(tiny("kd_folder", tmp_path / "kd", epochs=epochs, ep_steps=None, batch_size=batch,
-                 synth={"folder": str(out)}))
+    s = run(
+        tiny("kd_folder", tmp_path / "kd", epochs=epochs, ep_steps=None, batch_size=batch, synth={"folder": str(out)})
+    )
     assert s["status"] == "finished" and s["evaluations"] == epochs
     assert s["transfer_set_images"] == SET_SIZE and s["transfer_set_digest"] == manifest["digest"]
     assert s["images_seen"] == epochs * math.ceil(SET_SIZE / batch) * batch  # one pass over the set per epoch
@@ -186,8 +193,15 @@ def test_kd_folder_trains_a_student_from_an_exported_set(exported, tmp_path):
 def test_kd_folder_follows_the_reference_recipe():
     from datafree.config import resolve
 
-    cfg = resolve({"method": "kd_folder", "dataset": "cifar10", "teacher": "wrn40_2", "student": "wrn16_1",
-                   "synth": {"folder": "x"}})
+    cfg = resolve(
+        {
+            "method": "kd_folder",
+            "dataset": "cifar10",
+            "teacher": "wrn40_2",
+            "student": "wrn16_1",
+            "synth": {"folder": "x"},
+        }
+    )
     assert (cfg.synthesizer, cfg.distiller, cfg.distill) == ("folder", "kd", {"T": 20.0, "ce": 0.0})
     assert (cfg.epochs, cfg.batch_size, cfg.ep_steps) == (200, 128, None)
     o = cfg.optim
@@ -196,8 +210,20 @@ def test_kd_folder_follows_the_reference_recipe():
 
 
 def test_kd_folder_without_a_set_says_how_to_make_one(zoo, tmp_path, capsys):
-    base = ["distill", "--method", "kd_folder", "--dataset", "digits", "--teacher", "lenet5", "--student",
-            "lenet5_half", "--out", str(tmp_path / "r"), "progress=false"]
+    base = [
+        "distill",
+        "--method",
+        "kd_folder",
+        "--dataset",
+        "digits",
+        "--teacher",
+        "lenet5",
+        "--student",
+        "lenet5_half",
+        "--out",
+        str(tmp_path / "r"),
+        "progress=false",
+    ]
     assert main(base) == 2
     err = _errors(capsys.readouterr().err)  # after the engine's line naming the teacher
     assert len(err) == 1 and "synth.folder is not set" in err[0] and "datafree export" in err[0]
@@ -278,16 +304,26 @@ def test_the_cifar10_suite_has_the_rows_that_start_from_a_saved_set(monkeypatch)
         assert (c.teacher, c.student) == ("wrn40_2", "wrn16_1")
     init = cell_config(rows["cmi_init"])
     assert (init.method, init.synth["init_from"], init.synth["oh"], init.epochs, init.ep_steps, init.kd_steps) == (
-        "cmi", "data/cmi-preinverted-wrn402", 0.5, 40, 2000, 2000)
+        "cmi",
+        "data/cmi-preinverted-wrn402",
+        0.5,
+        40,
+        2000,
+        2000,
+    )
     assert cell_config(rows["kd_folder_cmi_set"]).synth["folder"] == "data/cmi-preinverted-wrn402"
     ref = load_reference(suite.reference)["tables"]["cifar10"]["accuracy"]
-    assert ref["cmi (init)"] == {"wrn40_2->wrn16_1": 90.01} and ref["kd_folder (cmi-set)"] == {"wrn40_2->wrn16_1": 87.38}
+    assert ref["cmi (init)"] == {"wrn40_2->wrn16_1": 90.01} and ref["kd_folder (cmi-set)"] == {
+        "wrn40_2->wrn16_1": 87.38
+    }
 
 
 def test_a_variant_restricted_to_a_pair_the_suite_lacks_is_an_error(zoo, tmp_path, capsys):
     path = tmp_path / "s.yaml"
-    path.write_text("dataset: digits\nmethods: [v]\npairs: [{teacher: lenet5, student: lenet5_half}]\n"
-                    "variants: {v: {method: deepinv, pairs: [lenet5->lenet5]}}\n")
+    path.write_text(
+        "dataset: digits\nmethods: [v]\npairs: [{teacher: lenet5, student: lenet5_half}]\n"
+        "variants: {v: {method: deepinv, pairs: [lenet5->lenet5]}}\n"
+    )
     assert main(["bench", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert len(_lines(err)) == 1 and "lenet5->lenet5_half" in err

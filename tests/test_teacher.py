@@ -1,4 +1,5 @@
 """datafree.load_teacher: one loader for our checkpoints, bare state dicts, timm files and timm's cache."""
+
 import json
 import os
 
@@ -25,8 +26,12 @@ def _same_function(a, b, shape=(4, 1, 8, 8)):
 def test_our_checkpoint_by_name_and_by_path(zoo):
     model, rec = load_teacher("lenet5", dataset="digits")
     assert rec["path"] == _zoo_teacher(zoo) and rec["file"] == "digits_lenet5.pt"
-    assert (rec["kind"], rec["layout"], rec["arch"], rec["arch_from"]) == ("trained", "datafree", "lenet5",
-                                                                           "checkpoint")
+    assert (rec["kind"], rec["layout"], rec["arch"], rec["arch_from"]) == (
+        "trained",
+        "datafree",
+        "lenet5",
+        "checkpoint",
+    )
     assert rec["recipe"] == "datafree" and rec["num_classes"] == 10 and rec["channels"] == 1
     assert len(rec["sha256"]) == 64
     assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -82,14 +87,17 @@ def test_teacher_arch_is_checked_by_name():
         check_arch("resnet43")
 
 
-@pytest.mark.parametrize("teacher,dataset,name", [
-    ("resnet34", "cifar10", "resnet34"),
-    ("model_zoo/cifar10_resnet34.pth", "cifar10", "resnet34"),
-    ("checkpoint/teacher/cifar10-resnet34_8x.pt", "cifar10", "resnet34_8x"),
-    ("/x/cifar100_wrn40_2.pth", "cifar10", "cifar100_wrn40_2"),
-    ("timm/resnet18", "cifar10", "timm/resnet18"),
-    (None, "cifar10", None),
-])
+@pytest.mark.parametrize(
+    "teacher,dataset,name",
+    [
+        ("resnet34", "cifar10", "resnet34"),
+        ("model_zoo/cifar10_resnet34.pth", "cifar10", "resnet34"),
+        ("checkpoint/teacher/cifar10-resnet34_8x.pt", "cifar10", "resnet34_8x"),
+        ("/x/cifar100_wrn40_2.pth", "cifar10", "cifar100_wrn40_2"),
+        ("timm/resnet18", "cifar10", "timm/resnet18"),
+        (None, "cifar10", None),
+    ],
+)
 def test_name_from_file(teacher, dataset, name):
     assert name_from_file(teacher, dataset) == name
 
@@ -117,6 +125,7 @@ def test_a_run_records_which_teacher_produced_it(zoo, tiny_cfg, tmp_path):
 
 
 # -- timm -------------------------------------------------------------------------------------------------
+
 
 def test_timm_wrapper_keys_are_timms_own(tmp_path):
     import timm
@@ -166,6 +175,7 @@ def test_timm_pretrained_from_the_local_cache_only(tmp_path, monkeypatch, zoo):
 
 # -- the reference repositories' files ---------------------------------------------------------------------
 
+
 def _reference_state(arch, layout="cmi", classes=10):
     """A state dict with the names and shapes the reference classes save (tests/fixtures/reference_layouts.json)."""
     path = os.path.join(os.path.dirname(__file__), "fixtures", "reference_layouts.json")
@@ -173,9 +183,16 @@ def _reference_state(arch, layout="cmi", classes=10):
         entries = json.load(f)["layouts"]
     e = next(e for e in entries if (e["arch"], e["layout"], e["num_classes"]) == (arch, layout, classes))
     g = torch.Generator().manual_seed(0)
-    return {k: (torch.rand(shape, generator=g) + 0.5 if "running_var" in k else
-                torch.zeros(shape, dtype=torch.long) if k.endswith("num_batches_tracked") else
-                torch.randn(shape, generator=g) * 0.1) for k, shape in e["keys"]}
+    return {
+        k: (
+            torch.rand(shape, generator=g) + 0.5
+            if "running_var" in k
+            else torch.zeros(shape, dtype=torch.long)
+            if k.endswith("num_batches_tracked")
+            else torch.randn(shape, generator=g) * 0.1
+        )
+        for k, shape in e["keys"]
+    }
 
 
 def test_a_cmi_checkpoint_in_the_zoo_is_the_published_teacher(tmp_path, monkeypatch):
@@ -186,17 +203,24 @@ def test_a_cmi_checkpoint_in_the_zoo_is_the_published_teacher(tmp_path, monkeypa
     zoo.mkdir()
     monkeypatch.setenv("DATAFREE_ZOO", str(zoo))
     state = {"module." + k: v for k, v in _reference_state("resnet8").items()}  # saved from DataParallel
-    torch.save({"epoch": 200, "arch": "resnet8", "state_dict": state, "best_acc1": 88.5,
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.0001, "momentum": 0.9}]}},
-               zoo / "cifar10_resnet8.pth")
+    torch.save(
+        {
+            "epoch": 200,
+            "arch": "resnet8",
+            "state_dict": state,
+            "best_acc1": 88.5,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.0001, "momentum": 0.9}]},
+        },
+        zoo / "cifar10_resnet8.pth",
+    )
     ours = create_model("resnet8")
-    save_model(zoo_path("cifar10", "resnet8"), ours, "resnet8", "cifar10",
-               {"num_classes": 10, "channels": 3, "size": 32})
+    save_model(
+        zoo_path("cifar10", "resnet8"), ours, "resnet8", "cifar10", {"num_classes": 10, "channels": 3, "size": 32}
+    )
     assert resolve_teacher("resnet8", "cifar10").endswith("cifar10_resnet8.pth")  # the published file first
     assert teacher_origin("cifar10", "resnet8").startswith("published file")
     model, rec = load_teacher("resnet8", dataset="cifar10")
-    assert (rec["kind"], rec["layout"], rec["arch"], rec["arch_from"]) == ("published", "cmi", "resnet8",
-                                                                           "checkpoint")
+    assert (rec["kind"], rec["layout"], rec["arch"], rec["arch_from"]) == ("published", "cmi", "resnet8", "checkpoint")
     assert rec["stored_accuracy"] == 88.5 and rec["num_classes"] == 10 and rec["recipe"] is None
     assert torch.equal(model.state_dict()["head.weight"], state["module.fc.weight"])
     with pytest.raises(CheckpointError, match=r"10 classes.*cifar100 has 100"):
@@ -216,12 +240,14 @@ def test_an_old_mobilenetv2_checkpoint_is_the_cifar_network(tmp_path):
 
 # -- review fixes: identity and lookups ------------------------------------------------------------------
 
+
 def test_a_record_from_before_unset_keys_were_dropped_is_still_the_same_run(tmp_path):
     from datafree.config import resolve
     from datafree.identity import Identity, fingerprint_of, run_identity, same_run
 
-    new = run_identity(resolve({"method": "scratch", "dataset": "digits", "student": "lenet5", "teacher": None}),
-                       teacher_file=None)
+    new = run_identity(
+        resolve({"method": "scratch", "dataset": "digits", "student": "lenet5", "teacher": None}), teacher_file=None
+    )
     legacy_fields = {**new.fields, "ep_steps": None, "teacher": None}  # what the old code hashed
     old = Identity(fingerprint_of(legacy_fields), legacy_fields)
     assert old.fingerprint != new.fingerprint and same_run(old, new)
@@ -243,10 +269,18 @@ def test_teacher_arch_names_the_pair_for_its_settings():
     from datafree.config import resolve
 
     by_name = resolve({"method": "cmi", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
-    by_arch = resolve({"method": "cmi", "dataset": "cifar10", "teacher": "/x/my_teacher.pt",
-                       "teacher_arch": "resnet34", "student": "resnet18"})
-    by_alias = resolve({"method": "cmi", "dataset": "cifar10", "teacher": "/x/cifar10-resnet34_8x.pt",
-                        "student": "resnet18"})
+    by_arch = resolve(
+        {
+            "method": "cmi",
+            "dataset": "cifar10",
+            "teacher": "/x/my_teacher.pt",
+            "teacher_arch": "resnet34",
+            "student": "resnet18",
+        }
+    )
+    by_alias = resolve(
+        {"method": "cmi", "dataset": "cifar10", "teacher": "/x/cifar10-resnet34_8x.pt", "student": "resnet18"}
+    )
     assert by_arch.synth == by_name.synth == by_alias.synth
 
 
@@ -271,8 +305,16 @@ def test_old_timm_checkpoints_and_timm_counts_without_a_dataset(tmp_path):
     old = tmp_path / "old.pt"  # datafree-model/1 kept the wrapper's prefix and the classifier twice
     state = {"model." + k: v for k, v in ref.state_dict().items()}
     state.update({"head.fc." + k: v for k, v in ref.get_classifier().state_dict().items()})
-    torch.save({"format": "datafree-model/1", "arch": "timm/test_resnet", "dataset": "x",
-                "spec": {"num_classes": 100, "channels": 3, "size": 32}, "state_dict": state}, old)
+    torch.save(
+        {
+            "format": "datafree-model/1",
+            "arch": "timm/test_resnet",
+            "dataset": "x",
+            "spec": {"num_classes": 100, "channels": 3, "size": 32},
+            "state_dict": state,
+        },
+        old,
+    )
     again, rec = load_teacher(str(old))
     assert rec["layout"] == "timm" and _same_function(ref, again, (2, 3, 32, 32))
 

@@ -1,5 +1,6 @@
 """`datafree train-teacher --recipe cmi`: the CMI repository's train_scratch.py schedule beside our own recipe,
 its name in the manifest and the checkpoint and in the recipe fingerprint, the best-accuracy weights kept."""
+
 import os
 
 import pytest
@@ -49,7 +50,11 @@ def test_the_cmi_recipe_resolves_to_the_reference_values():
     # the dataset's standard augmentation and normalisation: registry.py's for CIFAR-10, CIFAR-100 and MNIST
     assert cfg.synth["augment"] == "" and get_spec("cifar10").augment == "crop_flip"
     assert get_spec("cifar10").mean == (0.4914, 0.4822, 0.4465) and get_spec("cifar10").std == (0.2023, 0.1994, 0.2010)
-    assert get_spec("cifar100").mean == (0.5071, 0.4867, 0.4408) and get_spec("cifar100").std == (0.2675, 0.2565, 0.2761)
+    assert get_spec("cifar100").mean == (0.5071, 0.4867, 0.4408) and get_spec("cifar100").std == (
+        0.2675,
+        0.2565,
+        0.2761,
+    )
     assert get_spec("mnist").augment == "none" and get_spec("mnist").size == 32
     assert (get_spec("mnist").mean, get_spec("mnist").std) == ((0.1307,), (0.3081,))
     # one recipe for every dataset and model: no LeNet or MNIST section of ours leaks in
@@ -66,8 +71,10 @@ def test_our_recipe_stays_the_default_and_the_recipe_may_come_with_the_overrides
     assert name == "cmi" and cmi.epochs == 20
     lrs = _lrs(cmi, 20)  # the milestones keep their place in a shorter run: epochs 12, 15 and 18 of 20
     assert (lrs[11], lrs[12], lrs[15], lrs[18]) == pytest.approx((0.1, 0.01, 1e-3, 1e-4))
-    assert run_identity(cmi, teacher_file=None).fingerprint != run_identity(
-        teacher_config("cifar10", "resnet34", {"epochs": 20})[0], teacher_file=None).fingerprint
+    assert (
+        run_identity(cmi, teacher_file=None).fingerprint
+        != run_identity(teacher_config("cifar10", "resnet34", {"epochs": 20})[0], teacher_file=None).fingerprint
+    )
     with pytest.raises(ConfigError, match="two teacher recipes"):
         teacher_config("cifar10", "resnet34", {"recipe": "cmi"}, recipe="datafree")
 
@@ -144,9 +151,15 @@ def test_a_suite_names_its_teacher_recipe_in_teacher_training(tmp_path, monkeypa
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATAFREE_ZOO", str(tmp_path / "zoo"))
-    suite = {"name": "tiny", "out": str(tmp_path / "suite"), "dataset": "digits",
-             "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}], "methods": ["kd_real"], "seeds": [0],
-             "teacher_training": {"recipe": "cmi", "epochs": 2}}
+    suite = {
+        "name": "tiny",
+        "out": str(tmp_path / "suite"),
+        "dataset": "digits",
+        "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}],
+        "methods": ["kd_real"],
+        "seeds": [0],
+        "teacher_training": {"recipe": "cmi", "epochs": 2},
+    }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     assert run_suite(str(path), dry_run=True)["cells"] == 1  # the recipe is checked before anything runs

@@ -15,6 +15,7 @@ Two measurements, on CPU in a few seconds:
     DATAFREE_DATA=../shared/data python benchmarks/diagnose/bn_teacher.py \
         --teachers lenet5,lenet5_bn --bn-teacher lenet5_bn --runs results/runs/mnist/cmi/lenet5_bn-lenet5_half-s0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,11 @@ def confidence(teacher: torch.nn.Module, x: torch.Tensor) -> Dict[str, float]:
         z = teacher(x)
     p = z.softmax(1)
     top = torch.bincount(z.argmax(1), minlength=z.shape[1]).max().item() / z.shape[0]
-    return {"max_prob": round(p.max(1).values.mean().item(), 3), "logit_std": round(z.std().item(), 2),
-            "top_class_share": round(top, 3)}
+    return {
+        "max_prob": round(p.max(1).values.mean().item(), 3),
+        "logit_std": round(z.std().item(), 2),
+        "top_class_share": round(top, 3),
+    }
 
 
 def bn_term(teacher: torch.nn.Module, x: torch.Tensor) -> Dict[str, object]:
@@ -60,8 +64,11 @@ def bn_term(teacher: torch.nn.Module, x: torch.Tensor) -> Dict[str, object]:
         parts = [round(v.item(), 3) for v in stats._losses]
         total = stats.loss()
     total.backward()
-    return {"total": round(total.item(), 3), "per_layer": parts,
-            "grad_rms": float(f"{(x.grad.pow(2).mean().sqrt()).item():.3e}")}
+    return {
+        "total": round(total.item(), 3),
+        "per_layer": parts,
+        "grad_rms": float(f"{(x.grad.pow(2).mean().sqrt()).item():.3e}"),
+    }
 
 
 def pool_images(run_dir: str, n: int) -> torch.Tensor:
@@ -88,7 +95,7 @@ def main(argv: List[str] | None = None) -> int:
         out["confidence"][name] = {k: confidence(teacher, x) for k, x in noise_inputs(a.n, spec, a.seed).items()}
 
     teacher, _ = load_teacher(a.bn_teacher, dataset=a.dataset)
-    real = get_source(a.dataset)._loader(default_root(), "test").images[:a.n]
+    real = get_source(a.dataset)._loader(default_root(), "test").images[: a.n]
     batches = {"real test images": real}
     for run in [r for r in a.runs.split(",") if r]:
         batches[f"pool of {run}"] = pool_images(run, a.n)

@@ -14,6 +14,7 @@ centred on a black canvas). A few seconds on the CPU.
     DATAFREE_DATA=../shared/data python benchmarks/diagnose/collected_labels.py --teachers lenet5_bn,resnet20 \
         --boxes full,23
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ from datafree.results import report_json
 from datafree.teacher import load_teacher
 
 
-def label_report(teacher: torch.nn.Module, images: torch.Tensor, truth: torch.Tensor, spec,
-                 test_labels: torch.Tensor) -> Dict[str, object]:
+def label_report(
+    teacher: torch.nn.Module, images: torch.Tensor, truth: torch.Tensor, spec, test_labels: torch.Tensor
+) -> Dict[str, object]:
     labels, conf = teacher_labels(teacher, images, spec, "cpu")
     counts = torch.bincount(labels, minlength=spec.num_classes)
     top = int(counts.argmax())
@@ -66,7 +68,8 @@ def main(argv: List[str] | None = None) -> int:
         images = open_source(a.source, a.split, spec, box=box).images
         out["framings"][framing] = {
             name: {"sha256": record["sha256"][:8], **label_report(teacher, images, truth, spec, test_labels)}
-            for name, (teacher, record) in teachers.items()}
+            for name, (teacher, record) in teachers.items()
+        }
     report_json(out, a.json)
     return 0
 

@@ -13,6 +13,7 @@ on the weights), images of the dataset's shape, the engine's CPU settings (chann
 
 Each figure is the median of --repeats timings after 3 untimed calls, in milliseconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,10 @@ def main(argv=None) -> int:
     cl = use_channels_last("auto", CPU)
     fmt = torch.channels_last if cl else torch.contiguous_format
     x = torch.randn(a.batch, a.channels, a.size, a.size).to(memory_format=fmt)
-    print(f"batch {a.batch} at {a.channels}x{a.size}x{a.size}, {torch.get_num_threads()} thread(s), "
-          f"channels_last {cl}, torch {torch.__version__}; ms, median of {a.repeats}")
+    print(
+        f"batch {a.batch} at {a.channels}x{a.size}x{a.size}, {torch.get_num_threads()} thread(s), "
+        f"channels_last {cl}, torch {torch.__version__}; ms, median of {a.repeats}"
+    )
     for pair in a.pairs.split(","):
         tname, sname = pair.split(":")
         teacher = create_model(tname, 10, a.channels, a.size).to(memory_format=fmt).eval()

@@ -17,6 +17,7 @@ method's config plus the budget's ``ours`` overrides, then converts the run's me
 imports nothing from our package either (it only runs it; adapters/_common.py is the harness's own), so both
 sides start from a clean interpreter.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,13 @@ BUDGETS = os.path.join(HERE, "budgets")
 ADAPTERS = os.path.join(HERE, "adapters")
 sys.path.insert(0, ADAPTERS)
 import _common as C  # noqa: E402  (the adapters' stdlib helpers and budget layouts; not our package)
+
 DEFAULT_TEACHER = os.path.join(REPO, "model_zoo", "mnist_lenet5_bn.pt")
-DEFAULT_WORKTREES = {"cmi_repo": "/tmp/ref/CMI", "fast_datafree": "/tmp/ref/Fast-Datafree",
-                     "ljrprocc": "/tmp/ref/DataFree"}
+DEFAULT_WORKTREES = {
+    "cmi_repo": "/tmp/ref/CMI",
+    "fast_datafree": "/tmp/ref/Fast-Datafree",
+    "ljrprocc": "/tmp/ref/DataFree",
+}
 #: the adapter of a budget file that names none (the ``shared`` layout)
 ADAPTER_OF = {"fast10": "fast_datafree", "cudfkd": "ljrprocc"}
 SIDES = ("ours", "theirs")
@@ -109,17 +114,22 @@ def _yaml_value(v: Any) -> str:
 
 
 def cell_dir(out: str, method: str, side: str, seed: int, smoke: bool) -> str:
-    return os.path.join(out, "_smoke", method, f"{side}-s{seed}") if smoke else os.path.join(out, method, f"{side}-s{seed}")
+    return (
+        os.path.join(out, "_smoke", method, f"{side}-s{seed}")
+        if smoke
+        else os.path.join(out, method, f"{side}-s{seed}")
+    )
 
 
-def cell_done(d: str, budget: Dict[str, Any], teacher_sha: str, commit: Optional[str] = None,
-              fingerprint: Optional[str] = None) -> bool:
+def cell_done(
+    d: str, budget: Dict[str, Any], teacher_sha: str, commit: Optional[str] = None, fingerprint: Optional[str] = None
+) -> bool:
     """A finished cell: record.json with the same budget and teacher, and
 
     * theirs: the same reference work-tree ``commit``;
     * ours: the same run ``fingerprint`` (datafree/identity.py: resolved config + teacher sha256 + dataset),
-      as the cell's ``run/fingerprint.json`` holds it (and the record's copy, where it has one). Our git HEAD (``commit``
-      in our records) is information only: a commit that does not change what the run computes keeps it.
+      as the cell's ``run/fingerprint.json`` holds it (and the record's copy, where it has one). Our git HEAD
+      (``commit`` in our records) is information only: a commit that does not change what the run computes keeps it.
     """
     p = os.path.join(d, "record.json")
     if not os.path.isfile(p):
@@ -164,23 +174,45 @@ print(json.dumps({"fingerprint": identity.run_identity(cfg, identity.teacher_pat
 
 
 def ours_env() -> Dict[str, str]:
-    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return dict(
+        os.environ,
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+    )
 
 
 def ours_argv(method: str, seed: int, spec: Dict[str, Any], teacher: str, run_dir: str) -> List[str]:
     """``datafree distill`` arguments of our side of a cell."""
-    return ["distill", "--method", method, "--dataset", "mnist", "--teacher", teacher,
-            "--student", spec["budget"].get("student", spec.get("student", "lenet5_half")), "--seed", str(seed),
-            "--device", "cpu", "--out", run_dir, "--overwrite", "threads=1", "progress=false", "samples=0",
-            *our_overrides(spec)]
+    return [
+        "distill",
+        "--method",
+        method,
+        "--dataset",
+        "mnist",
+        "--teacher",
+        teacher,
+        "--student",
+        spec["budget"].get("student", spec.get("student", "lenet5_half")),
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+        "--out",
+        run_dir,
+        "--overwrite",
+        "threads=1",
+        "progress=false",
+        "samples=0",
+        *our_overrides(spec),
+    ]
 
 
 def our_fingerprint(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str) -> str:
     """The fingerprint our run of this cell will have, computed without running it (a short subprocess)."""
     argv = ours_argv(method, seed, spec, teacher, os.path.join(d, "run"))
-    res = subprocess.run([sys.executable, "-c", _FINGERPRINT_CODE, *argv], cwd=REPO, env=ours_env(),
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _FINGERPRINT_CODE, *argv], cwd=REPO, env=ours_env(), capture_output=True, text=True
+    )
     if res.returncode != 0:
         raise SystemExit(f"error: resolving our config for {method} s{seed} failed:\n{res.stderr.strip()}")
     return json.loads(res.stdout.strip().splitlines()[-1])["fingerprint"]
@@ -211,11 +243,18 @@ def convert_ours(metrics: List[Dict[str, Any]], method: str, seed: int, budget: 
         curves.append(c)
     accs = [m["acc"] for m in metrics]
     return {
-        "method": method, "side": "ours", "seed": seed,
-        "acc_last": accs[-1] if accs else None, "acc_best": max(accs) if accs else None,
+        "method": method,
+        "side": "ours",
+        "seed": seed,
+        "acc_last": accs[-1] if accs else None,
+        "acc_best": max(accs) if accs else None,
         "epochs": metrics[-1]["epoch"] if metrics else 0,
-        "epoch_seconds": [round(x, 4) for x in epoch_seconds], "eval_acc": accs, "budget": budget,
-        "epoch_seconds_source": "phase_seconds (synthesis + distill)" if metrics and "phase_seconds" in metrics[0] else "seconds (with eval)",
+        "epoch_seconds": [round(x, 4) for x in epoch_seconds],
+        "eval_acc": accs,
+        "budget": budget,
+        "epoch_seconds_source": "phase_seconds (synthesis + distill)"
+        if metrics and "phase_seconds" in metrics[0]
+        else "seconds (with eval)",
         "curves": curves,
     }
 
@@ -242,16 +281,31 @@ def run_ours(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str,
     curves = rec.pop("curves")
     import torch  # only for the thread count the run used (1)
 
-    rec.update({"smoke": smoke, "teacher": teacher, "teacher_sha256": sha256(teacher),
-                "fingerprint": run_fingerprint(run_dir), "commit": git_head(REPO),
-                "repo": "datafree (this repository)", "threads": 1, "omp_num_threads": env["OMP_NUM_THREADS"],
-                "machine": machine(), "torch": torch.__version__, "wall_seconds": round(wall, 2),
-                "overrides": our_overrides(spec), "curves_granularity": "epoch means (metrics.jsonl 'synth')"})
+    rec.update(
+        {
+            "smoke": smoke,
+            "teacher": teacher,
+            "teacher_sha256": sha256(teacher),
+            "fingerprint": run_fingerprint(run_dir),
+            "commit": git_head(REPO),
+            "repo": "datafree (this repository)",
+            "threads": 1,
+            "omp_num_threads": env["OMP_NUM_THREADS"],
+            "machine": machine(),
+            "torch": torch.__version__,
+            "wall_seconds": round(wall, 2),
+            "overrides": our_overrides(spec),
+            "curves_granularity": "epoch means (metrics.jsonl 'synth')",
+        }
+    )
     atomic_write(os.path.join(d, "curves.jsonl"), "".join(json.dumps(c) + "\n" for c in curves))
     atomic_write(os.path.join(d, "record.json"), json.dumps(rec, indent=1))
     es = rec["epoch_seconds"]
-    print(f"ours {method} s{seed}: acc {rec['acc_last']} (best {rec['acc_best']}), "
-          f"{statistics.mean(es) if es else float('nan'):.2f} s/epoch -> {d}", file=sys.stderr)
+    print(
+        f"ours {method} s{seed}: acc {rec['acc_last']} (best {rec['acc_best']}), "
+        f"{statistics.mean(es) if es else float('nan'):.2f} s/epoch -> {d}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -260,8 +314,24 @@ def run_theirs(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: st
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env.pop("PYTHONPATH", None)  # the adapter must not see our package first
     data_root = os.environ.get("DATAFREE_DATA", os.path.join(REPO, "data"))
-    cmd = [sys.executable, adapter, "--method", method, "--seed", str(seed), "--budget", spec["path"],
-           "--teacher", teacher, "--data-root", data_root, "--worktree", worktree, "--out", d]
+    cmd = [
+        sys.executable,
+        adapter,
+        "--method",
+        method,
+        "--seed",
+        str(seed),
+        "--budget",
+        spec["path"],
+        "--teacher",
+        teacher,
+        "--data-root",
+        data_root,
+        "--worktree",
+        worktree,
+        "--out",
+        d,
+    ]
     if smoke:
         cmd.append("--smoke")
     os.makedirs(d, exist_ok=True)
@@ -275,8 +345,11 @@ def run_theirs(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: st
         with open(os.path.join(d, "record.json")) as f:
             rec = json.load(f)
         es = rec["epoch_seconds"]
-        print(f"theirs {method} s{seed}: acc {rec['acc_last']} (best {rec['acc_best']}), "
-              f"{statistics.mean(es) if es else float('nan'):.2f} s/epoch -> {d}", file=sys.stderr)
+        print(
+            f"theirs {method} s{seed}: acc {rec['acc_last']} (best {rec['acc_best']}), "
+            f"{statistics.mean(es) if es else float('nan'):.2f} s/epoch -> {d}",
+            file=sys.stderr,
+        )
     return rc
 
 
@@ -341,9 +414,25 @@ def cmd_all(a) -> int:
                     failed += p.returncode != 0
                     running.remove(p)
             time.sleep(1)
-        cmd = [sys.executable, os.path.abspath(__file__), "run", "--method", m, "--side", side, "--seed", str(s),
-               "--out", a.out, "--teacher", a.teacher] + (["--smoke"] if a.smoke else []) + \
-              (["--worktree", a.worktree] if a.worktree else [])
+        cmd = (
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "run",
+                "--method",
+                m,
+                "--side",
+                side,
+                "--seed",
+                str(s),
+                "--out",
+                a.out,
+                "--teacher",
+                a.teacher,
+            ]
+            + (["--smoke"] if a.smoke else [])
+            + (["--worktree", a.worktree] if a.worktree else [])
+        )
         running.append(subprocess.Popen(cmd, env=env))
     for p in running:
         failed += p.wait() != 0
@@ -389,8 +478,10 @@ def verdict(o_acc, o_n, t_acc, t_std, t_n, speedup) -> str:
         return "incomplete"
     acc_ok = o_acc >= t_acc - t_std
     speed_ok = speedup is not None and speedup >= TARGET_SPEEDUP
-    parts = ["acc ok" if acc_ok else "acc BELOW theirs - 1 std",
-             f"speed ok" if speed_ok else f"speed-up < {TARGET_SPEEDUP:g}x"]
+    parts = [
+        "acc ok" if acc_ok else "acc BELOW theirs - 1 std",
+        "speed ok" if speed_ok else f"speed-up < {TARGET_SPEEDUP:g}x",
+    ]
     if min(o_n, t_n) < SEEDS_FOR_VERDICT:  # one seed has no std: the accuracy target cannot be judged yet
         return f"provisional ({min(o_n, t_n)} of {SEEDS_FOR_VERDICT} seeds): " + ", ".join(parts)
     return ("PASS: " if acc_ok and speed_ok else "FAIL: ") + ", ".join(parts)
@@ -409,8 +500,11 @@ def paired_speedups(by_seed: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[int, 
     ran side by side under one load, so their ratio is steadier than the ratio of means when the load differs
     between sessions."""
     secs = {side: {seed: seconds_per_epoch(r) for seed, r in by_seed[side].items()} for side in SIDES}
-    return {s: secs["theirs"][s] / secs["ours"][s] for s in sorted(set(secs["ours"]) & set(secs["theirs"]))
-            if secs["ours"][s] and secs["theirs"][s]}
+    return {
+        s: secs["theirs"][s] / secs["ours"][s]
+        for s in sorted(set(secs["ours"]) & set(secs["theirs"]))
+        if secs["ours"][s] and secs["theirs"][s]
+    }
 
 
 def read_curves(d: str) -> List[Dict[str, Any]]:
@@ -461,21 +555,30 @@ def plot_curves(method: str, sides: Dict[str, List[Dict[str, Any]]], path: str) 
 
 def render_table(root: str, plots: bool = True) -> str:
     data = collect(root)
-    lines = ["# Parity with the reference code", "",
-             "Generated by `benchmarks/parity/parity.py table`; see benchmarks/parity/README.md for what runs.",
-             "Accuracy: last-epoch top-1 on the MNIST test split, mean ± std over seeds (n). "
-             "s/epoch: a run's synthesis + KD seconds over its epochs (evaluation and checkpoint writes excluded), "
-             "mean ± std over seeds; one torch thread a cell, the other core running another cell. "
-             "Speed-up: theirs / ours s/epoch of the same seed, mean over the seeds both sides ran [min-max] "
-             "(`parity.py all` runs a seed's two cells side by side, under one load; the load moved from session to "
-             "session; 'ran' in the per-seed table: side by side, apart, or ? for records older than their start and "
-             "end times). "
-             f"Targets: ours >= theirs - 1 std, speed-up >= {TARGET_SPEEDUP:g}x.", "",
-             "| method | ours acc mean±std (n) | theirs acc mean±std (n) | ours s/epoch | theirs s/epoch | speed-up | verdict |",
-             "|---|--:|--:|--:|--:|--:|---|"]
-    per_seed = ["", "## Per seed", "",
-                "| method | seed | ours acc | theirs acc | ours s/epoch | theirs s/epoch | speed-up | ran |",
-                "|---|--:|--:|--:|--:|--:|--:|---|"]
+    lines = [
+        "# Parity with the reference code",
+        "",
+        "Generated by `benchmarks/parity/parity.py table`; see benchmarks/parity/README.md for what runs.",
+        "Accuracy: last-epoch top-1 on the MNIST test split, mean ± std over seeds (n). "
+        "s/epoch: a run's synthesis + KD seconds over its epochs (evaluation and checkpoint writes excluded), "
+        "mean ± std over seeds; one torch thread a cell, the other core running another cell. "
+        "Speed-up: theirs / ours s/epoch of the same seed, mean over the seeds both sides ran [min-max] "
+        "(`parity.py all` runs a seed's two cells side by side, under one load; the load moved from session to "
+        "session; 'ran' in the per-seed table: side by side, apart, or ? for records older than their start and "
+        "end times). "
+        f"Targets: ours >= theirs - 1 std, speed-up >= {TARGET_SPEEDUP:g}x.",
+        "",
+        "| method | ours acc mean±std (n) | theirs acc mean±std (n) | ours s/epoch | theirs s/epoch | speed-up "
+        "| verdict |",
+        "|---|--:|--:|--:|--:|--:|---|",
+    ]
+    per_seed = [
+        "",
+        "## Per seed",
+        "",
+        "| method | seed | ours acc | theirs acc | ours s/epoch | theirs s/epoch | speed-up | ran |",
+        "|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
     commits, machines, pngs = {}, {}, []
     for m, sides in sorted(data.items()):
         row = [m]
@@ -499,8 +602,13 @@ def render_table(root: str, plots: bool = True) -> str:
         by_seed = {side: {r["seed"]: r for r in sides.get(side, [])} for side in SIDES}
         ratios = paired_speedups(by_seed)
         speed = statistics.mean(ratios.values()) if ratios else None
-        row.append(f"{speed:.2f}x [{min(ratios.values()):.2f}-{max(ratios.values()):.2f}]" if len(ratios) > 1
-                   else f"{speed:.2f}x" if speed else "–")
+        row.append(
+            f"{speed:.2f}x [{min(ratios.values()):.2f}-{max(ratios.values()):.2f}]"
+            if len(ratios) > 1
+            else f"{speed:.2f}x"
+            if speed
+            else "–"
+        )
         for seed in sorted(set(by_seed["ours"]) | set(by_seed["theirs"])):
             cells = [by_seed[side].get(seed) for side in SIDES]
             accs = [f"{c['acc_last']:.2f}" if c and c.get("acc_last") is not None else "–" for c in cells]
@@ -510,8 +618,11 @@ def render_table(root: str, plots: bool = True) -> str:
             together = ran_together(*cells)
             ran = "side by side" if together else "apart" if together is False else "?"
             per_seed.append(f"| {m} | {seed} | " + " | ".join(accs + secs + [ratio, ran]) + " |")
-        row.append(verdict(stats["ours"][0], stats["ours"][2], stats["theirs"][0], stats["theirs"][1],
-                           stats["theirs"][2], speed))
+        row.append(
+            verdict(
+                stats["ours"][0], stats["ours"][2], stats["theirs"][0], stats["theirs"][1], stats["theirs"][2], speed
+            )
+        )
         lines.append("| " + " | ".join(row) + " |")
         if plots:
             png = plot_curves(m, sides, os.path.join(root, f"{m}_curves.png"))
@@ -523,9 +634,16 @@ def render_table(root: str, plots: bool = True) -> str:
         lines += ["", "## Synthesis loss terms, seed 0", ""] + [f"![{m}]({png})" for m, png in pngs]
     lines += ["", "## Commits", ""] + [f"- {k}: {', '.join(sorted(v))}" for k, v in sorted(commits.items())]
     me = machine()
-    lines += ["", "## Machine", "", f"- this table rendered on: {me['cpu']}, {me['cores']} cores, {me['threads']} threads"]
-    for line in dict.fromkeys(f"- records from: {mc.get('cpu', '?')}, cpu_count {mc.get('threads', mc.get('cpu_count'))}"
-                              for mc in machines.values()):
+    lines += [
+        "",
+        "## Machine",
+        "",
+        f"- this table rendered on: {me['cpu']}, {me['cores']} cores, {me['threads']} threads",
+    ]
+    for line in dict.fromkeys(
+        f"- records from: {mc.get('cpu', '?')}, cpu_count {mc.get('threads', mc.get('cpu_count'))}"
+        for mc in machines.values()
+    ):
         lines.append(line)
     return "\n".join(lines) + "\n"
 

@@ -7,6 +7,7 @@ The method is built as `datafree perf` builds it (datafree.perf.build: the metho
 scale, untrained models, synthetic tensors). The table lists the operators with the most self CPU time (self
 CUDA time on a GPU), after one untimed warm-up call. Use it to explain a ratio to the floor in results/perf.md.
 """
+
 import argparse
 import sys
 
@@ -47,8 +48,10 @@ def main(argv=None) -> int:
         if ctx.device.type == "cuda":
             torch.cuda.synchronize()
     key = "self_cuda_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
-    print(f"{args.method} {args.scale} {args.phase} (batch {cfg.batch_size}, "
-          f"synthesis batch {getattr(synth.cfg, 'synthesis_batch_size', '-')}, {field}={args.iters})")
+    print(
+        f"{args.method} {args.scale} {args.phase} (batch {cfg.batch_size}, "
+        f"synthesis batch {getattr(synth.cfg, 'synthesis_batch_size', '-')}, {field}={args.iters})"
+    )
     print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
     synth.close()
     return 0

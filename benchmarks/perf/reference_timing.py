@@ -96,6 +96,7 @@ and student weight gradients), their per-iteration ``loss.item()`` host sync,
 their CPU-resident CMI memory bank: all are part of their implementation's
 cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -129,11 +130,38 @@ THEIR_SETTINGS = {
     # CMI repo, scripts/deepinv/deepinv_cifar10_wrn402_wrn161.sh + datafree_kd.py (tv 0.001, l2 0)
     "deepinv": dict(lr=0.1, T=20.0, lr_g=0.1, adv=1.0, bn=10.0, oh=1.0, tv=0.001, l2=0.0),
     # CMI repo, scripts/cmi/scratch_cmi_cifar10_wrn402_wrn161.sh + datafree_kd.py
-    "cmi": dict(lr=0.1, T=20.0, lr_g=1e-3, adv=0.5, bn=1.0, oh=1.0, cr=0.8, cr_T=0.1, nz=256, ngf=64,
-                bank_size=40960, n_neg=4096, head_dim=256),
+    "cmi": dict(
+        lr=0.1,
+        T=20.0,
+        lr_g=1e-3,
+        adv=0.5,
+        bn=1.0,
+        oh=1.0,
+        cr=0.8,
+        cr_T=0.1,
+        nz=256,
+        ngf=64,
+        bank_size=40960,
+        n_neg=4096,
+        head_dim=256,
+    ),
     # Fast-Datafree, scripts/fast_cifar.sh, WRN "-10" line
-    "fast10": dict(lr=0.2, T=20.0, lr_g=2e-3, lr_z=0.01, adv=1.1, bn=10.0, oh=0.4, bn_mmt=0.9, warmup=20,
-                   reset_l0=1, reset_bn=0, is_maml=1, nz=256, ngf=64),
+    "fast10": dict(
+        lr=0.2,
+        T=20.0,
+        lr_g=2e-3,
+        lr_z=0.01,
+        adv=1.1,
+        bn=10.0,
+        oh=0.4,
+        bn_mmt=0.9,
+        warmup=20,
+        reset_l0=1,
+        reset_bn=0,
+        is_maml=1,
+        nz=256,
+        ngf=64,
+    ),
 }
 
 
@@ -211,11 +239,17 @@ def run_cycles(side: Dict[str, Any], a, clock: Clock) -> Dict[str, Any]:
         all_steps.append([round(x, 3) for x in steps])
 
     return {
-        "round_ms": _stats(rounds), "tail_ms": _stats(tails), "per_iteration_ms": _stats(iters),
-        "pool_write_ms": _stats(pool_adds), "loader_iterator_build_ms": _stats(iter_builds),
-        "kd_first_step_ms": _stats(firsts), "kd_steady_step_ms": _stats(steadies),
-        "kd_restart_step_ms": _stats(restart_steps), "kd_step_times_ms": all_steps,
-        "rounds_ms": [round(x, 3) for x in rounds], "tails_ms": [round(x, 3) for x in tails],
+        "round_ms": _stats(rounds),
+        "tail_ms": _stats(tails),
+        "per_iteration_ms": _stats(iters),
+        "pool_write_ms": _stats(pool_adds),
+        "loader_iterator_build_ms": _stats(iter_builds),
+        "kd_first_step_ms": _stats(firsts),
+        "kd_steady_step_ms": _stats(steadies),
+        "kd_restart_step_ms": _stats(restart_steps),
+        "kd_step_times_ms": all_steps,
+        "rounds_ms": [round(x, 3) for x in rounds],
+        "tails_ms": [round(x, 3) for x in tails],
     }
 
 
@@ -239,12 +273,19 @@ def project(m: Dict[str, Any], a, loader_len: Optional[int]) -> Dict[str, Any]:
     synth_ms = tail + a.full_iterations * per_iter
     kd_ms = first + (a.full_kd_steps - 1 - restarts) * steady + restarts * restart_ms
     return {
-        "synthesis_round_ms": synth_ms, "kd_phase_ms": kd_ms, "epoch_s": (synth_ms + kd_ms) / 1000,
-        "per_iteration_ms": per_iter, "round_tail_ms": tail, "kd_steady_step_ms": steady,
-        "kd_first_step_ms": first, "loader_len": loader_len, "loader_restarts_per_epoch": restarts,
-        "loader_restart_step_ms": restart_ms if loader_len else None, "loader_restart_source": restart_source,
+        "synthesis_round_ms": synth_ms,
+        "kd_phase_ms": kd_ms,
+        "epoch_s": (synth_ms + kd_ms) / 1000,
+        "per_iteration_ms": per_iter,
+        "round_tail_ms": tail,
+        "kd_steady_step_ms": steady,
+        "kd_first_step_ms": first,
+        "loader_len": loader_len,
+        "loader_restarts_per_epoch": restarts,
+        "loader_restart_step_ms": restart_ms if loader_len else None,
+        "loader_restart_source": restart_source,
         "formula": "tail + full_iterations*per_iteration + first + (full_kd_steps-1-restarts)*steady"
-                   " + restarts*restart_step",
+        " + restarts*restart_step",
     }
 
 
@@ -260,8 +301,7 @@ def build_ours(a, clock: Clock) -> Dict[str, Any]:
     from datafree.config import parse_overrides
 
     field = OUR_ITERATION_FIELD[a.method]
-    overrides = {"batch_size": a.kd_batch,
-                 "synth": {"synthesis_batch_size": a.synthesis_batch, field: a.iterations}}
+    overrides = {"batch_size": a.kd_batch, "synth": {"synthesis_batch_size": a.synthesis_batch, field: a.iterations}}
     if a.set:
         from datafree.config import deep_merge
 
@@ -304,15 +344,25 @@ def build_ours(a, clock: Clock) -> Dict[str, Any]:
         return False
 
     return {
-        "device": ctx.device, "synthesize": synth.synthesize, "kd_step": kd_step, "before_kd": lambda: None,
-        "loader_len": lambda: None, "close": synth.close,
+        "device": ctx.device,
+        "synthesize": synth.synthesize,
+        "kd_step": kd_step,
+        "before_kd": lambda: None,
+        "loader_len": lambda: None,
+        "close": synth.close,
         "info": {
             "package": os.path.dirname(perf.__file__),
             "synth_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in synth.hparams().items()},
-            "distiller": cfg.distiller, "distill_config": dict(cfg.distill), "kd_batch": bs,
-            "amp": ctx.amp.mode, "channels_last": ctx.channels_last, "cpu_malloc": cfg.cpu_malloc,
-            "cpu_malloc_tuned": runtime.tune_cpu_malloc("default"), "epoch_set": ctx.epoch,
-            "teacher_params": _param_count(ctx.teacher), "student_params": _param_count(ctx.student),
+            "distiller": cfg.distiller,
+            "distill_config": dict(cfg.distill),
+            "kd_batch": bs,
+            "amp": ctx.amp.mode,
+            "channels_last": ctx.channels_last,
+            "cpu_malloc": cfg.cpu_malloc,
+            "cpu_malloc_tuned": runtime.tune_cpu_malloc("default"),
+            "epoch_set": ctx.epoch,
+            "teacher_params": _param_count(ctx.teacher),
+            "student_params": _param_count(ctx.student),
             "pool_images_before_timing": len(pool),
             "adversarial_on": getattr(synth, "adversarial_on", None),
             "cmi_bank_row_dim": getattr(getattr(synth, "bank", None), "dim", None),
@@ -357,7 +407,9 @@ class _NoFilesDataset:
 def build_theirs(a, clock: Clock) -> Dict[str, Any]:
     root = os.path.abspath(a.ref_root)
     if not os.path.isfile(os.path.join(root, "datafree_kd.py")):
-        raise SystemExit(f"error: {root} is not a reference work tree (no datafree_kd.py); see benchmarks/perf/README.md")
+        raise SystemExit(
+            f"error: {root} is not a reference work tree (no datafree_kd.py); see benchmarks/perf/README.md"
+        )
     if "datafree" in sys.modules:
         raise SystemExit("error: a datafree package is already imported; the theirs side needs its own process")
     sys.path.insert(0, root)
@@ -375,13 +427,16 @@ def build_theirs(a, clock: Clock) -> Dict[str, Any]:
         raise SystemExit(f"error: {a.method} is timed from the CMI repository's code; pass its work tree as --ref-root")
 
     # patch 2: their training transform without dataset files
-    ds = types.SimpleNamespace(**{k: getattr(registry.datasets, k) for k in dir(registry.datasets)
-                                  if not k.startswith("_")})
+    ds = types.SimpleNamespace(
+        **{k: getattr(registry.datasets, k) for k in dir(registry.datasets) if not k.startswith("_")}
+    )
     ds.CIFAR10 = ds.CIFAR100 = _NoFilesDataset
     registry.datasets = ds
     patches.append("registry.datasets.CIFAR10/CIFAR100 -> no-file stub (transform only)")
     if a.dataset not in ("cifar10", "cifar100"):
-        raise SystemExit("error: the theirs side supports cifar10 and cifar100 (their registry needs the files otherwise)")
+        raise SystemExit(
+            "error: the theirs side supports cifar10 and cifar100 (their registry needs the files otherwise)"
+        )
     num_classes, ori_dataset, _ = registry.get_dataset(name=a.dataset, data_root="/nonexistent")
     normalizer = datafree.utils.Normalizer(**registry.NORMALIZE_DICT[a.dataset])
 
@@ -394,24 +449,57 @@ def build_theirs(a, clock: Clock) -> Dict[str, Any]:
     student = registry.get_model(a.student, num_classes=num_classes).to(dev)
     s = THEIR_SETTINGS[a.method]
     save_dir = tempfile.mkdtemp(prefix=f"refperf-{a.method}-", dir=a.tmp_dir)
-    common = dict(synthesis_batch_size=a.synthesis_batch, sample_batch_size=a.kd_batch, save_dir=save_dir,
-                  transform=ori_dataset.transform, normalizer=normalizer, device=their_device)
+    common = dict(
+        synthesis_batch_size=a.synthesis_batch,
+        sample_batch_size=a.kd_batch,
+        save_dir=save_dir,
+        transform=ori_dataset.transform,
+        normalizer=normalizer,
+        device=their_device,
+    )
 
     if a.method == "deepinv":
         synth = synthesis.DeepInvSyntheiszer(
-            teacher=teacher, student=student, num_classes=num_classes, img_size=(3, 32, 32),
-            iterations=a.iterations, lr_g=s["lr_g"], adv=s["adv"], bn=s["bn"], oh=s["oh"], tv=s["tv"], l2=s["l2"],
-            **common)
+            teacher=teacher,
+            student=student,
+            num_classes=num_classes,
+            img_size=(3, 32, 32),
+            iterations=a.iterations,
+            lr_g=s["lr_g"],
+            adv=s["adv"],
+            bn=s["bn"],
+            oh=s["oh"],
+            tv=s["tv"],
+            l2=s["l2"],
+            **common,
+        )
     elif a.method == "cmi":
         generator = datafree.models.generator.Generator(nz=s["nz"], ngf=s["ngf"], img_size=32, nc=3).to(dev)
         feature_layers = None
         if a.teacher == "resnet34":
             feature_layers = [teacher.layer1, teacher.layer2, teacher.layer3, teacher.layer4]
         synth = synthesis.CMISynthesizer(
-            teacher, student, generator, nz=s["nz"], num_classes=num_classes, img_size=(3, 32, 32),
-            feature_layers=feature_layers, bank_size=s["bank_size"], n_neg=s["n_neg"], head_dim=s["head_dim"],
-            init_dataset=None, iterations=a.iterations, lr_g=s["lr_g"], progressive_scale=False,
-            adv=s["adv"], bn=s["bn"], oh=s["oh"], cr=s["cr"], cr_T=s["cr_T"], **common)
+            teacher,
+            student,
+            generator,
+            nz=s["nz"],
+            num_classes=num_classes,
+            img_size=(3, 32, 32),
+            feature_layers=feature_layers,
+            bank_size=s["bank_size"],
+            n_neg=s["n_neg"],
+            head_dim=s["head_dim"],
+            init_dataset=None,
+            iterations=a.iterations,
+            lr_g=s["lr_g"],
+            progressive_scale=False,
+            adv=s["adv"],
+            bn=s["bn"],
+            oh=s["oh"],
+            cr=s["cr"],
+            cr_T=s["cr_T"],
+            **common,
+        )
     else:
         from datafree.models import generator as gen_mod
         from datafree.synthesis import fast_meta
@@ -423,10 +511,26 @@ def build_theirs(a, clock: Clock) -> Dict[str, Any]:
             patches.append(fast_meta_on_cpu(gen_mod, fast_meta))
         generator = gen_mod.Generator(nz=s["nz"], ngf=s["ngf"], img_size=32, nc=3).to(dev)
         synth = synthesis.FastMetaSynthesizer(
-            teacher, student, generator, nz=s["nz"], num_classes=num_classes, img_size=(3, 32, 32),
-            init_dataset=None, iterations=a.iterations, warmup=s["warmup"], lr_g=s["lr_g"], lr_z=s["lr_z"],
-            adv=s["adv"], bn=s["bn"], oh=s["oh"], reset_l0=s["reset_l0"], reset_bn=s["reset_bn"],
-            bn_mmt=s["bn_mmt"], is_maml=s["is_maml"], **common)
+            teacher,
+            student,
+            generator,
+            nz=s["nz"],
+            num_classes=num_classes,
+            img_size=(3, 32, 32),
+            init_dataset=None,
+            iterations=a.iterations,
+            warmup=s["warmup"],
+            lr_g=s["lr_g"],
+            lr_z=s["lr_z"],
+            adv=s["adv"],
+            bn=s["bn"],
+            oh=s["oh"],
+            reset_l0=s["reset_l0"],
+            reset_bn=s["reset_bn"],
+            bn_mmt=s["bn_mmt"],
+            is_maml=s["is_maml"],
+            **common,
+        )
         synth.ep = synth.ep_start  # patch 5: past the warm-up, adversarial term on
         patches.append(f"synthesizer.ep = {synth.ep_start} (past the warm-up: adversarial term on)")
 
@@ -503,14 +607,25 @@ def build_theirs(a, clock: Clock) -> Dict[str, Any]:
     except OSError:
         commit = ""
     return {
-        "device": dev, "synthesize": synth.synthesize, "kd_step": kd_step, "before_kd": before_kd,
-        "loader_len": loader_len, "close": close,
+        "device": dev,
+        "synthesize": synth.synthesize,
+        "kd_step": kd_step,
+        "before_kd": before_kd,
+        "loader_len": loader_len,
+        "close": close,
         "info": {
-            "package": os.path.dirname(datafree.__file__), "commit": commit, "class": type(synth).__name__,
-            "settings": s, "kd_batch": a.kd_batch, "save_dir": save_dir,
-            "transform": repr(ori_dataset.transform), "patches": patches,
-            "dataloader_num_workers": 4, "multiprocessing_start_method": __import__("multiprocessing").get_start_method(),
-            "teacher_params": _param_count(teacher), "student_params": _param_count(student),
+            "package": os.path.dirname(datafree.__file__),
+            "commit": commit,
+            "class": type(synth).__name__,
+            "settings": s,
+            "kd_batch": a.kd_batch,
+            "save_dir": save_dir,
+            "transform": repr(ori_dataset.transform),
+            "patches": patches,
+            "dataloader_num_workers": 4,
+            "multiprocessing_start_method": __import__("multiprocessing").get_start_method(),
+            "teacher_params": _param_count(teacher),
+            "student_params": _param_count(student),
             "pool_images_before_timing": a.pool_rounds * a.synthesis_batch,
             "cmi_bank_row_dim": getattr(getattr(synth, "mem_bank", None), "dim_feat", None),
         },
@@ -525,8 +640,10 @@ def compare(paths: List[str]) -> int:
     by = {}
     for r in recs:
         by.setdefault(r["method"], {})[r["side"]] = r
-    print("| method | pair | ours s/epoch | theirs s/epoch | speed-up | synthesis s/round ours / theirs "
-          "| KD s/epoch ours / theirs | ms/iteration ours / theirs | ms/KD step ours / theirs |")
+    print(
+        "| method | pair | ours s/epoch | theirs s/epoch | speed-up | synthesis s/round ours / theirs "
+        "| KD s/epoch ours / theirs | ms/iteration ours / theirs | ms/KD step ours / theirs |"
+    )
     print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
     for m, sides in by.items():
         o, t = sides.get("ours"), sides.get("theirs")
@@ -534,22 +651,36 @@ def compare(paths: List[str]) -> int:
             print(f"| {m} | missing {'ours' if not o else 'theirs'} |||||||")
             continue
         po, pt = o["projected"], t["projected"]
-        print(f"| {m} | {o['teacher']}->{o['student']} | {po['epoch_s']:.1f} | {pt['epoch_s']:.1f} | "
-              f"{pt['epoch_s'] / po['epoch_s']:.2f}x | "
-              f"{po['synthesis_round_ms'] / 1000:.1f} / {pt['synthesis_round_ms'] / 1000:.1f} | "
-              f"{po['kd_phase_ms'] / 1000:.1f} / {pt['kd_phase_ms'] / 1000:.1f} | "
-              f"{po['per_iteration_ms']:.1f} / {pt['per_iteration_ms']:.1f} | "
-              f"{po['kd_steady_step_ms']:.1f} / {pt['kd_steady_step_ms']:.1f} |")
-        for k in ("teacher", "student", "dataset", "device", "synthesis_batch", "kd_batch", "iterations",
-                  "full_iterations", "full_kd_steps", "pool_rounds", "threads"):
+        print(
+            f"| {m} | {o['teacher']}->{o['student']} | {po['epoch_s']:.1f} | {pt['epoch_s']:.1f} | "
+            f"{pt['epoch_s'] / po['epoch_s']:.2f}x | "
+            f"{po['synthesis_round_ms'] / 1000:.1f} / {pt['synthesis_round_ms'] / 1000:.1f} | "
+            f"{po['kd_phase_ms'] / 1000:.1f} / {pt['kd_phase_ms'] / 1000:.1f} | "
+            f"{po['per_iteration_ms']:.1f} / {pt['per_iteration_ms']:.1f} | "
+            f"{po['kd_steady_step_ms']:.1f} / {pt['kd_steady_step_ms']:.1f} |"
+        )
+        for k in (
+            "teacher",
+            "student",
+            "dataset",
+            "device",
+            "synthesis_batch",
+            "kd_batch",
+            "iterations",
+            "full_iterations",
+            "full_kd_steps",
+            "pool_rounds",
+            "threads",
+        ):
             if o.get(k) != t.get(k):
                 print(f"  warning: {m}: {k} differs: ours {o.get(k)!r}, theirs {t.get(k)!r}")
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--compare", nargs="+", metavar="JSON", help="print the ratio table of earlier records and exit")
     p.add_argument("--side", choices=["ours", "theirs"])
     p.add_argument("--method", choices=sorted(METHODS))
@@ -563,8 +694,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--kd-steps", type=int, default=20, help="timed KD steps per round")
     p.add_argument("--full-iterations", type=int, help="a full round's inner iterations (2000 / 200 / 10)")
     p.add_argument("--full-kd-steps", type=int, default=400, help="KD steps per epoch (one round per epoch)")
-    p.add_argument("--pool-rounds", type=int, default=100,
-                   help="rounds of random images in the pool (and CMI's bank) before timing (default 100: mid-run)")
+    p.add_argument(
+        "--pool-rounds",
+        type=int,
+        default=100,
+        help="rounds of random images in the pool (and CMI's bank) before timing (default 100: mid-run)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, help="untimed round + 2 KD steps cycles before timing")
     p.add_argument("--device", default="cpu")
@@ -603,14 +738,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         side["close"]()
     rec = {
-        "side": a.side, "method": a.method, "teacher": a.teacher, "student": a.student, "dataset": a.dataset,
-        "device": str(side["device"]), "synthesis_batch": a.synthesis_batch, "kd_batch": a.kd_batch,
-        "iterations": a.iterations, "kd_steps": a.kd_steps, "full_iterations": a.full_iterations,
-        "full_kd_steps": a.full_kd_steps, "pool_rounds": a.pool_rounds, "repeats": a.repeats, "warmup": a.warmup,
-        "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.node(),
-        "cpu_count": os.cpu_count(), "setup_s": build_s, "info": side["info"],
-        "measured": m, "projected": project(m, a, loader_len),
+        "side": a.side,
+        "method": a.method,
+        "teacher": a.teacher,
+        "student": a.student,
+        "dataset": a.dataset,
+        "device": str(side["device"]),
+        "synthesis_batch": a.synthesis_batch,
+        "kd_batch": a.kd_batch,
+        "iterations": a.iterations,
+        "kd_steps": a.kd_steps,
+        "full_iterations": a.full_iterations,
+        "full_kd_steps": a.full_kd_steps,
+        "pool_rounds": a.pool_rounds,
+        "repeats": a.repeats,
+        "warmup": a.warmup,
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "setup_s": build_s,
+        "info": side["info"],
+        "measured": m,
+        "projected": project(m, a, loader_len),
     }
     text = json.dumps(rec, indent=1, default=str)
     if a.json:
@@ -618,10 +770,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(a.json, "w") as f:
             f.write(text)
     pr = rec["projected"]
-    print(f"{a.side} {a.method} {a.teacher}->{a.student}: {pr['per_iteration_ms']:.1f} ms/iteration, "
-          f"tail {pr['round_tail_ms']:.1f} ms/round, KD {pr['kd_steady_step_ms']:.1f} ms/step "
-          f"(first {pr['kd_first_step_ms']:.1f}, {pr['loader_restarts_per_epoch']} loader restarts/epoch) "
-          f"-> {pr['epoch_s']:.1f} s/epoch projected" + (f" -> {a.json}" if a.json else ""))
+    print(
+        f"{a.side} {a.method} {a.teacher}->{a.student}: {pr['per_iteration_ms']:.1f} ms/iteration, "
+        f"tail {pr['round_tail_ms']:.1f} ms/round, KD {pr['kd_steady_step_ms']:.1f} ms/step "
+        f"(first {pr['kd_first_step_ms']:.1f}, {pr['loader_restarts_per_epoch']} loader restarts/epoch) "
+        f"-> {pr['epoch_s']:.1f} s/epoch projected" + (f" -> {a.json}" if a.json else "")
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """Datasets: specs, loaders, normalisation and on-device augmentation."""
+
 from .datasets import (  # noqa: F401
     Batches,
     ImageSplit,

@@ -1,4 +1,5 @@
 """Per-sample random augmentation of [0, 1] image batches on the device (kornia)."""
+
 from __future__ import annotations
 
 import kornia.augmentation as K

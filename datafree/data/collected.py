@@ -22,6 +22,7 @@ teacher's training-set size (``spec.train_size``), or an absolute ``count``.
   concatenated with a synthetic set, drawn in shuffled passes without
   replacement; resumable.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,15 +72,19 @@ def collected_count(rho: float, count: int, train_size: int) -> int:
     if rho <= 0:
         raise ConfigError(f"the collected set needs synth.rho > 0 or synth.count > 0 (got rho={rho}, count={count})")
     if train_size <= 0:
-        raise ConfigError("rho needs the size of the teacher's training set (spec.train_size), which this "
-                         "dataset does not declare: give an absolute count instead (synth.count=N)")
+        raise ConfigError(
+            "rho needs the size of the teacher's training set (spec.train_size), which this "
+            "dataset does not declare: give an absolute count instead (synth.count=N)"
+        )
     return max(1, int(round(rho * train_size)))
 
 
 def check_box(box: Optional[int], spec: DatasetSpec) -> None:
     if box is not None and not 1 <= int(box) <= spec.size:
-        raise ConfigError(f"synth.source_box must be between 1 and the run's image size {spec.size} "
-                          f"(got {box}); leave it unset to let the source images fill the frame")
+        raise ConfigError(
+            f"synth.source_box must be between 1 and the run's image size {spec.size} "
+            f"(got {box}); leave it unset to let the source images fill the frame"
+        )
 
 
 def adapt_images(images: torch.Tensor, spec: DatasetSpec, box: Optional[int] = None) -> torch.Tensor:
@@ -112,7 +117,8 @@ def missing_source_error(dataset: str) -> ConfigError:
         f"a source other than the teacher's training data (the paper: ImageNet for CIFAR): name one, e.g. "
         f"synth.source=imagefolder:imagenet32 (<data root>/imagenet32/train/<class>/<image>), "
         f"synth.source=imagefolder:/path/to/folder or synth.source=digits; synth.source={dataset} uses the "
-        f"teacher's own training split ({IN_DISTRIBUTION}, marked so in the tables)")
+        f"teacher's own training split ({IN_DISTRIBUTION}, marked so in the tables)"
+    )
 
 
 def folder_candidates(path: str, data_root: Optional[str] = None) -> List[str]:
@@ -126,7 +132,7 @@ def folder_candidates(path: str, data_root: Optional[str] = None) -> List[str]:
 
 def folder_split_dir(folder: str, split: str) -> Optional[str]:
     """``<folder>/train`` (``val`` or ``test`` for the test split); for train, a folder of class folders itself."""
-    for name in (["train"] if split == "train" else ["val", "test"]):
+    for name in ["train"] if split == "train" else ["val", "test"]:
         if os.path.isdir(os.path.join(folder, name)):
             return os.path.join(folder, name)
     if split == "train" and os.path.isdir(folder) and any(e.is_dir() for e in os.scandir(folder)):
@@ -144,7 +150,8 @@ def folder_not_found(name: str, split: str, tried: List[str]) -> DataNotFoundErr
         f"CIFAR): put ImageNet training images there in class folders (any size, decoded at the run's size; e.g. "
         f"ILSVRC2012's train/, or the 32x32 downsampled ImageNet written out as class folders), or point "
         f"synth.source=imagefolder:/path at such a folder; synth.source=<the run's dataset> uses the teacher's "
-        f"own training split instead ({IN_DISTRIBUTION}, marked so in the tables)")
+        f"own training split instead ({IN_DISTRIBUTION}, marked so in the tables)"
+    )
 
 
 class SourceImages:
@@ -152,8 +159,14 @@ class SourceImages:
     the run's channel count and size. Datasets load whole (they are small); an image folder lists its files
     (sorted, as torchvision's ImageFolder does) and decodes only the images taken."""
 
-    def __init__(self, spec: DatasetSpec, images: Optional[torch.Tensor] = None,
-                 samples: Optional[List[Tuple[str, int]]] = None, location: str = "", box: Optional[int] = None):
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        images: Optional[torch.Tensor] = None,
+        samples: Optional[List[Tuple[str, int]]] = None,
+        location: str = "",
+        box: Optional[int] = None,
+    ):
         self.spec, self.images, self.samples, self.box = spec, images, samples, box
         self.location = location  # the folder an image folder was found in
 
@@ -167,8 +180,9 @@ class SourceImages:
         return adapt_images(data.images, self.spec, self.box)
 
 
-def open_source(name: str, split: str, spec: DatasetSpec, data_root: Optional[str] = None,
-                box: Optional[int] = None) -> SourceImages:
+def open_source(
+    name: str, split: str, spec: DatasetSpec, data_root: Optional[str] = None, box: Optional[int] = None
+) -> SourceImages:
     """A source split at the run's channel count and image size: a dataset name or ``imagefolder:<path>``;
     ``box`` as :func:`adapt_images` takes it."""
     check_box(box, spec)
@@ -177,7 +191,7 @@ def open_source(name: str, split: str, spec: DatasetSpec, data_root: Optional[st
         return SourceImages(spec, images=adapt_images(data.images, spec, box), box=box)
     import torchvision
 
-    tried = folder_candidates(name[len(FOLDER_PREFIX):], data_root)
+    tried = folder_candidates(name[len(FOLDER_PREFIX) :], data_root)
     for folder in tried:
         split_dir = folder_split_dir(folder, split)
         if split_dir is None:
@@ -194,7 +208,7 @@ def same_source(source: str, dataset: str) -> bool:
     """Whether the collected set comes from the run's own dataset (in-distribution): the same dataset name, or
     the same image folder (relative paths taken from the working directory)."""
     if source.startswith(FOLDER_PREFIX) and dataset.startswith(FOLDER_PREFIX):
-        return folder_candidates(source[len(FOLDER_PREFIX):])[0] == folder_candidates(dataset[len(FOLDER_PREFIX):])[0]
+        return folder_candidates(source[len(FOLDER_PREFIX) :])[0] == folder_candidates(dataset[len(FOLDER_PREFIX) :])[0]
     return source == dataset
 
 
@@ -202,13 +216,14 @@ def same_source(source: str, dataset: str) -> bool:
 
 
 @torch.no_grad()
-def teacher_labels(teacher: nn.Module, images: torch.Tensor, spec: DatasetSpec, device, autocast=None,
-                   batch_size: int = 512) -> Tuple[torch.Tensor, torch.Tensor]:
+def teacher_labels(
+    teacher: nn.Module, images: torch.Tensor, spec: DatasetSpec, device, autocast=None, batch_size: int = 512
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(argmax class, max softmax probability) of the teacher on uint8 images, on the CPU."""
     norm = Normalizer(spec, device)
     labels, conf = [], []
     for i in range(0, images.shape[0], batch_size):
-        x = norm(images[i:i + batch_size].to(device).float().div_(255.0))
+        x = norm(images[i : i + batch_size].to(device).float().div_(255.0))
         if autocast is not None:
             with autocast():
                 logits = teacher(x)
@@ -288,8 +303,10 @@ class Collected:
         rho = f" (rho {self.rho:.3g})" if self.rho > 0 else ""
         how = ", the teacher's most confident per class" if self.selection == "confident" else ""
         box = f" in a {self.box} px box" if self.box is not None else ""
-        return (f"{self.source} {self.source_split}, {len(self):,} images{box}{rho}, teacher labels{how}; "
-                f"{self.distribution()}")
+        return (
+            f"{self.source} {self.source_split}, {len(self):,} images{box}{rho}, teacher labels{how}; "
+            f"{self.distribution()}"
+        )
 
     def class_counts(self) -> list:
         return torch.bincount(self.split.labels.cpu(), minlength=self.num_classes).tolist()
@@ -297,11 +314,17 @@ class Collected:
     def record(self) -> Dict[str, Any]:
         """What ``collected.json`` holds: enough to rebuild Dc from the source."""
         return {
-            "source": self.source, "split": self.source_split, "dataset": self.dataset,
-            "in_distribution": self.in_distribution, **({"location": self.location} if self.location else {}),
+            "source": self.source,
+            "split": self.source_split,
+            "dataset": self.dataset,
+            "in_distribution": self.in_distribution,
+            **({"location": self.location} if self.location else {}),
             **({"source_box": self.box} if self.box is not None else {}),
-            "count": len(self), "rho": self.rho,
-            "selection": self.selection, "seed": self.seed, "labels": "teacher",
+            "count": len(self),
+            "rho": self.rho,
+            "selection": self.selection,
+            "seed": self.seed,
+            "labels": "teacher",
             "class_counts": self.class_counts(),
             "indices": self.indices.tolist(),
             "teacher_labels": self.split.labels.cpu().tolist(),
@@ -309,9 +332,15 @@ class Collected:
 
     def summary(self) -> Dict[str, Any]:
         """Flat keys for summary.json."""
-        return {"real_images": len(self), "collected_source": f"{self.source} {self.source_split}",
-                "collected_in_distribution": self.in_distribution, "collected_rho": self.rho, "collected_selection": self.selection, "collected_seed": self.seed,
-                "collected_file": COLLECTED_FILE}
+        return {
+            "real_images": len(self),
+            "collected_source": f"{self.source} {self.source_split}",
+            "collected_in_distribution": self.in_distribution,
+            "collected_rho": self.rho,
+            "collected_selection": self.selection,
+            "collected_seed": self.seed,
+            "collected_file": COLLECTED_FILE,
+        }
 
     def write(self, out_dir: str) -> str:
         from ..results import atomic_write_json
@@ -321,8 +350,17 @@ class Collected:
         return path
 
 
-def collect(cfg: CollectedConfig, teacher: nn.Module, spec: DatasetSpec, device, *, dataset: str,
-            run_seed: int, data_root: Optional[str] = None, autocast=None) -> Collected:
+def collect(
+    cfg: CollectedConfig,
+    teacher: nn.Module,
+    spec: DatasetSpec,
+    device,
+    *,
+    dataset: str,
+    run_seed: int,
+    data_root: Optional[str] = None,
+    autocast=None,
+) -> Collected:
     """Build Dc as ``cfg`` says: open the source, choose images, label them with the teacher."""
     if cfg.selection not in SELECTIONS:
         raise ConfigError(f"synth.selection must be one of {SELECTIONS}, got {cfg.selection!r}")
@@ -332,8 +370,10 @@ def collect(cfg: CollectedConfig, teacher: nn.Module, spec: DatasetSpec, device,
     n = collected_count(cfg.rho, cfg.count, spec.train_size)
     data = open_source(name, cfg.source_split, spec, data_root, cfg.source_box)
     if n > len(data):
-        raise ConfigError(f"the collected set needs {n} images but {name} {cfg.source_split} has {len(data)}: "
-                          "lower synth.rho or synth.count")
+        raise ConfigError(
+            f"the collected set needs {n} images but {name} {cfg.source_split} has {len(data)}: "
+            "lower synth.rho or synth.count"
+        )
     seed = run_seed if cfg.collect_seed is None else cfg.collect_seed
     g = torch.Generator().manual_seed(int(seed))
     if cfg.selection == "random":
@@ -350,8 +390,20 @@ def collect(cfg: CollectedConfig, teacher: nn.Module, spec: DatasetSpec, device,
         index, images, labels, conf = pool[keep], images[keep], labels[keep], conf[keep]
     rho = len(index) / spec.train_size if spec.train_size > 0 else 0.0
     split = ImageSplit(images.contiguous(), labels.long()).to(device)
-    return Collected(split, index, conf, name, cfg.source_split, round(rho, 6), cfg.selection, int(seed),
-                     spec.num_classes, dataset, data.location, cfg.source_box)
+    return Collected(
+        split,
+        index,
+        conf,
+        name,
+        cfg.source_split,
+        round(rho, 6),
+        cfg.selection,
+        int(seed),
+        spec.num_classes,
+        dataset,
+        data.location,
+        cfg.source_box,
+    )
 
 
 # --------------------------------------------------------------------------- data inflation
@@ -395,12 +447,16 @@ class InflatedSet:
         return self.images[rows], self.labels[rows], rows < self.n_real
 
     def synthetic(self) -> ImageSplit:
-        return ImageSplit(self.images[self.n_real:], self.labels[self.n_real:])
+        return ImageSplit(self.images[self.n_real :], self.labels[self.n_real :])
 
     def state_dict(self) -> Dict[str, Any]:
         syn = self.synthetic()
-        return {"synthetic_images": syn.images.cpu(), "synthetic_labels": syn.labels.cpu(), "repeat": self.repeat,
-                **self.order.state_dict()}
+        return {
+            "synthetic_images": syn.images.cpu(),
+            "synthetic_labels": syn.labels.cpu(),
+            "repeat": self.repeat,
+            **self.order.state_dict(),
+        }
 
     def load_position(self, state: Dict[str, Any]) -> None:
         self.order.load_state_dict(state)
@@ -411,4 +467,3 @@ class InflatedSet:
         out = cls(real, syn if len(syn) else None, int(state["repeat"]))
         out.load_position(state)
         return out
-

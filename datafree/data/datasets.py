@@ -8,6 +8,7 @@ Data roots are searched in order: ``--data-root``, ``$DATAFREE_DATA``,
 ``./data``, ``~/.cache/datafree/data``. Nothing is downloaded at run time;
 ``datafree data download NAME`` does that explicitly on a networked machine.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -71,8 +72,13 @@ class ImageSplit:
 class Source:
     """A registered dataset: its spec and how to load a split."""
 
-    def __init__(self, spec: DatasetSpec, loader: Callable[[str, str], ImageSplit], files_hint: str,
-                 download: Optional[Callable[[str], None]] = None):
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        loader: Callable[[str, str], ImageSplit],
+        files_hint: str,
+        download: Optional[Callable[[str], None]] = None,
+    ):
         self.spec = spec
         self._loader = loader
         self.files_hint = files_hint
@@ -94,14 +100,17 @@ class Source:
             f"dataset {self.spec.name!r} ({split}) was not found. Looked under:\n  {where}\n"
             f"It must be laid out as: {self.files_hint}\n"
             f"Put the files there (or point --data-root / DATAFREE_DATA at the folder that holds them)"
-            + (f"; on a machine with network access `datafree data download {self.spec.name} --data-root DIR` "
-               "fetches them." if self._download else ".")
+            + (
+                f"; on a machine with network access `datafree data download {self.spec.name} --data-root DIR` "
+                "fetches them."
+                if self._download
+                else "."
+            )
         )
 
     def download(self, root: str) -> None:
         if not self._download:
-            raise DataNotFoundError(f"dataset {self.spec.name!r} cannot be downloaded automatically: "
-                                    f"{self.files_hint}")
+            raise DataNotFoundError(f"dataset {self.spec.name!r} cannot be downloaded automatically: {self.files_hint}")
         self._download(root)
 
 
@@ -161,7 +170,7 @@ def read_idx(path: str) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
-    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -238,8 +247,9 @@ def _tv_loader(cls_name: str, size: int, split_kw: bool = False):
         images = torch.as_tensor(np.asarray(data))
         if images.ndim == 4 and images.shape[-1] in (1, 3):  # NHWC (CIFAR)
             images = images.permute(0, 3, 1, 2)
-        labels = torch.as_tensor(np.asarray(getattr(ds, "targets", None) if hasattr(ds, "targets") else ds.labels),
-                                 dtype=torch.int64)
+        labels = torch.as_tensor(
+            np.asarray(getattr(ds, "targets", None) if hasattr(ds, "targets") else ds.labels), dtype=torch.int64
+        )
         if images.shape[-1] != size:
             from torchvision.transforms.functional import resize
 
@@ -259,13 +269,13 @@ register_source(
 register_source(
     DatasetSpec("cifar100", 3, 32, 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), train_size=50000),
     _tv_loader("CIFAR100", 32),
-    "<root>/cifar-100-python/ (the extracted cifar-100-python.tar.gz from "
-    "https://www.cs.toronto.edu/~kriz/cifar.html)",
+    "<root>/cifar-100-python/ (the extracted cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html)",
     _tv_download("CIFAR100"),
 )
 register_source(
-    DatasetSpec("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), augment="crop",
-                train_size=73257),
+    DatasetSpec(
+        "svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), augment="crop", train_size=73257
+    ),
     _tv_loader("SVHN", 32, split_kw=True),
     "<root>/train_32x32.mat and <root>/test_32x32.mat (http://ufldl.stanford.edu/housenumbers/)",
     _tv_download("SVHN", split=("train", "test")),
@@ -326,16 +336,19 @@ def imagefolder_source(path: str, size: Optional[int] = None, name: Optional[str
     """
     path = os.path.abspath(os.path.expanduser(path))
     train_dir = os.path.join(path, "train")
-    hint = (f"{path}/train/<class>/<image> and {path}/val/<class>/<image> (torchvision ImageFolder layout; "
-            "for Tiny-ImageNet move val/images into per-class folders with val_annotations.txt)")
+    hint = (
+        f"{path}/train/<class>/<image> and {path}/val/<class>/<image> (torchvision ImageFolder layout; "
+        "for Tiny-ImageNet move val/images into per-class folders with val_annotations.txt)"
+    )
     if not os.path.isdir(train_dir):
         spec = DatasetSpec(name or f"imagefolder:{path}", 3, size or 64, 0, IMAGENET_MEAN, IMAGENET_STD)
         return Source(spec, lambda r, s: (_ for _ in ()).throw(FileNotFoundError(train_dir)), hint)
     classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
     if size is None:
         size = _first_image_size(train_dir, classes)
-    spec = DatasetSpec(name or f"imagefolder:{path}", 3, size, len(classes), IMAGENET_MEAN, IMAGENET_STD,
-                       augment="crop_flip")
+    spec = DatasetSpec(
+        name or f"imagefolder:{path}", 3, size, len(classes), IMAGENET_MEAN, IMAGENET_STD, augment="crop_flip"
+    )
     return Source(spec, lambda _r, split: _load_folder(path, split, size), hint)
 
 
@@ -383,7 +396,7 @@ class ShuffledPasses:
                 self._perm = torch.randperm(self.n).to(self.device)
                 self._pos = 0
             take = min(k, len(self._perm) - self._pos)
-            out.append(self._perm[self._pos:self._pos + take])
+            out.append(self._perm[self._pos : self._pos + take])
             self._pos += take
             k -= take
         return torch.cat(out)
@@ -434,12 +447,14 @@ class Batches:
         self.order.load_state_dict(state)
 
 
-def iterate_eval(split: ImageSplit, spec: DatasetSpec, batch_size: int, device) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def iterate_eval(
+    split: ImageSplit, spec: DatasetSpec, batch_size: int, device
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Ordered, normalised, un-augmented batches for evaluation."""
     norm = Normalizer(spec, device)
     for i in range(0, len(split), batch_size):
-        x = split.images[i:i + batch_size].to(device, non_blocking=True).float().div_(255.0)
-        yield norm(x), split.labels[i:i + batch_size].to(device, non_blocking=True)
+        x = split.images[i : i + batch_size].to(device, non_blocking=True).float().div_(255.0)
+        yield norm(x), split.labels[i : i + batch_size].to(device, non_blocking=True)
 
 
 def spec_with_size(spec: DatasetSpec, n: int) -> DatasetSpec:

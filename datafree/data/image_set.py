@@ -14,6 +14,7 @@ An image's label is its class folder's name when that is a number (what the expo
 KD learns from the teacher's outputs either way. Images are decoded to the run's channel count (grey or RGB)
 and resized to its image size when they differ (with a warning).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,9 @@ from .spec import DatasetSpec
 MANIFEST = "manifest.json"
 SET_FORMAT = "datafree-synthetic-set/1"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-HOW_TO_MAKE = ("make one from a finished run of a pool method (cmi, deepinv, fast, ...) with "
-               "`datafree export RUN_DIR --out DIR`")
+HOW_TO_MAKE = (
+    "make one from a finished run of a pool method (cmi, deepinv, fast, ...) with `datafree export RUN_DIR --out DIR`"
+)
 
 
 def class_folder(label: int, num_classes: int) -> str:
@@ -103,13 +105,20 @@ class ImageSet:
         """Flat summary fields naming the set: ``<prefix>`` (path), ``_images``, ``_digest``, ``_fingerprint``
         (of the run the set was exported from, when its manifest says)."""
         m = self.manifest or {}
-        return {prefix: self.path, f"{prefix}_images": len(self), f"{prefix}_digest": self.digest,
-                f"{prefix}_fingerprint": m.get("fingerprint")}
+        return {
+            prefix: self.path,
+            f"{prefix}_images": len(self),
+            f"{prefix}_digest": self.digest,
+            f"{prefix}_fingerprint": m.get("fingerprint"),
+        }
 
     def describe(self) -> str:
         m = self.manifest or {}
-        origin = (f"exported from a {m.get('method')} run on {m.get('dataset')}" if m.get("format") == SET_FORMAT
-                  else "no export manifest")
+        origin = (
+            f"exported from a {m.get('method')} run on {m.get('dataset')}"
+            if m.get("format") == SET_FORMAT
+            else "no export manifest"
+        )
         return f"{len(self)} images from {self.path} ({origin}; {self.labelled} with a class folder)"
 
 
@@ -130,33 +139,38 @@ def _check_manifest(manifest: Dict[str, Any], spec: DatasetSpec, dataset: Option
     theirs = (s.get("channels"), s.get("size"), s.get("num_classes"))
     ours = (spec.channels, spec.size, spec.num_classes)
     if None not in theirs and theirs != ours:
-        warnings.warn(f"{where} was exported from {manifest.get('dataset')} data ({theirs[0]}x{theirs[1]}x{theirs[1]}, "
-                      f"{theirs[2]} classes); this run's data is {ours[0]}x{ours[1]}x{ours[1]}, {ours[2]} classes: "
-                      "the images are converted", stacklevel=4)
+        warnings.warn(
+            f"{where} was exported from {manifest.get('dataset')} data ({theirs[0]}x{theirs[1]}x{theirs[1]}, "
+            f"{theirs[2]} classes); this run's data is {ours[0]}x{ours[1]}x{ours[1]}, {ours[2]} classes: "
+            "the images are converted",
+            stacklevel=4,
+        )
         return False
     if dataset and manifest.get("dataset") and manifest["dataset"] != dataset:
-        warnings.warn(f"{where} was exported from a run on {manifest['dataset']}, this run's dataset is {dataset}",
-                      stacklevel=4)
+        warnings.warn(
+            f"{where} was exported from a run on {manifest['dataset']}, this run's dataset is {dataset}", stacklevel=4
+        )
     return True
 
 
-def read_image_set(path: Optional[str], spec: DatasetSpec, dataset: Optional[str] = None,
-                   what: str = "the synthetic set") -> ImageSet:
+def read_image_set(
+    path: Optional[str], spec: DatasetSpec, dataset: Optional[str] = None, what: str = "the synthetic set"
+) -> ImageSet:
     """Decode the images of the folder ``path`` at ``spec``'s channels and size (see the module docstring).
 
     ``what`` names the option the folder came from (``synth.folder``) in errors: an unset option, a folder that
     is not there or holds no images are one-line :class:`~datafree.errors.DatafreeError` s saying how to make one.
     """
     if not path:
-        raise ConfigError(f"{what} is not set: give the folder of a saved synthetic set ({what}=/path/to/set); "
-                          + HOW_TO_MAKE)
+        raise ConfigError(
+            f"{what} is not set: give the folder of a saved synthetic set ({what}=/path/to/set); " + HOW_TO_MAKE
+        )
     full = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.isdir(full):
         raise DataNotFoundError(f"{what}={path}: there is no such folder; " + HOW_TO_MAKE)
     files = list_images(full)
     if not files:
-        raise DataNotFoundError(f"{what}={path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); "
-                                + HOW_TO_MAKE)
+        raise DataNotFoundError(f"{what}={path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); " + HOW_TO_MAKE)
     manifest = read_manifest(full)
     same_shape = manifest is not None and _check_manifest(manifest, spec, dataset, f"{what}={path}")
     from .collected import adapt_images
@@ -177,8 +191,16 @@ def read_image_set(path: Optional[str], spec: DatasetSpec, dataset: Optional[str
     if adapted:
         warnings.warn(f"{what}={path}: {adapted} of {len(files)} images were resized to {size}x{size}", stacklevel=2)
     digest = pixel_digest(images)
-    if (same_shape and manifest.get("format") == SET_FORMAT and not adapted and manifest.get("digest")
-            and manifest.get("images") == len(files) and manifest["digest"] != digest):
-        warnings.warn(f"{what}={path}: the images differ from the ones its manifest records (edited since the export?)",
-                      stacklevel=2)
+    if (
+        same_shape
+        and manifest.get("format") == SET_FORMAT
+        and not adapted
+        and manifest.get("digest")
+        and manifest.get("images") == len(files)
+        and manifest["digest"] != digest
+    ):
+        warnings.warn(
+            f"{what}={path}: the images differ from the ones its manifest records (edited since the export?)",
+            stacklevel=2,
+        )
     return ImageSet(full, ImageSplit(images, labels), digest, manifest, adapted=bool(adapted))

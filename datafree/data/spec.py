@@ -1,4 +1,5 @@
 """What a dataset looks like to a model: channels, size, classes, normalisation."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

@@ -1,4 +1,5 @@
 """Student objectives (Distillers). Every module here is imported, so each registers itself."""
+
 import importlib as _importlib
 import pkgutil as _pkgutil
 

@@ -5,6 +5,7 @@ A distiller owns the student's optimiser and learning-rate schedule.
 mode, no gradient), steps the optimiser and returns named losses;
 :meth:`Distiller.predict` is what evaluation calls.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,9 @@ from ..synthesis.losses import kl_div
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
@@ -82,8 +84,10 @@ class Distiller:
             from torch.nn.parallel import DistributedDataParallel
 
             self._objective = DistributedDataParallel(
-                self._objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=True)
+                self._objective,
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
 
     def release_distributed(self) -> None:
         """Drop the DDP wrapper (and with it the reducer's hold on the process group) before the group is

@@ -2,6 +2,7 @@
 
 See :mod:`datafree.synthesis.cudfkd` for the paper and the data side.
 """
+
 from __future__ import annotations
 
 import math
@@ -132,5 +133,10 @@ class SelfPacedKD(Distiller):
         loss, v = self.weighted(per_sample, lam)
         with torch.no_grad():
             difficulty = (v * per_sample).sum() / v.sum().clamp_min(1e-12)
-        return loss, {"kd": per_sample.detach().mean(), "v": v.mean(), "v_min": v.min(),
-                      "difficulty": difficulty, "lambda": lam}
+        return loss, {
+            "kd": per_sample.detach().mean(),
+            "v": v.mean(),
+            "v_min": v.min(),
+            "difficulty": difficulty,
+            "lambda": lam,
+        }

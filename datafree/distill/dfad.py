@@ -1,4 +1,5 @@
 """The L1 student objective of DFAD (Fang et al., arXiv 1912.11006, 2019)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -7,6 +7,7 @@ teacher's own classifier on the pooled projected features, so the deployed
 model is student + projector + the teacher's head (:class:`DeployedStudent`;
 ``student.pt`` stores all three, :func:`load_deployed` rebuilds it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,9 +27,15 @@ class Projector(nn.Sequential):
     def __init__(self, s_channels: int, t_channels: int, factor: int = 2):
         mid = max(1, t_channels // factor)
         super().__init__(
-            nn.Conv2d(s_channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, t_channels, 1, bias=False), nn.BatchNorm2d(t_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(s_channels, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, t_channels, 1, bias=False),
+            nn.BatchNorm2d(t_channels),
+            nn.ReLU(inplace=True),
         )
         self.s_channels, self.t_channels, self.factor = s_channels, t_channels, factor
 
@@ -62,8 +69,14 @@ class DeployedStudent(nn.Module):
     (parameter-free for zoo models: average pooling and flatten).
     """
 
-    def __init__(self, student: nn.Module, projector: Projector, head: nn.Module, pool=None,
-                 target_size: Optional[Tuple[int, int]] = None):
+    def __init__(
+        self,
+        student: nn.Module,
+        projector: Projector,
+        head: nn.Module,
+        pool=None,
+        target_size: Optional[Tuple[int, int]] = None,
+    ):
         super().__init__()
         self.student = student
         self.projector = projector
@@ -147,9 +160,13 @@ class FeatureAlign(Distiller):
         """The shared classifier and what :func:`load_deployed` needs, stored in student.pt."""
         return {
             "shared_head": {k: v.detach().cpu() for k, v in self.teacher.head.state_dict().items()},
-            "feature_align": {"teacher_arch": self.teacher_arch, "s_channels": self.projector.s_channels,
-                              "t_channels": self.projector.t_channels, "factor": self.projector.factor,
-                              "target_size": list(self.target_size) if self.target_size else None},
+            "feature_align": {
+                "teacher_arch": self.teacher_arch,
+                "s_channels": self.projector.s_channels,
+                "t_channels": self.projector.t_channels,
+                "factor": self.projector.factor,
+                "target_size": list(self.target_size) if self.target_size else None,
+            },
         }
 
 

@@ -1,4 +1,5 @@
 """KD plus attention transfer: the student objective of ZSKT (Micaelli & Storkey, NeurIPS 2019)."""
+
 from __future__ import annotations
 
 import warnings
@@ -36,8 +37,9 @@ def attention_loss(s_map: torch.Tensor, t_map: torch.Tensor) -> torch.Tensor:
     return (s - t).pow(2).mean()
 
 
-def pair_by_size(t_shapes: Sequence[Optional[Tuple[int, int]]],
-                 s_shapes: Sequence[Optional[Tuple[int, int]]]) -> List[Tuple[int, int]]:
+def pair_by_size(
+    t_shapes: Sequence[Optional[Tuple[int, int]]], s_shapes: Sequence[Optional[Tuple[int, int]]]
+) -> List[Tuple[int, int]]:
     """(teacher stage, student stage) index pairs, one per spatial size the two networks share.
 
     For each size, the *last* stage of that size in each network is used (the
@@ -120,16 +122,22 @@ class KDAttention(Distiller):
         self._cache = (x, x._version, t, maps)
         return t, maps
 
-    def pairs(self, t_maps: Sequence[Optional[torch.Tensor]],
-              s_maps: Sequence[Optional[torch.Tensor]]) -> List[Tuple[int, int]]:
+    def pairs(
+        self, t_maps: Sequence[Optional[torch.Tensor]], s_maps: Sequence[Optional[torch.Tensor]]
+    ) -> List[Tuple[int, int]]:
         """The stage pairs for these maps (worked out once per set of shapes)."""
-        key = tuple(None if m is None else tuple(m.shape[-2:]) for m in t_maps), \
-            tuple(None if m is None else tuple(m.shape[-2:]) for m in s_maps)
+        key = (
+            tuple(None if m is None else tuple(m.shape[-2:]) for m in t_maps),
+            tuple(None if m is None else tuple(m.shape[-2:]) for m in s_maps),
+        )
         if self._pairs is None or self._pairs[0] != key:
             self._pairs = (key, pair_by_size(*key))
             if not self._pairs[1]:
-                warnings.warn("kd_at: the teacher and the student share no stage of equal spatial size, "
-                              "so the attention term is zero", stacklevel=2)
+                warnings.warn(
+                    "kd_at: the teacher and the student share no stage of equal spatial size, "
+                    "so the attention term is zero",
+                    stacklevel=2,
+                )
         return self._pairs[1]
 
     def loss(self, x, y):

@@ -1,4 +1,5 @@
 """The model zoo: classifiers, generators, feature taps, checkpoints."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,9 @@ from .timm_models import TimmClassifier, counts_of, legacy_state, timm_model
 CHECKPOINT_FORMAT = "datafree-model/2"  # /2: mobilenetv2 is the reference network (RENAMED)
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-                 pretrained_file: Optional[str] = None) -> Classifier:
+def create_model(
+    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, pretrained_file: Optional[str] = None
+) -> Classifier:
     """Build a classifier by name: a zoo name (``resnet18``) or ``timm/<name>`` (with timm's pretrained weights
     read from ``pretrained_file``, a local file)."""
     if name.startswith("timm/"):
@@ -45,8 +47,9 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def save_model(path: str, model: nn.Module, arch: str, dataset: str, spec: Dict[str, Any],
-               extra: Optional[Dict[str, Any]] = None) -> str:
+def save_model(
+    path: str, model: nn.Module, arch: str, dataset: str, spec: Dict[str, Any], extra: Optional[Dict[str, Any]] = None
+) -> str:
     """Save a model checkpoint that ``torch.load(weights_only=True)`` can read. Returns sha256."""
     from ..results import atomic_torch_save
 
@@ -82,8 +85,9 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     return ckpt
 
 
-def load_state(model: nn.Module, state: Dict[str, torch.Tensor], where: str, arch: Optional[str] = None,
-               image_size: int = 32) -> str:
+def load_state(
+    model: nn.Module, state: Dict[str, torch.Tensor], where: str, arch: Optional[str] = None, image_size: int = 32
+) -> str:
     """Load a state dict strictly into ``model`` and return the layout it came in (``datafree``, ``cmi``, ``dafl``).
 
     ``state`` may be ours or a reference repository's (see :mod:`datafree.models.layouts`), with or without the
@@ -102,15 +106,21 @@ def load_state(model: nn.Module, state: Dict[str, torch.Tensor], where: str, arc
             return "timm"
     renamed, layout = layouts.to_datafree(arch, raw, expected=list(own))
     renamed = layouts.fill_untracked_counts(own, renamed)
-    if set(renamed) != set(own) or any(not isinstance(renamed[k], torch.Tensor) or tuple(renamed[k].shape) !=
-                                       tuple(v.shape) for k, v in own.items()):
+    if set(renamed) != set(own) or any(
+        not isinstance(renamed[k], torch.Tensor) or tuple(renamed[k].shape) != tuple(v.shape) for k, v in own.items()
+    ):
         raise CheckpointError(layouts.explain(where, model, arch, raw, layout, image_size))
     model.load_state_dict(renamed)
     return layout
 
 
-def load_model(path: str, arch: Optional[str] = None, num_classes: Optional[int] = None,
-               in_channels: Optional[int] = None, image_size: Optional[int] = None) -> Tuple[Classifier, Dict[str, Any]]:
+def load_model(
+    path: str,
+    arch: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    in_channels: Optional[int] = None,
+    image_size: Optional[int] = None,
+) -> Tuple[Classifier, Dict[str, Any]]:
     """Load a classifier checkpoint; the architecture comes from the file unless given. (Teachers:
     :func:`datafree.load_teacher`, which also checks the file against a dataset and says what it loaded.)"""
     ckpt = read_checkpoint(path)
@@ -130,9 +140,14 @@ def arch_of_checkpoint(ckpt: Dict[str, Any]) -> Optional[str]:
     return RENAMED.get(str(ckpt.get("format")), {}).get(str(arch), str(arch))
 
 
-def build_from_checkpoint(ckpt: Dict[str, Any], path: str, arch: Optional[str] = None,
-                          num_classes: Optional[int] = None, in_channels: Optional[int] = None,
-                          image_size: Optional[int] = None) -> Tuple[Classifier, str]:
+def build_from_checkpoint(
+    ckpt: Dict[str, Any],
+    path: str,
+    arch: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    in_channels: Optional[int] = None,
+    image_size: Optional[int] = None,
+) -> Tuple[Classifier, str]:
     """The classifier of a checkpoint already read with :func:`read_checkpoint` (``path`` names it in errors),
     and the layout its names came in. ``arch`` overrides the file's; counts default to the file's spec, else to
     what its classifier rows and first convolution say."""

@@ -8,6 +8,7 @@ returns ``(logits, features)``. ``stages()`` lists the modules whose outputs
 end each stage (used by attention transfer). HiDFD's classifier sharing uses
 ``forward_features`` and ``head`` of the teacher.
 """
+
 from __future__ import annotations
 
 from typing import List, Tuple, Union
@@ -26,7 +27,9 @@ class Classifier(nn.Module):
     def pool(self, f: torch.Tensor) -> torch.Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1) if f.dim() == 4 else f
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         feats = self.pool(self.forward_features(x))
         logits = self.head(feats)
         return (logits, feats) if return_features else logits

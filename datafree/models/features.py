@@ -4,6 +4,7 @@
 ...     model(x)
 ...     maps = tap.outputs        # one tensor per tapped module
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence
@@ -19,8 +20,12 @@ class FeatureTap:
     only what the loss needs stays alive.
     """
 
-    def __init__(self, modules: Sequence[nn.Module], on: str = "output",
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+    def __init__(
+        self,
+        modules: Sequence[nn.Module],
+        on: str = "output",
+        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ):
         if on not in ("input", "output"):
             raise ValueError("on must be 'input' or 'output'")
         self.modules = list(modules)

@@ -28,6 +28,7 @@ down-blocks in D); sizes that are not 4 x a power of two are reached with a
 final resize. Weights are initialised N(0, 0.02) (the HiDFD script's
 ``--G_init N02 --D_init N02``).
 """
+
 from __future__ import annotations
 
 import math
@@ -132,8 +133,9 @@ def _down_blocks(img_size: int) -> int:
 
 
 class ConditionalGenerator(nn.Module):
-    def __init__(self, nz: int = 128, ch: int = 64, img_size: int = 32, nc: int = 3, num_classes: int = 10,
-                 bottom: int = 4):
+    def __init__(
+        self, nz: int = 128, ch: int = 64, img_size: int = 32, nc: int = 3, num_classes: int = 10, bottom: int = 4
+    ):
         super().__init__()
         self.nz, self.img_size, self.nc, self.num_classes, self.bottom = nz, img_size, nc, num_classes, bottom
         width = 4 * ch
@@ -161,8 +163,15 @@ class ConditionalGenerator(nn.Module):
 
 
 class SNDiscriminator(nn.Module):
-    def __init__(self, ch: int = 64, img_size: int = 32, nc: int = 3, num_classes: int = 10, feature_dim: int = 0,
-                 feature_hidden: int = 1024):
+    def __init__(
+        self,
+        ch: int = 64,
+        img_size: int = 32,
+        nc: int = 3,
+        num_classes: int = 10,
+        feature_dim: int = 0,
+        feature_hidden: int = 1024,
+    ):
         super().__init__()
         width = 4 * ch
         n_down = _down_blocks(img_size)
@@ -177,16 +186,18 @@ class SNDiscriminator(nn.Module):
         self.adc = sn_linear(width, 2 * num_classes)
         self.feature_head = None
         if feature_dim > 0:
-            self.feature_head = nn.Sequential(sn_linear(width, feature_hidden), nn.ReLU(),
-                                              sn_linear(feature_hidden, feature_dim))
+            self.feature_head = nn.Sequential(
+                sn_linear(width, feature_hidden), nn.ReLU(), sn_linear(feature_hidden, feature_dim)
+            )
         init_normal(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features: ReLU then global sum pooling (SN-GAN)."""
         return F.relu(self.blocks(x)).sum(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor, with_features: bool = True
-                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, with_features: bool = True
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """(adversarial output (B,), ADC logits (B, 2K), feature-head output (B, F) or None)."""
         h = self.features(x)
         feat = self.feature_head(h) if (with_features and self.feature_head is not None) else None

@@ -17,6 +17,7 @@ its ``LargeGenerator``. ``output`` chooses the last activation:
 
 Odd sizes (28, 7, ...) are reached with a final resize.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -26,15 +27,24 @@ from ..registry import GENERATORS
 
 
 class DCGANGenerator(nn.Module):
-    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 32, nc: int = 3, mult: int = 2,
-                 output: str = "sigmoid", conv_bias: bool = False, bn_eps: float = 1e-5):
+    def __init__(
+        self,
+        nz: int = 256,
+        ngf: int = 64,
+        img_size: int = 32,
+        nc: int = 3,
+        mult: int = 2,
+        output: str = "sigmoid",
+        conv_bias: bool = False,
+        bn_eps: float = 1e-5,
+    ):
         super().__init__()
         if output not in ("sigmoid", "tanh_bn", "bn"):
             raise ValueError(f"output must be 'sigmoid', 'tanh_bn' or 'bn', got {output!r}")
         self.nz, self.img_size, self.nc, self.output = nz, img_size, nc, output
         self.init_size = max(1, img_size // 4)
         w = ngf * mult
-        self.project = nn.Linear(nz, w * self.init_size ** 2)
+        self.project = nn.Linear(nz, w * self.init_size**2)
         self.body = nn.Sequential(
             nn.BatchNorm2d(w),
             nn.Upsample(scale_factor=2),

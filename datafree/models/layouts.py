@@ -39,6 +39,7 @@ the fourth block only for 64x64 inputs, which is what ours does at 32x32 and
 theirs would). CMI's ``mobilenetv2`` has ImageNet strides: it is our
 ``mobilenetv2`` (``mobilenetv2_cifar`` is the CIFAR-stride network).
 """
+
 from __future__ import annotations
 
 import functools
@@ -97,8 +98,11 @@ def _mobilenetv2_features(m: "re.Match[str]") -> str:
         if i < n:
             # an InvertedResidual's conv: [ConvBNReLU pw (t != 1)], ConvBNReLU dw, Conv2d pw-linear, BatchNorm2d;
             # ours flattens them into one Sequential with the ReLU6 layers at 2 and 5
-            seq = ({"0.0": 0, "0.1": 1, "1.0": 3, "1.1": 4, "2": 6, "3": 7} if t != 1
-                   else {"0.0": 0, "0.1": 1, "1": 3, "2": 4})
+            seq = (
+                {"0.0": 0, "0.1": 1, "1.0": 3, "1.1": 4, "2": 6, "3": 7}
+                if t != 1
+                else {"0.0": 0, "0.1": 1, "1": 3, "2": 4}
+            )
             mm = re.match(r"conv\.(\d(?:\.\d)?)\.(weight|bias|running_mean|running_var|num_batches_tracked)$", rest)
             if not mm or mm.group(1) not in seq:
                 return f"blocks.{stage}.{i}.?{rest}"  # not a MobileNetV2 block key: left unmatched
@@ -124,40 +128,76 @@ LAYOUTS: Dict[str, Tuple[Layout, ...]] = {
     # CMI resnet.py: ResNet(conv1, bn1, layer1..layer4 of BasicBlock/Bottleneck with `shortcut`, linear);
     # identical names: DAFL Data-Efficient-Model-Compression/DAFL/resnet.py ResNet18/34/50 and
     # DFAD network/resnet_8x.py ResNet18_8x/34_8x/50_8x
-    "resnet": (Layout("cmi", f"{CMI}: {_CLS}/resnet.py resnet18/34/50 {_SAME_IN}; {DAFL}: "
-                             f"Data-Efficient-Model-Compression/DAFL/resnet.py; {DFAD}: network/resnet_8x.py",
-                      r"^(layer\d+|linear)\.",
-                      ((r"^layer(\d+)\.", _stage), (r"^linear\.", "head."))),),
+    "resnet": (
+        Layout(
+            "cmi",
+            f"{CMI}: {_CLS}/resnet.py resnet18/34/50 {_SAME_IN}; {DAFL}: "
+            f"Data-Efficient-Model-Compression/DAFL/resnet.py; {DFAD}: network/resnet_8x.py",
+            r"^(layer\d+|linear)\.",
+            ((r"^layer(\d+)\.", _stage), (r"^linear\.", "head.")),
+        ),
+    ),
     # CMI resnet_tiny.py (RepDistiller's): conv1, bn1, layer1..3 with `downsample` shortcuts, fc
-    "resnet_cifar": (Layout("cmi", f"{CMI}: {_CLS}/resnet_tiny.py resnet8/20/32/56/110 {_SAME_IN}",
-                            r"^(layer\d+|fc)\.",
-                            ((r"^(layer\d+\.\d+)\.downsample\.", r"\1.shortcut."), (r"^layer(\d+)\.", _stage),
-                             (r"^fc\.", "head."))),),
+    "resnet_cifar": (
+        Layout(
+            "cmi",
+            f"{CMI}: {_CLS}/resnet_tiny.py resnet8/20/32/56/110 {_SAME_IN}",
+            r"^(layer\d+|fc)\.",
+            ((r"^(layer\d+\.\d+)\.downsample\.", r"\1.shortcut."), (r"^layer(\d+)\.", _stage), (r"^fc\.", "head.")),
+        ),
+    ),
     # CMI wresnet.py (ZSKT's): conv1, block1..3.layer.<i> (bn1 conv1 bn2 conv2 convShortcut), bn1, fc
-    "wrn": (Layout("cmi", f"{CMI}: {_CLS}/wresnet.py wrn_16_1/16_2/40_1/40_2 {_SAME_IN}",
-                   r"^(block\d+\.layer|fc)\.",
-                   ((r"^block(\d+)\.layer\.", lambda m: f"groups.{int(m.group(1)) - 1}."),
-                    (r"\.convShortcut\.", ".shortcut."), (r"^bn1\.", "bn."), (r"^fc\.", "head."))),),
+    "wrn": (
+        Layout(
+            "cmi",
+            f"{CMI}: {_CLS}/wresnet.py wrn_16_1/16_2/40_1/40_2 {_SAME_IN}",
+            r"^(block\d+\.layer|fc)\.",
+            (
+                (r"^block(\d+)\.layer\.", lambda m: f"groups.{int(m.group(1)) - 1}."),
+                (r"\.convShortcut\.", ".shortcut."),
+                (r"^bn1\.", "bn."),
+                (r"^fc\.", "head."),
+            ),
+        ),
+    ),
     # CMI vgg.py (RepDistiller's) vgg8_bn/vgg11_bn/vgg13_bn (registry.py's vgg8/11/13): block0..4 Sequentials of
     # conv, bn, relu with the last relu dropped (same indices as ours), classifier
-    "vgg": (Layout("cmi", f"{CMI}: {_CLS}/vgg.py vgg8_bn/vgg11_bn/vgg13_bn {_SAME_IN}",
-                   r"^(block\d+|classifier)\.",
-                   ((r"^block(\d+)\.", lambda m: f"blocks.{m.group(1)}."), (r"^classifier\.", "head."))),),
+    "vgg": (
+        Layout(
+            "cmi",
+            f"{CMI}: {_CLS}/vgg.py vgg8_bn/vgg11_bn/vgg13_bn {_SAME_IN}",
+            r"^(block\d+|classifier)\.",
+            ((r"^block(\d+)\.", lambda m: f"blocks.{m.group(1)}."), (r"^classifier\.", "head.")),
+        ),
+    ),
     "lenet": (
         # CMI lenet.py LeNet5/LeNet5Half: features (our indices), fc.0 and fc.2
         Layout("cmi", f"{CMI}: {_CLS}/lenet.py LeNet5/LeNet5Half {_SAME_IN}", r"^fc\.\d", ((r"^fc\.", "head."),)),
         # DAFL lenet.py LeNet5/LeNet5Half: conv1, conv2, conv3, fc1, fc2 (relu/maxpool modules hold nothing);
         # the same in DFAD network/lenet.py
-        Layout("dafl", f"{DAFL}: Data-Efficient-Model-Compression/DAFL/lenet.py; {DFAD}: network/lenet.py",
-               r"^(conv[123]|fc[12])\.",
-               ((r"^conv1\.", "features.0."), (r"^conv2\.", "features.3."), (r"^conv3\.", "features.6."),
-                (r"^fc1\.", "head.0."), (r"^fc2\.", "head.2."))),
+        Layout(
+            "dafl",
+            f"{DAFL}: Data-Efficient-Model-Compression/DAFL/lenet.py; {DFAD}: network/lenet.py",
+            r"^(conv[123]|fc[12])\.",
+            (
+                (r"^conv1\.", "features.0."),
+                (r"^conv2\.", "features.3."),
+                (r"^conv3\.", "features.6."),
+                (r"^fc1\.", "head.0."),
+                (r"^fc2\.", "head.2."),
+            ),
+        ),
     ),
     # CMI mobilenetv2.py mobilenet_v2 (torchvision's MobileNetV2): features.0 stem, features.1..17 blocks,
     # features.18 last conv, classifier.1 (after Dropout at classifier.0)
-    "mobilenetv2": (Layout("cmi", f"{CMI}: {_CLS}/mobilenetv2.py mobilenet_v2 {_SAME_IN}",
-                           r"^(features|classifier)\.",
-                           ((r"^features\.(\d+)\.(.*)$", _mobilenetv2_features), (r"^classifier\.1\.", "head."))),),
+    "mobilenetv2": (
+        Layout(
+            "cmi",
+            f"{CMI}: {_CLS}/mobilenetv2.py mobilenet_v2 {_SAME_IN}",
+            r"^(features|classifier)\.",
+            ((r"^features\.(\d+)\.(.*)$", _mobilenetv2_features), (r"^classifier\.1\.", "head.")),
+        ),
+    ),
 }
 
 
@@ -179,7 +219,7 @@ def unwrap(state: Mapping) -> Dict[str, torch.Tensor]:
     for k, v in state.items():
         k = str(k)
         while k.startswith("module."):
-            k = k[len("module."):]
+            k = k[len("module.") :]
         out[k] = v
     return out
 
@@ -210,8 +250,9 @@ def detect(arch: Optional[str], state: Mapping[str, torch.Tensor], expected: Opt
     return best.name if best is not None and best.score(keys) > 0 else DATAFREE
 
 
-def to_datafree(arch: Optional[str], state: Mapping, expected: Optional[Sequence[str]] = None
-                ) -> Tuple[Dict[str, torch.Tensor], str]:
+def to_datafree(
+    arch: Optional[str], state: Mapping, expected: Optional[Sequence[str]] = None
+) -> Tuple[Dict[str, torch.Tensor], str]:
     """``(state with our names, the layout it came in)`` for a state dict of ``arch`` in any known layout, with or
     without the ``{'state_dict': ...}`` wrapper and ``module.`` prefixes. ``expected``: our model's keys, which make
     the detection exact. Unknown names are left as they are (the strict load then reports them)."""
@@ -233,8 +274,7 @@ _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def parameter_count(state: Mapping[str, torch.Tensor]) -> int:
-    return sum(int(v.numel()) for k, v in state.items()
-               if isinstance(v, torch.Tensor) and not k.endswith(_BUFFERS))
+    return sum(int(v.numel()) for k, v in state.items() if isinstance(v, torch.Tensor) and not k.endswith(_BUFFERS))
 
 
 def _shapes(state: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, ...]]:
@@ -276,7 +316,7 @@ def _with_counts(shapes: Mapping[str, Tuple[int, ...]], classes: int, channels: 
     head, stem = _head_and_stem(out)
     if head:
         out[head] = (classes,) + out[head][1:]
-        bias = head[:-len("weight")] + "bias"
+        bias = head[: -len("weight")] + "bias"
         if bias in out:
             out[bias] = (classes,)
     if stem:
@@ -313,8 +353,14 @@ def _n(count: int, word: str, plural: str = "s") -> str:
     return f"{count} {word}{'' if count == 1 else plural}"
 
 
-def explain(where: str, model: torch.nn.Module, arch: Optional[str], raw: Mapping[str, torch.Tensor],
-            layout: str, image_size: int = 32) -> str:
+def explain(
+    where: str,
+    model: torch.nn.Module,
+    arch: Optional[str],
+    raw: Mapping[str, torch.Tensor],
+    layout: str,
+    image_size: int = 32,
+) -> str:
     """One line: why ``raw`` (a state dict without wrapper and prefixes, detected as ``layout``) does not fit
     ``model`` (an ``arch``), the likely cause and the fix."""
     own = _shapes(model.state_dict())
@@ -325,8 +371,10 @@ def explain(where: str, model: torch.nn.Module, arch: Optional[str], raw: Mappin
     wrong = [k for k in own if k in got and got[k] != own[k]]
     details = []
     if wrong:
-        details.append(f"{_n(len(wrong), 'shape mismatch', 'es')} (checkpoint vs model), e.g. {wrong[0]} "
-                       f"{got[wrong[0]]} vs {own[wrong[0]]}")
+        details.append(
+            f"{_n(len(wrong), 'shape mismatch', 'es')} (checkpoint vs model), e.g. {wrong[0]} "
+            f"{got[wrong[0]]} vs {own[wrong[0]]}"
+        )
     if missing:
         details.append(f"{_n(len(missing), 'key')} missing, e.g. {missing[0]!r}")
     if unexpected:
@@ -343,20 +391,27 @@ def explain(where: str, model: torch.nn.Module, arch: Optional[str], raw: Mappin
         channels = channels if channels is not None else (convs[0][1] if convs else None)
     counts = []
     if classes is not None and own_classes is not None and classes != own_classes:
-        counts.append((f"the checkpoint has {classes} classes, the dataset has {own_classes}",
-                       f"a dataset of {classes} classes"))
+        counts.append(
+            (f"the checkpoint has {classes} classes, the dataset has {own_classes}", f"a dataset of {classes} classes")
+        )
     if channels is not None and own_channels is not None and channels != own_channels:
-        counts.append((f"the checkpoint's first convolution takes {channels}-channel images, the dataset has "
-                       f"{own_channels}", f"{channels}-channel images"))
+        counts.append(
+            (
+                f"the checkpoint's first convolution takes {channels}-channel images, the dataset has {own_channels}",
+                f"{channels}-channel images",
+            )
+        )
     head_key, stem_key = _head_and_stem(own)
     count_keys = {k for k in (head_key, stem_key) if k}
     if head_key:
-        count_keys.add(head_key[:-len("weight")] + "bias")
+        count_keys.add(head_key[: -len("weight")] + "bias")
 
     # 1. our network for another dataset: only the classifier's rows and the first convolution's inputs differ
     if not missing and not unexpected and wrong and set(wrong) <= count_keys and counts:
-        return (f"{head}: {' and '.join(c for c, _ in counts)}. Fix: use it with the dataset it was trained for "
-                f"({' and '.join(f for _, f in counts)}), or a teacher trained on this dataset{tail}")
+        return (
+            f"{head}: {' and '.join(c for c, _ in counts)}. Fix: use it with the dataset it was trained for "
+            f"({' and '.join(f for _, f in counts)}), or a teacher trained on this dataset{tail}"
+        )
 
     # 2. another architecture (or image size): its names, in a known layout, and shapes are another model's
     sizes = [image_size] + ([32] if image_size != 32 else [])
@@ -364,43 +419,72 @@ def explain(where: str, model: torch.nn.Module, arch: Optional[str], raw: Mappin
     for other, lay, size, same, other_classes in found:
         if not same:
             continue
-        also = (f"; and it has {other_classes} classes, the dataset has {own_classes}"
-                if own_classes is not None and other_classes != own_classes else "")
+        also = (
+            f"; and it has {other_classes} classes, the dataset has {own_classes}"
+            if own_classes is not None and other_classes != own_classes
+            else ""
+        )
         if other == arch:
-            return (f"{head}: its shapes are those of {name} for {size}x{size} images, the model is built for "
-                    f"{image_size}x{image_size}{also}. Fix: use it with a dataset of {size}x{size} images{tail}")
-        return (f"{head}: its {parameter_count(raw):,} parameters are a {other} in the {lay} layout, not a "
-                f"{name} ({parameter_count(model.state_dict()):,}){also}. Fix: load it as {other} "
-                f"(teacher_arch={other}){tail}")
-    for other, lay, size, same, other_classes in found:
+            return (
+                f"{head}: its shapes are those of {name} for {size}x{size} images, the model is built for "
+                f"{image_size}x{image_size}{also}. Fix: use it with a dataset of {size}x{size} images{tail}"
+            )
+        return (
+            f"{head}: its {parameter_count(raw):,} parameters are a {other} in the {lay} layout, not a "
+            f"{name} ({parameter_count(model.state_dict()):,}){also}. Fix: load it as {other} "
+            f"(teacher_arch={other}){tail}"
+        )
+    for other, lay, _size, _same, _other_classes in found:
         if other != arch and set(got) != set(own):
-            return (f"{head}: its parameter names are those of {other} ({lay} layout), with other shapes. Fix: "
-                    f"load it as {other} (teacher_arch={other}) with the dataset it was trained for{tail}")
+            return (
+                f"{head}: its parameter names are those of {other} ({lay} layout), with other shapes. Fix: "
+                f"load it as {other} (teacher_arch={other}) with the dataset it was trained for{tail}"
+            )
 
     # 3. the names: a known layout of this architecture with another network inside, or no known layout
     overlap = len(set(got) & set(own))
     if 2 * overlap < len(own):  # not even half of the names: another naming scheme
         sample = next((k for k in raw if _misses(arch, k, layout, own)), next(iter(raw), "(none)"))
-        return (f"{head}: its parameter names follow no layout known for {name} ({', '.join(layouts_of(arch))}) "
-                f"nor another registered architecture's ({overlap} of {len(own)} names match), e.g. {sample!r}. "
-                f"Fix: name the architecture it was trained as (teacher_arch=<name>, `datafree list models`), or "
-                f"re-save it with this package's names{tail}")
+        return (
+            f"{head}: its parameter names follow no layout known for {name} ({', '.join(layouts_of(arch))}) "
+            f"nor another registered architecture's ({overlap} of {len(own)} names match), e.g. {sample!r}. "
+            f"Fix: name the architecture it was trained as (teacher_arch=<name>, `datafree list models`), or "
+            f"re-save it with this package's names{tail}"
+        )
     if counts:
-        return (f"{head}: {' and '.join(c for c, _ in counts)}, and the network differs. Fix: check the "
-                f"architecture (teacher_arch=<name>) and the dataset it was trained for{tail}")
-    return (f"{head}: the names are the {layout} layout of {name} but the network differs ({overlap} of "
-            f"{len(own)} keys in common). Fix: name the architecture it was trained as (teacher_arch=<name>, "
-            f"`datafree list models`){tail}")
+        return (
+            f"{head}: {' and '.join(c for c, _ in counts)}, and the network differs. Fix: check the "
+            f"architecture (teacher_arch=<name>) and the dataset it was trained for{tail}"
+        )
+    return (
+        f"{head}: the names are the {layout} layout of {name} but the network differs ({overlap} of "
+        f"{len(own)} keys in common). Fix: name the architecture it was trained as (teacher_arch=<name>, "
+        f"`datafree list models`){tail}"
+    )
 
 
 def fill_untracked_counts(own: Mapping[str, torch.Tensor], state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Checkpoints from before PyTorch 0.4.1 lack BN's ``num_batches_tracked``: zeros (eval does not read it)."""
     for k, v in own.items():
-        bn = k[:-len("num_batches_tracked")]
+        bn = k[: -len("num_batches_tracked")]
         if k.endswith(".num_batches_tracked") and k not in state and bn + "running_mean" in state:
             state[k] = torch.zeros_like(v, device="cpu")
     return state
 
 
-__all__ = ["DATAFREE", "FAMILY", "LAYOUTS", "Layout", "detect", "explain", "family_of", "fill_untracked_counts",
-           "layouts_of", "parameter_count", "read_counts", "rename", "to_datafree", "unwrap"]
+__all__ = [
+    "DATAFREE",
+    "FAMILY",
+    "LAYOUTS",
+    "Layout",
+    "detect",
+    "explain",
+    "family_of",
+    "fill_untracked_counts",
+    "layouts_of",
+    "parameter_count",
+    "read_counts",
+    "rename",
+    "to_datafree",
+    "unwrap",
+]

@@ -11,6 +11,7 @@ third convolution's kernel covers what is left, so the layer widths and the
 hidden linear layer (conv -> BN -> ReLU -> pool): the same widths, and BN
 statistics for the inversion methods' BN prior to match (LeNet-5 has none).
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -27,8 +28,9 @@ def _spatial_after(size: int, pad: int) -> int:
 
 
 class LeNet5(Classifier):
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 32, width: float = 1.0,
-                 bn: bool = False):
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, image_size: int = 32, width: float = 1.0, bn: bool = False
+    ):
         super().__init__()
         c1, c2, c3, f1 = (int(round(c * width)) for c in (6, 16, 120, 84))
         pad = 0 if _spatial_after(image_size, 0) >= 1 else 2

@@ -15,6 +15,7 @@
 
 Both take any number of input channels (the reference hard-codes 3).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -39,9 +40,11 @@ class InvertedResidual(nn.Module):
         if expansion != 1:
             layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
         layers += [
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         ]
         self.block = nn.Sequential(*layers)
 
@@ -51,12 +54,19 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(Classifier):
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-                 strides: Sequence[int] = CIFAR_STRIDES, dropout: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: float = 1.0,
+        strides: Sequence[int] = CIFAR_STRIDES,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         cin = int(32 * width)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, cin, 3, strides[0], 1, bias=False), nn.BatchNorm2d(cin),
-                                  nn.ReLU6(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, cin, 3, strides[0], 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(inplace=True)
+        )
         stages = []
         for (t, c, n, _), s in zip(_CFG, strides[1:]):
             cout = int(c * width)
@@ -67,8 +77,9 @@ class MobileNetV2(Classifier):
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.ModuleList(stages)
         last = max(1280, int(1280 * width))
-        self.conv_last = nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last),
-                                       nn.ReLU6(inplace=True))
+        self.conv_last = nn.Sequential(
+            nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6(inplace=True)
+        )
         self.feature_dim = last
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.head = nn.Linear(last, num_classes)

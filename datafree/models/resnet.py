@@ -7,6 +7,7 @@
 
 Global average pooling makes every model work at any input size.
 """
+
 from __future__ import annotations
 
 from typing import List, Type, Union
@@ -61,16 +62,20 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(Classifier):
-    def __init__(self, block: Type[Union[BasicBlock, Bottleneck]], layers: List[int], widths: List[int],
-                 num_classes: int = 10, in_channels: int = 3):
+    def __init__(
+        self,
+        block: Type[Union[BasicBlock, Bottleneck]],
+        layers: List[int],
+        widths: List[int],
+        num_classes: int = 10,
+        in_channels: int = 3,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self._cin = widths[0]
         strides = [1] + [2] * (len(layers) - 1)
-        self.layers = nn.ModuleList(
-            self._make_layer(block, w, n, s) for w, n, s in zip(widths, layers, strides)
-        )
+        self.layers = nn.ModuleList(self._make_layer(block, w, n, s) for w, n, s in zip(widths, layers, strides))
         self.feature_dim = self._cin
         self.head = nn.Linear(self._cin, num_classes)
         init_conv_bn(self)

@@ -12,6 +12,7 @@ is ever downloaded: :func:`pretrained_file` finds the weights in the local
 Hugging Face cache, where ``timm.create_model(name, pretrained=True)`` on a
 connected machine puts them.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,14 @@ _PREFIX = "model."
 
 
 class TimmClassifier(Classifier):
-    def __init__(self, name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-                 pretrained_file: Optional[str] = None):
+    def __init__(
+        self,
+        name: str,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+        pretrained_file: Optional[str] = None,
+    ):
         super().__init__()
         import timm
 
@@ -64,12 +71,12 @@ class TimmClassifier(Classifier):
 
 def _drop_prefix(module, state_dict, prefix, local_metadata):
     for key in [k for k in state_dict if k.startswith(prefix + _PREFIX)]:
-        state_dict[prefix + key[len(prefix + _PREFIX):]] = state_dict.pop(key)
+        state_dict[prefix + key[len(prefix + _PREFIX) :]] = state_dict.pop(key)
 
 
 def _add_prefix(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
     for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + _PREFIX)]:
-        state_dict[prefix + _PREFIX + key[len(prefix):]] = state_dict.pop(key)
+        state_dict[prefix + _PREFIX + key[len(prefix) :]] = state_dict.pop(key)
 
 
 def legacy_state(state):
@@ -77,7 +84,7 @@ def legacy_state(state):
     second time as ``head.fc.``) in timm's own names; any other state as it is."""
     if not any(k.startswith(_PREFIX) for k in state):
         return state
-    return {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
+    return {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
 
 
 def counts_of(name: str, state) -> tuple:
@@ -94,16 +101,20 @@ def counts_of(name: str, state) -> tuple:
     first = cfg.get("first_conv")
     first = first[0] if isinstance(first, (list, tuple)) else first
     w, c = state.get(f"{classifier}.weight"), state.get(f"{first}.weight")
-    return (int(w.shape[0]) if w is not None and w.dim() >= 2 else None,
-            int(c.shape[1]) if c is not None and c.dim() == 4 else None)
+    return (
+        int(w.shape[0]) if w is not None and w.dim() >= 2 else None,
+        int(c.shape[1]) if c is not None and c.dim() == 4 else None,
+    )
 
 
-def timm_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-               pretrained_file: Optional[str] = None) -> TimmClassifier:
+def timm_model(
+    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, pretrained_file: Optional[str] = None
+) -> TimmClassifier:
     return TimmClassifier(name, num_classes, in_channels, image_size, pretrained_file=pretrained_file)
 
 
 # -- pretrained weights, from the local cache only ---------------------------------------------------
+
 
 def _pretrained_cfg(name: str):
     import timm
@@ -113,8 +124,10 @@ def _pretrained_cfg(name: str):
         raise UnknownNameError("timm model", name, timm.list_models() + timm.list_pretrained())
     cfg = get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        raise CheckpointError(f"timm has no pretrained weights for {name}; `python -c \"import timm; "
-                              f"print(timm.list_pretrained('{name.split('.')[0]}*'))\"` lists the tags that have")
+        raise CheckpointError(
+            f'timm has no pretrained weights for {name}; `python -c "import timm; '
+            f"print(timm.list_pretrained('{name.split('.')[0]}*'))\"` lists the tags that have"
+        )
     return cfg
 
 
@@ -132,11 +145,11 @@ def pretrained_file(name: str) -> Optional[str]:
     from huggingface_hub import try_to_load_from_cache
 
     # read at call time (huggingface_hub reads its environment once, at import)
-    cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub")
-                                                if os.environ.get("HF_HOME") else None)
+    cache = os.environ.get("HF_HUB_CACHE") or (
+        os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None
+    )
     repo = cfg.hf_hub_id.split("@")[0]
-    for filename in ([cfg.hf_hub_filename] if cfg.hf_hub_filename else []) + ["model.safetensors",
-                                                                                 "pytorch_model.bin"]:
+    for filename in ([cfg.hf_hub_filename] if cfg.hf_hub_filename else []) + ["model.safetensors", "pytorch_model.bin"]:
         found = try_to_load_from_cache(repo, filename, cache_dir=cache)
         if isinstance(found, str) and os.path.isfile(found):
             return found
@@ -144,8 +157,10 @@ def pretrained_file(name: str) -> Optional[str]:
 
 
 def fetch_hint(name: str) -> str:
-    return (f"on a machine with network access run `python -c \"import timm; timm.create_model('{name}', "
-            f"pretrained=True)\"` and copy its Hugging Face cache (~/.cache/huggingface/hub, or $HF_HOME/hub) here")
+    return (
+        f"on a machine with network access run `python -c \"import timm; timm.create_model('{name}', "
+        f'pretrained=True)"` and copy its Hugging Face cache (~/.cache/huggingface/hub, or $HF_HOME/hub) here'
+    )
 
 
 def name_of_cached(path: str) -> Optional[str]:
@@ -153,5 +168,5 @@ def name_of_cached(path: str) -> Optional[str]:
     parts = os.path.normpath(path).split(os.sep)
     for i, p in enumerate(parts):
         if p.startswith("models--timm--") and i + 2 < len(parts) and parts[i + 1] == "snapshots":
-            return p[len("models--timm--"):]
+            return p[len("models--timm--") :]
     return None

@@ -4,6 +4,7 @@ Five convolution blocks; a 2x2 max-pool follows a block while the map is
 larger than 4x4 (three pools at 32x32, four at 64x64), then global average
 pooling and one linear classifier.
 """
+
 from __future__ import annotations
 
 from typing import List

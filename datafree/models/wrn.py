@@ -3,6 +3,7 @@
 The teacher/student family of ZSKT, CMI and their successors: wrn16_1,
 wrn16_2, wrn40_1, wrn40_2 (depth 6n+4, widths 16, 16k, 32k, 64k).
 """
+
 from __future__ import annotations
 
 from torch import nn

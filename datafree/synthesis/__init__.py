@@ -3,6 +3,7 @@
 Every module in this package is imported here, so a method file registers
 itself by existing: adding a method never edits this file or the engine.
 """
+
 import importlib as _importlib
 import pkgutil as _pkgutil
 

@@ -6,6 +6,7 @@ device, run settings) and its own hyper-parameters, checked against its
 round and :meth:`Synthesizer.sample` once per student step. A synthesizer
 never trains the student.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -75,6 +75,7 @@ Deviations and reference-code bugs fixed:
   them would see) with a warning; flips are used in the views only when the
   dataset's standard augmentation flips (not for digits or MNIST).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -124,7 +125,7 @@ class FeatureBank:
             raise ValueError(f"bank rows must be (N, {self.dim}), got {tuple(feats.shape)}")
         if self.data is None:
             self.data = torch.zeros(self.size, self.dim, dtype=self.dtype, device=self.device)
-        feats = feats.detach()[-self.size:]
+        feats = feats.detach()[-self.size :]
         n = feats.shape[0]
         idx = (torch.arange(n, device=self.device) + self._next) % self.size
         self.data[idx] = feats.to(self.device, self.dtype)
@@ -141,8 +142,12 @@ class FeatureBank:
         return self.data[idx].float()
 
     def state_dict(self) -> Dict:
-        return {"data": None if self.data is None else self.data[: self._len].cpu(), "len": self._len,
-                "next": self._next, "total_added": self.total_added}
+        return {
+            "data": None if self.data is None else self.data[: self._len].cpu(),
+            "len": self._len,
+            "next": self._next,
+            "total_added": self.total_added,
+        }
 
     def load_state_dict(self, state: Dict) -> None:
         self._len, self._next = int(state["len"]), int(state["next"])
@@ -239,8 +244,9 @@ class CMI(PoolSampling, Synthesizer):
         c, spec = self.cfg, ctx.spec
         if c.g_steps <= 0:
             raise ValueError("g_steps must be positive")
-        self.generator = create_generator(c.generator, nz=c.nz, ngf=c.ngf, img_size=spec.size, nc=spec.channels,
-                                          output="sigmoid").to(ctx.device)
+        self.generator = create_generator(
+            c.generator, nz=c.nz, ngf=c.ngf, img_size=spec.size, nc=spec.channels, output="sigmoid"
+        ).to(ctx.device)
         if getattr(self.generator, "normalized_output", False):
             raise ValueError("CMI needs a generator with [0, 1] output (the views are cut in pixel space)")
         self.terms = TeacherTerms(self, c.bn)
@@ -270,8 +276,11 @@ class CMI(PoolSampling, Synthesizer):
             layers = bn_layers(teacher)
             if layers:
                 return layers, "input"
-            warnings.warn("CMI: the teacher has no BatchNorm layers; the contrastive features are the "
-                          "instance means of its convolutions' outputs instead", stacklevel=3)
+            warnings.warn(
+                "CMI: the teacher has no BatchNorm layers; the contrastive features are the "
+                "instance means of its convolutions' outputs instead",
+                stacklevel=3,
+            )
             kind = "conv"
         if kind == "stages":
             layers = list(teacher.stages()) if hasattr(teacher, "stages") else []
@@ -360,8 +369,9 @@ class CMI(PoolSampling, Synthesizer):
         self.head.train()
         z = torch.randn(n, c.nz, device=self.device).requires_grad_(True)
         y = random_labels(n, self.spec.num_classes, self.device) if targets is None else targets.to(self.device)
-        optimizer = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}],
-                                     lr=c.lr_g, betas=tuple(c.betas))
+        optimizer = torch.optim.Adam(
+            [{"params": self.generator.parameters()}, {"params": [z]}], lr=c.lr_g, betas=tuple(c.betas)
+        )
         best = None  # (loss, images, features) of the lowest-loss step so far
         head_nan = self.head_is_nan_in_reference()
         for _ in range(1 if head_nan else c.g_steps):

@@ -1,5 +1,6 @@
 """Building blocks shared by synthesizers: teacher passes with the terms
 attached, generator-based synthesis, and pool-based sampling."""
+
 from __future__ import annotations
 
 import warnings
@@ -43,8 +44,11 @@ class TeacherTerms:
                 self.bn = BNStatistics(synth.teacher, momentum=momentum)
             except ValueError:
                 self.bn_missing = True
-                warnings.warn(f"{type(synth).__name__}: the teacher has no BatchNorm layers, "
-                              "so the BN-statistics term is zero for this run", stacklevel=3)
+                warnings.warn(
+                    f"{type(synth).__name__}: the teacher has no BatchNorm layers, "
+                    "so the BN-statistics term is zero for this run",
+                    stacklevel=3,
+                )
 
     def __call__(self, x: torch.Tensor, features: bool = False):
         """(logits, features or None, bn loss) of the teacher on ``x``."""
@@ -118,8 +122,9 @@ class PoolSampling:
         s = read_image_set(folder, self.ctx.spec, dataset=self.ctx.cfg.dataset, what="synth.init_from")
         images, labels = s.split.images, s.split.labels
         for i in range(0, len(s), _FILL_CHUNK):
-            self.pool.add(images[i:i + _FILL_CHUNK].to(self.ctx.device).float().div_(255.0),
-                          labels[i:i + _FILL_CHUNK])
+            self.pool.add(
+                images[i : i + _FILL_CHUNK].to(self.ctx.device).float().div_(255.0), labels[i : i + _FILL_CHUNK]
+            )
         self.init_set = s
         return len(s)
 
@@ -131,10 +136,17 @@ class PoolSampling:
 
     def final_files(self) -> Dict:
         """``pool.pt``: the pool's images ([0, 1] pixels, as stored) and labels, with the data spec."""
-        return {POOL_FILE: {"format": POOL_FORMAT, "pool": self.pool.state_dict(), "dtype": self.pool.dtype,
-                            "spec": self.ctx.spec.as_dict(), "method": self.ctx.cfg.method,
-                            "images_synthesized": self.images_synthesized,
-                            "init_images": 0 if self.init_set is None else len(self.init_set)}}
+        return {
+            POOL_FILE: {
+                "format": POOL_FORMAT,
+                "pool": self.pool.state_dict(),
+                "dtype": self.pool.dtype,
+                "spec": self.ctx.spec.as_dict(),
+                "method": self.ctx.cfg.method,
+                "images_synthesized": self.images_synthesized,
+                "init_images": 0 if self.init_set is None else len(self.init_set),
+            }
+        }
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
@@ -183,8 +195,7 @@ class GeneratorSynthesizer(Synthesizer):
 
     def build_generator(self) -> nn.Module:
         c, spec = self.cfg, self.ctx.spec
-        return create_generator(c.generator, nz=c.nz, ngf=c.ngf, img_size=spec.size, nc=spec.channels,
-                                output=c.output)
+        return create_generator(c.generator, nz=c.nz, ngf=c.ngf, img_size=spec.size, nc=spec.channels, output=c.output)
 
     def latent(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.nz, device=self.device)

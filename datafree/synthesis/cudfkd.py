@@ -9,6 +9,7 @@ Distillation from Curriculum"). Reference code: github.com/ljrprocc/DataFree
 This module is the data side; the student side (self-paced KD with one weight
 per sample) is the ``self_paced`` distiller in :mod:`datafree.distill.cudfkd`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ def ramp_epochs(epochs: int, begin_fraction: float, end_fraction: float) -> int:
     return max(int(epochs * end_fraction) - int(epochs * begin_fraction) - 1, 0)
 
 
-def curriculum_adv_weight(epoch: int, epochs: int, start: float, grad: float,
-                          begin_fraction: float, end_fraction: float) -> float:
+def curriculum_adv_weight(
+    epoch: int, epochs: int, start: float, grad: float, begin_fraction: float, end_fraction: float
+) -> float:
     """The adversarial weight used during ``epoch`` (0-based) of ``epochs``.
 
     The reference adds ``grad`` to the weight at the end of every epoch e with
@@ -129,8 +131,9 @@ class CuDFKD(GeneratorSynthesizer):
         super().__init__(ctx, **params)
         c = self.cfg
         if not 0.0 <= c.begin_fraction <= c.end_fraction <= 1.0:
-            raise ValueError("need 0 <= begin_fraction <= end_fraction <= 1, got "
-                             f"{c.begin_fraction} and {c.end_fraction}")
+            raise ValueError(
+                f"need 0 <= begin_fraction <= end_fraction <= 1, got {c.begin_fraction} and {c.end_fraction}"
+            )
 
     def build_generator(self) -> nn.Module:
         g = super().build_generator()
@@ -142,8 +145,9 @@ class CuDFKD(GeneratorSynthesizer):
     def adv_weight(self) -> float:
         """The adversarial weight of the current epoch (the data-side curriculum)."""
         c = self.cfg
-        return curriculum_adv_weight(self.ctx.epoch, self.ctx.epochs, c.adv, self.adv_increment,
-                                     c.begin_fraction, c.end_fraction)
+        return curriculum_adv_weight(
+            self.ctx.epoch, self.ctx.epochs, c.adv, self.adv_increment, c.begin_fraction, c.end_fraction
+        )
 
     @property
     def adv_increment(self) -> float:
@@ -165,5 +169,4 @@ class CuDFKD(GeneratorSynthesizer):
         else:  # as the reference: no student pass while the weight is zero
             l_adv = t.new_zeros(())
         loss = c.ent_w * l_ent + adv_w * l_adv + c.oh * l_oh + c.bn * l_bn
-        return loss, {"ent": l_ent, "oh": l_oh, "adv": l_adv, "bn": l_bn,
-                      "adv_w": torch.tensor(adv_w)}
+        return loss, {"ent": l_ent, "oh": l_oh, "adv": l_adv, "bn": l_bn, "adv_w": torch.tensor(adv_w)}

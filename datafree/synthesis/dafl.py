@@ -37,6 +37,7 @@ Deviation from the reference code:
   convolution, as in DAFL's LeNet; ResNets: the pooled features, as in
   DAFL's resnet.py:89-90).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,8 +77,16 @@ class DAFL(GeneratorSynthesizer):
         c, spec = self.cfg, self.ctx.spec
         from ..models import create_generator
 
-        return create_generator(c.generator, nz=c.nz, ngf=c.ngf, img_size=spec.size, nc=spec.channels,
-                                output=c.output, conv_bias=c.conv_bias, bn_eps=c.bn_eps)
+        return create_generator(
+            c.generator,
+            nz=c.nz,
+            ngf=c.ngf,
+            img_size=spec.size,
+            nc=spec.channels,
+            output=c.output,
+            conv_bias=c.conv_bias,
+            bn_eps=c.bn_eps,
+        )
 
     def generator_loss(self, x, z) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         t, feats, _ = self.terms(x, features=True)

@@ -28,6 +28,7 @@ kept batch does not change when synthesis continues).
 
 A teacher without BatchNorm layers (LeNet-5) has no BN term; a warning says so.
 """
+
 from __future__ import annotations
 
 import random
@@ -73,8 +74,11 @@ class DeepInversion(PoolSampling, Synthesizer):
             if self.adv_kind not in ("js_clamped", "js"):
                 from ..errors import ConfigError
 
-                raise ConfigError(f"synth.adv_kind={self.adv_kind!r}: use js_clamped (the reference code's "
-                                  "competition term) or js (the true Jensen-Shannon divergence)")
+                raise ConfigError(
+                    f"synth.adv_kind={self.adv_kind!r}: use js_clamped (the reference code's "
+                    "competition term) or js (the true Jensen-Shannon divergence)"
+                )
+
         tv: float = 1e-3
         l2: float = 0.0
         jitter: float = 0.125

@@ -1,4 +1,5 @@
 """DFAD: Data-Free Adversarial Distillation (Fang et al., arXiv 1912.11006, 2019)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

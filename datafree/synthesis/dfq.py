@@ -9,6 +9,7 @@ confident on every image, and its batch-mean prediction covers the classes
 evenly. The student minimises KD on fresh generator samples, ``kd_steps``
 student steps per generator step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -58,6 +58,7 @@ The meta-generator's BatchNorm running statistics are never updated (the clone's
 are discarded with it), as in the reference; generators run in training mode, so
 they are unused.
 """
+
 from __future__ import annotations
 
 import copy
@@ -83,8 +84,10 @@ def first_layers(generator: nn.Module) -> Tuple[nn.Linear, nn.BatchNorm2d]:
     project, body = getattr(generator, "project", None), getattr(generator, "body", None)
     first_bn = body[0] if isinstance(body, nn.Sequential) and len(body) else None
     if not isinstance(project, nn.Linear) or not isinstance(first_bn, nn.BatchNorm2d):
-        raise TypeError(f"{type(generator).__name__} has no (project, body[0]) = (Linear, BatchNorm2d) to "
-                        "re-initialise: use a dcgan generator or set synth.reset_l0=false")
+        raise TypeError(
+            f"{type(generator).__name__} has no (project, body[0]) = (Linear, BatchNorm2d) to "
+            "re-initialise: use a dcgan generator or set synth.reset_l0=false"
+        )
     return project, first_bn
 
 
@@ -138,8 +141,11 @@ class FastDFKD(PoolSampling, Synthesizer):
             raise ValueError(f"synth.meta must be one of {META_MODES}, got {c.meta!r}")
         if c.g_steps < 1:
             raise ValueError("synth.g_steps must be at least 1")
-        self.generator = create_generator(c.generator, nz=c.nz, ngf=c.ngf, img_size=spec.size,
-                                          nc=spec.channels, output=c.output).to(ctx.device).train()
+        self.generator = (
+            create_generator(c.generator, nz=c.nz, ngf=c.ngf, img_size=spec.size, nc=spec.channels, output=c.output)
+            .to(ctx.device)
+            .train()
+        )
         if c.reset_l0:
             first_layers(self.generator)  # fail now, not 120 epochs in
         #: the meta-optimiser (named ``optimizer`` like every generator method's, for checkpoints)
@@ -199,8 +205,9 @@ class FastDFKD(PoolSampling, Synthesizer):
         fast = self.clone()
         z = torch.randn(n, c.nz, device=self.device, requires_grad=True)
         y = random_labels(n, self.spec.num_classes, self.device, sort=False)
-        inner = torch.optim.Adam([{"params": list(fast.parameters())}, {"params": [z], "lr": c.lr_z}],
-                                 lr=c.lr_g, betas=tuple(c.betas))
+        inner = torch.optim.Adam(
+            [{"params": list(fast.parameters())}, {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=tuple(c.betas)
+        )
         fomaml = c.meta == "fomaml"
         meta_grads = [torch.zeros_like(p) for p in self.generator.parameters()] if fomaml else None
         best = best_loss = None

@@ -12,6 +12,7 @@ and drawn in shuffled passes without replacement on the run's device; ``synthesi
 with ``ep_steps: null`` an epoch is one pass over the set (rounded up to whole batches: the last batch of
 a pass is completed from the next pass, where the reference's DataLoader keeps a smaller last batch).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

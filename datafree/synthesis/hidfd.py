@@ -19,6 +19,7 @@ resumable, also in the middle of GAN training.
 ``collected`` is the reference row "KD with only the collected data": the
 same Dc, served alone (repeated ``repeat`` times per epoch).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -80,8 +81,7 @@ class FrequencySmoother:
     :func:`~datafree.synthesis.losses.weighted_class_balance` with these weights.
     """
 
-    def __init__(self, num_classes: int, beta: float = 0.99, init: float = 50.0, decay: float = 0.5,
-                 device="cpu"):
+    def __init__(self, num_classes: int, beta: float = 0.99, init: float = 50.0, decay: float = 0.5, device="cpu"):
         self.num_classes, self.beta, self.decay = num_classes, beta, decay
         self.counts_ema = torch.full((num_classes,), float(init), device=device)
         self.pending = torch.zeros(num_classes, device=device)
@@ -125,8 +125,16 @@ class CollectedSampling:
 
     def init_collected(self) -> None:
         ctx = self.ctx
-        self.collected = collect(self.cfg, self.teacher, ctx.spec, ctx.device, dataset=ctx.cfg.dataset,
-                                 run_seed=ctx.cfg.seed, data_root=ctx.cfg.data_root, autocast=ctx.amp.autocast)
+        self.collected = collect(
+            self.cfg,
+            self.teacher,
+            ctx.spec,
+            ctx.device,
+            dataset=ctx.cfg.dataset,
+            run_seed=ctx.cfg.seed,
+            data_root=ctx.cfg.data_root,
+            autocast=ctx.amp.autocast,
+        )
         self.real_data = self.collected.describe()
         self.augment = build_augment(self.cfg.augment, ctx.spec, self.cfg.crop_scale)
         if ctx.out_dir and ctx.rank == 0:
@@ -135,21 +143,27 @@ class CollectedSampling:
     @torch.no_grad()
     def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.mix is None:
-            raise RuntimeError(f"{type(self).__name__}: the student's data is not ready (sample() was called "
-                               "before the synthetic set was built)")
+            raise RuntimeError(
+                f"{type(self).__name__}: the student's data is not ready (sample() was called "
+                "before the synthetic set was built)"
+            )
         images, labels, _ = self.mix.sample(n)
         norm = self.input_normalizer or self.normalizer
         return norm(self.augment(images.float().div_(255.0))), labels
 
     def collected_state(self) -> Dict[str, Any]:
-        return {"collected_indices": self.collected.indices.clone(),
-                "mix": None if self.mix is None else self.mix.state_dict()}
+        return {
+            "collected_indices": self.collected.indices.clone(),
+            "mix": None if self.mix is None else self.mix.state_dict(),
+        }
 
     def load_collected_state(self, state: Dict[str, Any]) -> None:
         saved = state.get("collected_indices")
         if saved is not None and not torch.equal(saved.cpu(), self.collected.indices.cpu()):
-            raise CheckpointError("cannot resume: the collected set rebuilt from its source differs from the one "
-                                  "the run used (the source data or the teacher changed); see collected.json")
+            raise CheckpointError(
+                "cannot resume: the collected set rebuilt from its source differs from the one "
+                "the run used (the source data or the teacher changed); see collected.json"
+            )
         if state.get("mix") is not None:
             self.mix = InflatedSet.from_state(self.collected.split, state["mix"])
 
@@ -256,19 +270,26 @@ class HiDFD(CollectedSampling, Synthesizer):
         c, spec = self.cfg, ctx.spec
         self._check_config()
         if c.train_mean is not None:
-            self.input_normalizer = Normalizer(replace(spec, mean=tuple(c.train_mean), std=tuple(c.train_std)),
-                                               ctx.device)
+            self.input_normalizer = Normalizer(
+                replace(spec, mean=tuple(c.train_mean), std=tuple(c.train_std)), ctx.device
+            )
         self.init_collected()
         self.terms = TeacherTerms(self, 0.0)
         self.feature_dim = self._teacher_feature_dim()
         self.generator = ConditionalGenerator(c.nz, c.g_ch, spec.size, spec.channels, spec.num_classes).to(ctx.device)
-        self.discriminator = SNDiscriminator(c.d_ch, spec.size, spec.channels, spec.num_classes,
-                                             feature_dim=self.feature_dim if c.feat > 0 else 0,
-                                             feature_hidden=c.feature_hidden).to(ctx.device)
+        self.discriminator = SNDiscriminator(
+            c.d_ch,
+            spec.size,
+            spec.channels,
+            spec.num_classes,
+            feature_dim=self.feature_dim if c.feat > 0 else 0,
+            feature_hidden=c.feature_hidden,
+        ).to(ctx.device)
         self.generator_ema = None
         if c.ema:
-            self.generator_ema = ConditionalGenerator(c.nz, c.g_ch, spec.size, spec.channels,
-                                                      spec.num_classes).to(ctx.device)
+            self.generator_ema = ConditionalGenerator(c.nz, c.g_ch, spec.size, spec.channels, spec.num_classes).to(
+                ctx.device
+            )
             self.generator_ema.load_state_dict(self.generator.state_dict())
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=tuple(c.betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=c.lr_d, betas=tuple(c.betas))
@@ -281,21 +302,25 @@ class HiDFD(CollectedSampling, Synthesizer):
     def _check_config(self) -> None:
         c = self.cfg
         if c.synthetic_size > c.pool_size:
-            raise ConfigError(f"synth.synthetic_size ({c.synthetic_size}) cannot exceed synth.pool_size "
-                              f"({c.pool_size})")
+            raise ConfigError(
+                f"synth.synthetic_size ({c.synthetic_size}) cannot exceed synth.pool_size ({c.pool_size})"
+            )
         if c.sample_mode not in ("train", "eval"):
             raise ConfigError("synth.sample_mode must be train or eval")
         if c.synthetic_range not in SYNTHETIC_RANGES:
             raise ConfigError(f"synth.synthetic_range must be one of {SYNTHETIC_RANGES}, got {c.synthetic_range!r}")
         if (c.train_mean is None) != (c.train_std is None):
-            raise ConfigError("synth.train_mean and synth.train_std go together: give both, or neither (the "
-                              "dataset's normalisation)")
+            raise ConfigError(
+                "synth.train_mean and synth.train_std go together: give both, or neither (the dataset's normalisation)"
+            )
         if c.train_mean is not None:
             k = self.spec.channels
             if len(c.train_mean) != k or len(c.train_std) != k or min(c.train_std) <= 0:
-                raise ConfigError(f"synth.train_mean and synth.train_std need {k} value(s) for "
-                                  f"{self.spec.name}'s {k} channel(s), the stds positive; got {list(c.train_mean)} "
-                                  f"and {list(c.train_std)}")
+                raise ConfigError(
+                    f"synth.train_mean and synth.train_std need {k} value(s) for "
+                    f"{self.spec.name}'s {k} channel(s), the stds positive; got {list(c.train_mean)} "
+                    f"and {list(c.train_std)}"
+                )
         if c.repeat < 1 or c.gan_batch_size < 1 or c.d_steps < 1:
             raise ConfigError("synth.repeat, synth.gan_batch_size and synth.d_steps must be at least 1")
 
@@ -427,13 +452,13 @@ class HiDFD(CollectedSampling, Synthesizer):
         g.train(c.sample_mode == "train")
         labels = (torch.arange(c.pool_size, device=self.device) % k)[torch.randperm(c.pool_size).to(self.device)]
         keep = torch.zeros(c.pool_size, dtype=torch.bool, device=self.device)
-        keep[torch.randperm(c.pool_size)[:c.synthetic_size].to(self.device)] = True
+        keep[torch.randperm(c.pool_size)[: c.synthetic_size].to(self.device)] = True
         images, kept_labels = [], []
         for i in range(0, c.pool_size, c.gan_batch_size):
-            y = labels[i:i + c.gan_batch_size]
+            y = labels[i : i + c.gan_batch_size]
             with self.gan_autocast():
                 x = g(self.latent(y.shape[0]), y)
-            sel = keep[i:i + c.gan_batch_size]
+            sel = keep[i : i + c.gan_batch_size]
             images.append((minmax_uint8 if c.synthetic_range == "minmax" else clamped_uint8)(x[sel]))
             kept_labels.append(y[sel])
             self.images_synthesized += y.shape[0]
@@ -472,8 +497,11 @@ class HiDFD(CollectedSampling, Synthesizer):
         return self.normalizer(real.float().div_(255.0))
 
     def extra_state(self) -> Dict[str, Any]:
-        return {"gan_steps_done": self.gan_steps_done, "label_agreement": self.label_agreement,
-                **self.collected_state()}
+        return {
+            "gan_steps_done": self.gan_steps_done,
+            "label_agreement": self.label_agreement,
+            **self.collected_state(),
+        }
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         self.gan_steps_done = int(state["gan_steps_done"])
@@ -482,9 +510,14 @@ class HiDFD(CollectedSampling, Synthesizer):
 
     def summary_extra(self) -> Dict[str, Any]:
         out = self.collected.summary()
-        out.update({"gan_steps": self.gan_steps_done,
-                    "synthetic_images": 0 if self.mix is None else self.mix.n_synthetic,
-                    "inflation_repeat": self.cfg.repeat, "synthetic_label_agreement": self.label_agreement})
+        out.update(
+            {
+                "gan_steps": self.gan_steps_done,
+                "synthetic_images": 0 if self.mix is None else self.mix.n_synthetic,
+                "inflation_repeat": self.cfg.repeat,
+                "synthetic_label_agreement": self.label_agreement,
+            }
+        )
         return out
 
 

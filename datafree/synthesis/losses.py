@@ -17,6 +17,7 @@ logits; divergences with a temperature ``T`` follow Hinton's KD.
 * :func:`info_nce`: the contrastive term (CMI).
 * :func:`cross_view_info_nce`: CMI's exact form (in-batch and memory-bank negatives).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,19 +47,29 @@ def kl_div(s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str = "b
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
-def js_div(s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str = "batchmean",
-           eps: float = 1e-7) -> torch.Tensor:
+def js_div(
+    s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str = "batchmean", eps: float = 1e-7
+) -> torch.Tensor:
     """Jensen-Shannon divergence between softmax(s/T) and softmax(t/T), per sample summed over classes."""
     p = F.softmax(s.float() / T, dim=1)
     q = F.softmax(t.float() / T, dim=1)
     m = 0.5 * (p + q)
     log_m = m.clamp_min(eps).log()
-    per_sample = 0.5 * (p * (p.clamp_min(eps).log() - log_m)).sum(1) + 0.5 * (q * (q.clamp_min(eps).log() - log_m)).sum(1)
-    return per_sample if reduction == "none" else per_sample.mean() if reduction in ("batchmean", "mean") else per_sample.sum()
+    per_sample = 0.5 * (p * (p.clamp_min(eps).log() - log_m)).sum(1) + 0.5 * (q * (q.clamp_min(eps).log() - log_m)).sum(
+        1
+    )
+    return (
+        per_sample
+        if reduction == "none"
+        else per_sample.mean()
+        if reduction in ("batchmean", "mean")
+        else per_sample.sum()
+    )
 
 
-def js_clamped(s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str = "batchmean",
-               lo: float = 0.01, hi: float = 0.99) -> torch.Tensor:
+def js_clamped(
+    s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str = "batchmean", lo: float = 0.01, hi: float = 0.99
+) -> torch.Tensor:
     """The competition term of the DeepInversion code (zju-vipa/CMI datafree/criterions.py ``jsdiv``, the form
     NVlabs/DeepInversion also uses): P = softmax(s/T), Q = softmax(t/T), M = (P + Q) / 2, then P, Q and M
     clamped to [0.01, 0.99], and 0.5 KL(M || P) + 0.5 KL(M || Q) in ``F.kl_div(log P, M)``'s argument order,
@@ -69,7 +80,13 @@ def js_clamped(s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str 
     m = (0.5 * (p + q)).clamp(lo, hi)
     p, q = p.clamp(lo, hi), q.clamp(lo, hi)
     per_sample = 0.5 * (m * (m.log() - p.log())).sum(1) + 0.5 * (m * (m.log() - q.log())).sum(1)
-    return per_sample if reduction == "none" else per_sample.mean() if reduction in ("batchmean", "mean") else per_sample.sum()
+    return (
+        per_sample
+        if reduction == "none"
+        else per_sample.mean()
+        if reduction in ("batchmean", "mean")
+        else per_sample.sum()
+    )
 
 
 def l1_logits(s: torch.Tensor, t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -78,7 +95,12 @@ def l1_logits(s: torch.Tensor, t: torch.Tensor, reduction: str = "mean") -> torc
     return d if reduction == "none" else d.mean() if reduction == "mean" else d.sum()
 
 
-DIVERGENCES = {"kl": kl_div, "js": js_div, "js_clamped": js_clamped, "l1": lambda s, t, T=1.0, reduction="mean": l1_logits(s, t, reduction)}
+DIVERGENCES = {
+    "kl": kl_div,
+    "js": js_div,
+    "js_clamped": js_clamped,
+    "l1": lambda s, t, T=1.0, reduction="mean": l1_logits(s, t, reduction),
+}
 
 
 def agreement_mask(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -86,8 +108,9 @@ def agreement_mask(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (s.argmax(1) == t.argmax(1)).float()
 
 
-def adversarial(s: torch.Tensor, t: torch.Tensor, kind: str = "kl", T: float = 1.0,
-                masked: bool = False) -> torch.Tensor:
+def adversarial(
+    s: torch.Tensor, t: torch.Tensor, kind: str = "kl", T: float = 1.0, masked: bool = False
+) -> torch.Tensor:
     """Minus the student-teacher divergence: minimising it makes samples the student gets wrong.
 
     With ``masked``, only samples on which student and teacher agree count
@@ -102,8 +125,9 @@ def adversarial(s: torch.Tensor, t: torch.Tensor, kind: str = "kl", T: float = 1
     return -per_sample.mean()
 
 
-def adversarial_elementmean(s: torch.Tensor, t: torch.Tensor, T: float = 3.0, lo: float = 0.01,
-                            hi: float = 0.99) -> torch.Tensor:
+def adversarial_elementmean(
+    s: torch.Tensor, t: torch.Tensor, T: float = 3.0, lo: float = 0.01, hi: float = 0.99
+) -> torch.Tensor:
     """The adversarial term of Binici et al.'s released code (kuluhan/PRE-DFKD utils/aux.py:70-85
     ``JS_divergence``, also MB-DFKD's in gaurav104/LRA src/graphs/losses/kd_losses.py:11-26), to minimise:
 
@@ -189,8 +213,9 @@ class BNStatistics:
     """
 
     def __init__(self, model: nn.Module, momentum: float = 0.0, layers: Optional[Sequence[nn.Module]] = None):
-        self.layers: List[nn.BatchNorm2d] = list(layers) if layers is not None else [
-            m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.layers: List[nn.BatchNorm2d] = (
+            list(layers) if layers is not None else [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        )
         if not self.layers:
             raise ValueError("the BN-statistics term needs a teacher with BatchNorm2d layers")
         self.momentum = momentum
@@ -247,8 +272,10 @@ class BNStatistics:
                 self.ema[i] = (mean, var)
             else:
                 m_mean, m_var = self.ema[i]
-                self.ema[i] = (self.momentum * m_mean + (1 - self.momentum) * mean,
-                               self.momentum * m_var + (1 - self.momentum) * var)
+                self.ema[i] = (
+                    self.momentum * m_mean + (1 - self.momentum) * mean,
+                    self.momentum * m_var + (1 - self.momentum) * var,
+                )
 
     def state_dict(self) -> dict:
         return {"ema": [None if e is None else [e[0].cpu(), e[1].cpu()] for e in self.ema]}
@@ -275,8 +302,9 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
-def cross_view_info_nce(query: torch.Tensor, key: torch.Tensor, T: float = 0.1,
-                        n_current: Optional[int] = None) -> torch.Tensor:
+def cross_view_info_nce(
+    query: torch.Tensor, key: torch.Tensor, T: float = 0.1, n_current: Optional[int] = None
+) -> torch.Tensor:
     """InfoNCE across two views of the same rows, with in-batch and memory-bank negatives (CMI).
 
     Row i of ``key`` is the positive of row i of ``query``; every other row of
@@ -309,8 +337,9 @@ def hinge_generator(d_fake: torch.Tensor) -> torch.Tensor:
     return -d_fake.float().mean()
 
 
-def adc_discriminator(aux_real: torch.Tensor, y_real: torch.Tensor, aux_fake: torch.Tensor,
-                      y_fake: torch.Tensor) -> torch.Tensor:
+def adc_discriminator(
+    aux_real: torch.Tensor, y_real: torch.Tensor, aux_fake: torch.Tensor, y_fake: torch.Tensor
+) -> torch.Tensor:
     """ADC-GAN's classifier loss for D over 2K classes: CE(aux(real), 2y) + CE(aux(fake), 2y' + 1)."""
     return F.cross_entropy(aux_real.float(), 2 * y_real) + F.cross_entropy(aux_fake.float(), 2 * y_fake + 1)
 
@@ -330,11 +359,13 @@ def weighted_class_balance(t: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     return (weights.to(p) * p * p.clamp_min(1e-12).log()).sum()
 
 
-def feature_integration(t_real: torch.Tensor, t_fake: torch.Tensor, h_real: torch.Tensor,
-                        h_fake: torch.Tensor) -> torch.Tensor:
+def feature_integration(
+    t_real: torch.Tensor, t_fake: torch.Tensor, h_real: torch.Tensor, h_fake: torch.Tensor
+) -> torch.Tensor:
     """HiDFD's feature integration: four mean L2 distances between the teacher's features ``t_*`` of real
     and generated images and a discriminator head's features ``h_*`` of the same batches:
     |t_real - h_real| + |t_real - h_fake| + |t_fake - h_fake| + |t_fake - h_real| (rows paired by index)."""
+
     def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a.float() - b.float()).norm(2, dim=1).mean()
 

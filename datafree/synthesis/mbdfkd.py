@@ -6,6 +6,7 @@ and PRE-DFKD (``predfkd.py``) share: DAFL's distribution-matching terms plus an
 adversarial student-teacher term (by default the released code's clamped form),
 with student batches that mix fresh ("novel") samples and replayed ones.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,8 +107,10 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
             from ..errors import ConfigError
 
             if self.adv_kind != "released" and self.adv_kind not in losses.DIVERGENCES:
-                raise ConfigError(f"synth.adv_kind={self.adv_kind!r}: use released (the released code's term) "
-                                  f"or one of {sorted(losses.DIVERGENCES)}")
+                raise ConfigError(
+                    f"synth.adv_kind={self.adv_kind!r}: use released (the released code's term) "
+                    f"or one of {sorted(losses.DIVERGENCES)}"
+                )
 
     def __init__(self, ctx, **params):
         super().__init__(ctx, **params)
@@ -125,8 +128,16 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
     def build_decoder(self) -> nn.Module:
         """The generator architecture without spectral normalisation (PRE-DFKD's VAE decoder too)."""
         c, spec = self.cfg, self.ctx.spec
-        g = create_generator(c.generator, nz=c.nz, ngf=c.ngf, img_size=spec.size, nc=spec.channels,
-                             output=c.output, conv_bias=c.conv_bias, bn_eps=c.bn_eps)
+        g = create_generator(
+            c.generator,
+            nz=c.nz,
+            ngf=c.ngf,
+            img_size=spec.size,
+            nc=spec.channels,
+            output=c.output,
+            conv_bias=c.conv_bias,
+            bn_eps=c.bn_eps,
+        )
         if c.init_range > 0:
             uniform_init_(g, c.init_range)
         return g
@@ -191,7 +202,7 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
         """``n`` images: novel ones, then the replayed ones of the same student batch."""
         x = self.sample(n)
         m = min(self.last_mix[1], n // 2)
-        return torch.cat([x[: n - m], x[x.shape[0] - m:]], dim=0) if m else x[:n]
+        return torch.cat([x[: n - m], x[x.shape[0] - m :]], dim=0) if m else x[:n]
 
 
 @SYNTHESIZERS.register("mbdfkd")
@@ -258,8 +269,7 @@ class MBDFKD(AdversarialReplaySynthesizer):
         if c.memory_capacity <= 0 or c.push_every <= 0:
             raise ValueError("memory_capacity and push_every must be positive")
         self.push_size = max(1, self.replay_count(ctx.cfg.batch_size))
-        self.memory = DataPool(capacity=c.memory_capacity * self.push_size, dtype=c.memory_dtype,
-                               device=ctx.device)
+        self.memory = DataPool(capacity=c.memory_capacity * self.push_size, dtype=c.memory_dtype, device=ctx.device)
         #: epoch tags of the replayed images in the last student batch (device tensor)
         self.last_replay_tags: Optional[torch.Tensor] = None
 

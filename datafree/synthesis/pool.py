@@ -10,6 +10,7 @@ code, whose image folders were never cleared), unless it asks for a saved set
 by name (``synth.init_from``, see ``PoolSampling.fill_pool``). A run keeps its
 pool as ``pool.pt`` when it ends; ``datafree export`` writes that out as PNGs.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -68,15 +69,18 @@ class DataPool:
             raise ValueError(f"pool images must be (N, C, H, W), got {tuple(images.shape)}")
         n = images.shape[0]
         if self.capacity is not None and n > self.capacity:
-            images, labels = images[-self.capacity:], None if labels is None else labels[-self.capacity:]
+            images, labels = images[-self.capacity :], None if labels is None else labels[-self.capacity :]
             n = self.capacity
         self._reserve(n, tuple(images.shape[1:]))
         enc = self._encode(images)
-        lab = (labels.detach().to(self.device, torch.long) if labels is not None
-               else torch.full((n,), -1, dtype=torch.long, device=self.device))
+        lab = (
+            labels.detach().to(self.device, torch.long)
+            if labels is not None
+            else torch.full((n,), -1, dtype=torch.long, device=self.device)
+        )
         if self.capacity is None:
-            self._images[self._size:self._size + n] = enc
-            self._labels[self._size:self._size + n] = lab
+            self._images[self._size : self._size + n] = enc
+            self._labels[self._size : self._size + n] = lab
             self._size += n
         else:
             idx = (torch.arange(n, device=self.device) + self._next) % self.capacity
@@ -105,7 +109,7 @@ class DataPool:
     def all(self) -> Tuple[torch.Tensor, torch.Tensor]:
         if self._size == 0:
             raise RuntimeError("the data pool is empty")
-        return self._decode(self._images[:self._size]), self._labels[:self._size]
+        return self._decode(self._images[: self._size]), self._labels[: self._size]
 
     def clear(self) -> None:
         self._images = self._labels = None
@@ -116,7 +120,9 @@ class DataPool:
         return {
             "images": None if self._images is None else self._images[: self._size].cpu(),
             "labels": None if self._labels is None else self._labels[: self._size].cpu(),
-            "size": self._size, "next": self._next, "total_added": self.total_added,
+            "size": self._size,
+            "next": self._next,
+            "total_added": self.total_added,
         }
 
     def load_state_dict(self, state: Dict) -> None:

@@ -6,6 +6,7 @@ that learns the distribution of the synthetic samples seen so far; the VAE's
 decoder ("memory generator") produces the replayed samples, so no image is
 stored.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,16 +30,20 @@ class ConvEncoder(nn.Module):
     first L2-normalised along the height axis, as the released forward does
     (``F.normalize(img, p=2, dim=2)``, networks/generator.py:129)."""
 
-    def __init__(self, channels: int, size: int, nz: int, width: int = 64, bn_eps: float = 1e-5,
-                 l2norm: bool = False):
+    def __init__(self, channels: int, size: int, nz: int, width: int = 64, bn_eps: float = 1e-5, l2norm: bool = False):
         super().__init__()
         w2 = 2 * width
         self.l2norm = l2norm
         self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, 1, 1), nn.BatchNorm2d(width, eps=bn_eps), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(width, w2, 3, 1, 1), nn.BatchNorm2d(w2, eps=bn_eps), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(channels, width, 3, 1, 1),
+            nn.BatchNorm2d(width, eps=bn_eps),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, w2, 3, 1, 1),
+            nn.BatchNorm2d(w2, eps=bn_eps),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Upsample(scale_factor=0.5),
-            nn.Conv2d(w2, w2, 3, 2, 1), nn.BatchNorm2d(w2),
+            nn.Conv2d(w2, w2, 3, 2, 1),
+            nn.BatchNorm2d(w2),
             nn.Upsample(scale_factor=0.5),
         )
         self.body.eval()
@@ -202,8 +207,11 @@ class PREDFKD(AdversarialReplaySynthesizer):
                     x = self.decode(decoder, z)
                     with self.ctx.amp.autocast():
                         t = self.teacher(x).float()
-                    loss = (c.oh * losses.one_hot(t) + c.ie * losses.class_balance(t, log=c.ie_log)
-                            + c.z_moment * latent_moments(z))
+                    loss = (
+                        c.oh * losses.one_hot(t)
+                        + c.ie * losses.class_balance(t, log=c.ie_log)
+                        + c.z_moment * latent_moments(z)
+                    )
                     grads = torch.autograd.grad(loss, [z] + params)
                     z.grad = grads[0]
                     for p, g in zip(params, grads[1:]):

@@ -6,6 +6,7 @@ Also holds :class:`AdversarialGenerator`, the part ZSKT shares with DFAD
 objective is to make the student disagree with the teacher, with the
 generator's own learning-rate schedule and optional gradient clipping.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,15 @@ class AdversarialGenerator(GeneratorSynthesizer):
         from ..models import create_generator
 
         c, spec = self.cfg, self.ctx.spec
-        return create_generator(c.generator, nz=c.nz, ngf=c.ngf, img_size=spec.size, nc=spec.channels,
-                                output=c.output, conv_bias=c.conv_bias)
+        return create_generator(
+            c.generator,
+            nz=c.nz,
+            ngf=c.ngf,
+            img_size=spec.size,
+            nc=spec.channels,
+            output=c.output,
+            conv_bias=c.conv_bias,
+        )
 
     def lr_factor(self, epoch: int) -> float:
         c, epochs = self.cfg, max(1, self.ctx.epochs)
@@ -182,9 +190,12 @@ class ZSKT(AdversarialGenerator):
             return super().sample(n)
         if self._z.shape[0] < n:
             if not self._warned:
-                warnings.warn(f"zskt: the student batch ({n}) is larger than synthesis_batch_size "
-                              f"({self._z.shape[0]}), so each student step draws fresh codes instead of "
-                              "reusing the round's pseudo batch", stacklevel=2)
+                warnings.warn(
+                    f"zskt: the student batch ({n}) is larger than synthesis_batch_size "
+                    f"({self._z.shape[0]}), so each student step draws fresh codes instead of "
+                    "reusing the round's pseudo batch",
+                    stacklevel=2,
+                )
                 self._warned = True
             return super().sample(n)
         if self._batch is None:  # the updated generator on the round's codes, made once per round

@@ -9,6 +9,7 @@ import stand-ins, LeNet-5 modules whose parameter names equal those of
 MNIST test set prepared as ``datafree/data/datasets.py`` prepares it, seeding,
 budget loading and the atomic record writers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def start(argv: Optional[List[str]], method: str):
-    """``(args, budget file, effective budget)`` of a shared-layout adapter run; one torch thread per OMP_NUM_THREADS."""
+    """``(args, budget file, effective budget)`` of a shared-layout adapter run.
+
+    One torch thread per OMP_NUM_THREADS."""
     a = parse_args(argv)
     spec = load_budget(a.budget)
     if a.method != spec["method"] or a.method != method:
@@ -133,16 +136,18 @@ def import_reference(worktree: str, stub_modules=()):
 
 def git_commit(root: str) -> str:
     try:
-        return subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=False).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:
         return ""
 
 
 def git_origin(root: str) -> str:
     try:
-        return subprocess.run(["git", "-C", root, "config", "--get", "remote.origin.url"], capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", root, "config", "--get", "remote.origin.url"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         return ""
 
@@ -155,7 +160,9 @@ def no_file_mnist(registry) -> str:
         def __init__(self, root=None, train=True, download=False, transform=None, target_transform=None, **kw):
             self.transform = transform
 
-    ds = types.SimpleNamespace(**{k: getattr(registry.datasets, k) for k in dir(registry.datasets) if not k.startswith("_")})
+    ds = types.SimpleNamespace(
+        **{k: getattr(registry.datasets, k) for k in dir(registry.datasets) if not k.startswith("_")}
+    )
     ds.MNIST = NoFilesMNIST
     registry.datasets = ds
     return "registry.datasets.MNIST -> no-file stub (their transform kept; test set read by the adapter)"
@@ -268,6 +275,7 @@ def sha256(path: str) -> str:
 def fast_meta_on_cpu(gen_mod, fast_meta) -> str:
     """Fast-Datafree's Generator.clone() and fast_meta's fomaml_grad / reptile_grad call ``.cuda()``: the same
     operations on the generator's own device. Returns the shim's description."""
+
     def clone(self):
         c = type(self)(*self.params)
         c.load_state_dict(self.state_dict())
@@ -298,11 +306,11 @@ def _read_idx(path: str) -> np.ndarray:
     import gzip
     import struct
 
-    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
         data = f.read()
     zero, code, ndim = struct.unpack(">HBB", data[:4])
     assert zero == 0 and code == 0x08, path
-    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -339,7 +347,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> floa
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
-        correct += (model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
+        correct += (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
     model.train(was)
     return 100.0 * correct / len(x)
 
@@ -367,33 +375,64 @@ def write_outputs(out: str, record: Dict[str, Any], curves: List[Dict[str, Any]]
     atomic_write(os.path.join(out, "record.json"), json.dumps(record, indent=1))
 
 
-def epoch_row(method: str, epoch: int, terms: "TermLog", acc: float, lr: float, seconds: float,
-              shown=("bn", "oh", "adv")) -> Dict[str, Any]:
+def epoch_row(
+    method: str, epoch: int, terms: "TermLog", acc: float, lr: float, seconds: float, shown=("bn", "oh", "adv")
+) -> Dict[str, Any]:
     """curves.jsonl's line of an epoch (the epoch means of the observed terms), printed."""
     row = {"epoch": epoch, **terms.pop(), "acc": acc, "lr": lr, "seconds": seconds}
-    print(f"[theirs {method}] epoch {epoch} acc {acc:.2f} {seconds:.1f}s " +
-          " ".join(f"{k}={v:.4g}" for k, v in row.items() if k in shown), flush=True)
+    print(
+        f"[theirs {method}] epoch {epoch} acc {acc:.2f} {seconds:.1f}s "
+        + " ".join(f"{k}={v:.4g}" for k, v in row.items() if k in shown),
+        flush=True,
+    )
     return row
 
 
-def theirs_record(a, spec: Dict[str, Any], b: Dict[str, Any], datafree, accs: List[float], secs: List[float],
-                  shims: List[str], **extra) -> Dict[str, Any]:
+def theirs_record(
+    a,
+    spec: Dict[str, Any],
+    b: Dict[str, Any],
+    datafree,
+    accs: List[float],
+    secs: List[float],
+    shims: List[str],
+    **extra,
+) -> Dict[str, Any]:
     """record.json of a shared-layout adapter run (schema: benchmarks/parity/README.md)."""
     return {
-        "method": a.method, "side": "theirs", "seed": a.seed, "acc_last": accs[-1], "acc_best": max(accs),
-        "epochs": b["epochs"], "epoch_seconds": secs, "eval_acc": accs, "budget": b, "smoke": a.smoke,
-        "teacher_sha256": sha256(a.teacher), **extra,
-        "reference_repo": spec["reference"]["repo"], "reference_commit": git_commit(a.worktree),
-        "reference_origin": git_origin(a.worktree), "threads": torch.get_num_threads(), "machine": machine(),
+        "method": a.method,
+        "side": "theirs",
+        "seed": a.seed,
+        "acc_last": accs[-1],
+        "acc_best": max(accs),
+        "epochs": b["epochs"],
+        "epoch_seconds": secs,
+        "eval_acc": accs,
+        "budget": b,
+        "smoke": a.smoke,
+        "teacher_sha256": sha256(a.teacher),
+        **extra,
+        "reference_repo": spec["reference"]["repo"],
+        "reference_commit": git_commit(a.worktree),
+        "reference_origin": git_origin(a.worktree),
+        "threads": torch.get_num_threads(),
+        "machine": machine(),
         "torch": torch.__version__,
-        "shims": shims, "their_package": os.path.dirname(datafree.__file__),
+        "shims": shims,
+        "their_package": os.path.dirname(datafree.__file__),
     }
 
 
 def machine() -> Dict[str, Any]:
     """The CPU (lscpu's model name), its cores and hardware threads, the host and the Python version."""
-    info: Dict[str, Any] = {"cpu": "", "cores": None, "threads": os.cpu_count(), "cpu_count": os.cpu_count(),
-                            "node": platform.node(), "python": platform.python_version()}
+    info: Dict[str, Any] = {
+        "cpu": "",
+        "cores": None,
+        "threads": os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "node": platform.node(),
+        "python": platform.python_version(),
+    }
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         kv = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}

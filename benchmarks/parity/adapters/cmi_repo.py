@@ -32,6 +32,7 @@ Run-time shims (their files are never edited; see SHIMS below, written into reco
   loss terms from the frame of ``synthesize()`` (``.item()`` of the terms per generator step; curves.jsonl keeps
   each round's last step, as ours logs it), a wrapper on their evaluator that records the accuracy.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,15 +52,35 @@ TERM_NAMES = {
     "dafl": {"loss_oh": "oh", "loss_act": "act", "loss_balance": "ie", "loss": "loss_g"},
     "zskt": {"loss_adv": "adv", "loss": "loss_g"},
     "dfq": {"loss_bn": "bn", "loss_oh": "oh", "loss_adv": "adv", "loss_balance": "balance", "loss": "loss_g"},
-    "deepinv": {"loss_bn": "bn", "loss_oh": "oh", "loss_adv": "adv", "loss_tv": "tv", "loss_l2": "l2",
-                "loss": "loss_g"},
+    "deepinv": {
+        "loss_bn": "bn",
+        "loss_oh": "oh",
+        "loss_adv": "adv",
+        "loss_tv": "tv",
+        "loss_l2": "l2",
+        "loss": "loss_g",
+    },
     "cmi": {"loss_bn": "bn", "loss_oh": "oh", "loss_adv": "adv", "loss_cr": "cr", "loss": "loss_g"},
 }
 # shared budget key -> their datafree_kd.py flag
-FLAGS = {"epochs": "--epochs", "ep_steps": "--ep_steps", "kd_steps": "--kd_steps", "g_steps": "--g_steps",
-         "batch_size": "--batch_size", "synthesis_batch_size": "--synthesis_batch_size", "lr": "--lr",
-         "lr_g": "--lr_g", "T": "--T", "adv": "--adv", "bn": "--bn", "oh": "--oh", "act": "--act",
-         "balance": "--balance", "cr": "--cr", "cr_T": "--cr_T"}
+FLAGS = {
+    "epochs": "--epochs",
+    "ep_steps": "--ep_steps",
+    "kd_steps": "--kd_steps",
+    "g_steps": "--g_steps",
+    "batch_size": "--batch_size",
+    "synthesis_batch_size": "--synthesis_batch_size",
+    "lr": "--lr",
+    "lr_g": "--lr_g",
+    "T": "--T",
+    "adv": "--adv",
+    "bn": "--bn",
+    "oh": "--oh",
+    "act": "--act",
+    "balance": "--balance",
+    "cr": "--cr",
+    "cr_T": "--cr_T",
+}
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 SHIMS: list = []
 
@@ -122,6 +143,7 @@ def apply_shims(datafree, datafree_kd, registry, a, hard: dict, teacher_path: st
             def __init__(self, *args, **kw):
                 kw.update(fixed)
                 super().__init__(*args, **kw)
+
         Shimmed.__name__ = cls.__name__
         return Shimmed
 
@@ -133,9 +155,11 @@ def apply_shims(datafree, datafree_kd, registry, a, hard: dict, teacher_path: st
     gm = datafree.models.generator
     # their __init__ calls super(LargeGenerator, self) through the module global: wrap __init__ in place
     for cls in (gm.Generator, gm.LargeGenerator):
+
         def init(self, *args, _orig=cls.__init__, **kw):
             kw.update(gen_fixed)
             _orig(self, *args, **kw)
+
         cls.__init__ = init
     SHIMS.append(f"synthesizers img_size=(1, 32, 32); generators {gen_fixed}; CMISynthesizer {cmi_fixed}")
 
@@ -146,10 +170,12 @@ def apply_shims(datafree, datafree_kd, registry, a, hard: dict, teacher_path: st
         return image_tensor
 
     import datafree.synthesis.deepinversion as di_mod
+
     di_mod.clip_images = clip_images
     SHIMS.append("deepinversion.clip_images: the same clamp over the normaliser's channels (theirs loops over 3)")
 
     from datafree.utils import _utils
+
     pil_image = _utils.Image
 
     class ImageProxy:
@@ -170,7 +196,6 @@ class Observer:
     """Timers and loss-term capture (observe only)."""
 
     def __init__(self, method: str, datafree, datafree_kd):
-        import torch
 
         self.method = method
         self.names = TERM_NAMES[method]
@@ -254,8 +279,11 @@ class Observer:
                 self.epoch += 1
                 means = self.epoch_means(self._cur)
                 terms = " ".join(f"{k} {v:.4g}" for k, v in means.items() if k not in ("epoch", "step"))
-                print(f"[theirs {self.method}] epoch {self.epoch}: acc {acc:.2f}  {self.t_epoch:.1f} s  {terms}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[theirs {self.method}] epoch {self.epoch}: acc {acc:.2f}  {self.t_epoch:.1f} s  {terms}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.t_epoch = 0.0
                 self._cur = []
                 return res
@@ -303,9 +331,26 @@ def main(argv=None) -> int:
         apply_shims(datafree, datafree_kd, registry, a, hard, teacher)
         obs = Observer(a.method, datafree, datafree_kd)
 
-        argv_theirs = ["--method", a.method, "--dataset", "mnist", "--teacher", a.teacher_arch,
-                       "--student", a.student, "--data_root", a.data_root, "--save_dir", os.path.join(scratch, "synthesis"),
-                       "--seed", str(a.seed), "--workers", "0", "--log_tag", f"s{a.seed}"]
+        argv_theirs = [
+            "--method",
+            a.method,
+            "--dataset",
+            "mnist",
+            "--teacher",
+            a.teacher_arch,
+            "--student",
+            a.student,
+            "--data_root",
+            a.data_root,
+            "--save_dir",
+            os.path.join(scratch, "synthesis"),
+            "--seed",
+            str(a.seed),
+            "--workers",
+            "0",
+            "--log_tag",
+            f"s{a.seed}",
+        ]
         for k, flag in FLAGS.items():
             if k in budget:
                 argv_theirs += [flag, str(budget[k])]
@@ -331,23 +376,38 @@ def main(argv=None) -> int:
         by_epoch.setdefault(r["epoch"], []).append(r)
     curves = [obs.epoch_means(by_epoch[e]) for e in sorted(by_epoch)]
     rec = {
-        "method": a.method, "side": "theirs", "seed": a.seed,
+        "method": a.method,
+        "side": "theirs",
+        "seed": a.seed,
         "acc_last": obs.eval_acc[-1] if obs.eval_acc else None,
         "acc_best": max(obs.eval_acc) if obs.eval_acc else None,
-        "epochs": len(obs.eval_acc), "epoch_seconds": [round(x, 4) for x in obs.epoch_seconds],
-        "eval_acc": obs.eval_acc, "budget": budget, "smoke": a.smoke,
-        "teacher": teacher, "teacher_sha256": C.sha256(teacher),
-        "reference_repo": "zju-vipa/CMI", "reference_commit": commit,
-        "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "machine": C.machine(), "torch": torch.__version__, "wall_seconds": round(wall, 2),
+        "epochs": len(obs.eval_acc),
+        "epoch_seconds": [round(x, 4) for x in obs.epoch_seconds],
+        "eval_acc": obs.eval_acc,
+        "budget": budget,
+        "smoke": a.smoke,
+        "teacher": teacher,
+        "teacher_sha256": C.sha256(teacher),
+        "reference_repo": "zju-vipa/CMI",
+        "reference_commit": commit,
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "machine": C.machine(),
+        "torch": torch.__version__,
+        "wall_seconds": round(wall, 2),
         "curves_granularity": "epoch means over rounds of each round's last generator step (as ours); "
-                              "curves_steps.jsonl has every step",
-        "shims": SHIMS, "theirs_hardcoded": hard, "package": os.path.dirname(os.path.abspath(sys.modules["datafree"].__file__)),
+        "curves_steps.jsonl has every step",
+        "shims": SHIMS,
+        "theirs_hardcoded": hard,
+        "package": os.path.dirname(os.path.abspath(sys.modules["datafree"].__file__)),
     }
     C.atomic_write(os.path.join(out, "curves_steps.jsonl"), "".join(json.dumps(c) + "\n" for c in obs.steps))
     C.write_outputs(out, rec, curves)
-    print(f"theirs {a.method} s{a.seed}: acc {rec['acc_last']} (best {rec['acc_best']}), "
-          f"{sum(obs.epoch_seconds) / max(1, len(obs.epoch_seconds)):.2f} s/epoch -> {out}", file=sys.stderr)
+    print(
+        f"theirs {a.method} s{a.seed}: acc {rec['acc_last']} (best {rec['acc_best']}), "
+        f"{sum(obs.epoch_seconds) / max(1, len(obs.epoch_seconds)):.2f} s/epoch -> {out}",
+        file=sys.stderr,
+    )
     return 0
 
 

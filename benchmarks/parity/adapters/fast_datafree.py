@@ -12,6 +12,7 @@ hard-coded for 3-channel 32x32 CIFAR), with the budget's values in place of the 
 synthesis round is their ``FastMetaSynthesizer.synthesize()`` and the KD phase is their
 ``datafree_kd.train()`` (their KLDiv at T, SGD). Run-time shims only; their files are never edited.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,21 +96,51 @@ def main(argv=None) -> int:
     generator = gen_mod.Generator(nz=b["nz"], ngf=b["ngf"], img_size=32, nc=1)
     save_dir = os.path.join(os.path.abspath(a.out), "pool")
     synthesizer = datafree.synthesis.FastMetaSynthesizer(
-        teacher, student, generator, nz=b["nz"], num_classes=num_classes, img_size=(1, 32, 32), init_dataset=None,
-        save_dir=save_dir, device="cpu", transform=ori_dataset.transform, normalizer=normalizer,
-        synthesis_batch_size=b["synthesis_batch_size"], sample_batch_size=b["batch_size"],
-        iterations=b["g_steps"], warmup=b["warmup"], lr_g=b["lr_g"], lr_z=b["lr_z"],
-        adv=b["adv"], bn=b["bn"], oh=b["oh"], reset_l0=1, reset_bn=0, bn_mmt=b["bn_mmt"], is_maml=b["is_maml"])
+        teacher,
+        student,
+        generator,
+        nz=b["nz"],
+        num_classes=num_classes,
+        img_size=(1, 32, 32),
+        init_dataset=None,
+        save_dir=save_dir,
+        device="cpu",
+        transform=ori_dataset.transform,
+        normalizer=normalizer,
+        synthesis_batch_size=b["synthesis_batch_size"],
+        sample_batch_size=b["batch_size"],
+        iterations=b["g_steps"],
+        warmup=b["warmup"],
+        lr_g=b["lr_g"],
+        lr_z=b["lr_z"],
+        adv=b["adv"],
+        bn=b["bn"],
+        oh=b["oh"],
+        reset_l0=1,
+        reset_bn=0,
+        bn_mmt=b["bn_mmt"],
+        is_maml=b["is_maml"],
+    )
     hooks_ref.extend(synthesizer.hooks)
     # their reset is hard-coded at round 120 + warm-up (of 200 + 20); the budget's reset_after replaces 120
     synthesizer.reset_l0 = 0
     optimizer = torch.optim.SGD(student.parameters(), b["lr"], weight_decay=b["weight_decay"], momentum=b["momentum"])
     # their CosineAnnealingLR(T_max=200, eta_min=2e-4) is hard-coded for 220 epochs - 20 warm-up
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, b["epochs"] - b["warmup"], eta_min=b["lr_min"])
-    shims.append("reset_l0 at round reset_after + warmup (their 120 + warmup); cosine T_max = epochs - warmup "
-                 "(their 200 = 220 - 20), eta_min = budget lr_min")
-    args = types.SimpleNamespace(method="fast_meta", kd_steps=b["kd_steps"], gpu=None, autocast=datafree.utils.dummy_ctx,
-                                 fp16=False, print_freq=0, current_epoch=0, logger=None)
+    shims.append(
+        "reset_l0 at round reset_after + warmup (their 120 + warmup); cosine T_max = epochs - warmup "
+        "(their 200 = 220 - 20), eta_min = budget lr_min"
+    )
+    args = types.SimpleNamespace(
+        method="fast_meta",
+        kd_steps=b["kd_steps"],
+        gpu=None,
+        autocast=datafree.utils.dummy_ctx,
+        fp16=False,
+        print_freq=0,
+        current_epoch=0,
+        logger=None,
+    )
 
     x_test, y_test = C.test_split(registry, a.data_root)
     teacher_acc = C.evaluate(teacher, x_test, y_test)
@@ -141,8 +172,9 @@ def main(argv=None) -> int:
 
     shutil.rmtree(save_dir, ignore_errors=True)
     record = C.theirs_record(a, budget, b, datafree, accs, secs, shims, teacher_acc=teacher_acc)
-    record["curves_granularity"] = ("epoch means over rounds of each round's last inner step (as ours); "
-                                    "curves_steps.jsonl has every inner step")
+    record["curves_granularity"] = (
+        "epoch means over rounds of each round's last inner step (as ours); curves_steps.jsonl has every inner step"
+    )
     C.atomic_write(os.path.join(a.out, "curves_steps.jsonl"), "".join(json.dumps(st) + "\n" for st in steps))
     C.write_outputs(a.out, record, curves)
     return 0
