@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The cifar100 suite (68 cells): runs what is not finished yet, then writes results/cifar100/README.md.
-# Extra arguments go to `datafree bench` (--dry-run, --only PATTERN, --seeds 0,1,2, --executor slurm, ...).
+# The cifar100 suite (benchmarks/suites/cifar100.yaml): runs what is not finished yet, then writes its
+# tables. Extra arguments go to `datafree bench` (--dry-run, --only PATTERN, --seeds 0,1,2, --jobs 2,
+# --executor slurm, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 datafree bench cifar100 "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The mnist suite (18 cells): runs what is not finished yet, then writes results/mnist/README.md.
-# Extra arguments go to `datafree bench` (--dry-run, --only PATTERN, --seeds 0,1,2, --executor slurm, ...).
+# The mnist suite (benchmarks/suites/mnist.yaml): runs what is not finished yet, then writes its
+# tables. Extra arguments go to `datafree bench` (--dry-run, --only PATTERN, --seeds 0,1,2, --jobs 2,
+# --executor slurm, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 datafree bench mnist "$@"

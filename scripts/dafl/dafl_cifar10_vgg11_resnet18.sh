@@ -1,7 +1,0 @@
-#!/usr/bin/env bash
-# dafl on cifar10, vgg11 -> resnet18: one cell of the cifar10 suite,
-# with the method's settings for this pair (datafree/configs/methods/dafl.yaml).
-# Extra arguments go to `datafree bench` (e.g. --seeds 0,1,2, or key=value overrides).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-datafree bench cifar10 --only 'cifar10/dafl/vgg11-resnet18/*' "$@"

@@ -1,7 +1,0 @@
-#!/usr/bin/env bash
-# mbdfkd on cifar100, wrn40_2 -> wrn40_1: one cell of the cifar100 suite,
-# with the method's settings for this pair (datafree/configs/methods/mbdfkd.yaml).
-# Extra arguments go to `datafree bench` (e.g. --seeds 0,1,2, or key=value overrides).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-datafree bench cifar100 --only 'cifar100/mbdfkd/wrn40_2-wrn40_1/*' "$@"

@@ -1,7 +1,0 @@
-#!/usr/bin/env bash
-# scratch on cifar100, vgg11 -> resnet18: one cell of the cifar100 suite,
-# with the method's settings for this pair (datafree/configs/methods/scratch.yaml).
-# Extra arguments go to `datafree bench` (e.g. --seeds 0,1,2, or key=value overrides).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-datafree bench cifar100 --only 'cifar100/scratch/vgg11-resnet18/*' "$@"
