@@ -24,7 +24,11 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(BIN)/datafree demo
 
+# lint and format check (ruff.toml: the project's 120 columns), the import layers (.importlinter), the tests
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
 
 # the demo's own output (results/demo is the committed record of our run: not touched)

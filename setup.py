@@ -25,7 +25,8 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-randomly>=3.15", "tensorboard", "wandb"],
+        # ruff and import-linter pinned: a new release may format or lint otherwise (make test runs both)
+        "test": ["pytest>=7", "pytest-randomly>=3.15", "tensorboard", "wandb", "ruff==0.17.6", "import-linter==2.17"],
         "slurm": ["submitit>=1.5"],
         "tensorboard": ["tensorboard"],
         "wandb": ["wandb"],  # log=wandb

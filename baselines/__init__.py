@@ -13,7 +13,6 @@ Installed as ``datafree.baselines``. Each YAML file here is a method entry:
 import glob
 import os
 
-from datafree import train  # noqa: F401  (registers the real-data synthesizer)
 from datafree.methods import register_method
 from datafree.registry import METHODS
 

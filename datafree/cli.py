@@ -22,7 +22,10 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from .errors import DatafreeError
+from . import __version__
+from .config import config_yaml, deep_merge, load_yaml, parse_overrides
+from .errors import ConfigError, DatafreeError, UnknownNameError
+from .registry import all_registries, load_plugins
 
 #: exit codes: 2 bad input (one ``error:`` line), 3 the run diverged (its summary says where)
 EXIT_BAD_INPUT = 2
@@ -53,8 +56,6 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="datafree", description="Data-free knowledge distillation benchmark toolkit")
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"datafree {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -199,12 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list(args) -> int:
-    from .registry import all_registries, load_plugins
 
     load_plugins(args.plugin)
     if args.sources and args.what != "methods":
-        from .errors import ConfigError
-
         raise ConfigError(
             f"--sources lists where methods' values come from: use `datafree list methods --sources`, "
             f"not `datafree list {args.what}`"
@@ -235,7 +233,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .registry import load_plugins
     from .teacher import check_arch, load_teacher, test_accuracy
 
     load_plugins(args.plugin)
@@ -263,8 +260,6 @@ def cmd_inspect(args) -> int:
 
 
 def _user_config(args) -> Dict[str, Any]:
-    from .config import load_yaml, parse_overrides
-
     user: Dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
     for key in ("method", "teacher", "student", "dataset", "seed", "device", "out"):
         v = getattr(args, key, None)
@@ -274,37 +269,34 @@ def _user_config(args) -> Dict[str, Any]:
         user["data_root"] = args.data_root
     if args.plugin:
         user["plugins"] = list(dict.fromkeys(list(user.get("plugins", [])) + args.plugin))
-    from .config import deep_merge
-
     return deep_merge(user, parse_overrides(args.overrides))
 
 
 def cmd_distill(args) -> int:
-    from .config import resolve
-    from .engine import Engine
-    from .registry import load_plugins
+    from .engine import Engine, check_run
+    from .executors import watch_parent
+    from .methods import resolve
 
     user = _user_config(args)
     load_plugins(user.get("plugins", []))
     for key in ("method", "dataset", "student"):
         if key not in user and not args.config:
             raise DatafreeError(f"distill needs --{key} (or --config FILE)")
-    cfg = resolve(user)  # validated: a bad key or value fails here, before any file is written
+    cfg = check_run(resolve(user))  # a bad key or value, or a name unknown here, fails before any file is written
     if args.print_config:
-        from .config import config_yaml
-
         print(config_yaml(cfg), end="")
         return 0
+    watch_parent()  # a benchmark cell stops with its runner
     engine = Engine(cfg, resume=args.resume, overwrite=args.overwrite)
-    summary = engine.run()
-    if summary.get("status") == "diverged":
-        d = summary.get("diverged", {})
+    record = engine.run()
+    if record.status == "diverged":
+        d = record.diverged or {}
         print(f"diverged at epoch {d.get('epoch')} step {d.get('step')} ({d.get('reason')})  -> {engine.out_dir}")
         return EXIT_DIVERGED
-    if summary.get("last_acc") is not None:
+    if record.last_acc is not None:
         print(
-            f"last {summary['last_acc']:.2f}  best {summary['best_acc']:.2f}"
-            + ("  (collapsed to chance)" if summary.get("status") == "collapsed" else "")
+            f"last {record.last_acc:.2f}  best {record.best_acc:.2f}"
+            + ("  (collapsed to chance)" if record.status == "collapsed" else "")
             + f"  -> {engine.out_dir}"
         )
     return 0
@@ -312,9 +304,6 @@ def cmd_distill(args) -> int:
 
 def _plugins_and_overrides(args) -> dict:
     """Import the ``--plugin`` modules and return the command's ``key=value`` overrides (plus ``--data-root``)."""
-    from .config import parse_overrides
-    from .registry import load_plugins
-
     load_plugins(args.plugin)
     overrides = parse_overrides(args.overrides)
     if args.data_root:
@@ -333,7 +322,7 @@ def cmd_train_teacher(args) -> int:
 
 def cmd_table(args) -> int:
     from .report import describe_skipped, write_tables
-    from .results import load_runs
+    from .runs import load_runs
 
     if not os.path.isdir(args.dir):
         raise DatafreeError(f"{args.dir} is not a directory of runs")
@@ -395,12 +384,14 @@ def cmd_bench(args) -> int:
         timeout_min=args.time,
         gpus_per_job=args.gpus_per_job,
     )
+    if res.get("signal"):  # stopped by SIGTERM or Ctrl-C: every running cell stopped and saved, resumable
+        return 128 + int(res["signal"])
     return 1 if res.get("failed") else 0
 
 
 def cmd_plot(args) -> int:
     from .report import describe_skipped, plot_acc_vs_hours, plot_curves
-    from .results import load_runs
+    from .runs import load_runs
 
     df = load_runs(args.dir) if os.path.isdir(args.dir) else None
     skipped = df.attrs.get("skipped", []) if df is not None else []
@@ -435,8 +426,6 @@ def cmd_perf(args) -> int:
 
     for s in scales:
         if s not in SCALES:
-            from .errors import UnknownNameError
-
             raise UnknownNameError("scale", s, list(SCALES))
     os.makedirs(args.out, exist_ok=True)
     records = run_perf(
@@ -476,7 +465,6 @@ def cmd_data(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_run
-    from .registry import load_plugins
 
     load_plugins(args.plugin)
     m = export_run(
@@ -523,6 +511,22 @@ def os_error_message(e: OSError) -> str:
     return text
 
 
+def stop_once_on_sigterm() -> None:
+    """SIGTERM stops a command as Ctrl-C does (KeyboardInterrupt), so that a run saves its attempt and releases
+    its folder on the way out; a second SIGTERM during that cleanup is ignored. Only in the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, _frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     # key=value overrides may come before or after options: collect the ones argparse leaves over
@@ -532,6 +536,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("unrecognized arguments: " + " ".join(leftover or extra))
     if extra:
         args.overrides = list(args.overrides) + extra
+    stop_once_on_sigterm()
     try:
         return COMMANDS[args.command](args)
     except DatafreeError as e:

@@ -1,6 +1,7 @@
-"""Typed run configuration: YAML in, dotted ``key=value`` overrides, validated.
+"""Typed run configuration: the :class:`RunConfig` dataclass, YAML and dotted ``key=value`` overrides in,
+coercion to the declared types, and the checks that need nothing but the values.
 
-A run is fully described by one :class:`RunConfig`. It is resolved in layers,
+A run is fully described by one :class:`RunConfig`. It is resolved in layers (:func:`datafree.methods.resolve`),
 later layers winning:
 
 1. the defaults below;
@@ -11,9 +12,9 @@ later layers winning:
    ``config.yaml``: a config file is the whole record of a run);
 4. ``key=value`` overrides from the command line (``synth.lr_g=1e-3``).
 
-Unknown keys are errors with close-match suggestions, never silently ignored.
-The synthesizer and distiller sections are checked against the hyper-parameter
-dataclass (``Config``) of the class they name.
+Unknown keys are errors with close-match suggestions, never silently ignored. This module is a leaf: the
+checks that need a dataset, a model or a logger to exist run where the run is built
+(:func:`datafree.engine.check_run`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import os
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -252,8 +255,6 @@ def to_dict(obj: Any) -> Any:
 
 
 def load_yaml(path: str) -> Dict[str, Any]:
-    import os
-
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     with open(path) as f:
@@ -309,8 +310,6 @@ def validate(cfg: RunConfig) -> RunConfig:
             "warmup", cfg.warmup, f"smaller than epochs ({cfg.epochs}): the student must train at least one epoch"
         )
     o = cfg.optim
-    import math
-
     if not (o.lr > 0 and math.isfinite(o.lr)):
         raise bad("optim.lr", o.lr, "a finite number above 0")
     if not all(0 <= b < 1 for b in o.betas):
@@ -336,37 +335,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     if cfg.keep == "last":
         cfg.keep = None  # the default, spelled one way: keep=last is the same run (and fingerprint) as no keep
-    from .data import get_source
-    from .loggers import check as check_loggers
-    from .registry import MODELS
-
-    check_loggers(cfg.log)  # log=none | csv | tensorboard | wandb, or a comma list: a name or a missing package
-    get_source(cfg.dataset)  # an unknown dataset fails here, with suggestions
-    if not cfg.student.startswith("timm/") and cfg.student not in MODELS:
-        MODELS.get(cfg.student)
-    if cfg.teacher_arch is not None:
-        from .teacher import check_arch
-
-        check_arch(cfg.teacher_arch)
     dev = cfg.device
     if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"device={dev!r} is not a device: use auto, cpu, cuda or cuda:N")
-    return cfg
-
-
-def complete_method_sections(cfg: RunConfig) -> RunConfig:
-    """Fill ``synth`` and ``distill`` with every default of the named classes' ``Config`` dataclasses.
-
-    A resolved config then records every value a run uses (DAFL's generator BN eps too), so a change of a
-    default shows as a changed config. Unknown keys are errors with suggestions.
-    """
-    from .registry import DISTILLERS, SYNTHESIZERS, config_class
-
-    for section, reg, name in (("synth", SYNTHESIZERS, cfg.synthesizer), ("distill", DISTILLERS, cfg.distiller)):
-        cls = config_class(reg.get(name), f"{reg.kind} {name!r}")
-        full = build_dataclass(cls, getattr(cfg, section), f"{section} ({name})")
-        check_method_values(full, section)
-        setattr(cfg, section, to_dict(full))
     return cfg
 
 
@@ -384,8 +355,6 @@ def check_method_values(hp: Any, section: str) -> None:
     """Range checks of a synthesizer's or distiller's hyper-parameters, by the conventions of their names:
     every float finite, learning rates and temperatures above 0, batch sizes and the counts above at least 1.
     A ``Config`` may add its own checks in a ``validate()`` method that raises :class:`ConfigError`."""
-    import math
-
     for f in fields(hp):
         v, key = getattr(hp, f.name), f"{section}.{f.name}"
         if isinstance(v, bool):
@@ -406,46 +375,14 @@ def check_method_values(hp: Any, section: str) -> None:
         check()
 
 
-def resolve(
-    user: Optional[Dict[str, Any]] = None,
-    overrides: Optional[Dict[str, Any]] = None,
-) -> RunConfig:
-    """Resolve a run configuration from the method defaults, a user dict and overrides.
-
-    The result is complete (every synthesizer and distiller default filled in) and validated. Which
-    method sections applied, and why, is kept in ``provenance(cfg)``.
-    """
-    from .methods import method_layers_explained
-    from .registry import load_plugins
-
-    user = deep_merge(user or {}, overrides or {})
-    base = to_dict(RunConfig())
-    head = deep_merge(base, user)
-    plugins = head.get("plugins") or []
-    load_plugins([plugins] if isinstance(plugins, str) else list(plugins))
-    method = head.get("method") or base["method"]
-    explained = method_layers_explained(
-        str(method),
-        str(head.get("dataset")),
-        head.get("teacher"),
-        str(head.get("student")),
-        teacher_arch=head.get("teacher_arch"),
-    )
-    merged = base
-    for _, layer in explained:
-        merged = deep_merge(merged, layer)
-    merged = deep_merge(merged, user)
-    merged["method"] = method
-    cfg = build_dataclass(RunConfig, merged, "config")
-    complete_method_sections(cfg)
-    validate(cfg)
-    object.__setattr__(cfg, "_provenance", [why for why, _ in explained])
-    return cfg
+def set_provenance(cfg: RunConfig, why: List[str]) -> None:
+    """Keep on a resolved config which method sections it was built from, each with why it applied."""
+    object.__setattr__(cfg, "_provenance", list(why))
 
 
 def provenance(cfg: RunConfig) -> List[str]:
     """The method sections a resolved config was built from, each with why it applied."""
-    return list(getattr(cfg, "_provenance", []))
+    return list(cfg.__dict__.get("_provenance", []))
 
 
 def config_yaml(cfg: RunConfig) -> str:

@@ -25,13 +25,18 @@ import time
 import traceback
 from typing import List, Optional
 
-from .config import deep_merge, resolve
+from .config import deep_merge
 from .engine import Engine
 from .errors import DatafreeError
-from .registry import load_plugins
 from .lock import LOCK_NAME, DirLock
-from .results import empty_directory
-from .runner import expand, load_suite, settle, teachers_needed
+from .methods import resolve
+from .registry import load_plugins
+from .report import write_tables
+from .results import empty_directory, machine
+from .runner import settle
+from .runs import load_runs
+from .suites import expand, load_suite, teachers_needed
+from .train import train_teacher
 
 DEFAULT_SUITE = os.path.join("benchmarks", "suites", "demo.yaml")
 DEFAULT_OUT = os.path.join("results", "runs", "demo")
@@ -56,10 +61,6 @@ def run_demo(
 def _run_demo(
     suite: Optional[str], out: str, fresh: bool, data_root: Optional[str], plugins: Optional[List[str]]
 ) -> str:
-    from .report import write_tables
-    from .results import load_runs, machine
-    from .train import train_teacher
-
     load_plugins(plugins or [])
     path = suite or DEFAULT_SUITE
     if not os.path.isfile(path):
@@ -70,19 +71,20 @@ def _run_demo(
     cells = expand(s, out=out)
     t0 = time.time()
     extra = {"data_root": data_root} if data_root else {}
-    for dataset, model in teachers_needed(cells):
+    for dataset, model, zoo in teachers_needed(cells, extra):
         _say(f"[demo] teacher {model} on {dataset}")
         train_teacher(
             dataset,
             model,
             deep_merge(deep_merge(s.teacher_training, {"progress": False}), extra),
+            zoo=zoo,
             log=_say,
             other_recipe="retrain",
         )
     failures, reused, stale, diverged = {}, 0, 0, []
     for i, cell in enumerate(cells, 1):
         try:
-            status, moved = settle(cell, extra)
+            status, moved, _why = settle(cell, extra)
             if status == "finished":
                 _say(f"[demo {i}/{len(cells)}] {cell.name}: finished earlier with this config and teacher, reused")
                 reused += 1
@@ -96,8 +98,8 @@ def _run_demo(
             else:
                 _say(f"[demo {i}/{len(cells)}] {cell.name}")
             cfg = resolve(deep_merge(cell.user_config(), extra))
-            summary = Engine(cfg, resume=True).run()
-            if summary.get("status") == "diverged":
+            record = Engine(cfg, resume=True).run()
+            if record.status == "diverged":
                 diverged.append(cell.entry)
         except Exception as e:  # one broken method must not stop the demo
             failures[cell.entry] = f"{type(e).__name__}: {e}"

@@ -31,18 +31,23 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from . import __version__
+from .config import load_yaml
+from .data import Normalizer, get_spec
 from .data.image_set import MANIFEST, SET_FORMAT, class_folder, pixel_digest
+from .engine import resolve_device
 from .errors import CheckpointError, ConfigError, DatafreeError, first_line
-
-CHECKPOINT = "checkpoint.pt"  # the engine's name (engine.CHECKPOINT; not imported, to keep this module light)
+from .methods import method_entry
+from .registry import METHODS, SYNTHESIZERS, load_builtins
+from .results import CHECKPOINT, CONFIG, POOL, UMASK, file_sha256
+from .rundir import RunFolder
+from .synthesis.common import PoolSampling
+from .teacher import load_teacher
+from .zoo import resolve_teacher
 
 
 def pool_methods() -> List[str]:
     """The registered methods whose synthesizer keeps a pool (what ``export`` can write)."""
-    from .methods import method_entry
-    from .registry import METHODS, SYNTHESIZERS, load_builtins
-    from .synthesis.common import PoolSampling
-
     load_builtins()
     out = []
     for name in METHODS.list():
@@ -70,9 +75,7 @@ def pool_pixels(state: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def read_pool(run_dir: str, method: str, synthesizer: str) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
     """The run's pool from ``pool.pt`` (kept by a finished run) or else its ``checkpoint.pt``."""
-    from .synthesis.common import POOL_FILE
-
-    pool_file, ckpt_file = os.path.join(run_dir, POOL_FILE), os.path.join(run_dir, CHECKPOINT)
+    pool_file, ckpt_file = os.path.join(run_dir, POOL), os.path.join(run_dir, CHECKPOINT)
     keepers = ", ".join(pool_methods())
     if os.path.isfile(pool_file):
         try:
@@ -81,7 +84,7 @@ def read_pool(run_dir: str, method: str, synthesizer: str) -> Tuple[torch.Tensor
         except Exception as e:
             raise CheckpointError(f"{pool_file} is unreadable ({type(e).__name__}: {first_line(e)})") from e
         source = {
-            "file": POOL_FILE,
+            "file": POOL,
             "images_synthesized": saved.get("images_synthesized"),
             "init_images": saved.get("init_images"),
         }
@@ -103,12 +106,9 @@ def read_pool(run_dir: str, method: str, synthesizer: str) -> Tuple[torch.Tensor
             "images_synthesized": synth_state.get("images_synthesized"),
         }
     else:
-        from .registry import SYNTHESIZERS
-        from .synthesis.common import PoolSampling
-
         keeps = synthesizer in SYNTHESIZERS and issubclass(SYNTHESIZERS.get(synthesizer), PoolSampling)
         why = (
-            f"it has neither {POOL_FILE} (written when a run ends) nor {CHECKPOINT} (deleted?)"
+            f"it has neither {POOL} (written when a run ends) nor {CHECKPOINT} (deleted?)"
             if keeps
             else f"its method {method} (synthesizer {synthesizer}) keeps no synthetic pool. "
             f"The methods that do: {keepers}"
@@ -124,23 +124,15 @@ def read_pool(run_dir: str, method: str, synthesizer: str) -> Tuple[torch.Tensor
 
 
 def _summary(run_dir: str) -> Dict[str, Any]:
-    """The run's summary.json, or {} (a run stopped before it wrote one)."""
-    from .results import read_json
-
-    try:
-        summary = read_json(os.path.join(run_dir, "summary.json"))
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
+    """The run's record, or {} (a run stopped before it wrote one, or one that cannot be read)."""
+    record = RunFolder(run_dir).previous_record()
+    return record.as_dict() if record is not None else {}
 
 
 def _teacher_for(run_dir: str, cfg: Dict[str, Any], teacher: Optional[str], zoo: Optional[str]) -> str:
     """The run's teacher file: ``teacher`` if given, else the one its config names (in the zoo), checked against
     the sha256 the run recorded (a teacher retrained since would relabel the set)."""
-    from .identity import file_sha256, read_identity
-    from .zoo import resolve_teacher
-
-    ident = read_identity(run_dir)
+    ident, _ = RunFolder(run_dir).identity_problem()
     recorded = ident.fields.get("teacher.sha256") if ident else None
     summary = _summary(run_dir)
     recorded = recorded or summary.get("teacher_sha256")
@@ -177,8 +169,6 @@ def teacher_argmax(
     teacher: torch.nn.Module, images: torch.Tensor, spec, device: torch.device, batch_size: int = 512
 ) -> torch.Tensor:
     """The teacher's class for each uint8 image, normalised with the dataset's mean/std (float32)."""
-    from .data import Normalizer
-
     norm = Normalizer(spec, device)
     out = []
     for i in range(0, images.shape[0], batch_size):
@@ -222,16 +212,10 @@ def export_run(
 ) -> Dict[str, Any]:
     """Write the synthetic pool of ``run_dir`` into the folder ``out`` (see the module docstring); returns the
     manifest. Bad input (no run, no pool, a non-empty ``out``, another teacher) raises :class:`DatafreeError`."""
-    from .config import load_yaml
-    from .data import get_spec
-    from .engine import resolve_device
-    from .identity import read_identity
-    from .teacher import load_teacher
-
     run_dir, out = os.path.abspath(run_dir), os.path.abspath(out)
     if not os.path.isdir(run_dir):
         raise DatafreeError(f"run directory {run_dir} does not exist")
-    cfg_path = os.path.join(run_dir, "config.yaml")
+    cfg_path = os.path.join(run_dir, CONFIG)
     if not os.path.isfile(cfg_path):
         raise DatafreeError(f"{run_dir} holds no config.yaml: it is not a datafree run directory")
     cfg = load_yaml(cfg_path)
@@ -258,10 +242,8 @@ def export_run(
     order = torch.sort(labels, stable=True).indices  # file order: by class, then by pool index
     width = max(6, len(str(images.shape[0] - 1)))
     summary = _summary(run_dir)
-    ident = read_identity(run_dir)
+    ident, _ = RunFolder(run_dir).identity_problem()
     known = pool_labels >= 0
-    from . import __version__
-
     manifest = {
         "format": SET_FORMAT,
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -305,7 +287,7 @@ def export_run(
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1, default=str)
             f.write("\n")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the set is shared like any folder the user makes
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700; the set is shared like any folder the user makes
         if os.path.isdir(out):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".old", dir=parent)
             os.rename(out, os.path.join(old, "set"))
@@ -319,9 +301,3 @@ def export_run(
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return manifest
-
-
-def _umask() -> int:
-    from .results import _UMASK
-
-    return _UMASK

@@ -37,6 +37,21 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
+from .data import get_spec
+from .data.spec import Normalizer
+from .engine import resolve_device
+from .engine.rng import seed_everything
+from .methods import resolve
+from .models import create_model
+from .perf import perf_table
+from .registry import SYNTHESIZERS
+from .report import markdown
+from .results import atomic_write_json, atomic_write_text, machine
+from .runtime import use_channels_last
+from .synthesis.base import Amp, Context
+from .synthesis.losses import BNStatistics
+from .teacher import load_teacher
+
 #: the methods of the comparison (issue 13, item 8)
 METHODS = ("deepinv", "cmi", "fast10")
 #: fp32 is the run without autocast (amp=off), bf16 the one that forces it on synthesis (amp=bf16)
@@ -92,8 +107,6 @@ FILES = (
 
 
 def _write_json(path: str, obj: Any) -> None:
-    from .results import atomic_write_json
-
     atomic_write_json(path, obj)
 
 
@@ -111,8 +124,6 @@ def _git_commit() -> Optional[str]:
 
 def environment(dry_run: bool) -> Dict[str, Any]:
     import platform
-
-    from .results import machine
 
     cuda = torch.cuda.is_available()
     env: Dict[str, Any] = {
@@ -174,8 +185,6 @@ class _BNRecorder:
 def calibrate_bn(model: nn.Module, spec, device, batches: int, batch_size: int, seed: int) -> None:
     """Set every BatchNorm's running statistics to the exact mean and variance of its inputs over ``batches``
     batches of smooth random images (uniform noise at 1/4 of the size, bilinearly upsampled, normalised)."""
-    from .data.spec import Normalizer
-
     norm = Normalizer(spec, device)
     g = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -198,8 +207,6 @@ def calibrate_bn(model: nn.Module, spec, device, batches: int, batch_size: int, 
 def bn_term(teacher: nn.Module, x: torch.Tensor, amp) -> float:
     """The BN-statistics term (DeepInversion's form, no momentum) of the teacher on the normalised batch ``x``
     under ``amp``'s autocast."""
-    from .synthesis.losses import BNStatistics
-
     stats = BNStatistics(teacher)
     with stats, amp.autocast():
         teacher(x)
@@ -207,15 +214,9 @@ def bn_term(teacher: nn.Module, x: torch.Tensor, amp) -> float:
 
 
 def _models(plan: Dict[str, Any], device: torch.device, teacher_file: Optional[str], seed: int):
-    from .data import get_spec
-    from .engine import seed_everything
-    from .models import create_model
-
     spec = get_spec(plan["dataset"])
     seed_everything(seed)
     if teacher_file:
-        from .teacher import load_teacher
-
         teacher, record = load_teacher(teacher_file, dataset=plan["dataset"], device=device, spec=spec)
         desc = f"{record.get('arch', '?')} from {teacher_file} (sha256 {str(record.get('sha256', ''))[:12]})"
         arch = record.get("arch") or plan["teacher"]
@@ -242,12 +243,6 @@ def run_precision(
     seed: int,
 ) -> Dict[str, Any]:
     """One short synthesis run of ``method`` at ``precision`` (fp32 or bf16) from ``seed``."""
-    from .config import resolve
-    from .engine import seed_everything
-    from .registry import SYNTHESIZERS
-    from .runtime import use_channels_last
-    from .synthesis.base import Amp, Context
-
     mplan = plan["methods"][method]
     cfg = resolve(
         {
@@ -322,8 +317,6 @@ def _tail_mean(values: List[float], fraction: float = 0.1) -> Optional[float]:
 def _warm_up(teacher: nn.Module, student: nn.Module, spec, device: torch.device, n: int) -> None:
     """One forward and backward of both networks in fp32 and under bf16, untimed: the first timed run (fp32)
     does not pay for the CUDA context and the first kernels' set-up alone."""
-    from .synthesis.base import Amp
-
     s = copy.deepcopy(student)
     for mode in ("off", "bf16"):
         x = torch.randn(n, *spec.shape, device=device, requires_grad=True)
@@ -337,8 +330,6 @@ def _warm_up(teacher: nn.Module, student: nn.Module, spec, device: torch.device,
 def compare(
     methods, out: str, dry_run: bool, device: str = "auto", teacher_file: Optional[str] = None, seed: int = 0, log=print
 ) -> Dict[str, Any]:
-    from .engine import resolve_device
-
     plan = PLANS["dry" if dry_run else "gpu"]
     dev = resolve_device("cpu" if dry_run and device == "auto" else device)
     spec, teacher, student0, desc, arch = _models(plan, dev, teacher_file, seed)
@@ -444,9 +435,6 @@ def _fmt(v: Any, spec: str = ".4g") -> str:
 
 
 def report(out: str) -> str:
-    from .perf import perf_table
-    from .report import markdown
-
     parts = ["# gpu_check\n"]
     try:
         with open(os.path.join(out, "env.json")) as fh:
@@ -530,7 +518,6 @@ def report(out: str) -> str:
     else:
         parts.append("## fp32 against bf16 synthesis\n\n(no precision.json)\n")
     text = "\n".join(parts)
-    from .results import atomic_write_text
 
     atomic_write_text(os.path.join(out, "gpu_check.md"), text)
     return text

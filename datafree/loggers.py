@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, DatafreeError, MissingPackageError, first_line
 from .registry import Registry
+from .results import atomic_write_text
 
 LOGGERS = Registry("logger")
 
@@ -224,8 +225,6 @@ class CSVLogger(Logger):
         self._file = open(self.path, "a", newline="")
 
     def _rewrite(self) -> None:
-        from .results import atomic_write_text
-
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=self.columns, restval="", lineterminator="\n")
         w.writeheader()
@@ -318,8 +317,6 @@ class WandbLogger(Logger):
             with open(id_path) as f:
                 run_id = f.read().strip() or None
         if run_id is None:
-            from .results import atomic_write_text
-
             run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
             atomic_write_text(id_path, run_id + "\n")
         mode = os.environ.get("WANDB_MODE") or "offline"

@@ -1,7 +1,7 @@
 """Method entries: YAML files naming one synthesizer and one distiller.
 
 A method file (``datafree/configs/methods/<name>.yaml``) is a partial
-:class:`~datafree.config.RunConfig` plus three optional sections:
+:class:`~datafree.config.RunConfig` plus optional sections:
 
 ``extends``
     another method whose entry this one starts from (presets such as ``fast10``);
@@ -18,6 +18,14 @@ A method file (``datafree/configs/methods/<name>.yaml``) is a partial
     where the values come from, in short: ``{cifar10: "zju-vipa/CMI scripts/dafl/... + datafree_kd.py:255-265",
     mnist: ..., cifar10/resnet34-resnet18: ...}`` keyed by dataset or pair (``datafree list methods --sources``;
     docs/fidelity.md has the long form);
+``order``
+    where the method's rows stand in every table (the papers' order: the reference rows first, then by the
+    year of the method); a preset follows its method, a method without one follows the others by name;
+``demo``
+    the method's budget in ``datafree demo``, a layer of run-config keys over its entry (a few CPU-seconds);
+``suites``
+    the suites the method is a row of (``[cifar10, mnist]``): a suite whose ``methods:`` is left out runs
+    every method that names it, so a new method joins a table from its own file;
 ``presets``
     named variants of the method, each registered as the method ``<name>:<preset>`` (e.g. ``hidfd:released``):
     a preset is an entry that extends this one (its own ``about``, values and sections). The convention:
@@ -25,20 +33,37 @@ A method file (``datafree/configs/methods/<name>.yaml``) is a partial
     (``:paper``, ``:fixed``, ``:released``), documented on the method's page.
 
 Plugins add methods with :func:`register_method` (a dict or a YAML path).
+
+:func:`resolve` turns a method name, a user config and overrides into the complete :class:`RunConfig` of a
+run (every synthesizer and distiller default filled in, values checked). Importing this module registers the
+built-in method files.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from typing import Any, Dict, List, Optional
 
-from .config import deep_merge, load_yaml, pair_key
-from .errors import ConfigError
-from .registry import METHODS
+from .config import (
+    RunConfig,
+    set_provenance,
+    build_dataclass,
+    check_method_values,
+    deep_merge,
+    load_yaml,
+    pair_key,
+    to_dict,
+    validate,
+)
+from .data import get_spec
+from .errors import ConfigError, DatafreeError
+from .names import ARCH_ALIASES, name_from_file
+from .registry import DISTILLERS, METHODS, SYNTHESIZERS, config_class, load_builtins, load_plugins
 
 METHOD_DIR = os.path.join(os.path.dirname(__file__), "configs", "methods")
-_SECTIONS = ("extends", "datasets", "students", "pairs", "about", "presets", "sources")
+_SECTIONS = ("extends", "datasets", "students", "pairs", "about", "presets", "sources", "order", "demo", "suites")
 #: a preset's name: letters, digits, ``_``, ``.`` and ``-`` (it becomes part of the method name and run folders)
 _PRESET_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -57,6 +82,13 @@ def register_method(name: str, entry: Any, override: bool = False) -> Dict[str, 
             f"method {name!r}: sources must map a dataset or a pair (cifar10/resnet34-resnet18) "
             f"to one line of text, got {sources!r}"
         )
+    if "order" in entry and (not isinstance(entry["order"], (int, float)) or isinstance(entry["order"], bool)):
+        raise ConfigError(f"method {name!r}: order must be a number (its place in the tables), got {entry['order']!r}")
+    if "demo" in entry and not isinstance(entry["demo"], dict):
+        raise ConfigError(f"method {name!r}: demo must be a mapping of run-config keys, got {entry['demo']!r}")
+    suites = entry.get("suites", [])
+    if not isinstance(suites, list) or not all(isinstance(x, str) for x in suites):
+        raise ConfigError(f"method {name!r}: suites must be a list of suite names, got {suites!r}")
     presets = entry.get("presets") or {}
     if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
         raise ConfigError(f"method {name!r}: presets must map preset names to entries, got {presets!r}")
@@ -69,12 +101,6 @@ def register_method(name: str, entry: Any, override: bool = False) -> Dict[str, 
     for preset, body in presets.items():
         METHODS.register(f"{name}:{preset}", {"extends": name, **body}, override=override)
     return entry
-
-
-def method_folder(name: str) -> str:
-    """A method's name as a folder: ``hidfd@released`` for the preset ``hidfd:released`` (a ``:`` cannot be
-    part of a path on every system a results folder is cloned to)."""
-    return str(name).replace(":", "@")
 
 
 def preset_of(name: str) -> tuple:
@@ -92,8 +118,6 @@ def load_method_files(directory: str = METHOD_DIR) -> None:
 
 def method_entry(name: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
     """The method's entry with ``extends`` resolved (sections merged too)."""
-    from .registry import load_builtins
-
     load_builtins()
     seen = _seen or []
     if name in seen:
@@ -119,10 +143,8 @@ def dataset_section(sections: Dict[str, Any], dataset: str) -> tuple:
     if dataset in sections:
         return dataset, "its own section"
     try:
-        from .data import get_spec
-
         spec = get_spec(dataset)
-    except Exception:  # an unreadable image folder: its spec is unknown, take the top level
+    except (DatafreeError, OSError):  # an unknown dataset or an unreadable image folder: take the top level
         return None, f"{dataset}'s image spec is unknown: the top-level recipe"
     shape = f"{spec.channels}x{spec.size}x{spec.size}"
     if spec.channels == 1 and spec.size in (28, 32) and "mnist" in sections:
@@ -131,7 +153,7 @@ def dataset_section(sections: Dict[str, Any], dataset: str) -> tuple:
         for name in sections:
             try:
                 other = get_spec(name)
-            except Exception:
+            except (DatafreeError, OSError):
                 continue
             if (other.channels, other.size) == (spec.channels, spec.size):
                 return name, f"{dataset} is read at {shape}, like {name}: {name}'s section"
@@ -150,8 +172,6 @@ def method_layers_explained(
     entry = method_entry(name)
     base = {k: v for k, v in entry.items() if k not in _SECTIONS}
     layers = [(f"method {name}: its entry (datafree/configs/methods or a plugin)", base)]
-    import fnmatch
-
     for pattern, layer in (entry.get("students") or {}).items():
         if fnmatch.fnmatchcase(str(student), str(pattern)):
             layers.append((f"students.{pattern!s}: the student {student} matches {pattern!r}", layer))
@@ -160,8 +180,6 @@ def method_layers_explained(
         layers.append((f"datasets.{key}: {why}", entry["datasets"][key]))
     else:
         layers.append((f"no datasets section: {why}", {}))
-    from .teacher import ARCH_ALIASES, name_from_file
-
     # the pair is named by the teacher's architecture: teacher_arch= when given, else the name or file name
     teacher_name = str(teacher_arch) if teacher_arch else name_from_file(teacher, dataset)
     teacher_name = ARCH_ALIASES.get(teacher_name, teacher_name)
@@ -204,3 +222,86 @@ def describe_sources(name: str) -> List[str]:
     keys = sorted(sources, key=lambda k: ("/" in str(k), str(k)))
     width = max(len(str(k)) for k in keys)
     return [f"{str(k):<{width}}  {sources[k]}" for k in keys]
+
+
+# --------------------------------------------------------------------------- what follows from the entries
+
+
+def table_order(name: str) -> tuple:
+    """A method's sort key in the tables: its entry's ``order`` (a preset's method's), then its name; a method
+    without one after every method that has one."""
+    base, preset = preset_of(name)
+    try:
+        order = method_entry(base).get("order")
+    except DatafreeError:  # a name no registry knows (a record of a plugin not loaded here)
+        order = None
+    return (0 if order is not None else 1, order if order is not None else 0, base, preset is not None, name)
+
+
+def demo_layer(name: str) -> Dict[str, Any]:
+    """The method's ``demo`` budget (a preset's own over its method's), {} when it has none."""
+    return dict(method_entry(name).get("demo") or {})
+
+
+def methods_of_suite(suite: str) -> List[str]:
+    """The registered methods whose entry lists ``suite`` under ``suites`` (presets by their own entry), in
+    table order."""
+    load_builtins()
+    out = []
+    for name in METHODS.list():
+        if suite in (METHODS.get(name).get("suites") or []):
+            out.append(name)
+    return sorted(out, key=table_order)
+
+
+# --------------------------------------------------------------------------- resolving a run's config
+
+
+def complete_method_sections(cfg: RunConfig) -> RunConfig:
+    """Fill ``synth`` and ``distill`` with every default of the named classes' ``Config`` dataclasses.
+
+    A resolved config then records every value a run uses (DAFL's generator BN eps too), so a change of a
+    default shows as a changed config. Unknown keys are errors with suggestions.
+    """
+    for section, reg, name in (("synth", SYNTHESIZERS, cfg.synthesizer), ("distill", DISTILLERS, cfg.distiller)):
+        cls = config_class(reg.get(name), f"{reg.kind} {name!r}")
+        full = build_dataclass(cls, getattr(cfg, section), f"{section} ({name})")
+        check_method_values(full, section)
+        setattr(cfg, section, to_dict(full))
+    return cfg
+
+
+def resolve(user: Optional[Dict[str, Any]] = None, overrides: Optional[Dict[str, Any]] = None) -> RunConfig:
+    """Resolve a run configuration from the method defaults, a user dict and overrides.
+
+    The result is complete (every synthesizer and distiller default filled in) and its values checked
+    (:func:`datafree.config.validate`). Which method sections applied, and why, is kept in
+    :func:`datafree.config.provenance`. Whether its dataset, student and loggers exist here is checked where
+    the run is built (:func:`datafree.engine.check_run`).
+    """
+    user = deep_merge(user or {}, overrides or {})
+    base = to_dict(RunConfig())
+    head = deep_merge(base, user)
+    plugins = head.get("plugins") or []
+    load_plugins([plugins] if isinstance(plugins, str) else list(plugins))
+    method = head.get("method") or base["method"]
+    explained = method_layers_explained(
+        str(method),
+        str(head.get("dataset")),
+        head.get("teacher"),
+        str(head.get("student")),
+        teacher_arch=head.get("teacher_arch"),
+    )
+    merged = base
+    for _, layer in explained:
+        merged = deep_merge(merged, layer)
+    merged = deep_merge(merged, user)
+    merged["method"] = method
+    cfg = build_dataclass(RunConfig, merged, "config")
+    complete_method_sections(cfg)
+    validate(cfg)
+    set_provenance(cfg, [why for why, _ in explained])
+    return cfg
+
+
+load_method_files()

@@ -9,7 +9,7 @@ spread (min, max).
 * synthesis: one ``synthesize()`` round. Rounds with many inner iterations
   (DeepInversion's 2000, CMI's 200) are timed over ``--max-iters`` of them and
   scaled to the full round; the table says so.
-* student step: ``sample(batch)`` plus ``distiller.step(x)``, what the engine's
+* student step: ``sample(batch)`` plus ``trainer.step(x)``, what the engine's
   distillation phase runs per step, timed as the engine runs it: after a
   (untimed) synthesis round, the round's student steps (at most ``--max-iters``)
   are timed together and divided by their number.
@@ -41,6 +41,20 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+
+from .config import build_dataclass, deep_merge
+from .data import get_spec
+from .engine import resolve_device
+from .engine.meter import peak_rss_bytes
+from .engine.rng import seed_everything
+from .engine.trainer import Trainer
+from .methods import resolve
+from .models import create_model
+from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
+from .report import markdown
+from .results import atomic_write_json
+from .runtime import precision_name, tune_cpu_malloc, use_channels_last
+from .synthesis.base import Amp, Context
 
 SCALES = {
     "cifar": {"dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"},
@@ -87,9 +101,6 @@ def _scaled(t: Dict[str, float], factor: float) -> Dict[str, float]:
 
 def resolve_run(method: str, scale: str, device: str = "auto", overrides: Optional[Dict[str, Any]] = None):
     """The RunConfig a perf measurement of ``method`` at ``scale`` uses."""
-    from .config import deep_merge, resolve
-    from .registry import load_plugins
-
     load_plugins([])  # methods from installed plugins resolve too
     pair = SCALES[scale]
     return resolve(deep_merge({"method": method, **pair, "device": device, "progress": False}, overrides or {}))
@@ -98,9 +109,6 @@ def resolve_run(method: str, scale: str, device: str = "auto", overrides: Option
 def round_iterations(cfg) -> Tuple[Optional[str], int, bool]:
     """From a run's config alone (no models built): the synthesizer's field counting the inner iterations of a
     round (None if it has none), their number, and whether the synthesizer trains a GAN (HiDFD)."""
-    from .config import build_dataclass
-    from .registry import SYNTHESIZERS
-
     cls = SYNTHESIZERS.get(cfg.synthesizer)
     scfg = build_dataclass(cls.Config, cfg.synth, f"synth ({cls.__name__})")
     field = next((f for f in ROUND_ITERATION_FIELDS if hasattr(scfg, f)), None)
@@ -108,14 +116,8 @@ def round_iterations(cfg) -> Tuple[Optional[str], int, bool]:
 
 
 def build(method: str, scale: str, device: str = "auto", overrides: Optional[Dict[str, Any]] = None):
-    """(ctx, synthesizer, distiller, cfg) for ``method`` at ``scale``, with untrained models."""
-    from .data import get_spec
-    from .engine import resolve_device, seed_everything
-    from .models import create_model
-    from .registry import DISTILLERS, SYNTHESIZERS
-    from .runtime import tune_cpu_malloc, use_channels_last
-    from .synthesis.base import Amp, Context
-
+    """(ctx, synthesizer, trainer, cfg) for ``method`` at ``scale``, with untrained models: ``trainer.step(x, y)``
+    is the student step the engine takes (its distiller is ``trainer.distiller``)."""
     pair = SCALES[scale]
     cfg = resolve_run(method, scale, device, overrides)
     seed_everything(0)
@@ -138,7 +140,7 @@ def build(method: str, scale: str, device: str = "auto", overrides: Optional[Dic
     synth = SYNTHESIZERS.build(cfg.synthesizer, ctx, **cfg.synth)
     synth.on_epoch_start(ctx.epoch)
     distiller = DISTILLERS.build(cfg.distiller, ctx, **cfg.distill)
-    return ctx, synth, distiller, cfg
+    return ctx, synth, Trainer(distiller, ctx), cfg
 
 
 def measure_method(
@@ -151,8 +153,6 @@ def measure_method(
     overrides: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Time one method at one scale (in this process)."""
-    from .config import deep_merge
-
     cfg = resolve_run(method, scale, device, overrides)
     field, full_iters, gan = round_iterations(cfg)
     over = dict(overrides or {})
@@ -171,7 +171,7 @@ def measure_method(
     if field and full_iters > max_iters:
         timed_iters = max_iters
         over = deep_merge(over, {"synth": {field: max_iters}})
-    ctx, synth, distiller, cfg = build(method, scale, device, over)
+    ctx, synth, trainer, cfg = build(method, scale, device, over)
     dev = ctx.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -194,11 +194,11 @@ def measure_method(
         for _ in range(steps):
             batch = synth.sample(bs)
             x, y = batch if isinstance(batch, tuple) else (batch, None)
-            distiller.step(ctx.to_device(x), y)
+            trainer.step(ctx.to_device(x), y)
 
     step_t = timeit(student_steps, dev, repeats, warmup, before=synth.synthesize)
     step_t = _scaled(step_t, 1.0 / steps)
-    floors = measure_floors(ctx, synth, distiller, cfg, repeats, warmup, steps)
+    floors = measure_floors(ctx, synth, trainer, cfg, repeats, warmup, steps)
     synth_per_iter = synth_t["median_ms"] / max(1, full_iters)
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss()) / 2**20
     synth.close()
@@ -222,8 +222,6 @@ def measure_method(
 
 
 def _peak_rss() -> int:
-    from .meter import peak_rss_bytes
-
     return peak_rss_bytes()
 
 
@@ -245,9 +243,7 @@ def generator_calls_per_step(synth, n: int, steps: int) -> float:
     return len(calls) / steps
 
 
-def measure_floors(
-    ctx, synth, distiller, cfg, repeats: int, warmup: int, steps: int = 1
-) -> Dict[str, Dict[str, float]]:
+def measure_floors(ctx, synth, trainer, cfg, repeats: int, warmup: int, steps: int = 1) -> Dict[str, Dict[str, float]]:
     """The bare work of a student step and of one synthesis iteration at the method's batch sizes."""
     dev, spec = ctx.device, ctx.spec
     teacher, student = ctx.teacher, ctx.student
@@ -349,16 +345,12 @@ def run_perf(
                 f"(x{rec['student_ratio']:.2f}), peak {rec['peak_memory_mb']:.0f} MB [{time.time() - t0:.0f} s]"
             )
             if out_json:
-                from .results import atomic_write_json
-
                 atomic_write_json(out_json, records)
     return records
 
 
 def _precision_note(prec: Optional[Dict[str, str]]) -> str:
     """`` (synthesis fp32, student bf16)`` where either phase autocasts; nothing for an all-fp32 record."""
-    from .runtime import precision_name
-
     if not prec or (prec.get("synthesis") == "off" and prec.get("distillation") == "off"):
         return ""
     return (
@@ -368,8 +360,6 @@ def _precision_note(prec: Optional[Dict[str, str]]) -> str:
 
 
 def perf_table(records: List[Dict[str, Any]]) -> str:
-    from .report import markdown
-
     rows = []
     for r in records:
         if "error" in r:

@@ -132,20 +132,27 @@ _PLUGINS_PREIMPORTED: set = set()
 _RECORDING: List[List[Tuple[str, str]]] = []
 
 
+#: the modules whose import registers the built-in entries, loaded by name (the registry imports nothing of
+#: them, so that every layer may use it): models, datasets, student objectives, synthesizers, the reference
+#: rows that use real data, and the method files
+BUILTIN_MODULES = (
+    "datafree.models",
+    "datafree.data",
+    "datafree.distill",
+    "datafree.synthesis",
+    "datafree.baselines",
+    "datafree.methods",
+)
+
+
 def load_builtins() -> None:
-    """Import the modules whose import registers the built-in entries."""
+    """Import the modules whose import registers the built-in entries (:data:`BUILTIN_MODULES`)."""
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    importlib.import_module("datafree.models")
-    importlib.import_module("datafree.data")
-    importlib.import_module("datafree.distill")
-    importlib.import_module("datafree.synthesis")
-    importlib.import_module("datafree.baselines")
-    from .methods import load_method_files
-
-    load_method_files()
+    for name in BUILTIN_MODULES:
+        importlib.import_module(name)
 
 
 def load_plugins(modules: Optional[List[Union[str, os.PathLike]]] = None, entry_points: bool = True) -> List[str]:

@@ -7,13 +7,19 @@
   accuracy over the evaluations, best and last accuracy, peak memory, hours;
 * :func:`runs_table`: one row per run;
 * :func:`write_tables`: all of them as markdown (README.md) and CSV, plus the figures;
-* :func:`plot_curves`, :func:`plot_acc_vs_hours`, :func:`save_sample_grid`.
+* :func:`plot_curves`, :func:`plot_acc_vs_hours` (drawn by :mod:`datafree.figures`).
+
+The columns of the stability and per-run tables are the run record's fields that declare one
+(:func:`datafree.results.table_columns`), and the methods' row order is their entries' ``order``. Seeds are
+averaged only within one configuration and teacher (a record's ``config_id``): runs of the same method and pair
+with another config or teacher are rows of their own, labelled with what differs (:func:`separate_configs`).
 
 A run's ``status`` (summary.json) is finished, diverged or collapsed. A diverged run has no accuracy: its
 cells read ``diverged`` and it is left out of the mean of the other seeds, which then say how many diverged,
 e.g. ``97.50 ± 0.71 (1/3 diverged)``. A collapsed run's accuracy is real (near chance) and is shown as
-``10.09 (collapsed)``. Records :func:`~datafree.results.load_runs` could not use (``df.attrs["skipped"]``) are
-listed in the README's "Skipped records" section.
+``10.09 (collapsed)``. Records :func:`~datafree.runs.load_runs` could not use (``df.attrs["skipped"]``: unreadable,
+or contradicting their own files) are listed in the README's "Skipped records" section, and run folders without
+a result (``df.attrs["unfinished"]``: failed, stopped, running, set aside) under "Runs without a result".
 
 Each accuracy table says which teacher produced its cells (:func:`teacher_rows`, the "Teachers" list under
 it: file, sha256 prefix, published or trained here with which recipe, measured accuracy), from the record's
@@ -25,46 +31,36 @@ teacher's (the reference's ``teacher`` row) carries :data:`TEACHER_MARK` and a f
 from __future__ import annotations
 
 import datetime
-import io
 import math
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import yaml
 
-#: the papers' row order; methods not listed follow alphabetically
-METHOD_ORDER = [
-    "teacher",
-    "scratch",
-    "scratch_cmi",
-    "kd_real",
-    "collected_kd",
-    "dafl",
-    "zskt",
-    "dfad",
-    "deepinv",
-    "dfq",
-    "cmi",
-    "mbdfkd",
-    "predfkd",
-    "cudfkd",
-    "fast",
-    "fast1",
-    "fast2",
-    "fast5",
-    "fast10",
-    "hidfd",
-]
+from .errors import ConfigError
+from .figures import acc_vs_hours_png, curves, curves_png
+from .methods import table_order
+from .names import origin as teacher_origin
+from .results import Column, atomic_write_bytes, atomic_write_text, mean_fields, table_columns
+from .runs import load_runs
+
+
+def _base_name(n: str) -> str:
+    """A row's method: ``hidfd`` for ``hidfd (rho0.1)`` (a variant) or ``dafl [optim.lr=0.05]`` (one of several
+    configurations)."""
+    return re.split(r" \(| \[", str(n), maxsplit=1)[0]
 
 
 def order_methods(names: Iterable[str]) -> List[str]:
-    """The papers' order; a variant ``name (tag)`` and a preset ``name:preset`` follow their method."""
+    """The papers' order (each method entry's ``order``, :func:`datafree.methods.table_order`); the teacher's
+    row first, a variant ``name (tag)`` and a preset ``name:preset`` after their method."""
     names = list(dict.fromkeys(names))
 
     def key(n: str):
-        base = n.split(" (")[0]
-        root = base.split(":")[0]
-        return (METHOD_ORDER.index(root) if root in METHOD_ORDER else len(METHOD_ORDER), root, base != root, n)
+        base = _base_name(n)
+        return (base != "teacher", table_order(base), n)
 
     return sorted(names, key=key)
 
@@ -136,15 +132,67 @@ _COLUMNS = ("dataset", "method", "pair", "seed", "last_acc", "best_acc", "mean_a
 
 
 def _frame(df):
-    """``df`` with every column the tables read and a ``status`` in each row (finished where it has none)."""
+    """``df`` with every column the tables read, a ``status`` in each row (finished where it has none), and runs
+    of one method and pair under other configs or teachers relabelled apart (:func:`separate_configs`)."""
     missing = [c for c in _COLUMNS if c not in df]
-    if not missing and "status" in df and not df["status"].isna().any():
+    if missing or "status" not in df or df["status"].isna().any():
+        d = df.copy()
+        for c in missing:
+            d[c] = None
+        d["status"] = d["status"].fillna("finished") if "status" in d else "finished"
+        df = d
+    return separate_configs(df)
+
+
+#: how many differing keys a configuration's label names before it shortens to the rest's count
+LABEL_KEYS = 2
+
+
+def _config_label(fields: Optional[Dict[str, Any]], keys: List[str], cid: Optional[str]) -> str:
+    if not fields or not keys:
+        return f"config {str(cid)[:8]}" if cid else "config unknown"
+    shown = [f"{k}={_label_value(fields.get(k))}" for k in keys[:LABEL_KEYS]]
+    more = f", +{len(keys) - LABEL_KEYS} more" if len(keys) > LABEL_KEYS else ""
+    return ", ".join(shown) + more
+
+
+def _label_value(v: Any) -> str:
+    if v is None:
+        return "unset"
+    text = str(v)
+    return text[:8] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text  # a sha256
+
+
+def separate_configs(df):
+    """Within each (dataset, method, pair), runs of more than one configuration or teacher (``config_id``: the
+    fingerprint without the seed) become rows of their own: ``dafl [optim.lr=0.002]`` and
+    ``dafl [optim.lr=0.05]``, named by the keys whose values differ. Seeds are averaged only within one; a
+    frame without ``config_id`` (built by hand) is returned as it is."""
+    if "config_id" not in df or len(df) == 0:
+        return df
+    ids = df["config_id"].where(df["config_id"].notna(), None)
+    relabel: Dict[Any, str] = {}
+    for (_dataset, method, _pair), g in df.groupby(["dataset", "method", "pair"], dropna=False):
+        configs = list(dict.fromkeys(ids[g.index]))
+        if len(configs) < 2:
+            continue
+        fields = {c: next((f for f, i in zip(g["config_fields"], ids[g.index]) if i == c), None) for c in configs}
+        keys = sorted({k for c in configs for k in (fields[c] or {})})
+        differ = [k for k in keys if len({json_key(fields[c], k) for c in configs}) > 1 and k != "seed"]
+        for idx, cid in zip(g.index, ids[g.index]):
+            relabel[idx] = f"{method} [{_config_label(fields[cid], differ, cid)}]"
+    if not relabel:
         return df
     d = df.copy()
-    for c in missing:
-        d[c] = None
-    d["status"] = d["status"].fillna("finished") if "status" in d else "finished"
+    for idx, name in relabel.items():
+        d.at[idx, "method"] = name
+    d.attrs = dict(df.attrs)
+    d.attrs["separated"] = sorted(set(relabel.values()))
     return d
+
+
+def json_key(fields: Optional[Dict[str, Any]], key: str) -> str:
+    return repr((fields or {}).get(key, "<unset>"))
 
 
 def _counts(g) -> Dict[str, int]:
@@ -211,6 +259,22 @@ def skipped_section(skipped: Sequence[Dict[str, str]]) -> str:
     )
 
 
+def unfinished_section(unfinished: Sequence[Dict[str, str]]) -> str:
+    """The README's "Runs without a result" section: failed cells, stopped or running runs, set-aside records."""
+    rows = [[f"`{u.get('path', '?')}`", u.get("state", ""), u.get("detail", "")] for u in unfinished]
+    return "\n".join(
+        [
+            "## Runs without a result",
+            "",
+            "These run folders hold no result the tables could use: a cell that failed, a run stopped before its end "
+            "(killed, or still running), or a record set aside. None of them is in the tables above.",
+            "",
+            markdown(["path", "state", "detail"], rows, "lll"),
+            "",
+        ]
+    )
+
+
 def describe_skipped(skipped: Sequence[Dict[str, str]], limit: int = 3) -> str:
     """One line naming the skipped records, the first ``limit`` of them with why ("" when there are none)."""
     if not skipped:
@@ -232,11 +296,7 @@ def load_reference(path: Optional[str]) -> Dict[str, Any]:
     """
     if not path:
         return {}
-    import yaml
-
     if not os.path.isfile(path):
-        from .errors import ConfigError
-
         raise ConfigError(f"reference file {path} does not exist")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
@@ -368,8 +428,6 @@ def teacher_rows(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -
 
 def teachers_section(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -> List[str]:
     """The "Teachers" list under a dataset's accuracy table (no lines when no run used a teacher)."""
-    from .teacher import origin as teacher_origin  # not at import: teacher.py brings torch
-
     recs = teacher_rows(df, dataset, reference)
     if not recs:
         return []
@@ -561,8 +619,27 @@ def _hours_column(d) -> str:
     )
 
 
+def _column(col: Column, key: str, gpu: bool) -> Tuple[str, str]:
+    """``(record field, header)`` a column shows: an ``hours`` column shows wall hours when no run used a GPU."""
+    if col.kind == "hours" and not gpu:
+        return col.cpu_key or key, col.cpu_header or col.header
+    return key, col.header
+
+
+def _value(col: Column, v: Any, status: Tuple[int, int, int]) -> str:
+    """A cell of a record column: an accuracy carries its runs' status note (or reads ``diverged``), a count its
+    thousands separators."""
+    if col.kind == "accuracy":
+        return _acc_cell(_num(v, col.digits), *status)
+    if col.kind == "count":
+        vals = _clean([v])
+        return f"{int(vals[0]) if vals else 0:,}"
+    return _num(v, col.digits)
+
+
 def stability_rows(df) -> List[Dict[str, Any]]:
-    """Per (dataset, pair, method): means over the seeds that did not diverge, ``seeds`` counting all of them."""
+    """Per (dataset, pair, method): the means over the seeds that did not diverge of every record field averaged
+    into the tables (:func:`datafree.results.mean_fields`), ``seeds`` counting all of them."""
     df = _frame(df)
     out = []
     for (dataset, pair, method), g in df.groupby(["dataset", "pair", "method"]):
@@ -574,33 +651,25 @@ def stability_rows(df) -> List[Dict[str, Any]]:
             v = _clean(ok[col]) if col in ok else []
             return float(np.mean(v)) if v else None
 
-        out.append(
-            {
-                "dataset": dataset,
-                "pair": pair,
-                "method": method,
-                "status": group_status(**c),
-                "seeds": len(g),
-                "diverged": c["diverged"],
-                "collapsed": c["collapsed"],
-                "mean_acc": mean("mean_acc"),
-                "var_acc": mean("var_acc"),
-                "best_acc": mean("best_acc"),
-                "last_acc": mean("last_acc"),
-                "peak_memory_mb": mean("peak_memory_mb"),
-                "total_hours": mean("total_hours"),
-                "gpu_hours": mean("gpu_hours"),
-                "synthesis_hours": mean("synthesis_hours"),
-                "images_synthesized": mean("images_synthesized"),
-                "real_data": _real_data(g),
-            }
-        )
+        row = {
+            "dataset": dataset,
+            "pair": pair,
+            "method": method,
+            "status": group_status(**c),
+            "seeds": len(g),
+            "diverged": c["diverged"],
+            "collapsed": c["collapsed"],
+        }
+        row.update({k: mean(k) for k in mean_fields()})
+        row["real_data"] = _real_data(g)
+        out.append(row)
     order = {m: i for i, m in enumerate(order_methods(df["method"]))}
     return sorted(out, key=lambda r: (r["dataset"], r["pair"], order[r["method"]]))
 
 
 def stability_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
-    """Mean and variance of accuracy over the evaluations, best, last, memory and time, per method and pair.
+    """Mean and variance of accuracy over the evaluations, best, last, memory and time, per method and pair: the
+    record fields that declare a ``stability`` column.
 
     With a reference that has a ``stability`` table (CuDFKD's), the published mean / var / best / memory /
     hours follow ours in the same row.
@@ -609,20 +678,13 @@ def stability_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
         return "_no finished runs_"
     df = _frame(df)
     gpu = _hours_column(df) == "gpu_hours"
+    columns = [(col, *_column(col, key, gpu)) for key, col in table_columns("stability")]
     has_pub = any(_ref(reference, d, "stability") for d in df["dataset"].unique())
     rows = []
     for r in stability_rows(df):
         c = (r["seeds"], r["diverged"], r["collapsed"])
-        row = [
-            r["dataset"],
-            r["pair"],
-            method_label(r["method"], r["real_data"]),
-            r["seeds"],
-            *(_acc_cell(_num(r[k]), *c) for k in ("mean_acc", "var_acc", "best_acc", "last_acc")),
-            _num(r["peak_memory_mb"], 0),
-            _num(r["gpu_hours"] if gpu else r["total_hours"], 3),
-            _num(r["synthesis_hours"], 3),
-        ]
+        row = [r["dataset"], r["pair"], method_label(r["method"], r["real_data"]), r["seeds"]]
+        row += [_value(col, r.get(key), c) for col, key, _ in columns]
         if has_pub:
             pub = _ref(reference, r["dataset"], "stability").get(r["method"], {}).get(r["pair"], {})
             row += [
@@ -633,19 +695,7 @@ def stability_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
                 _num(pub.get("hours"), 2),
             ]
         rows.append(row)
-    header = [
-        "dataset",
-        "pair",
-        "method",
-        "seeds",
-        "mean",
-        "var",
-        "best",
-        "last",
-        "peak mem (MB)",
-        "GPU-hours" if gpu else "hours (CPU)",
-        "synthesis h",
-    ]
+    header = ["dataset", "pair", "method", "seeds"] + [h for _, _, h in columns]
     if has_pub:
         header += ["pub. mean", "pub. var", "pub. best", "pub. mem (GB)", "pub. hours"]
     return markdown(header, rows, "lllr" + "r" * (len(header) - 4))
@@ -672,47 +722,26 @@ def speed_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
 
 
 def runs_table(df) -> str:
-    """One row per run: status, accuracy statistics and resources."""
+    """One row per run: status, then the record fields that declare a ``runs`` column."""
     if df is None or len(df) == 0:
         return "_no finished runs_"
     d = _frame(df).copy()
     d["_order"] = d["method"].map({m: i for i, m in enumerate(order_methods(d["method"]))})
     d = d.sort_values(["dataset", "pair", "_order", "seed"])
+    columns = [(col, key) for key, col in table_columns("runs")]
     rows = []
     for _, r in d.iterrows():
         c = (1, int(r["status"] == "diverged"), int(r["status"] == "collapsed"))
-        rows.append(
-            [
-                r["dataset"],
-                method_label(r["method"], r.get("uses_real_data") or ""),
-                r["pair"],
-                int(r["seed"]),
-                run_status_text(r),
-                *(_acc_cell(_num(r[k]), *c) for k in ("best_acc", "last_acc", "mean_acc", "var_acc")),
-                _num(r.get("peak_memory_mb"), 0),
-                _num(r.get("total_seconds"), 0),
-                _num(r.get("synthesis_seconds"), 0),
-                _num(r.get("gpu_hours"), 3),
-                f"{int(_clean([r.get('images_synthesized')])[0]) if _clean([r.get('images_synthesized')]) else 0:,}",
-            ]
-        )
-    header = [
-        "dataset",
-        "method",
-        "pair",
-        "seed",
-        "status",
-        "best",
-        "last",
-        "mean",
-        "var",
-        "peak mem (MB)",
-        "wall (s)",
-        "synthesis (s)",
-        "GPU-h",
-        "images synthesized",
-    ]
-    return markdown(header, rows, "lllrl" + "r" * 9)
+        row = [
+            r["dataset"],
+            method_label(r["method"], r.get("uses_real_data") or ""),
+            r["pair"],
+            int(r["seed"]),
+            run_status_text(r),
+        ]
+        rows.append(row + [_value(col, r.get(key), c) for col, key in columns])
+    header = ["dataset", "method", "pair", "seed", "status"] + [col.header for col, _ in columns]
+    return markdown(header, rows, "lllrl" + "r" * len(columns))
 
 
 def tables_markdown(
@@ -739,8 +768,20 @@ def tables_markdown(
             f" {len(skipped)} record{'s' if len(skipped) != 1 else ''} could not be used: see "
             "[Skipped records](#skipped-records)."
         )
+    unfinished = list(df.attrs.get("unfinished", []))
+    if unfinished:
+        lines[-1] += (
+            f" {len(unfinished)} run folder{'s' if len(unfinished) != 1 else ''} hold no result: see "
+            "[Runs without a result](#runs-without-a-result)."
+        )
     if machines:
         lines.append("Measured on: " + "; ".join(machines) + ".")
+    separated = df.attrs.get("separated", [])
+    if separated:
+        lines.append(
+            "Runs of one method and pair under different configs or teachers are rows of their own, named by "
+            "what differs (seeds are averaged within one config only): " + ", ".join(f"`{m}`" for m in separated) + "."
+        )
     if note:
         lines += ["", note.strip()]
     lines += [
@@ -772,6 +813,9 @@ def tables_markdown(
     text = "\n".join(lines)
     if figures:
         text += "".join(f"\n{f}\n" for f in figures)
+    unfinished = list(df.attrs.get("unfinished", []))
+    if unfinished:
+        text += "\n" + unfinished_section(unfinished)
     if skipped:
         text += "\n" + skipped_section(skipped)
     return text
@@ -794,8 +838,6 @@ def write_tables(
     """
     import pandas as pd
 
-    from .results import _atomic_write_bytes
-
     ref = load_reference(reference) if isinstance(reference, str) else (reference or {})
     df = _frame(df)
     skipped = list(df.attrs.get("skipped", []))
@@ -806,184 +848,35 @@ def write_tables(
     }
     figures: List[str] = []
     if "run_dir" in df and len(df):
-        files[os.path.join(out_dir, "curves.png")] = _curves_png(_curves(df, skipped, base=out_dir), title)
-        files[os.path.join(out_dir, "acc_vs_hours.png")] = _acc_vs_hours_png(df)
+        files[os.path.join(out_dir, "curves.png")] = curves_png(curves(df, skipped, base=out_dir), title)
+        files[os.path.join(out_dir, "acc_vs_hours.png")] = _acc_vs_hours(df)
         figures = ["![accuracy per evaluation](curves.png)", "![accuracy against hours](acc_vs_hours.png)"]
     text = tables_markdown(df, title=title, note=note, reference=ref, metric=metric, skipped=skipped, figures=figures)
     files[readme or os.path.join(out_dir, "README.md")] = text
     os.makedirs(out_dir, exist_ok=True)
     for path, data in files.items():
-        _atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
+        atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     return text
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _curves(
-    runs, skipped: Optional[List[Dict[str, str]]] = None, base: Optional[str] = None
-) -> List[Tuple[str, List[Tuple[float, Optional[float]]]]]:
-    """(label, points) per run that has evaluations.
-
-    ``runs``: a frame from load_runs (its ``curve`` column holds the points, read already; rows in run-directory
-    order) or run directories, whose metrics.jsonl are read here; one that cannot be read is left out and
-    noted in ``skipped`` (path relative to ``base`` when given).
-    """
-    from .results import RecordError, read_curve, read_summary
-
-    if hasattr(runs, "columns"):
-        frame = runs.sort_values("run_dir") if "run_dir" in runs else runs.iloc[:0]
-        items = [(r["run_dir"], r.to_dict()) for _, r in frame.iterrows()]
-    else:
-        items = []
-        for d in runs:
-            try:
-                items.append((d, read_summary(os.path.join(d, "summary.json"))))
-            except (OSError, RecordError):  # the label falls back to the folder's name
-                items.append((d, {}))
-    out = []
-    for d, s in items:
-        if "curve" in s:
-            points = s["curve"]
-        else:
-            path = os.path.join(d, "metrics.jsonl")
-            try:
-                points = read_curve(path)
-            except (OSError, RecordError) as e:
-                if skipped is not None:
-                    why = f"cannot be read: {e.strerror or e}" if isinstance(e, OSError) else str(e)
-                    skipped.append(
-                        {
-                            "path": os.path.relpath(path, base) if base else path,
-                            "reason": f"{why}; its curve is left out",
-                        }
-                    )
-                continue
-        if not isinstance(points, list) or not points:
-            continue
-        label = f"{s.get('method') or os.path.basename(d)} {s.get('pair') or ''}".strip()
-        if s.get("seed"):
-            label += f" s{s['seed']}"
-        out.append((label, points))
-    return out
-
-
-def _curves_png(curves, title: str = "") -> bytes:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for label, points in curves:
-        # a null accuracy (the engine's record of a non-finite one) is a gap in the line
-        ax.plot(
-            [e for e, _ in points],
-            [math.nan if a is None else a for _, a in points],
-            marker="o",
-            ms=2.5,
-            lw=1.2,
-            label=label,
-        )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(fontsize=6, loc="lower right", ncol=2)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def plot_curves(run_dirs, path: str, title: str = "", skipped: Optional[List[Dict[str, str]]] = None) -> str:
-    """Accuracy per evaluation, one line per run (labelled method pair seed).
-
-    ``run_dirs``: run directories, or a frame from load_runs (whose curves are read already). A metrics.jsonl
-    that cannot be read is left out, and noted in ``skipped`` when a list is given.
-    """
-    from .results import _atomic_write_bytes
-
-    _atomic_write_bytes(path, _curves_png(_curves(run_dirs, skipped), title))
+def plot_curves(runs, path: str, title: str = "", skipped: Optional[List[Dict[str, str]]] = None) -> str:
+    """Accuracy per evaluation, one line per run (labelled method pair seed): see :func:`datafree.figures.curves`."""
+    atomic_write_bytes(path, curves_png(curves(runs, skipped), title))
     return path
 
 
-def _acc_vs_hours_png(df) -> bytes:
-    import pandas as pd
-
-    plt = _plt()
+def _acc_vs_hours(df) -> bytes:
     d = _frame(df)
     d = d[d["status"] != "diverged"]  # a diverged run has no last accuracy to place
-    col = _hours_column(d)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    methods = order_methods(m for m in d["method"] if isinstance(m, str))
-    for m in methods:
-        g = d[d["method"] == m]
-        hours = pd.to_numeric(g[col], errors="coerce") if col in g else pd.Series(math.nan, index=g.index)
-        ax.scatter(hours, pd.to_numeric(g["last_acc"], errors="coerce"), label=m, s=22)
-    ax.set_xscale("symlog", linthresh=1e-3)
-    ax.set_xlabel("GPU-hours" if col == "gpu_hours" else "wall hours (CPU)")
-    ax.set_ylabel("last test accuracy (%)")
-    ax.grid(alpha=0.3)
-    if methods:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
+    return acc_vs_hours_png(d, order_methods(m for m in d["method"] if isinstance(m, str)), _hours_column(d))
 
 
 def plot_acc_vs_hours(df, path: str) -> str:
     """Last accuracy against GPU-hours (wall hours on CPU), one point per run that did not diverge."""
-    from .results import _atomic_write_bytes
-
-    _atomic_write_bytes(path, _acc_vs_hours_png(df))
-    return path
-
-
-def save_sample_grid(images, labels, path: str, ncol: int = 8, cell: int = 40) -> str:
-    """A PNG grid of [0, 1] images, each captioned with its (teacher's) class."""
-    import torch
-    from PIL import Image, ImageDraw
-
-    from .results import _atomic_write_bytes
-
-    images = images.detach().float().cpu().clamp(0, 1)
-    n, c, h, w = images.shape
-    scale = max(1, cell // max(h, w))
-    h2, w2 = h * scale, w * scale
-    cap = 12
-    nrow = int(math.ceil(n / ncol))
-    canvas = Image.new("RGB", (ncol * (w2 + 2), nrow * (h2 + cap + 2)), "white")
-    draw = ImageDraw.Draw(canvas)
-    up = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
-    arr = up.mul(255).round().byte()
-    for i in range(n):
-        r, q = divmod(i, ncol)
-        a = arr[i]
-        a = a.expand(3, -1, -1) if c == 1 else a[:3]
-        tile = Image.fromarray(a.permute(1, 2, 0).numpy(), "RGB")
-        x0, y0 = q * (w2 + 2) + 1, r * (h2 + cap + 2) + 1
-        canvas.paste(tile, (x0, y0))
-        if labels is not None:
-            draw.text((x0 + 1, y0 + h2), str(int(labels[i])), fill=(200, 0, 0))
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, _acc_vs_hours(df))
     return path
 
 
@@ -1003,8 +896,6 @@ def write_index(root: str = "results", title: str = "Results measured by this pr
 
     Each section names the machine(s) its runs were measured on and links the folder's full tables.
     """
-    from .results import atomic_write_text, load_runs
-
     lines = [
         f"# {title}",
         "",
@@ -1028,8 +919,6 @@ def write_index(root: str = "results", title: str = "Results measured by this pr
         reference = None
         suite = os.path.join("benchmarks", "suites", f"{name}.yaml")
         if os.path.isfile(suite):
-            import yaml
-
             with open(suite) as f:
                 reference = (yaml.safe_load(f) or {}).get("reference")
         ref = load_reference(reference) if reference and os.path.isfile(reference) else None

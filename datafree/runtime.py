@@ -49,6 +49,8 @@ from typing import Optional
 
 import torch
 
+from .errors import UnknownNameError
+
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
@@ -59,8 +61,6 @@ _tuned: Optional[bool] = None  # None: not tried yet
 def use_channels_last(setting: str, device: torch.device) -> bool:
     """Whether a run keeps its models and image batches in channels_last order (``auto``: yes, CPU and CUDA)."""
     if setting not in ("auto", "on", "off"):
-        from .errors import UnknownNameError
-
         raise UnknownNameError("channels_last", setting, ["auto", "on", "off"])
     if setting == "off":
         return False
@@ -78,8 +78,6 @@ def resolve_amp(setting: str, device_type: str) -> str:
     """The autocast mode (``off``, ``bf16`` or ``fp16``) of a run's student steps and evaluation:
     ``auto`` is bf16 on CUDA and off elsewhere."""
     if setting not in AMP_SETTINGS:
-        from .errors import UnknownNameError
-
         raise UnknownNameError("amp", setting, list(AMP_SETTINGS))
     if setting == "auto":
         return "bf16" if device_type == "cuda" else "off"
@@ -90,8 +88,6 @@ def synthesis_amp(setting: str, device_type: str, precision: str = "amp") -> str
     """The autocast mode a synthesizer that declares ``precision`` runs at (see the module docstring):
     ``fp32`` turns ``auto`` into ``off``; every explicit setting is taken as it is."""
     if precision not in SYNTHESIS_PRECISIONS:
-        from .errors import UnknownNameError
-
         raise UnknownNameError("synthesis_precision", precision, list(SYNTHESIS_PRECISIONS))
     if setting == "auto" and precision == "fp32":
         resolve_amp(setting, device_type)  # the setting is checked all the same
@@ -112,8 +108,6 @@ def tune_cpu_malloc(setting: str = "tuned") -> bool:
     """
     global _tuned
     if setting not in ("tuned", "default"):
-        from .errors import UnknownNameError
-
         raise UnknownNameError("cpu_malloc", setting, ["tuned", "default"])
     if setting == "default" or _tuned is not None:
         return bool(_tuned)

@@ -28,20 +28,20 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from .data import get_source, get_spec, iterate_eval
 from .errors import CheckpointError
-
-#: architecture names the reference repositories give networks that are ours under another name: DFAD's
-#: ResNet*_8x (VainF/Data-Free-Adversarial-Distillation, network/resnet_8x.py: the CIFAR ResNet with a 3x3
-#: stride-1 stem, four stages and a linear classifier, the CMI repository's resnet18/34/50) and its file names
-#: (train_teacher.py saves "checkpoint/teacher/%s-%s.pt" % (dataset, model), e.g. cifar10-resnet34_8x.pt)
-ARCH_ALIASES = {"resnet18_8x": "resnet18", "resnet34_8x": "resnet34", "resnet50_8x": "resnet50"}
+from .models import arch_of_checkpoint, build_from_checkpoint, create_model, read_checkpoint
+from .models.layouts import read_counts, to_datafree
+from .models.timm_models import TimmClassifier, pretrained_classes
+from .names import ARCH_ALIASES, name_from_file
+from .registry import DATASETS, MODELS, load_builtins
+from .results import file_sha256
+from .zoo import resolve_teacher, timm_pretrained_file
 
 
 def check_arch(name: Any) -> str:
     """``name`` if it is an architecture (a registered model, a reference alias or ``timm/<name>``); else the
     unknown-name error with close matches."""
-    from .registry import MODELS, load_builtins
-
     load_builtins()
     name = str(name)
     if name.startswith("timm/") or name in MODELS or name in ARCH_ALIASES:
@@ -49,27 +49,8 @@ def check_arch(name: Any) -> str:
     raise MODELS.unknown(name, MODELS.list() + list(ARCH_ALIASES) + ["timm/<name>"])
 
 
-def name_from_file(teacher: Optional[str], dataset: Optional[str] = None) -> Optional[str]:
-    """The model name a teacher is known by: ``resnet34`` for ``resnet34``, ``model_zoo/cifar10_resnet34.pth``
-    or ``cifar10-resnet34_8x.pt`` (on cifar10); a path's file stem otherwise; ``timm/<name>`` as given."""
-    if not teacher:
-        return None
-    teacher = str(teacher)
-    if teacher.startswith("timm/") and not os.path.exists(teacher):
-        return teacher
-    name = os.path.splitext(os.path.basename(teacher))[0]
-    if dataset:
-        for sep in ("_", "-"):
-            prefix = dataset.replace("/", "-") + sep
-            if name.startswith(prefix):
-                return name[len(prefix) :]
-    return name
-
-
 def arch_from_file(path: str, dataset: Optional[str] = None) -> Optional[str]:
     """A registered architecture named by the file (``cifar10_wrn40_2.pth`` -> ``wrn40_2``), or None."""
-    from .registry import DATASETS, MODELS, load_builtins
-
     load_builtins()
     name = name_from_file(path, dataset) or ""
     candidates = [name] + [
@@ -110,8 +91,6 @@ def _fits(path: str, ckpt: Dict[str, Any], spec, dataset: str, arch: Optional[st
         )
     if own or (arch or "").startswith("timm/"):
         return
-    from .models.layouts import read_counts, to_datafree
-
     try:  # a reference file says neither: read them off it, in our names
         classes, channels = read_counts(to_datafree(arch, ckpt["state_dict"])[0])
     except Exception:  # noqa: BLE001 (names of no known layout: the strict load explains the mismatch)
@@ -146,12 +125,6 @@ def load_teacher(
     pretrained / unknown), ``recipe`` (for a teacher trained here), ``num_classes``, ``channels``, ``size``,
     ``dataset`` (that the checkpoint names, if any) and ``stored_accuracy`` (what the file claims, not measured).
     """
-    from .identity import file_sha256
-    from .models import arch_of_checkpoint, build_from_checkpoint, read_checkpoint
-    from .models.layouts import read_counts
-    from .models.timm_models import TimmClassifier
-    from .zoo import resolve_teacher, timm_pretrained_file
-
     if not os.path.isfile(path_or_name):
         if (
             str(path_or_name).endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors"))
@@ -168,8 +141,6 @@ def load_teacher(
     else:
         path = path_or_name
     if spec is None and dataset is not None:
-        from .data import get_spec
-
         spec = get_spec(dataset)
     record: Dict[str, Any] = {"path": path, "file": os.path.basename(path), "sha256": file_sha256(path)}
 
@@ -238,9 +209,6 @@ def load_teacher(
 
 def _timm_pretrained(name: str, path: str, spec, dataset: Optional[str]) -> nn.Module:
     """timm's pretrained ``name`` from its local weights file ``path`` (nothing downloaded)."""
-    from .models import create_model
-    from .models.timm_models import pretrained_classes
-
     classes = pretrained_classes(name)
     if spec is not None and classes and classes != spec.num_classes:
         raise CheckpointError(
@@ -257,44 +225,11 @@ def _timm_pretrained(name: str, path: str, spec, dataset: Optional[str]) -> nn.M
     )
 
 
-def origin(src: Optional[Dict[str, Any]]) -> str:
-    """How a teacher file came to be, from a record or a run's ``teacher_source``: ``published (cmi layout)``,
-    ``trained here, recipe cmi``, ``timm pretrained`` or ``unknown ...`` (the tables and the engine's log say it
-    the same way)."""
-    if not src:
-        return "unknown"
-    kind = src.get("kind")
-    if kind == "published":
-        return "published" + (f" ({src['layout']} layout)" if src.get("layout") else "")
-    if kind == "trained":
-        return f"trained here, recipe {src.get('recipe') or 'datafree'}"
-    if kind == "pretrained":
-        return "timm pretrained"
-    if kind == "unknown":  # a bare state dict in our names says nothing of its origin; an old record says nothing
-        return "unknown origin (a bare state dict)" if src.get("layout") else "unknown (the record does not say)"
-    return str(kind)
-
-
-def describe(record: Dict[str, Any]) -> str:
-    """One line: ``published (cmi layout): cifar10_resnet34.pth (sha256 1a2b3c4d), resnet34, 10 classes``."""
-    return (
-        f"{origin(record)}: {record.get('file')} (sha256 {str(record.get('sha256'))[:8]}), "
-        f"{record.get('arch')}, {record.get('num_classes')} classes"
-    )
-
-
-def source_of(record: Dict[str, Any]) -> Dict[str, Any]:
-    """The ``teacher_source`` of a run record: which file produced the cell, and how it came to be."""
-    return {k: record.get(k) for k in ("kind", "file", "sha256", "layout", "recipe", "arch")}
-
-
 @torch.no_grad()
 def test_accuracy(
     model: nn.Module, dataset: str, data_root: Optional[str] = None, device: Any = "cpu", batch_size: int = 512
 ) -> float:
     """Top-1 accuracy (%) of ``model`` on ``dataset``'s test split, in float32 (what the engine measures)."""
-    from .data import get_source, iterate_eval
-
     source = get_source(dataset)
     split = source.load("test", data_root).to(device)
     model.eval()

@@ -1,13 +1,8 @@
-"""Supervised training on real data: teachers, scratch students, KD with real data.
+"""Training a teacher on real data and adding it to the zoo: ``datafree train-teacher``.
 
-Real data enters the one engine loop as a synthesizer, :class:`RealData`,
-that serves shuffled, augmented batches of a dataset's training split with
-their labels; ``synthesize()`` does nothing. With the ``ce`` distiller this
-trains a model from scratch (``datafree train-teacher`` and the ``scratch``
-reference row); with ``kd`` it is KD with the original data (``kd_real``).
-
-A teacher recipe is such a method entry: ``datafree`` (ours, ``scratch``) or
-``scratch_<name>`` for ``--recipe <name>`` (``scratch_cmi``: the CMI
+Real data enters the one engine loop as a synthesizer (:class:`datafree.synthesis.real.RealData`); with the
+``ce`` distiller a method entry trains a model from scratch. A teacher recipe is such a method entry:
+``datafree`` (ours, ``scratch``) or ``scratch_<name>`` for ``--recipe <name>`` (``scratch_cmi``: the CMI
 repository's ``train_scratch.py``); see docs/teachers.md.
 """
 
@@ -15,56 +10,20 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .config import resolve
-from .data import Batches, get_source
-from .registry import SYNTHESIZERS
-from .synthesis.base import Synthesizer
-from .zoo import zoo_key
-
-
-@SYNTHESIZERS.register("real")
-class RealData(Synthesizer):
-    """Batches of a real dataset's training split (no synthesis).
-
-    ``dataset`` defaults to the run's dataset; ``limit`` keeps only the first
-    N images of a fixed random permutation (seeded by ``subset_seed``).
-    """
-
-    @dataclass
-    class Config:
-        dataset: str = ""
-        augment: str = ""  # "" = the dataset's standard augmentation
-        limit: int = 0
-        subset_seed: int = 0
-
-    stateful = ("batches",)
-    needs_teacher = False
-
-    def __init__(self, ctx, **params):
-        super().__init__(ctx, **params)
-        name = self.cfg.dataset or ctx.cfg.dataset
-        source = get_source(name)
-        split = source.load("train", ctx.cfg.data_root)
-        if self.cfg.limit:
-            g = torch.Generator().manual_seed(self.cfg.subset_seed)
-            split = split.subset(torch.randperm(len(split), generator=g)[: self.cfg.limit])
-        self.batches = Batches(split, ctx.spec, ctx.device, train=True, augment=self.cfg.augment or None)
-        self.epoch_length = len(split)
-        self.real_data = f"{name} train split, {len(split):,} images (labels used)"
-
-    def synthesize(self) -> Dict[str, float]:
-        return {}
-
-    def sample(self, n: int):
-        return self.batches.sample(n)
-
-    def summary_extra(self) -> Dict[str, Any]:
-        return {"real_images": self.epoch_length}
+from .data import get_source
+from .engine import Engine
+from .errors import ConfigError, DatafreeError, UnknownNameError
+from .identity import run_identity
+from .methods import resolve
+from .models import create_model, load_state, save_model
+from .registry import METHODS, load_builtins
+from .results import BEST_STUDENT, STUDENT, THREADS_FIELD, Identity, differences, fingerprint_of, machine, same_run
+from .rundir import RunFolder
+from .zoo import published_path, read_manifest, write_manifest_entry, zoo_key, zoo_path
 
 
 #: the teacher recipe ``train-teacher`` uses unless told: ours, the ``scratch`` method entry
@@ -75,8 +34,6 @@ RECIPE_PREFIX = "scratch_"
 
 def teacher_recipes() -> List[str]:
     """The known teacher recipes: ``datafree`` (the ``scratch`` entry) and every ``scratch_<name>`` method."""
-    from .registry import METHODS, load_builtins
-
     load_builtins()
     return [DEFAULT_RECIPE] + sorted(m[len(RECIPE_PREFIX) :] for m in METHODS.list() if m.startswith(RECIPE_PREFIX))
 
@@ -86,8 +43,6 @@ def recipe_method(recipe: Optional[str] = None) -> str:
 
     An unknown recipe is an :class:`~datafree.errors.UnknownNameError` naming the close matches.
     """
-    from .errors import UnknownNameError
-
     name = DEFAULT_RECIPE if recipe is None else str(recipe)
     known = teacher_recipes()
     if name not in known:
@@ -109,8 +64,6 @@ def teacher_config(
     ``overrides`` may name the recipe too (``{"recipe": "cmi"}``, as a suite's ``teacher_training`` does);
     naming two different ones is an error.
     """
-    from .errors import ConfigError
-
     over = dict(overrides or {})
     named = over.pop("recipe", None)
     if named is not None and recipe is not None and str(named) != str(recipe):
@@ -145,6 +98,13 @@ def recipe_values(cfg, name: str, spec) -> Dict[str, Any]:
     return values
 
 
+def without_threads(ident: Identity) -> Identity:
+    """An identity without the CPU thread count: a teacher recipe is the same recipe on any number of threads
+    (the teacher's weights, by sha256, are what runs are then tied to)."""
+    fields = {k: v for k, v in ident.fields.items() if k != THREADS_FIELD}
+    return Identity(fingerprint_of(fields), fields)
+
+
 def train_teacher(
     dataset: str,
     model: str,
@@ -167,18 +127,11 @@ def train_teacher(
     never resumed under the new label. ``other_recipe="retrain"`` retrains instead of raising (the demo's
     own teacher). With ``keep=best`` (the cmi recipe) the zoo gets the weights of the best evaluation.
     """
-    from . import engine
-    from .models import save_model
-    from .results import machine
-    from .zoo import read_manifest, write_manifest_entry, zoo_path
-
-    from .errors import ConfigError
-    from .identity import Identity, differences, matches, read_identity, run_identity, same_run, set_aside
-
     path = zoo_path(dataset, model, zoo)
     key = zoo_key(dataset, model)
     cfg, name = teacher_config(dataset, model, overrides, recipe)
-    recipe_id = run_identity(cfg, teacher_file=None)
+    # the recipe, as the zoo records it: the run's identity without the thread count it happened to use
+    recipe_id = without_threads(run_identity(cfg, teacher_file=None))
     if os.path.isfile(path) and not force:
         entry = read_manifest(zoo).get(key, {})
         recorded = (
@@ -202,27 +155,22 @@ def train_teacher(
             ". "
             f"Use --force to retrain and replace it, or --zoo DIR for a zoo of its own"
         )
-    if os.path.isdir(cfg.out) and not force and not matches(cfg.out, recipe_id) and os.listdir(cfg.out):
-        old_dir = set_aside(cfg.out)  # another recipe or seed: its weights must not be relabelled
-        log(
-            f"teacher run {cfg.out} was another recipe ({differences(read_identity(old_dir), recipe_id)}); "
-            f"kept as {old_dir}"
-        )
-    summary = engine.Engine(cfg, resume=resume and not force, overwrite=force).run()
+    run_folder, run_id = RunFolder(cfg.out), run_identity(cfg, teacher_file=None)
+    if run_folder.exists() and not force and not run_folder.matches(run_id) and os.listdir(cfg.out):
+        old, problem = run_folder.identity_problem()
+        old_dir = run_folder.set_aside()  # another recipe, seed or thread count: never resumed under this label
+        log(f"teacher run {cfg.out} was another run ({differences(old, run_id, problem=problem)}); kept as {old_dir}")
+    summary = Engine(cfg, resume=resume and not force, overwrite=force).run()
     if summary.get("status") in ("diverged", "collapsed") or summary.get("last_acc") is None:
-        from .errors import DatafreeError
-
         raise DatafreeError(
             f"training the {model} teacher on {dataset} {summary.get('status', 'failed')} "
             f"({summary.get('diverged', {}).get('reason', 'accuracy at chance')}); nothing was "
             f"added to the zoo. Try another recipe (e.g. a lower optim.lr); the run is in {cfg.out}"
         )
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    kept = engine.BEST_STUDENT if cfg.keep == "best" else "student.pt"
+    kept = BEST_STUDENT if cfg.keep == "best" else STUDENT
     ckpt = torch.load(os.path.join(cfg.out, kept), map_location="cpu", weights_only=True)
     accuracy = float(ckpt["accuracy"]) if cfg.keep == "best" else float(summary["last_acc"])
-    from .models import create_model, load_state
-
     spec = get_source(dataset).spec
     net = create_model(model, spec.num_classes, spec.channels, spec.size)
     load_state(net, ckpt["state_dict"], "the trained teacher")
@@ -246,8 +194,6 @@ def train_teacher(
         "recipe_fields": recipe_id.fields,
     }
     write_manifest_entry(dataset, model, entry, zoo)
-    from .zoo import published_path
-
     shadow = published_path(dataset, model, zoo)
     if shadow:  # the zoo's lookup takes a published file first: say which file a run of this name gets
         log(

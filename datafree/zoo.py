@@ -15,13 +15,17 @@ the engine, never taken from the file, and cached by (sha256, dataset) in
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any, Dict, Optional
 
 import yaml
 
 from .errors import CheckpointError, DatafreeError
+from .models.timm_models import fetch_hint, name_of_cached, pretrained_file
+from .names import ARCH_ALIASES
 from .registry import MODELS
+from .results import atomic_write_yaml
 
 
 def zoo_dir(explicit: Optional[str] = None) -> str:
@@ -55,8 +59,6 @@ def read_manifest(directory: Optional[str] = None) -> Dict[str, Any]:
 
 
 def write_manifest_entry(dataset: str, model: str, entry: Dict[str, Any], directory: Optional[str] = None) -> None:
-    from .results import atomic_write_yaml
-
     manifest = read_manifest(directory)
     manifest[zoo_key(dataset, model)] = entry
     atomic_write_yaml(os.path.join(zoo_dir(directory), "manifest.yaml"), dict(sorted(manifest.items())))
@@ -88,8 +90,6 @@ def resolve_teacher(teacher: str, dataset: str, directory: Optional[str] = None)
         return teacher
     if teacher.endswith((".pt", ".pth", ".ckpt")) or os.sep in teacher and not teacher.startswith("timm/"):
         raise CheckpointError(f"teacher checkpoint {teacher!r} does not exist")
-    from .teacher import ARCH_ALIASES
-
     if not teacher.startswith("timm/") and teacher not in MODELS and teacher not in ARCH_ALIASES:
         raise MODELS.unknown(teacher, MODELS.list() + list(ARCH_ALIASES) + ["timm/<name>"])
     teacher = ARCH_ALIASES.get(teacher, teacher)  # DFAD's resnet34_8x is our resnet34 (and its file name says so)
@@ -101,8 +101,6 @@ def resolve_teacher(teacher: str, dataset: str, directory: Optional[str] = None)
         return path
     hint = ""
     if teacher.startswith("timm/"):
-        from .models.timm_models import fetch_hint, pretrained_file
-
         name = teacher.split("/", 1)[1]
         try:
             cached = pretrained_file(name)
@@ -121,8 +119,6 @@ def resolve_teacher(teacher: str, dataset: str, directory: Optional[str] = None)
 
 def timm_pretrained_file(path: str) -> Optional[str]:
     """The timm model name (with its tag) when ``path`` is timm's pretrained weights in the cache, else None."""
-    from .models.timm_models import name_of_cached
-
     return name_of_cached(path)
 
 
@@ -165,10 +161,6 @@ def remember_accuracy(
     arch: Optional[str] = None,
 ) -> None:
     """Cache a measured teacher accuracy (best effort: a read-only zoo only means measuring again)."""
-    import datetime
-
-    from .results import atomic_write_yaml
-
     target = _measured_path(directory)
     try:
         cache = {}

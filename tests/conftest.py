@@ -56,8 +56,9 @@ TINY_SYNTH = {
 
 def tiny(method: str, out, **over):
     """A resolved config for a fast digits run of ``method``."""
-    from datafree.config import deep_merge, resolve
-    from datafree.methods import method_entry
+    from datafree.config import deep_merge
+    from datafree.engine import check_run
+    from datafree.methods import method_entry, resolve
 
     base = {
         "method": method,
@@ -75,7 +76,7 @@ def tiny(method: str, out, **over):
     }
     synth = method_entry(method).get("synthesizer")
     base["synth"] = dict(TINY_SYNTH.get(method, TINY_SYNTH.get(synth, {})))
-    return resolve(deep_merge(base, over))
+    return check_run(resolve(deep_merge(base, over)))  # checked against this machine, as `datafree distill` does
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ them.
 
 import pytest
 
-from datafree.config import resolve, to_dict
+from datafree.methods import resolve
+from datafree.config import to_dict
 
 PAIRS = [
     ("resnet34", "resnet18"),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import tiny
-from datafree.config import resolve
+from datafree.methods import resolve
 from datafree.data import collected as collected_mod
 from datafree.data.collected import (
     CollectedConfig,

@@ -15,7 +15,7 @@ def _losses(zoo, tmp_path, compile_: bool):
     out = []
     for _ in range(3):
         logs = e.synth.synthesize()
-        step = e.distiller.step(e.synth.sample(16))
+        step = e.trainer.step(e.synth.sample(16))
         out.append((float(logs["loss_g"]), float(step["loss"])))
     return out
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_same_results, run_killed, tiny
 from datafree import loggers
 from datafree.cli import main
-from datafree.config import resolve
+from datafree.methods import resolve
 from datafree.engine import run
 from datafree.errors import ConfigError, MissingPackageError
 from datafree.identity import NEUTRAL_KEYS, run_identity

@@ -161,7 +161,7 @@ def test_js_clamped_is_the_reference_competition_term():
 
 
 def test_deepinv_runs_the_scripts_protocol_and_the_paper_preset_the_papers():
-    from datafree.config import resolve
+    from datafree.methods import resolve
 
     base = {"dataset": "cifar10", "teacher": "wrn40_2", "student": "wrn16_1"}
     plain = resolve({**base, "method": "deepinv"})

@@ -56,7 +56,7 @@ def test_one_round_and_one_student_step(zoo, tmp_path):
     x = synth.sample(16)
     assert x.shape == (16, *e.spec.shape)
     before = snapshot(e.student)
-    e.distiller.step(x)
+    e.trainer.step(x)
     assert changed_params(e.student, before)
 
 
@@ -212,7 +212,7 @@ def test_exactly_full_bank_keeps_first_steps_from_then_on_as_the_reference(zoo, 
     """contrastive.py:154-166 samples range(ptr) once n_updates == max_size (ptr wrapped to 0): no negatives,
     loss_cr[N:].mean() is NaN (:324), the head turns NaN and every later round keeps its first step's batch.
     With bank 16 = 2 batches of 8, rounds 1-2 optimise; from round 3 on, `cmi` keeps step 1 (`cmi:fixed` never)."""
-    from datafree.config import resolve
+    from datafree.methods import resolve
 
     for pair in (("wrn40_2", "wrn16_1"), ("resnet34", "resnet18")):
         for ds in ("cifar10", "cifar100"):

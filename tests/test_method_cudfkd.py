@@ -127,7 +127,7 @@ def test_student_step_moves_only_the_student(zoo, tmp_path):
     e = _engine(tmp_path)
     teacher, student, gen = snapshot(e.teacher), snapshot(e.student), snapshot(e.synth.generator)
     x = e.synth.sample(16)
-    logs = e.distiller.step(x)
+    logs = e.trainer.step(x)
     for k in ("loss", "kd", "v", "difficulty"):
         assert torch.isfinite(torch.as_tensor(logs[k])), k
     assert 0 < float(logs["v"]) <= 1 + math.exp(-2.0)
@@ -250,7 +250,7 @@ def test_engine_run_and_resume(zoo, tmp_path, monkeypatch):
 
 
 def test_fixed_preset_weighs_each_sample():
-    from datafree.config import resolve
+    from datafree.methods import resolve
 
     assert resolve({"method": "cudfkd", "dataset": "cifar10"}).distill["per_sample"] is False
     fixed = resolve({"method": "cudfkd:fixed", "dataset": "cifar100", "teacher": "resnet34", "student": "resnet18"})

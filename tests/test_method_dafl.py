@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from datafree.config import resolve
+from datafree.methods import resolve
 from datafree.data.datasets import get_spec
 from datafree.errors import ConfigError
 from datafree.models import create_model

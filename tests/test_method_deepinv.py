@@ -38,14 +38,14 @@ def test_synthesis_moves_pixels_not_models(zoo, tmp_path):
     x = e.synth.sample(16)
     assert x.shape == (16, *e.spec.shape)
     before = snapshot(e.student)
-    e.distiller.step(x)
+    e.trainer.step(x)
     assert changed_params(e.student, before)
 
 
 def test_plain_deepinv_keeps_the_last_iterate_as_the_reference_view_does(zoo, tmp_path):
     """deepinversion.py:83/:100 keep inputs.data, a view that the in-place Adam step and clip go on changing:
     the pool gets the final pixels. deepinv:fixed keeps the lowest-loss step (a copy)."""
-    from datafree.config import resolve
+    from datafree.methods import resolve
 
     assert resolve({"method": "deepinv", "dataset": "cifar10"}).synth["keep_best"] is False
     assert resolve({"method": "deepinv:fixed", "dataset": "cifar10"}).synth["keep_best"] is True

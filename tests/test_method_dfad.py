@@ -12,7 +12,7 @@ from conftest import (
     tiny,
     unchanged,
 )
-from datafree.config import resolve
+from datafree.methods import resolve
 from datafree.synthesis.losses import l1_logits
 
 SYNTH = {"synthesis_batch_size": 16, "ngf": 8, "nz": 16}
@@ -83,7 +83,7 @@ def test_student_l1_decreases_on_a_fixed_batch(zoo, tmp_path):
     torch.manual_seed(0)
     x = e.synth.sample(16)
     teacher, gen = snapshot(e.teacher), snapshot(e.synth.generator)
-    seen = [e.distiller.step(x)["l1"] for _ in range(11)]  # each value is the loss before that step
+    seen = [e.trainer.step(x)["l1"] for _ in range(11)]  # each value is the loss before that step
     assert all(torch.isfinite(v) for v in seen) and seen[0] > 0
     assert seen[-1] < 0.95 * seen[0] and seen[-1] < min(seen[:-1])
     assert unchanged(e.teacher, teacher) and unchanged(e.synth.generator, gen)

@@ -17,7 +17,8 @@ from conftest import (
     tiny,
     unchanged,
 )
-from datafree.config import RunConfig, resolve
+from datafree.config import RunConfig
+from datafree.methods import resolve
 from datafree.data.datasets import get_spec
 from datafree.engine import run
 from datafree.models import create_model
@@ -73,7 +74,7 @@ def test_round_moves_the_meta_generator_not_the_models(zoo, tmp_path):
     assert x.shape == (8, *e.spec.shape) and x.device == e.device
     gen = snapshot(s.generator)
     before = snapshot(e.student)
-    e.distiller.step(x)
+    e.trainer.step(x)
     assert changed_params(e.student, before)
     assert unchanged(s.generator, gen)  # the student step leaves G alone
 

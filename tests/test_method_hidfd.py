@@ -172,7 +172,7 @@ def test_feature_alignment_step_trains_student_and_projector(zoo, tmp_path):
     e = _engine(tmp_path)
     d = e.distiller
     s_before, p_before, t_before = snapshot(e.student), snapshot(d.projector), snapshot(e.teacher)
-    logs = d.step(torch.randn(8, *e.spec.shape), None)  # labels unused
+    logs = e.trainer.step(torch.randn(8, *e.spec.shape), None)  # labels unused
     assert torch.isfinite(logs["align"]) and set(logs) == {"align", "loss"}
     assert changed_params(e.student, s_before) and changed_params(d.projector, p_before)
     assert unchanged(e.teacher, t_before)
@@ -217,7 +217,7 @@ def test_resume_in_the_middle_of_gan_training(zoo, tmp_path, monkeypatch):
 
 
 def test_released_preset_and_mnist_section_resolve():
-    from datafree.config import resolve
+    from datafree.methods import resolve
 
     cfg = resolve({"method": "hidfd:released", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
     assert cfg.synth["lr_g"] == cfg.synth["lr_d"] == 2e-4 and cfg.synth["gan_epochs"] == 400
@@ -248,7 +248,7 @@ def _released_stats(mean, std, grey=False):
 
 
 def test_released_student_normalisation_keeps_the_released_change_of_pixels():
-    from datafree.config import resolve
+    from datafree.methods import resolve
     from datafree.data.datasets import get_spec
 
     for ds, teacher, student in (

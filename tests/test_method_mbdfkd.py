@@ -37,7 +37,7 @@ def test_round_moves_the_generator_only_and_the_student_learns(zoo, tmp_path):
     x = e.synth.sample(16)
     assert x.shape == (18, *e.spec.shape) and e.synth.last_mix == (16, 2)
     assert unchanged(e.student, student)
-    e.distiller.step(x)
+    e.trainer.step(x)
     assert not unchanged(e.student, student) and unchanged(e.teacher, teacher)
 
 
@@ -179,7 +179,7 @@ def test_student_mode_train_lets_generator_batches_move_the_students_bn_statisti
 
 
 def test_unknown_adversarial_kind_log_or_student_mode_is_refused(zoo, tmp_path):
-    from datafree.config import resolve
+    from datafree.methods import resolve
 
     base = {"method": "mbdfkd", "dataset": "cifar100", "teacher": "resnet34", "student": "resnet18"}
     for key, bad in (("adv_kind", "jsd"), ("ie_log", "2"), ("student_mode", "frozen")):

@@ -43,7 +43,7 @@ def test_round_trains_generator_and_vae_only_and_the_student_learns(zoo, tmp_pat
     x = s.sample(16)
     assert x.shape == (18, *e.spec.shape) and s.last_mix == (16, 2)
     assert unchanged(s.vae, vae) and unchanged(e.student, student)  # sampling trains nothing
-    e.distiller.step(x)
+    e.trainer.step(x)
     assert not unchanged(e.student, student) and unchanged(e.teacher, teacher)
 
 

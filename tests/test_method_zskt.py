@@ -30,7 +30,7 @@ def _engine(tmp_path, synth=None, **over):
 def test_plain_zskt_runs_the_cmi_protocol_and_the_paper_preset_the_authors(zoo):
     """zskt: the CMI table's protocol (zju-vipa/CMI scripts/zskt/zskt_cifar10_wrn402_wrn161.sh via datafree_kd.py);
     zskt:paper: polo5/ZeroShotKnowledgeTransfer scripts/ZeroShot/main2.sh with solver.py's F.kl_div mean."""
-    from datafree.config import resolve
+    from datafree.methods import resolve
 
     for ds, t, s in (("cifar10", "wrn40_2", "wrn16_1"), ("cifar100", "resnet34", "resnet18")):
         c = resolve({"method": "zskt", "dataset": ds, "teacher": t, "student": s})
@@ -188,7 +188,7 @@ def test_student_steps_share_one_pseudo_batch_and_one_teacher_pass(zoo, tmp_path
     assert x1 is x2  # n_s student steps on the same images, as the reference's loader repeats its batch
     calls["n"] = 0
     for _ in range(3):
-        e.distiller.step(e.synth.sample(16))
+        e.trainer.step(e.synth.sample(16))
     assert calls["n"] == 1  # the teacher's logits and maps are reused for the repeated batch
     e.synth.synthesize()
     assert not torch.equal(e.synth.sample(16), x1)  # a new round, a new pseudo batch
@@ -199,7 +199,7 @@ def test_student_step_moves_the_student_only(zoo, tmp_path):
     e.synth.synthesize()
     x = e.synth.sample(16)
     teacher, gen, student = snapshot(e.teacher), snapshot(e.synth.generator), snapshot(e.student)
-    logs = e.distiller.step(x)
+    logs = e.trainer.step(x)
     for k in ("kd", "at", "loss"):
         assert torch.isfinite(logs[k]), k
     assert logs["kd"] > 0 and logs["at"] > 0
@@ -276,7 +276,7 @@ def test_kd_temperature_is_the_configured_one(zoo, tmp_path, T):
 def test_student_gradients_are_clipped(zoo, tmp_path):
     e = _engine(tmp_path, distill={"clip_grad": 1e-3})
     e.synth.synthesize()
-    e.distiller.step(e.synth.sample(16))
+    e.trainer.step(e.synth.sample(16))
     norm = torch.norm(torch.stack([p.grad.norm() for p in e.student.parameters() if p.grad is not None]))
     assert norm <= 1e-3 * (1 + 1e-4)
 

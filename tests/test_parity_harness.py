@@ -126,7 +126,7 @@ def test_our_fingerprint_is_the_engines(parity, tmp_path):
     the same argv; a budget value changes it, the cell's output folder does not."""
     from datafree import identity
     from datafree.cli import _user_config, build_parser
-    from datafree.config import resolve
+    from datafree.methods import resolve
 
     teacher = os.path.join(ROOT, "model_zoo", "mnist_lenet5_bn.pt")
     if not os.path.isfile(teacher):

@@ -292,8 +292,9 @@ def test_adding_a_method_doc_lists_the_inherited_config_fields():
 
 
 def test_a_preset_is_a_method_that_extends_its_own(tmp_path):
-    from datafree.config import resolve
-    from datafree.methods import method_entry, method_folder, register_method
+    from datafree.methods import resolve
+    from datafree.methods import method_entry, register_method
+    from datafree.rundir import folder_name as method_folder
     from datafree.registry import METHODS
     from datafree.report import order_methods
 
@@ -322,7 +323,7 @@ def test_a_preset_is_a_method_that_extends_its_own(tmp_path):
 
 
 def test_hidfd_released_is_a_preset_and_suites_run_it(zoo, tmp_path):
-    from datafree.runner import expand, load_suite
+    from datafree.suites import expand, load_suite
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     suite = load_suite(os.path.join(repo, "benchmarks", "suites", "demo.yaml"))

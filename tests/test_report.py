@@ -18,7 +18,8 @@ from datafree.report import (
     tables_markdown,
     write_tables,
 )
-from datafree.results import load_runs, read_jsonl
+from datafree.runs import load_runs
+from datafree.results import read_jsonl
 
 PAIR = "lenet5->lenet5_half"
 
@@ -101,13 +102,27 @@ def _summary(method="dafl", seed=0, last=97.0, **over):
     return s
 
 
+def _curve_of(summary):
+    """metrics.jsonl lines a summary agrees with (the tables check a record against its curve): its best, then
+    its last evaluation (none for a run that has no accuracy)."""
+    last, best = summary.get("last_acc"), summary.get("best_acc")
+    if not isinstance(last, (int, float)):
+        return []
+    first = best if isinstance(best, (int, float)) and best > last else last - 5.0
+    return [json.dumps({"epoch": 1, "acc": first}), json.dumps({"epoch": 2, "acc": last})]
+
+
 def _run(root, name, summary=None, metrics=None, raw_summary=None):
-    """A run folder ``root/name`` with summary.json (a dict, or ``raw_summary`` text) and metrics.jsonl lines."""
+    """A run folder ``root/name`` with summary.json (a dict, or ``raw_summary`` text) and metrics.jsonl lines (by
+    default the ones the summary says: :func:`_curve_of`)."""
     d = root / name
     d.mkdir(parents=True)
-    text = raw_summary if raw_summary is not None else json.dumps(summary if summary is not None else _summary())
+    summary = summary if summary is not None else _summary()
+    lines = metrics if metrics is not None else _curve_of(summary)
+    if metrics is None and isinstance(summary, dict):
+        summary = {**summary, "evaluations": len(lines)}
+    text = raw_summary if raw_summary is not None else json.dumps(summary)
     (d / "summary.json").write_text(text)
-    lines = metrics if metrics is not None else ['{"epoch": 1, "acc": 90.0}', '{"epoch": 2, "acc": 97.0}']
     (d / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
     return d
 
@@ -203,13 +218,13 @@ def _statuses(tmp_path):
     _run(
         tmp_path,
         "dafl/s2",
-        _summary("dafl", 2, 50.0, **diverged),
+        _summary("dafl", 2, 50.0, evaluations=1, **diverged),  # the engine counts finite evaluations
         metrics=['{"epoch": 1, "acc": 50.0}', '{"epoch": 2, "acc": null, "lr": null}'],
     )
     _run(
         tmp_path,
         "cmi/s0",
-        _summary("cmi", 0, None, best_acc=None, mean_acc=None, var_acc=None, **diverged),
+        _summary("cmi", 0, None, best_acc=None, mean_acc=None, var_acc=None, evaluations=0, **diverged),
         metrics=['{"epoch": 1, "acc": null}'],
     )
     _run(tmp_path, "dfad/s0", _summary("dfad", 0, 10.09, status="collapsed", collapsed=True))

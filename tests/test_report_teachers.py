@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from datafree.cli import main
 from datafree.report import TEACHER_MARK, accuracy_rows, accuracy_table, load_reference, teacher_rows, teacher_source
-from datafree.results import load_runs
+from datafree.runs import load_runs
 
 REF = f"{REPO}/benchmarks/reference/cifar10.yaml"  # teacher row: resnet34->resnet18 95.70, wrn40_2->* 94.87
 R34, WRN = "resnet34->resnet18", "wrn40_2->wrn16_1"

@@ -12,7 +12,8 @@ import yaml
 
 from datafree.cli import main
 from datafree.errors import ConfigError, UnknownNameError
-from datafree.runner import expand, load_suite, run_suite
+from datafree.suites import expand, load_suite
+from datafree.runner import run_suite
 
 TINY = {"epochs": 2, "ep_steps": 2, "batch_size": 8, "samples": 4, "progress": False}
 
@@ -213,7 +214,7 @@ def test_mnist_bn_suite_pairs_and_tracked_teachers():
     """The BN test bed: its second pair runs every method at its own shorter budget, the cmi_g200 diagnosis cell
     on each pair at that pair's cmi totals in rounds of 200 generator steps, and the two teachers it names are the
     tracked files the manifest records."""
-    from datafree.identity import file_sha256
+    from datafree.results import file_sha256
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     suite = load_suite(os.path.join(root, "benchmarks", "suites", "mnist_bn.yaml"))

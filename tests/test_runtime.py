@@ -26,7 +26,8 @@ def test_channels_last_auto_is_on_for_cpu_and_cuda_and_off_means_off():
 
 def test_on_off_switches_survive_yaml_booleans():
     """YAML 1.1 reads `off` as False: `--set channels_last=off amp=off` must still mean off, not 'False'."""
-    from datafree.config import parse_overrides, resolve
+    from datafree.config import parse_overrides
+    from datafree.methods import resolve
 
     cfg = resolve(
         {"method": "dafl", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"},
@@ -254,7 +255,7 @@ def test_auto_amp_precision_on_cuda_fp32_synthesis_for_the_inversion_methods(
             assert g_seen and set(g_seen) == {synthesis}
         x = batch[0] if isinstance(batch, tuple) else batch
         s_seen, s_handles = _conv_dtypes(e.student)
-        e.distiller.step(e.ctx.to_device(x), None)
+        e.trainer.step(e.ctx.to_device(x), None)
         assert s_seen and set(s_seen) == {torch.bfloat16}
         for h in s_handles:
             h.remove()
@@ -281,12 +282,14 @@ def test_explicit_bf16_amp_forces_bf16_synthesis_precision(zoo, tmp_path):
     assert set(seen) == {torch.bfloat16}
 
 
-def _legacy_fingerprint(cfg, kind):
-    """The fingerprint as identity.run_identity computed it before synthesis precision was recorded (no teacher
-    file, no saved sets, no renamed models): the resolved config minus the neutral keys, device and amp resolved."""
+def _legacy_fields(cfg, kind):
+    """The identity's fields as identity.run_identity computed them before synthesis precision and the CPU thread
+    count were recorded (no teacher file, no saved sets, no renamed models): the resolved config minus the neutral
+    keys, device and amp resolved."""
     from datafree.config import to_dict
     from datafree.data import get_spec
-    from datafree.identity import NEUTRAL_KEYS, fingerprint_of, flatten
+    from datafree.identity import NEUTRAL_KEYS
+    from datafree.results import flatten
 
     conf = to_dict(cfg)
     for k in NEUTRAL_KEYS:
@@ -296,7 +299,7 @@ def _legacy_fingerprint(cfg, kind):
     fields["amp"] = cfg.amp if cfg.amp != "auto" else ("bf16" if kind == "cuda" else "off")
     spec = get_spec(cfg.dataset)
     fields.update({"dataset.channels": spec.channels, "dataset.size": spec.size, "dataset.classes": spec.num_classes})
-    return fingerprint_of(fields)
+    return fields
 
 
 _PRECISION_METHODS = [
@@ -319,14 +322,19 @@ _PRECISION_METHODS = [
 def test_cpu_fingerprints_unchanged_by_synthesis_precision_amp(method):
     """On the CPU both phases are fp32 whatever the method declares: the fingerprints are those of before, so the
     committed CPU records (results/demo, results/mnist) stay reusable."""
-    from datafree.config import resolve
     from datafree.identity import run_identity
+    from datafree.methods import resolve
+    from datafree.results import Identity, fingerprint_of, same_run
 
     for dataset, teacher, student in (("cifar10", "resnet34", "resnet18"), ("mnist", "lenet5", "lenet5_half")):
         cfg = resolve({"method": method, "dataset": dataset, "teacher": teacher, "student": student})
         ident = run_identity(cfg, teacher_file=None, device_kind="cpu")
         assert "synth_amp" not in ident.fields and ident.fields["amp"] == "off"
-        assert ident.fingerprint == _legacy_fingerprint(cfg, "cpu")
+        legacy = _legacy_fields(cfg, "cpu")  # the identity of a record made before both fields
+        assert {k: v for k, v in ident.fields.items() if k != "threads"} == legacy
+        old = Identity(fingerprint_of(legacy), legacy)
+        assert same_run(old, ident, recorded_threads=ident.fields["threads"])  # reused at the thread count it ran
+        assert not same_run(old, ident, recorded_threads=ident.fields["threads"] + 1)  # not at another
 
 
 @pytest.mark.parametrize("method", _PRECISION_METHODS)
@@ -334,16 +342,19 @@ def test_cuda_fingerprint_records_synthesis_precision_amp(method):
     """On CUDA under amp=auto the fingerprint of an fp32-synthesis method says so (synth_amp: off), so the records
     made when its synthesis ran under bf16 are not taken for the new default; they are what amp=bf16 asks for.
     The other methods keep their CUDA fingerprints."""
-    from datafree.config import resolve
     from datafree.identity import resolved_precision, run_identity
+    from datafree.methods import resolve
     from datafree.registry import SYNTHESIZERS
+    from datafree.results import fingerprint_of
 
     base = {"method": method, "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"}
     auto, forced = resolve(base), resolve({**base, "amp": "bf16"})
     a = run_identity(auto, teacher_file=None, device_kind="cuda")
     b = run_identity(forced, teacher_file=None, device_kind="cuda")
     assert a.fields["amp"] == b.fields["amp"] == "bf16" and "synth_amp" not in b.fields
-    assert b.fingerprint == _legacy_fingerprint(forced, "cuda") == _legacy_fingerprint(auto, "cuda")
+    legacy = fingerprint_of(_legacy_fields(forced, "cuda"))
+    assert b.fingerprint == legacy == fingerprint_of(_legacy_fields(auto, "cuda"))
+    assert "threads" not in a.fields  # a GPU run's arithmetic does not follow the host's thread count
     fp32 = SYNTHESIZERS.get(auto.synthesizer).synthesis_precision == "fp32"
     assert fp32 == (auto.synthesizer in ("deepinv", "cmi", "fast", "dfq"))
     if fp32:

@@ -58,7 +58,8 @@ def _teacher(summary):
 
 def test_export_writes_the_pool_as_class_folders_of_pngs(exported):
     from datafree.data import Normalizer
-    from datafree.identity import file_sha256, read_identity
+    from datafree.results import file_sha256
+    from datafree.rundir import RunFolder
 
     run_dir, out, manifest, summary = exported
     pool = torch.load(run_dir / "pool.pt", weights_only=True)
@@ -80,7 +81,7 @@ def test_export_writes_the_pool_as_class_folders_of_pngs(exported):
     assert seen == set(range(SET_SIZE))
     # the manifest names the run, its teacher, the spec and the count per class
     assert manifest == json.loads((out / "manifest.json").read_text())
-    assert manifest["fingerprint"] == read_identity(str(run_dir)).fingerprint == summary["fingerprint"]
+    assert manifest["fingerprint"] == RunFolder(str(run_dir)).read_identity().fingerprint == summary["fingerprint"]
     assert manifest["teacher"]["sha256"] == summary["teacher_sha256"] == file_sha256(summary["teacher_path"])
     assert manifest["per_class"] == {str(c): int((argmax == c).sum()) for c in range(10)}
     assert manifest["spec"]["mean"] == list(spec.mean) and manifest["spec"]["channels"] == 1
@@ -191,7 +192,7 @@ def test_kd_folder_trains_a_student_from_an_exported_set(exported, tmp_path):
 
 
 def test_kd_folder_follows_the_reference_recipe():
-    from datafree.config import resolve
+    from datafree.methods import resolve
 
     cfg = resolve(
         {
@@ -293,7 +294,8 @@ def test_a_run_started_from_a_set_records_it_and_keeps_its_fingerprint_without_i
 
 def test_the_cifar10_suite_has_the_rows_that_start_from_a_saved_set(monkeypatch):
     from datafree.report import load_reference
-    from datafree.runner import cell_config, expand, load_suite
+    from datafree.runner import cell_config
+    from datafree.suites import expand, load_suite
 
     monkeypatch.chdir(REPO)
     suite = load_suite("benchmarks/suites/cifar10.yaml")

@@ -10,7 +10,8 @@ from datafree import load_teacher
 from datafree.cli import main
 from datafree.errors import CheckpointError, UnknownNameError
 from datafree.models import create_model, save_model
-from datafree.teacher import check_arch, name_from_file
+from datafree.teacher import check_arch
+from datafree.names import name_from_file
 
 
 def _zoo_teacher(zoo):
@@ -242,8 +243,9 @@ def test_an_old_mobilenetv2_checkpoint_is_the_cifar_network(tmp_path):
 
 
 def test_a_record_from_before_unset_keys_were_dropped_is_still_the_same_run(tmp_path):
-    from datafree.config import resolve
-    from datafree.identity import Identity, fingerprint_of, run_identity, same_run
+    from datafree.methods import resolve
+    from datafree.results import Identity, fingerprint_of, same_run
+    from datafree.identity import run_identity
 
     new = run_identity(
         resolve({"method": "scratch", "dataset": "digits", "student": "lenet5", "teacher": None}), teacher_file=None
@@ -256,7 +258,7 @@ def test_a_record_from_before_unset_keys_were_dropped_is_still_the_same_run(tmp_
 
 
 def test_a_renamed_architecture_is_another_run():
-    from datafree.config import resolve
+    from datafree.methods import resolve
     from datafree.identity import run_identity
 
     base = {"method": "scratch", "dataset": "cifar10", "teacher": None}
@@ -266,7 +268,7 @@ def test_a_renamed_architecture_is_another_run():
 
 
 def test_teacher_arch_names_the_pair_for_its_settings():
-    from datafree.config import resolve
+    from datafree.methods import resolve
 
     by_name = resolve({"method": "cmi", "dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"})
     by_arch = resolve(

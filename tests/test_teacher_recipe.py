@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from datafree.cli import main
-from datafree.config import resolve
+from datafree.methods import resolve
 from datafree.data import get_spec
-from datafree.distill import build_scheduler
+from datafree.engine.trainer import build_scheduler
 from datafree.engine import Engine
 from datafree.errors import ConfigError, DatafreeError, UnknownNameError
 from datafree.identity import run_identity

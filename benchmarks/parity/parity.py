@@ -9,7 +9,7 @@ A cell is one (method, side, seed): ``<out>/<method>/<side>-s<seed>/`` holding `
 ``curves.jsonl`` (schema in benchmarks/parity/README.md). ``--smoke`` shrinks the budget (the budget file's
 ``smoke`` section) and writes under ``<out>/_smoke/``. A cell whose record.json matches the budget and the
 teacher's sha256 is skipped when, theirs: the reference work tree's HEAD is the recorded one; ours: the run's
-fingerprint (run/fingerprint.json, datafree/identity.py) is the one the current overrides resolve to.
+identity (run/fingerprint.json, datafree/identity.py) is the one the current overrides resolve to.
 
 The theirs side runs ``adapters/<budget adapter>.py`` as a subprocess (never importing our package, since the
 reference package is also called ``datafree``); the ours side runs ``python -m datafree.cli distill`` with the
@@ -122,14 +122,17 @@ def cell_dir(out: str, method: str, side: str, seed: int, smoke: bool) -> str:
 
 
 def cell_done(
-    d: str, budget: Dict[str, Any], teacher_sha: str, commit: Optional[str] = None, fingerprint: Optional[str] = None
+    d: str, budget: Dict[str, Any], teacher_sha: str, commit: Optional[str] = None, fingerprint: Any = None
 ) -> bool:
     """A finished cell: record.json with the same budget and teacher, and
 
     * theirs: the same reference work-tree ``commit``;
-    * ours: the same run ``fingerprint`` (datafree/identity.py: resolved config + teacher sha256 + dataset),
-      as the cell's ``run/fingerprint.json`` holds it (and the record's copy, where it has one). Our git HEAD
-      (``commit`` in our records) is information only: a commit that does not change what the run computes keeps it.
+    * ours: the run the current overrides resolve to (datafree/identity.py: resolved config + teacher sha256 +
+      dataset + CPU threads), as the cell's ``run/fingerprint.json`` holds it (and the record's copy, where it has
+      one). ``fingerprint`` is :func:`our_identity`'s answer (the engine's own judgement of the run dir, which
+      also recognises a record made before the thread count entered the identity) or a bare fingerprint,
+      compared as it is. Our git HEAD (``commit`` in our records) is information only: a commit that does not
+      change what the run computes keeps it.
     """
     p = os.path.join(d, "record.json")
     if not os.path.isfile(p):
@@ -143,9 +146,12 @@ def cell_done(
         return False
     if rec.get("side") == "theirs":
         return commit is not None and rec.get("reference_commit") == commit
-    if fingerprint is None or rec.get("fingerprint", fingerprint) != fingerprint:  # records made before the
-        return False  # field (keyed on our HEAD) have none: their run dir's fingerprint.json decides
-    return run_fingerprint(os.path.join(d, "run")) == fingerprint
+    stored = run_fingerprint(os.path.join(d, "run"))
+    if fingerprint is None or stored is None or rec.get("fingerprint", stored) != stored:  # records made before
+        return False  # the field (keyed on our HEAD) have none: their run dir's fingerprint.json decides
+    if isinstance(fingerprint, dict):
+        return bool(fingerprint.get("matches"))
+    return stored == fingerprint
 
 
 def run_fingerprint(run_dir: str) -> Optional[str]:
@@ -163,13 +169,16 @@ _FINGERPRINT_CODE = """
 import json, sys
 from datafree import identity
 from datafree.cli import _user_config, build_parser
-from datafree.config import resolve
+from datafree.engine import check_run
+from datafree.methods import resolve
 from datafree.registry import load_plugins
+from datafree.rundir import RunFolder
 args = build_parser().parse_args(sys.argv[1:])
 user = _user_config(args)
 load_plugins(user.get("plugins", []))
-cfg = resolve(user)
-print(json.dumps({"fingerprint": identity.run_identity(cfg, identity.teacher_path(cfg)).fingerprint}))
+cfg = check_run(resolve(user))
+ident = identity.run_identity(cfg, identity.teacher_path(cfg))
+print(json.dumps({"fingerprint": ident.fingerprint, "matches": RunFolder(cfg.out).matches(ident)}))
 """
 
 
@@ -207,15 +216,21 @@ def ours_argv(method: str, seed: int, spec: Dict[str, Any], teacher: str, run_di
     ]
 
 
-def our_fingerprint(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str) -> str:
-    """The fingerprint our run of this cell will have, computed without running it (a short subprocess)."""
+def our_identity(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str) -> Dict[str, Any]:
+    """``{"fingerprint", "matches"}``: the fingerprint our run of this cell will have, and whether the cell's run
+    dir holds that run (datafree.rundir.RunFolder.matches), computed without running it (a short subprocess)."""
     argv = ours_argv(method, seed, spec, teacher, os.path.join(d, "run"))
     res = subprocess.run(
         [sys.executable, "-c", _FINGERPRINT_CODE, *argv], cwd=REPO, env=ours_env(), capture_output=True, text=True
     )
     if res.returncode != 0:
         raise SystemExit(f"error: resolving our config for {method} s{seed} failed:\n{res.stderr.strip()}")
-    return json.loads(res.stdout.strip().splitlines()[-1])["fingerprint"]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def our_fingerprint(method: str, seed: int, spec: Dict[str, Any], teacher: str, d: str) -> str:
+    """The fingerprint our run of this cell will have (:func:`our_identity`)."""
+    return our_identity(method, seed, spec, teacher, d)["fingerprint"]
 
 
 # --------------------------------------------------------------------------- ours: metrics.jsonl -> record
@@ -365,7 +380,7 @@ def cmd_run(a) -> int:
     commit = fingerprint = None
     if a.side == "ours":
         if not a.force:
-            fingerprint = our_fingerprint(a.method, a.seed, spec, teacher, d)
+            fingerprint = our_identity(a.method, a.seed, spec, teacher, d)
     else:
         wt = worktree_for(spec, a.worktree)
         if not os.path.isdir(wt):

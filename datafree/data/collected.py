@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError, DataNotFoundError
 from .datasets import ImageSplit, ShuffledPasses, data_roots, decode_images, get_source
 from .spec import DatasetSpec, Normalizer
+from ..results import atomic_write_json
 
 SELECTIONS = ("random", "confident")
 COLLECTED_FILE = "collected.json"
@@ -343,8 +344,6 @@ class Collected:
         }
 
     def write(self, out_dir: str) -> str:
-        from ..results import atomic_write_json
-
         path = os.path.join(out_dir, COLLECTED_FILE)
         atomic_write_json(path, self.record())
         return path

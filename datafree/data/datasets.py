@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import DataNotFoundError, UnknownNameError
-from ..registry import DATASETS
+from ..registry import DATASETS, load_builtins
 from .augment import standard_augment
 from .spec import DatasetSpec, Normalizer
 
@@ -117,7 +117,6 @@ class Source:
 def get_source(name: str) -> Source:
     if name.startswith("imagefolder:"):
         return imagefolder_source(name.split(":", 1)[1])
-    from ..registry import load_builtins
 
     load_builtins()
     return DATASETS.get(name)

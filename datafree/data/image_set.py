@@ -30,6 +30,7 @@ import torch
 from ..errors import ConfigError, DataNotFoundError
 from .datasets import ImageSplit
 from .spec import DatasetSpec
+from .collected import adapt_images
 
 MANIFEST = "manifest.json"
 SET_FORMAT = "datafree-synthetic-set/1"
@@ -173,7 +174,6 @@ def read_image_set(
         raise DataNotFoundError(f"{what}={path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); " + HOW_TO_MAKE)
     manifest = read_manifest(full)
     same_shape = manifest is not None and _check_manifest(manifest, spec, dataset, f"{what}={path}")
-    from .collected import adapt_images
 
     size = spec.size
     images = torch.empty((len(files), spec.channels, size, size), dtype=torch.uint8)

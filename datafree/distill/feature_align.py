@@ -19,6 +19,8 @@ from torch.nn import functional as F
 
 from ..registry import DISTILLERS
 from .base import Distiller
+from ..errors import CheckpointError
+from ..models import create_model, load_state
 
 
 class Projector(nn.Sequential):
@@ -182,9 +184,6 @@ def load_deployed(path: str, teacher_arch: Optional[str] = None, map_location: s
     teacher's pooling is rebuilt from its architecture; zoo models pool without
     parameters (a timm teacher whose pooling has parameters is not covered).
     """
-    from ..errors import CheckpointError
-    from ..models import create_model, load_state
-
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     info = ckpt.get("feature_align")
     if info is None:

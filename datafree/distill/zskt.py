@@ -102,10 +102,9 @@ class KDAttention(Distiller):
         self._pairs: Optional[tuple] = None  # (stage shapes, pairs)
         self._cache: Optional[tuple] = None  # (x, x._version, teacher logits, teacher maps)
 
-    def __init__(self, ctx, **params):
-        super().__init__(ctx, **params)
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         if self.cfg.clip_grad > 0:
-            self.optimizer.register_step_pre_hook(clip_before_step(self.parameters(), self.cfg.clip_grad))
+            optimizer.register_step_pre_hook(clip_before_step(self.parameters(), self.cfg.clip_grad))
 
     @torch.no_grad()
     def _teacher(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -10,49 +9,20 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, first_line
-from ..registry import GENERATORS, MODELS
+from ..results import atomic_torch_save, file_sha256
 from . import generators, layouts, lenet, mobilenetv2, resnet, vgg, wrn  # noqa: F401  (registration)
-from .base import Classifier
+from .base import Classifier  # noqa: F401
+from .factory import create_generator, create_model, list_models  # noqa: F401  (the package's API)
 from .features import FeatureTap, bn_layers, conv_layers  # noqa: F401
-from .timm_models import TimmClassifier, counts_of, legacy_state, timm_model
+from .timm_models import TimmClassifier, counts_of, legacy_state
 
 CHECKPOINT_FORMAT = "datafree-model/2"  # /2: mobilenetv2 is the reference network (RENAMED)
-
-
-def create_model(
-    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, pretrained_file: Optional[str] = None
-) -> Classifier:
-    """Build a classifier by name: a zoo name (``resnet18``) or ``timm/<name>`` (with timm's pretrained weights
-    read from ``pretrained_file``, a local file)."""
-    if name.startswith("timm/"):
-        return timm_model(name.split("/", 1)[1], num_classes, in_channels, image_size, pretrained_file=pretrained_file)
-    if name not in MODELS:
-        raise MODELS.unknown(name, MODELS.list() + ["timm/<name>"])
-    return MODELS.build(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-
-
-def create_generator(name: str, **kw: Any) -> nn.Module:
-    return GENERATORS.build(name, **kw)
-
-
-def list_models(pattern: str = "*"):
-    return MODELS.list(pattern)
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_model(
     path: str, model: nn.Module, arch: str, dataset: str, spec: Dict[str, Any], extra: Optional[Dict[str, Any]] = None
 ) -> str:
     """Save a model checkpoint that ``torch.load(weights_only=True)`` can read. Returns sha256."""
-    from ..results import atomic_torch_save
-
     payload = {
         "format": CHECKPOINT_FORMAT,
         "arch": arch,
@@ -62,7 +32,7 @@ def save_model(
     }
     payload.update(extra or {})
     atomic_torch_save(payload, path)
-    return sha256_file(path)
+    return file_sha256(path)
 
 
 def read_checkpoint(path: str) -> Dict[str, Any]:
@@ -71,18 +41,43 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = first_line(e)
-        raise CheckpointError(
-            f"checkpoint {path!r} cannot be read with torch.load(weights_only=True) ({type(e).__name__}: {first}). "
-            "Only state dicts (bare or in a checkpoint dict, as ours and the CMI repository's) are accepted; a whole "
-            "pickled model (DAFL's teacher-train.py saves torch.save(net, ...)) must be re-saved as its state_dict(), "
-            "where you trust the file: torch.save(torch.load(path, weights_only=False).state_dict(), 'teacher.pt')"
-        ) from e
+        raise CheckpointError(unreadable(path, e)) from e
     if isinstance(ckpt, dict) and "state_dict" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         ckpt = {"state_dict": ckpt}  # a bare state dict
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path!r} holds no state_dict")
     return ckpt
+
+
+#: how the files torch.save writes begin: a zip archive (torch >= 1.6) or a pickle (the legacy format)
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+
+
+def unreadable(path: str, e: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``e``, and the fix: a file cut short or damaged, a
+    whole pickled model (which weights_only refuses), or a file that is no torch checkpoint at all."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    why = f"{type(e).__name__}: {first_line(e)}"
+    if not (head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_MAGIC)):
+        return (
+            f"{path!r} is not a torch checkpoint: it does not begin as torch.save's files do ({size:,} bytes, first "
+            f"bytes {head[:8]!r}). Give a file saved by torch.save: a state dict, or a checkpoint dict holding one"
+        )
+    if "Weights only load failed" in str(e):
+        return (
+            f"checkpoint {path!r} cannot be read with torch.load(weights_only=True): it holds more than tensors. "
+            "Only state dicts (bare or in a checkpoint dict, as ours and the CMI repository's) are accepted; a "
+            "whole pickled model (DAFL's teacher-train.py saves torch.save(net, ...)) must be re-saved as its "
+            "state_dict(), where you trust the file: "
+            "torch.save(torch.load(path, weights_only=False).state_dict(), 'teacher.pt')"
+        )
+    return (
+        f"checkpoint {path!r} is a torch file that cannot be read to its end ({size:,} bytes; {why}): it is "
+        "truncated or damaged. Copy or download it again (compare its size or sha256 with the source), or "
+        "train it again with datafree train-teacher"
+    )
 
 
 def load_state(

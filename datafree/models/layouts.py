@@ -49,6 +49,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import torch
 
+from ..registry import MODELS
+from .factory import create_model
+from .mobilenetv2 import _CFG
+
 DATAFREE = "datafree"
 
 # where each mapping comes from
@@ -88,8 +92,6 @@ def _stage(m: "re.Match[str]") -> str:
 
 def _mobilenetv2_features(m: "re.Match[str]") -> str:
     """torchvision's / CMI's ``features.<i>.<rest>`` -> our ``stem`` / ``blocks.<stage>.<j>.block`` / ``conv_last``."""
-    from .mobilenetv2 import _CFG
-
     i, rest = int(m.group(1)), m.group(2)
     if i == 0:  # ConvBNReLU(3, 32, stride 2): 0 conv, 1 bn
         return f"stem.{rest}"
@@ -302,8 +304,6 @@ def read_counts(state: Mapping[str, torch.Tensor]) -> Tuple[Optional[int], Optio
 @functools.lru_cache(maxsize=None)
 def _arch_shapes(arch: str, image_size: int) -> Optional[Tuple[Tuple[str, Tuple[int, ...]], ...]]:
     """The state-dict shapes of a registered ``arch`` (10 classes, 3 channels) at ``image_size``, or None."""
-    from . import create_model
-
     try:
         return tuple(_shapes(create_model(arch, 10, 3, image_size).state_dict()).items())
     except Exception:  # an architecture that cannot take this size
@@ -327,8 +327,6 @@ def _with_counts(shapes: Mapping[str, Tuple[int, ...]], classes: int, channels: 
 def _candidates(raw: Mapping[str, torch.Tensor], sizes: Sequence[int]) -> List[Tuple[str, str, int, bool, int]]:
     """Registered architectures whose keys ``raw`` has under one of their layouts: ``(arch, layout, image size,
     shapes agree too, classes)``, with the checkpoint's own class and channel counts."""
-    from ..registry import MODELS
-
     found = []
     for arch in MODELS.list():
         for layout in layouts_of(arch):

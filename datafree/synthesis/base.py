@@ -20,6 +20,7 @@ from torch import nn
 from ..config import RunConfig, build_dataclass
 from ..data.spec import DatasetSpec, Normalizer
 from ..registry import config_class
+from .. import runtime
 
 Batch = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -35,11 +36,9 @@ class Amp:
     """
 
     def __init__(self, device: torch.device, mode: str = "auto", *, exclusive: bool = False):
-        from ..runtime import resolve_amp
-
         self.device = torch.device(device)
         self.setting = mode
-        self.mode = resolve_amp(mode, self.device.type)
+        self.mode = runtime.resolve_amp(mode, self.device.type)
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mode)
         #: an fp32 policy that disables any autocast around it (set by :meth:`for_synthesis`)
         self.exclusive = exclusive and self.dtype is None
@@ -58,9 +57,7 @@ class Amp:
     def for_synthesis(self, precision: str = "amp") -> "Amp":
         """The policy of a synthesizer that declares ``precision`` (``amp`` or ``fp32``): this one, or an fp32
         one when the run's ``auto`` would otherwise autocast it."""
-        from ..runtime import synthesis_amp
-
-        mode = synthesis_amp(self.setting, self.device.type, precision)
+        mode = runtime.synthesis_amp(self.setting, self.device.type, precision)
         if mode == self.mode:
             return self
         out = Amp(self.device, mode, exclusive=True)
@@ -183,6 +180,9 @@ class Synthesizer:
     synthesis_precision: str = "amp"
     #: short description of the real data a synthesizer uses ("" for data-free ones)
     real_data: str = ""
+    #: images in one pass over the data a synthesizer serves (a real or collected set), or None: with
+    #: ``ep_steps: null`` an epoch is then one pass over it
+    epoch_length: Optional[int] = None
 
     def __init__(self, ctx: Context, **params: Any):
         amp = ctx.amp.for_synthesis(self.synthesis_precision)
@@ -254,6 +254,15 @@ class Synthesizer:
 
     def close(self) -> None:
         """Release hooks and other resources."""
+
+    @property
+    def amp(self) -> Amp:
+        """The autocast policy synthesis runs under (:meth:`Amp.for_synthesis` of the run's)."""
+        return self.ctx.amp
+
+    def summary_extra(self) -> Dict[str, Any]:
+        """More fields for the run record (summary.json): a pool's size, a collected set's description."""
+        return {}
 
     def final_files(self) -> Dict[str, Any]:
         """Files the run keeps when it ends, ``{file name: object for torch.save}`` (the pool methods' ``pool.pt``:

@@ -93,6 +93,7 @@ from ..registry import SYNTHESIZERS
 from . import losses
 from .base import Synthesizer
 from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels, view_flips
+from ..errors import UnknownNameError
 
 _BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -289,7 +290,6 @@ class CMI(PoolSampling, Synthesizer):
             return layers, "input"
         if kind == "conv":
             return conv_layers(teacher), "output"
-        from ..errors import UnknownNameError
 
         raise UnknownNameError("feature_layers", kind, ["bn", "stages", "conv"])
 

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from ..data.augment import standard_augment
+from ..data.image_set import read_image_set
 from ..models import create_generator
+from ..results import POOL
 from .base import Synthesizer
 from .losses import BNStatistics
 from .pool import DataPool
@@ -73,7 +75,6 @@ class TeacherTerms:
 
 
 #: the file a finished run of a pool method keeps its pool in (``datafree export`` reads it)
-POOL_FILE = "pool.pt"
 POOL_FORMAT = "datafree-pool/1"
 #: images per chunk when a saved set is copied into a pool (bounds the float copy's memory)
 _FILL_CHUNK = 4096
@@ -117,8 +118,6 @@ class PoolSampling:
         These images were not synthesised by this run: ``images_synthesized`` does not count them. A bounded
         pool (``pool_size``) keeps the last ``pool_size`` of them, and new batches replace the oldest first.
         """
-        from ..data.image_set import read_image_set
-
         s = read_image_set(folder, self.ctx.spec, dataset=self.ctx.cfg.dataset, what="synth.init_from")
         images, labels = s.split.images, s.split.labels
         for i in range(0, len(s), _FILL_CHUNK):
@@ -137,7 +136,7 @@ class PoolSampling:
     def final_files(self) -> Dict:
         """``pool.pt``: the pool's images ([0, 1] pixels, as stored) and labels, with the data spec."""
         return {
-            POOL_FILE: {
+            POOL: {
                 "format": POOL_FORMAT,
                 "pool": self.pool.state_dict(),
                 "dtype": self.pool.dtype,

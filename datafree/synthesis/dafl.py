@@ -48,6 +48,7 @@ import torch
 from ..registry import SYNTHESIZERS
 from . import losses
 from .common import GeneratorSynthesizer
+from ..models import create_generator
 
 
 @SYNTHESIZERS.register("dafl")
@@ -75,7 +76,6 @@ class DAFL(GeneratorSynthesizer):
 
     def build_generator(self):
         c, spec = self.cfg, self.ctx.spec
-        from ..models import create_generator
 
         return create_generator(
             c.generator,

@@ -41,6 +41,7 @@ from ..registry import SYNTHESIZERS
 from . import losses
 from .base import Synthesizer
 from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels, view_flips
+from ..errors import ConfigError
 
 
 def jitter_flip(x: torch.Tensor, lim: float, flip: bool) -> torch.Tensor:
@@ -72,8 +73,6 @@ class DeepInversion(PoolSampling, Synthesizer):
 
         def validate(self) -> None:
             if self.adv_kind not in ("js_clamped", "js"):
-                from ..errors import ConfigError
-
                 raise ConfigError(
                     f"synth.adv_kind={self.adv_kind!r}: use js_clamped (the reference code's "
                     "competition term) or js (the true Jensen-Shannon divergence)"

@@ -20,6 +20,7 @@ from ..registry import SYNTHESIZERS
 from . import losses
 from .common import GeneratorSynthesizer
 from .pool import DataPool
+from ..errors import ConfigError
 
 
 def uniform_init_(module: nn.Module, bound: float) -> None:
@@ -104,8 +105,6 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
         replay_ratio: float = 0.125  # replayed samples per novel sample in a student batch
 
         def validate(self) -> None:
-            from ..errors import ConfigError
-
             if self.adv_kind != "released" and self.adv_kind not in losses.DIVERGENCES:
                 raise ConfigError(
                     f"synth.adv_kind={self.adv_kind!r}: use released (the released code's term) "

@@ -20,6 +20,7 @@ from torch import nn
 from ..registry import SYNTHESIZERS
 from . import losses
 from .common import GeneratorSynthesizer
+from ..models import create_generator
 
 G_SCHEDULES = ("constant", "cosine", "multistep")
 
@@ -66,8 +67,6 @@ class AdversarialGenerator(GeneratorSynthesizer):
             self.optimizer.register_step_pre_hook(clip_before_step(self.generator.parameters(), c.clip_grad))
 
     def build_generator(self) -> nn.Module:
-        from ..models import create_generator
-
         c, spec = self.cfg, self.ctx.spec
         return create_generator(
             c.generator,
