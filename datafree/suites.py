@@ -34,7 +34,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import deep_merge, load_yaml
 from .errors import ConfigError, UnknownNameError
@@ -185,21 +185,13 @@ def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
             continue
         if not isinstance(v, dict) or not all(isinstance(x, dict) for x in v.values()):
             raise bad(key, "a mapping of method names to mappings of run-config keys")
-    # a cell's identity (its folder, seed, pair and method) is the suite's layout, not an override
-    identity_keys = ("method", "dataset", "teacher", "student", "seed", "out")
     layers = [("defaults", raw.get("defaults") or {})] + [
         (f"overrides.{m}", v) for m, v in (raw.get("overrides") or {}).items()
     ]
     layers += [
         (f"variants.{m}", {k: x for k, x in v.items() if k != "method"}) for m, v in (raw.get("variants") or {}).items()
     ]
-    for where, layer in layers:
-        for k in identity_keys:
-            if k in layer:
-                raise ConfigError(
-                    f"suite {path}: {where} sets {k!r}, which the suite's layout decides "
-                    f"(pairs, seeds, methods, out); set it there instead"
-                )
+    _refuse_identity_keys(path, layers)
     for name, v in (raw.get("variants") or {}).items():
         if not isinstance(v.get("method"), str):
             raise ConfigError(
@@ -223,13 +215,7 @@ def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
                 )
             pair_layers = [(f"pair {name}: defaults", p.get("defaults") or {})]
             pair_layers += [(f"pair {name}: overrides.{m}", v) for m, v in (over or {}).items()]
-            for where, layer in pair_layers:
-                for k in identity_keys:
-                    if k in layer:
-                        raise ConfigError(
-                            f"suite {path}: {where} sets {k!r}, which the suite's layout decides "
-                            f"(pairs, seeds, methods, out); set it there instead"
-                        )
+            _refuse_identity_keys(path, pair_layers)
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"suite {path}: seeds {seeds} lists a seed twice")
     ref = raw.get("reference")
@@ -237,6 +223,20 @@ def _check_suite_types(raw: Dict[str, Any], path: str) -> None:
         raise ConfigError(
             f"suite {path}: reference file {ref} does not exist (published numbers live in benchmarks/reference/)"
         )
+
+
+#: a cell's identity (its folder, seed, pair and method) is the suite's layout, not an override
+IDENTITY_KEYS = ("method", "dataset", "teacher", "student", "seed", "out")
+
+
+def _refuse_identity_keys(path: str, layers: List[Tuple[str, Dict[str, Any]]]) -> None:
+    for where, layer in layers:
+        for k in IDENTITY_KEYS:
+            if k in layer:
+                raise ConfigError(
+                    f"suite {path}: {where} sets {k!r}, which the suite's layout decides "
+                    f"(pairs, seeds, methods, out); set it there instead"
+                )
 
 
 def _raw_suite(path: str, seen: Optional[List[str]] = None) -> Dict[str, Any]:
