@@ -171,7 +171,11 @@ def run_suite(
     for c in cells:  # a bad key or value in any cell fails here, before a teacher trains or a cell runs
         cell_config(c, extra)
     for dataset, model, _zoo in teachers_needed(cells, extra):  # and in the teacher recipes
-        teacher_config(dataset, model, _teacher_overrides(suite, extra))
+        try:
+            teacher_config(dataset, model, _teacher_overrides(suite, extra))
+        except DatafreeError as e:  # the same error, naming the teacher and where its recipe is set
+            e.args = (f"teacher {model} on {dataset} (the suite's teacher_training): {e}",) + e.args[1:]
+            raise
     threads = cpu_threads(executor_opts.get("jobs") or 1) if executor == "local" else None
     if dry_run:
         for dataset, model, zoo in teachers_needed(cells, extra):

@@ -320,3 +320,10 @@ def test_an_attempt_killed_during_setup_is_on_record(zoo, tmp_path, monkeypatch)
         run(tiny("dafl", out, epochs=2), resume=True)
     attempts = json.load(open(out / "attempts.json"))["attempts"]
     assert len(attempts) == 2 and attempts[-1]["setup"] is True
+
+
+def test_a_bad_teacher_recipe_in_a_suite_names_the_teacher(tmp_path, capsys):
+    path = _suite(tmp_path, methods=("dafl",), teacher_training={"epochz": 3})
+    assert main(["bench", path]) == 2
+    err = capsys.readouterr().err
+    assert "teacher lenet5 on digits (the suite's teacher_training):" in err and "'epochz'" in err
