@@ -35,6 +35,9 @@ STOPPED = (130, 143, -signal.SIGTERM, -signal.SIGINT)
 #: the environment variable that tells a cell's process which runner to watch (:func:`watch_parent`)
 PARENT_ENV = "DATAFREE_RUNNER_PID"
 
+#: the CPUs (and so torch threads) of a Slurm cell
+SLURM_CPUS_PER_TASK = 8
+
 Done = Callable[[Cell, Dict[str, Any]], None]
 
 
@@ -204,7 +207,7 @@ class LocalExecutor:
 
     With several CPU jobs each cell gets an equal share of the cores (``OMP_NUM_THREADS``)."""
 
-    def __init__(self, gpus: Optional[int] = None, jobs: int = 1, poll: float = 0.5):
+    def __init__(self, gpus: Optional[int] = None, jobs: int = 1, poll: float = 0.5, threads: Optional[int] = None):
         if gpus is None:
             try:
                 import torch
@@ -217,11 +220,8 @@ class LocalExecutor:
         self.slots = gpus if gpus > 0 else self.jobs
         self.poll = poll
         self.processes = CellProcesses()
-
-    @property
-    def threads(self) -> Optional[int]:
-        """The torch threads each cell computes with on a CPU (None on GPUs, where the count does not matter)."""
-        return None if self.gpus > 0 else cpu_threads(self.jobs)
+        #: the torch threads each cell gets (OMP_NUM_THREADS), decided once: the runner judges records by it
+        self.threads = threads if threads is not None else cpu_threads(self.jobs)
 
     def stop(self) -> None:
         """SIGTERM to every running cell, and no new one starts; :meth:`run` returns once they have exited."""
@@ -239,8 +239,7 @@ class LocalExecutor:
                 env = dict(os.environ)
                 if self.gpus > 0:
                     env["CUDA_VISIBLE_DEVICES"] = str(slot)
-                elif self.threads is not None:
-                    env["OMP_NUM_THREADS"] = str(self.threads)
+                env["OMP_NUM_THREADS"] = str(self.threads)  # also a device=cpu cell on a GPU machine
                 res = run_cell_process(cell.out, cell_command(cell), env, self.processes)
             except KeyboardInterrupt:  # stopping: the cell never started
                 res = {"returncode": 130, "seconds": 0.0, "stopped": True}
@@ -266,16 +265,16 @@ class LocalExecutor:
                 time.sleep(self.poll)
         for t in threads:
             t.join()
+        for cell in queue:  # stopped before they started: each is reported, none ran
+            done(cell, {"returncode": None, "seconds": 0.0, "stopped": True, "not_started": True})
 
 
-def _submitit_job(cell_out: str, cmd: List[str]) -> Dict[str, Any]:
-    return run_cell_process(cell_out, cmd)
+def _submitit_job(cell_out: str, cmd: List[str], threads: int) -> Dict[str, Any]:
+    return run_cell_process(cell_out, cmd, dict(os.environ, OMP_NUM_THREADS=str(threads)))
 
 
 class SubmititExecutor:
     """Run cells as Slurm jobs (or local submitit jobs for testing) through submitit."""
-
-    threads = None  # a Slurm cell runs on a GPU node: its thread count does not enter its identity
 
     def __init__(
         self,
@@ -284,7 +283,7 @@ class SubmititExecutor:
         partition: Optional[str] = None,
         timeout_min: int = 24 * 60,
         gpus_per_node: int = 1,
-        cpus_per_task: int = 8,
+        cpus_per_task: int = SLURM_CPUS_PER_TASK,
         parallelism: int = 32,
     ):
         try:
@@ -298,6 +297,8 @@ class SubmititExecutor:
             if partition:
                 params["slurm_partition"] = partition
         self.executor.update_parameters(**params)
+        #: the torch threads each job gets (its CPUs): what a device=cpu cell's identity counts
+        self.threads = cpus_per_task
         self._jobs: List[Any] = []
         self._stopping = False
 
@@ -311,10 +312,11 @@ class SubmititExecutor:
     def run(self, cells: Sequence[Cell], done: Done) -> None:
         pending = []
         for c in cells:
-            if self._stopping:
-                break
+            if self._stopping:  # stopped before it was submitted: reported, not run
+                done(c, {"returncode": None, "seconds": 0.0, "stopped": True, "not_started": True})
+                continue
             try:
-                job = self.executor.submit(_submitit_job, c.out, cell_command(c))
+                job = self.executor.submit(_submitit_job, c.out, cell_command(c), self.threads)
                 self._jobs.append(job)
                 pending.append((c, job))
             except Exception as e:  # noqa: BLE001 (a refused submission is that cell's error)
@@ -343,8 +345,10 @@ class SubmititExecutor:
 
 
 def make_executor(name: str, out: str, **opts: Any):
+    """The executor ``name`` (local, slurm, submitit-local); ``threads`` (local) is the torch thread count each
+    cell gets, as the runner decided it."""
     if name == "local":
-        return LocalExecutor(gpus=opts.get("gpus"), jobs=opts.get("jobs") or 1)
+        return LocalExecutor(gpus=opts.get("gpus"), jobs=opts.get("jobs") or 1, threads=opts.get("threads"))
     if name in ("slurm", "submitit-local"):
         return SubmititExecutor(
             os.path.join(out, "submitit"),

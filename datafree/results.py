@@ -273,6 +273,17 @@ def read_curve(path: str) -> Optional[List[Tuple[float, Optional[float]]]]:
 _SHA_CACHE: Dict[tuple, str] = {}
 
 
+def same_evaluations(a: List[Dict[str, Any]], b: List[Dict[str, Any]]) -> bool:
+    """Whether two lists of metrics lines hold the same evaluations (epoch and accuracy; a non-finite accuracy,
+    which the records write as null, equals any other)."""
+
+    def key(m: Dict[str, Any]) -> Tuple[Any, Any]:
+        acc = m.get("acc")
+        return m.get("epoch"), (acc if _is_number(acc) and math.isfinite(acc) else None)
+
+    return len(a) == len(b) and all(key(x) == key(y) for x, y in zip(a, b))
+
+
 def file_sha256(path: str) -> str:
     """sha256 of a file's bytes, cached per (path, size, mtime) within the process."""
     st = os.stat(path)
@@ -383,9 +394,16 @@ class Identity:
     def as_dict(self) -> Dict[str, Any]:
         return {"fingerprint": self.fingerprint, "fields": self.fields}
 
-    def config_id(self) -> str:
-        """The fingerprint without the seed: runs that share it are seeds of one configuration and teacher."""
-        return fingerprint_of({k: v for k, v in self.fields.items() if k not in SERIES_KEYS})
+    def config_id(self, recorded_threads: Optional[int] = None) -> str:
+        """The fingerprint without the seed: runs that share it are seeds of one configuration and teacher.
+
+        The fields are read under today's rules first, as :func:`same_run` recognises a record made under an
+        older one: unset (None) keys left out, and a CPU record from before the thread count was part of the
+        identity given the count its summary names (``recorded_threads``)."""
+        fields = {k: v for k, v in self.fields.items() if k not in SERIES_KEYS and v is not None}
+        if THREADS_FIELD not in fields and fields.get("device") == "cpu" and recorded_threads is not None:
+            fields[THREADS_FIELD] = recorded_threads
+        return fingerprint_of(fields)
 
 
 def parse_identity(text: str, where: str = FINGERPRINT) -> Identity:

@@ -18,7 +18,7 @@ import shutil
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import CheckpointError, DatafreeError, first_line
+from .errors import CheckpointError, first_line
 from .lock import LOCK_NAME, DirLock
 from .results import (
     ATTEMPTS,
@@ -106,15 +106,19 @@ class RunFolder:
             self.lock = None
 
     def in_use(self) -> bool:
-        """True while another living process holds the folder's lock."""
-        if not os.path.isfile(self.file(LOCK_NAME)):
-            return False
-        probe = DirLock(self.path, self.what)
+        """True while another living process holds the folder's lock (a probe that writes nothing)."""
+        import fcntl
+
         try:
-            probe.acquire()
-        except DatafreeError:
+            fd = os.open(self.file(LOCK_NAME), os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             return True
-        probe.release()
+        finally:
+            os.close(fd)  # closing drops a lock this probe took
         return False
 
     # -- what the folder holds ----------------------------------------------------------------------
@@ -285,10 +289,11 @@ class RunFolder:
         record.write(self.file(SUMMARY))
 
     # -- attempts: the wall time of every process that worked on the run ---------------------------------
-    def start_attempt(self, fingerprint: Optional[str], from_epoch: int = 0) -> None:
+    def start_attempt(self, fingerprint: Optional[str], started: Optional[float] = None) -> None:
         """Record a new attempt (this process), after the earlier ones of this run: those of another run that
-        never got past its setup here are dropped. Its wall time counts from now: setup included."""
-        self._attempt_t0 = time.time()
+        never got past its setup here are dropped. Its wall time counts from ``started`` (the start of its
+        setup; now by default). ``from_epoch`` is set once the checkpoint is read (:meth:`attempt_set_up`)."""
+        self._attempt_t0 = started if started is not None else time.time()
         try:
             earlier = list(read_json(self.file(ATTEMPTS)).get("attempts", []))
         except (OSError, ValueError, AttributeError):
@@ -296,10 +301,10 @@ class RunFolder:
         self.attempts = [a for a in earlier if a.get("fingerprint", fingerprint) == fingerprint]
         self.attempts.append(
             {
-                "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "started": datetime.datetime.fromtimestamp(self._attempt_t0).isoformat(timespec="seconds"),
                 "pid": os.getpid(),
                 "seconds": 0.0,
-                "from_epoch": from_epoch,
+                "from_epoch": None,
                 "fingerprint": fingerprint,
                 "setup": True,
             }
@@ -334,9 +339,11 @@ class RunFolder:
         self._attempts_closed = True
 
     def discard_attempts(self) -> None:
-        """Forget this attempt: a first start that failed before the folder held a run."""
-        self.attempts, self._attempts_closed = [], True
-        if self.has(ATTEMPTS):
+        """Forget this attempt (a start that failed before the folder held a run); earlier ones stay."""
+        earlier, self.attempts, self._attempts_closed = self.attempts[:-1], [], True
+        if earlier:
+            atomic_write_json(self.file(ATTEMPTS), {"attempts": earlier})
+        elif self.has(ATTEMPTS):
             os.unlink(self.file(ATTEMPTS))
 
     def wall_seconds(self) -> float:

@@ -24,7 +24,7 @@ import yaml
 from .config import RunConfig, deep_merge
 from .engine import check_run, run_on_after_collapse
 from .errors import DatafreeError
-from .executors import cpu_threads, forward_signals, make_executor, record_cell_error
+from .executors import SLURM_CPUS_PER_TASK, cpu_threads, forward_signals, make_executor, record_cell_error
 from .identity import run_identity
 from .lock import DirLock
 from .methods import resolve
@@ -176,7 +176,8 @@ def run_suite(
         except DatafreeError as e:  # the same error, naming the teacher and where its recipe is set
             e.args = (f"teacher {model} on {dataset} (the suite's teacher_training): {e}",) + e.args[1:]
             raise
-    threads = cpu_threads(executor_opts.get("jobs") or 1) if executor == "local" else None
+    # the torch threads each cell gets: decided once, given to the executor, and what the records are judged by
+    threads = cpu_threads(executor_opts.get("jobs") or 1) if executor == "local" else SLURM_CPUS_PER_TASK
     if dry_run:
         for dataset, model, zoo in teachers_needed(cells, extra):
             print(f"teacher {model} on {dataset}: {teacher_origin(dataset, model, zoo)}")
@@ -231,7 +232,7 @@ def _run_locked(
         f"[bench {name}] {len(cells)} cells: {reused} reused, {stale} stale -> rerun, "
         f"{len(todo) - stale} to run, {len(failed0)} failed to start ({executor} executor)"
     )
-    state = {"done": 0, "failed": list(failed0), "diverged": 0, "stopped": []}
+    state = {"done": 0, "failed": list(failed0), "diverged": 0, "stopped": [], "not_started": []}
 
     def done(cell: Cell, res: Dict[str, Any]) -> None:
         state["done"] += 1
@@ -244,25 +245,27 @@ def _run_locked(
 
     got: Dict[str, Any] = {"signal": None}
     if todo:
-        runner = make_executor(executor, root, **executor_opts)
+        runner = make_executor(executor, root, threads=threads, **executor_opts)
         with forward_signals(runner.stop) as got:
             runner.run(todo, done)
     wall = time.time() - t0
     if tables:
         write_suite_tables(suite, root)
     nfail = len(state["failed"])
-    stopped = len(state["stopped"])
-    ran = len(todo) - (nfail - len(failed0)) - stopped
+    stopped, not_started = len(state["stopped"]), len(state["not_started"])
+    ran = len(todo) - (nfail - len(failed0)) - stopped - not_started
     _say(
         f"[bench {name}] done in {wall:.0f} s: {ran} ran ({state['diverged']} diverged), {reused} reused, "
-        f"{stale} stale -> rerun, {nfail} failed" + (f", {stopped} stopped" if stopped else "")
+        f"{stale} stale -> rerun, {nfail} failed"
+        + (f", {stopped} stopped" if stopped else "")
+        + (f", {not_started} not started" if not_started else "")
     )
     for cell_name, err in state["failed"]:
         _say(f"  failed {cell_name}: {err}")
     if got["signal"] is not None:
         _say(
             f"[bench {name}] stopped by {signal.Signals(got['signal']).name}: {stopped} running cell(s) stopped and "
-            "saved; run the same command again to continue where they stopped"
+            f"saved, {not_started} not started; run the same command again to continue where they stopped"
         )
     return {
         "cells": len(cells),
@@ -271,6 +274,7 @@ def _run_locked(
         "stale": stale,
         "failed": nfail,
         "stopped": stopped,
+        "not_started": not_started,
         "diverged": state["diverged"],
         "seconds": wall,
         "signal": got["signal"],
@@ -280,6 +284,9 @@ def _run_locked(
 def _outcome(cell: Cell, res: Dict[str, Any], state: Dict[str, Any]) -> str:
     """What became of a cell, counted into ``state``: its result, a divergence, a stop or a failure."""
     folder = RunFolder(cell.out)
+    if res.get("not_started"):
+        state["not_started"].append(cell.name)
+        return "NOT STARTED (the suite was stopped first)"
     if res.get("stopped"):
         state["stopped"].append(cell.name)
         return "STOPPED (resumable: bench again continues it)"

@@ -32,11 +32,14 @@ from .results import (
     METRICS,
     STALE_SUFFIX,
     SUMMARY,
+    THREADS_FIELD,
     RecordError,
     RunRecord,
     read_curve,
     read_json,
+    same_evaluations,
     sha256_text,
+    threads_of_machine,
 )
 from .rundir import RunFolder
 
@@ -102,8 +105,7 @@ def cross_check(folder: RunFolder, record: RunRecord, curve: Optional[List[Tuple
     if folder.has_checkpoint():
         ckpt = checkpoint_metrics(folder)
         if ckpt is not None and curve is not None:
-            ours = [(m.get("epoch"), m.get("acc")) for m in ckpt]
-            if ours != [(e, a) for e, a in curve][: len(ours)] or len(ours) != len(curve):
+            if not same_evaluations(ckpt, [{"epoch": e, "acc": a} for e, a in curve]):
                 return "checkpoint.pt and metrics.jsonl hold other evaluations: one of them was edited; rerun the cell"
     return None
 
@@ -137,6 +139,18 @@ def unfinished_state(folder: RunFolder) -> Tuple[str, str]:
     return "not started", "its cell was prepared but never ran"
 
 
+def resumed_after_record(folder: RunFolder) -> bool:
+    """True when an attempt started after the run's record was written: a run resumed past its record (asked to
+    run on after a collapse stop) that is running or stopped; its files are then ahead of its summary.json."""
+    try:
+        finished = read_json(folder.file(SUMMARY)).get("finished")
+        attempts = read_json(folder.file(ATTEMPTS)).get("attempts", [])
+    except (OSError, ValueError, AttributeError):
+        return False
+    last = attempts[-1].get("started") if attempts and isinstance(attempts[-1], dict) else None
+    return isinstance(finished, str) and isinstance(last, str) and last > finished
+
+
 def _read_record_row(folder: RunFolder, rel: str) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, str]], list]:
     """(table row or None, skipped entry or None, extra skipped entries) of a folder with a summary.json."""
     try:
@@ -165,8 +179,12 @@ def _read_record_row(folder: RunFolder, rel: str) -> Tuple[Optional[Dict[str, An
         row["method"] = f"{row['method']} ({row['tag']})"
     row["curve"] = curve
     ident, _ = folder.identity_problem()
-    row["config_id"] = ident.config_id() if ident is not None else None
-    row["config_fields"] = dict(ident.fields) if ident is not None else None
+    threads = threads_of_machine(record.machine)
+    row["config_id"] = ident.config_id(threads) if ident is not None else None
+    fields = {k: v for k, v in (ident.fields if ident is not None else {}).items() if v is not None}
+    if ident is not None and THREADS_FIELD not in fields and fields.get("device") == "cpu" and threads is not None:
+        fields[THREADS_FIELD] = threads  # as config_id reads a record from before the field
+    row["config_fields"] = fields if ident is not None else None
     return row, None, extra
 
 
@@ -190,8 +208,11 @@ def load_runs(root: str):
         if aside is not None:
             unfinished.append({"path": rel, "state": "set aside", "detail": aside + _record_note(folder)})
             continue
-        if not folder.is_finished():
+        resumed = folder.is_finished() and resumed_after_record(folder)
+        if not folder.is_finished() or resumed:
             state, detail = unfinished_state(folder)
+            if resumed and state == "stopped":
+                detail = "resumed after its record (to run on after a collapse stop) and stopped; " + detail
             unfinished.append({"path": rel, "state": state, "detail": detail})
             continue
         row, bad, extra = _read_record_row(folder, rel)

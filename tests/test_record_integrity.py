@@ -327,3 +327,87 @@ def test_a_bad_teacher_recipe_in_a_suite_names_the_teacher(tmp_path, capsys):
     assert main(["bench", path]) == 2
     err = capsys.readouterr().err
     assert "teacher lenet5 on digits (the suite's teacher_training):" in err and "'epochz'" in err
+
+
+# --------------------------------------------------------------------------- from the review of the redesign
+
+
+def test_a_record_from_before_the_thread_field_is_a_seed_of_the_same_configuration(zoo, tmp_path):
+    """A record made before ``threads`` entered the identity (at the thread count its summary names) and a new
+    record of the same config are seeds of one row, as the runner reuses the one for the other."""
+    from datafree.report import accuracy_rows
+
+    root = tmp_path / "runs"
+    run(tiny("dafl", root / "s0"))
+    run(tiny("dafl", root / "s1", seed=1))
+    ident = RunFolder(str(root / "s0")).read_identity()
+    legacy = {k: v for k, v in ident.fields.items() if k != "threads"}  # as the engine wrote it before
+    RunFolder(str(root / "s0")).write_identity(Identity(fingerprint_of(legacy), legacy))
+    assert "(1 torch threads)" in json.load(open(root / "s0" / "summary.json"))["machine"]
+    rows = [r for r in accuracy_rows(load_runs(str(root))) if r["method"] != "teacher"]
+    assert [(r["method"], r["seeds"]) for r in rows] == [("dafl", 2)]
+
+
+def test_cells_a_stopped_suite_never_started_are_reported(tmp_path):
+    from datafree import executors
+    from datafree.suites import Cell
+
+    cells = [Cell("m", "m", "digits", None, "s", i, out=str(tmp_path / f"c{i}")) for i in range(3)]
+    ex = executors.LocalExecutor(gpus=0, jobs=1, poll=0.01, threads=1)
+    seen = []
+
+    def stops_the_suite(cell_out, cmd, env=None, processes=None):
+        ex.stop()  # as SIGTERM does while the first cell runs
+        return {"returncode": 130, "seconds": 0.0, "stopped": True}
+
+    real, executors.run_cell_process = executors.run_cell_process, stops_the_suite
+    try:
+        ex.run(cells, lambda c, r: seen.append((c.seed, bool(r.get("not_started")))))
+    finally:
+        executors.run_cell_process = real
+    assert seen == [(0, False), (1, True), (2, True)]
+
+
+def test_the_evaluation_time_is_in_its_own_line(zoo, tmp_path):
+    """Each metrics line counts its own evaluation (and sample grid) in ``seconds`` and ``phase_seconds``."""
+    run(tiny("dafl", tmp_path / "r"))
+    first = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["phase_seconds"]["eval"] > 0
+
+
+def test_a_failed_start_keeps_the_earlier_attempts_and_a_probe_writes_nothing(tmp_path):
+    folder = RunFolder(str(tmp_path / "r"))
+    folder.acquire()
+    folder.start_attempt("f1")
+    folder.close_attempts()  # killed during its setup, say
+    folder.start_attempt("f1")
+    folder.discard_attempts()  # the next start failed too: only its own attempt goes
+    assert len(json.load(open(tmp_path / "r" / "attempts.json"))["attempts"]) == 1
+    folder.release()
+    lock = tmp_path / "r" / ".datafree.lock"
+    before = lock.read_text()
+    assert not folder.in_use() and lock.read_text() == before
+
+
+def test_evaluations_compare_a_non_finite_accuracy_as_the_null_it_is_written_as():
+    from datafree.results import same_evaluations
+
+    assert same_evaluations([{"epoch": 1, "acc": float("nan")}], [{"epoch": 1, "acc": None}])
+    assert not same_evaluations([{"epoch": 1, "acc": 50.0}], [{"epoch": 1, "acc": None}])
+    assert not same_evaluations([{"epoch": 1, "acc": 50.0}], [])
+
+
+def test_a_run_resumed_past_its_record_is_listed_not_called_edited(zoo, tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    out = root / "r"
+    run(tiny("dafl", out, epochs=2))
+    s = json.load(open(out / "summary.json"))
+    attempts = json.load(open(out / "attempts.json"))
+    attempts["attempts"].append({"started": "9999-01-01T00:00:00", "pid": 1, "seconds": 1.0, "from_epoch": 2})
+    (out / "attempts.json").write_text(json.dumps(attempts))
+    lines = (out / "metrics.jsonl").read_text() + json.dumps({"epoch": 3, "acc": 1.0}) + "\n"
+    (out / "metrics.jsonl").write_text(lines)  # the run on wrote a line past its old record
+    df = load_runs(str(root))
+    assert len(df) == 0 and df.attrs["skipped"] == [] and s["status"] == "finished"
+    (entry,) = df.attrs["unfinished"]
+    assert entry["state"] == "stopped" and "resumed after its record" in entry["detail"]

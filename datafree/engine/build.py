@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import loggers
-from ..config import RunConfig
+from ..config import RunConfig, validate
 from ..data import DatasetSpec, get_source
 from ..distill.base import Distiller
 from ..errors import ConfigError, DatafreeError, first_line
@@ -34,6 +34,7 @@ def check_run(cfg: RunConfig) -> RunConfig:
     """The checks of a resolved config that need this machine: its plugins load, its synthesizer, distiller,
     dataset, student and teacher architecture are known, and its loggers' packages are installed. Raises
     :class:`~datafree.errors.DatafreeError` naming the value and the fix; writes nothing."""
+    validate(cfg)  # the values alone (a config built or changed after it was resolved)
     load_plugins(cfg.plugins)
     SYNTHESIZERS.get(cfg.synthesizer)  # unknown names fail with suggestions
     DISTILLERS.get(cfg.distiller)

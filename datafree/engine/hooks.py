@@ -12,8 +12,10 @@ point              when
 ``open``           the run is set up (its checkpoint loaded), before the first epoch; a hook that cannot
                    start fails the setup
 ``on_round``       after each synthesis round and its student steps (``steps``: how many)
+``during_evaluation``  right after the student is scored, timed as evaluation (the sample grids)
 ``on_evaluation``  after an evaluation is recorded in metrics.jsonl (``record``: its line)
 ``stop_reason``    after ``on_evaluation``: a reason stops the run after this epoch's checkpoint
+``on_loop_end``    the epochs are over, before the run's record is written
 ``close``          once, when the run ends, fails or is interrupted
 =================  ======================================================================================
 """
@@ -46,12 +48,18 @@ class Hook:
     def on_round(self, engine: RunView, steps: int) -> None:
         """A synthesis round and its ``steps`` student steps are done."""
 
+    def during_evaluation(self, engine: RunView, epoch: int) -> None:
+        """The student of epoch ``epoch`` (0-based) is scored; what runs here counts as evaluation time."""
+
     def on_evaluation(self, engine: RunView, epoch: int, record: Dict[str, Any]) -> None:
         """Evaluation ``epoch`` (0-based) is recorded; ``record`` is its metrics.jsonl line."""
 
     def stop_reason(self, engine: RunView) -> Optional[str]:
         """Why the run should stop after this epoch, or None to go on."""
         return None
+
+    def on_loop_end(self, engine: RunView) -> None:
+        """The epochs are over (finished, stopped or diverged), before the record is written."""
 
     def close(self) -> None:
         """The run is over (finished, failed or interrupted)."""
@@ -133,7 +141,7 @@ class SampleGridHook(Hook):
         self.n = n
         self.logger = logger
 
-    def on_evaluation(self, engine: RunView, epoch: int, record: Dict[str, Any]) -> None:
+    def during_evaluation(self, engine: RunView, epoch: int) -> None:
         with torch.no_grad():
             x = engine.synth.preview(self.n)
             if engine.teacher is not None:
@@ -217,6 +225,9 @@ class ProgressHook(Hook):
                 f"epoch {epoch + 1}/{engine.cfg.epochs}: acc {acc:.2f} (best {best:.2f}), "
                 f"{engine.meter.total_seconds:.0f} s"
             )
+
+    def on_loop_end(self, engine: RunView) -> None:
+        self.close()  # before the run's last lines are logged
 
     def close(self) -> None:
         if self.bar is not None:

@@ -93,8 +93,11 @@ class Engine(RunState):
             with self.meter.phase("other"):
                 self.save_checkpoint(epoch)
             if stop is not None:
-                self.log(stop)
+                if self.is_main:
+                    self.log(stop)
                 break
+        for hook in self.hooks:
+            hook.on_loop_end(self)
         if diverged is not None:
             self.log(f"diverged at epoch {diverged['epoch']}, step {diverged['step']}: {diverged['reason']}")
         return self.finish(diverged=diverged, stopped=stop is not None)
@@ -155,20 +158,22 @@ class Engine(RunState):
         None)``, the same on every rank."""
         acc, bad, stop = None, False, None
         if self.is_main:
-            with self.meter.phase("eval"):
+            with self.meter.phase("eval"):  # the evaluation and what the hooks do in its phase (sample grids)
                 acc = self.evaluate()
-                bad = not math.isfinite(acc)  # cannot happen for a top-1 count, but a plugin's predict may
-                if not bad:
-                    record = self._metrics_line(epoch, acc)
-                    self.metrics.append(record)
-                    self.folder.write_metrics(self.metrics)
-                    for hook in self.hooks:
-                        hook.on_evaluation(self, epoch, record)
-                    stop = next((r for r in (h.stop_reason(self) for h in self.hooks) if r), None)
+                for hook in self.hooks:
+                    hook.during_evaluation(self, epoch)
+            bad = not math.isfinite(acc)  # cannot happen for a top-1 count, but a plugin's predict may
+            if not bad:
+                record = self._metrics_line(epoch, acc)
+                self.metrics.append(record)
+                self.folder.write_metrics(self.metrics)
+                for hook in self.hooks:
+                    hook.on_evaluation(self, epoch, record)
+                stop = next((r for r in (h.stop_reason(self) for h in self.hooks) if r), None)
         if distributed.agree(bad, self.world_size, self.device):
             return {"epoch": epoch + 1, "step": self.ctx.step, "reason": "accuracy non-finite"}, None
         stopped = distributed.agree(stop is not None, self.world_size, self.device)
-        return None, (stop or "stopping: rank 0 asked to") if stopped else None
+        return None, (stop or "") if stopped else None
 
     def _metrics_line(self, epoch: int, acc: float) -> Dict[str, Any]:
         return {

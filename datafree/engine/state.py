@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -20,7 +21,7 @@ from ..errors import CheckpointError, ConfigError, DatafreeError
 from ..identity import run_identity, teacher_path
 from ..models import load_state
 from ..names import label
-from ..results import CHECKPOINT, Identity, RecordError, RunRecord, differences
+from ..results import CHECKPOINT, same_evaluations, Identity, RecordError, RunRecord, differences
 from ..rundir import RunFolder, run_path
 from ..zoo import measured_accuracy, remember_accuracy
 from . import distributed
@@ -77,6 +78,7 @@ class RunState:
     def setup(self) -> None:
         """Check the config, own the run folder, then build everything; a failed setup leaves the folder as
         it found it (no empty folder, an overwritten run put back)."""
+        self._t0 = time.time()  # an attempt's wall time counts from here: its setup included
         check_run(self.cfg)
         self.teacher_file = teacher_path(self.cfg)  # before any file is written
         self.identity: Identity = run_identity(self.cfg, self.teacher_file)
@@ -170,7 +172,7 @@ class RunState:
         distributed.barrier(self.world_size)
         self.previous = folder.previous_record() if self.resume else None
         if self.is_main and self.runs:
-            folder.start_attempt(self.identity.fingerprint)  # the setup's time is the attempt's too
+            folder.start_attempt(self.identity.fingerprint, started=self._t0)  # the setup's time is the attempt's
         if self.resume and folder.has_checkpoint():
             return folder.load_checkpoint(self.rank)
         return None
@@ -235,8 +237,8 @@ class RunState:
                 f"cannot resume: {path} does not fit this run ({type(e).__name__}: {e}); use --overwrite to start "
                 "it again"
             ) from e
+        self._check_metrics_against_checkpoint(path)  # every rank reads it: every rank refuses together
         if self.is_main:
-            self._check_metrics_against_checkpoint(path)
             self.folder.write_metrics(self.metrics)  # drop any line written after the checkpoint resumed from
             self.log(f"resuming {self.out_dir} after epoch {self.start_epoch}")
 
@@ -248,7 +250,7 @@ class RunState:
         except (OSError, RecordError) as e:
             raise CheckpointError(f"cannot resume {self.out_dir}: its metrics.jsonl cannot be read ({e})") from e
         for i, (ours, theirs) in enumerate(zip(self.metrics, written)):
-            if ours.get("epoch") != theirs.get("epoch") or ours.get("acc") != theirs.get("acc"):
+            if not same_evaluations([ours], [theirs]):
                 raise CheckpointError(
                     f"cannot resume {self.out_dir}: {path} and metrics.jsonl disagree at evaluation {i + 1} "
                     f"(epoch {ours.get('epoch')} acc {ours.get('acc')} against epoch {theirs.get('epoch')} acc "
