@@ -8,6 +8,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from .results import METRICS, SUMMARY, RecordError, read_curve, read_summary
+from .tasks import metric_of
 
 
 def _png(fig) -> bytes:
@@ -56,7 +57,7 @@ def curves(
         else:
             path = os.path.join(d, METRICS)
             try:
-                points = read_curve(path)
+                points = read_curve(path, metric_of(s.get("task")))
             except (OSError, RecordError) as e:
                 if skipped is not None:
                     why = f"cannot be read: {e.strerror or e}" if isinstance(e, OSError) else str(e)
@@ -76,7 +77,7 @@ def curves(
     return out
 
 
-def curves_png(curves, title: str = "") -> bytes:
+def curves_png(curves, title: str = "", axis: str = "test accuracy (%)") -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for label, points in curves:
@@ -90,7 +91,7 @@ def curves_png(curves, title: str = "") -> bytes:
             label=label,
         )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(axis)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -100,9 +101,11 @@ def curves_png(curves, title: str = "") -> bytes:
     return _png(fig)
 
 
-def acc_vs_hours_png(d, methods: List[str], col: str) -> bytes:
-    """Last accuracy against ``col`` (``gpu_hours``, or ``total_hours`` on a CPU), one point per row of ``d``,
-    one colour per method in ``methods``' order."""
+def acc_vs_hours_png(
+    d, methods: List[str], col: str, score: str = "last_acc", label: str = "test accuracy (%)"
+) -> bytes:
+    """The last score (``score``, e.g. ``last_acc``; ``label`` on the axis) against ``col`` (``gpu_hours``, or
+    ``total_hours`` on a CPU), one point per row of ``d``, one colour per method in ``methods``' order."""
     import pandas as pd
 
     plt = _plt()
@@ -110,10 +113,10 @@ def acc_vs_hours_png(d, methods: List[str], col: str) -> bytes:
     for m in methods:
         g = d[d["method"] == m]
         hours = pd.to_numeric(g[col], errors="coerce") if col in g else pd.Series(math.nan, index=g.index)
-        ax.scatter(hours, pd.to_numeric(g["last_acc"], errors="coerce"), label=m, s=22)
+        ax.scatter(hours, pd.to_numeric(g[score], errors="coerce") if score in g else hours * math.nan, label=m, s=22)
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set_xlabel("GPU-hours" if col == "gpu_hours" else "wall hours (CPU)")
-    ax.set_ylabel("last test accuracy (%)")
+    ax.set_ylabel(f"last {label}")
     ax.grid(alpha=0.3)
     if methods:
         ax.legend(fontsize=7)

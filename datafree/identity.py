@@ -186,6 +186,8 @@ def run_identity(
         fields.update(
             {"dataset.channels": spec.channels, "dataset.size": spec.size, "dataset.classes": spec.num_classes}
         )
+        if spec.task != "classification":  # classification records keep the fingerprints they had
+            fields.update({"dataset.task": spec.task, "dataset.ignore_index": spec.ignore_index})
     except (DatafreeError, OSError):  # an image folder that is not there: the engine reports it
         pass
     return Identity(fingerprint_of(fields), fields)

@@ -42,6 +42,7 @@ import yaml
 from .errors import ConfigError
 from .figures import acc_vs_hours_png, curves, curves_png
 from .methods import table_order
+from .tasks import task_of_metric
 from .names import origin as teacher_origin
 from .results import Column, atomic_write_bytes, atomic_write_text, mean_fields, table_columns
 from .runs import load_runs
@@ -142,6 +143,20 @@ def _frame(df):
         d["status"] = d["status"].fillna("finished") if "status" in d else "finished"
         df = d
     return separate_configs(df)
+
+
+def metric_of_rows(d) -> str:
+    """The score's key of a frame's rows (their ``metric``, from load_runs; ``acc`` for a frame built by hand)."""
+    if "metric" in d:
+        known = [m for m in d["metric"] if isinstance(m, str) and m]
+        if known:
+            return known[0]
+    return "acc"
+
+
+def score_key(metric: str, which: str) -> str:
+    """``last_acc`` -> ``last_miou`` for a frame scored by mIoU: the column of a statistic in the rows' metric."""
+    return f"{which.split('_')[0]}_{metric}"
 
 
 #: how many differing keys a configuration's label names before it shortens to the rest's count
@@ -479,6 +494,7 @@ def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, An
     out = []
     for dataset in sorted(df["dataset"].unique()):
         d = df[df["dataset"] == dataset]
+        key = score_key(metric_of_rows(d), metric)  # last_acc, or last_miou for a segmentation dataset
         use_ref = _ref(reference, dataset, "accuracy")
         pairs = pair_order(df, dataset, reference)
         methods = order_methods(list(d["method"]) + list(use_ref))
@@ -490,7 +506,7 @@ def accuracy_rows(df, metric: str = "last_acc", reference: Optional[Dict[str, An
             for p in pairs:
                 g = dm[dm["pair"] == p]
                 c = _counts(g)
-                vals = _clean(g[g["status"] != "diverged"][metric])
+                vals = _clean(g[g["status"] != "diverged"][key]) if key in g else []
                 pub = use_ref.get(m, {}).get(p)
                 if not vals and not c["diverged"] and pub is None:
                     continue
@@ -557,8 +573,9 @@ def accuracy_table(df, metric: str = "last_acc", reference: Optional[Dict[str, A
                 r = next((r for r in rs if r["method"] == m and r["pair"] == p), None)
                 row.append(_cell(r))
             rows.append(row)
-        what = "last evaluation" if metric == "last_acc" else "best evaluation"
-        lines = [f"**{dataset}**: top-1 accuracy (%) at the {what}; mean ± std over seeds where there are several."]
+        what = "last evaluation" if metric.startswith("last") else "best evaluation"
+        label = task_of_metric(metric_of_rows(df[df["dataset"] == dataset])).label
+        lines = [f"**{dataset}**: {label} at the {what}; mean ± std over seeds where there are several."]
         if any(r["published"] is not None for r in rs):
             lines[0] += " Cells read `ours · published (ours − published)`; `-` where we have no run."
         if any(r["diverged"] for r in rs):
@@ -661,6 +678,9 @@ def stability_rows(df) -> List[Dict[str, Any]]:
             "collapsed": c["collapsed"],
         }
         row.update({k: mean(k) for k in mean_fields()})
+        m = metric_of_rows(g)
+        if m != "acc":  # a segmenter's score: mean_miou, ... beside the classifier fields
+            row.update({score_key(m, s): mean(score_key(m, s)) for s in ("mean", "var", "best", "last")})
         row["real_data"] = _real_data(g)
         out.append(row)
     order = {m: i for i, m in enumerate(order_methods(df["method"]))}
@@ -679,12 +699,13 @@ def stability_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
     df = _frame(df)
     gpu = _hours_column(df) == "gpu_hours"
     columns = [(col, *_column(col, key, gpu)) for key, col in table_columns("stability")]
+    metrics = {d: metric_of_rows(df[df["dataset"] == d]) for d in df["dataset"].unique()}
     has_pub = any(_ref(reference, d, "stability") for d in df["dataset"].unique())
     rows = []
     for r in stability_rows(df):
         c = (r["seeds"], r["diverged"], r["collapsed"])
         row = [r["dataset"], r["pair"], method_label(r["method"], r["real_data"]), r["seeds"]]
-        row += [_value(col, r.get(key), c) for col, key, _ in columns]
+        row += [_value(col, r.get(col.key(key, metrics[r["dataset"]])), c) for col, key, _ in columns]
         if has_pub:
             pub = _ref(reference, r["dataset"], "stability").get(r["method"], {}).get(r["pair"], {})
             row += [
@@ -704,6 +725,7 @@ def stability_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
 def speed_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
     """Synthesis hours (GPU-hours on GPU) per method and pair beside the published ones (Fast-DFKD's table)."""
     rows = []
+    metrics = {d: metric_of_rows(df[df["dataset"] == d]) for d in df["dataset"].unique()}
     for r in stability_rows(df):
         pub = _ref(reference, r["dataset"], "synthesis_hours").get(r["method"], {}).get(r["pair"])
         rows.append(
@@ -711,7 +733,9 @@ def speed_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
                 r["dataset"],
                 r["pair"],
                 r["method"],
-                _acc_cell(_num(r["last_acc"]), r["seeds"], r["diverged"], r["collapsed"]),
+                _acc_cell(
+                    _num(r.get(score_key(metrics[r["dataset"]], "last"))), r["seeds"], r["diverged"], r["collapsed"]
+                ),
                 _num(r["synthesis_hours"], 3),
                 _num(pub, 2),
             ]
@@ -739,7 +763,8 @@ def runs_table(df) -> str:
             int(r["seed"]),
             run_status_text(r),
         ]
-        rows.append(row + [_value(col, r.get(key), c) for col, key in columns])
+        metric = r.get("metric") if isinstance(r.get("metric"), str) else "acc"
+        rows.append(row + [_value(col, r.get(col.key(key, metric)), c) for col, key in columns])
     header = ["dataset", "method", "pair", "seed", "status"] + [col.header for col, _ in columns]
     return markdown(header, rows, "lllrl" + "r" * len(columns))
 
@@ -848,7 +873,8 @@ def write_tables(
     }
     figures: List[str] = []
     if "run_dir" in df and len(df):
-        files[os.path.join(out_dir, "curves.png")] = curves_png(curves(df, skipped, base=out_dir), title)
+        axis = task_of_metric(metric_of_rows(df)).axis
+        files[os.path.join(out_dir, "curves.png")] = curves_png(curves(df, skipped, base=out_dir), title, axis)
         files[os.path.join(out_dir, "acc_vs_hours.png")] = _acc_vs_hours(df)
         figures = ["![accuracy per evaluation](curves.png)", "![accuracy against hours](acc_vs_hours.png)"]
     text = tables_markdown(df, title=title, note=note, reference=ref, metric=metric, skipped=skipped, figures=figures)
@@ -864,14 +890,16 @@ def write_tables(
 
 def plot_curves(runs, path: str, title: str = "", skipped: Optional[List[Dict[str, str]]] = None) -> str:
     """Accuracy per evaluation, one line per run (labelled method pair seed): see :func:`datafree.figures.curves`."""
-    atomic_write_bytes(path, curves_png(curves(runs, skipped), title))
+    atomic_write_bytes(path, curves_png(curves(runs, skipped), title))  # a classifier's axis: test accuracy
     return path
 
 
 def _acc_vs_hours(df) -> bytes:
     d = _frame(df)
-    d = d[d["status"] != "diverged"]  # a diverged run has no last accuracy to place
-    return acc_vs_hours_png(d, order_methods(m for m in d["method"] if isinstance(m, str)), _hours_column(d))
+    d = d[d["status"] != "diverged"]  # a diverged run has no last score to place
+    metric = metric_of_rows(d)
+    methods = order_methods(m for m in d["method"] if isinstance(m, str))
+    return acc_vs_hours_png(d, methods, _hours_column(d), score_key(metric, "last"), task_of_metric(metric).axis)
 
 
 def plot_acc_vs_hours(df, path: str) -> str:

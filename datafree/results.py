@@ -37,6 +37,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import yaml
 
 from . import __version__
+from .tasks import metric_of
 
 # --------------------------------------------------------------------------- file names (the only place)
 
@@ -249,36 +250,37 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def read_curve(path: str) -> Optional[List[Tuple[float, Optional[float]]]]:
-    """The ``(epoch, acc)`` points of a metrics.jsonl, acc None where it is null; None when there is no file.
+def read_curve(path: str, metric: str = "acc") -> Optional[List[Tuple[float, Optional[float]]]]:
+    """The ``(epoch, score)`` points of a metrics.jsonl (the task's score, ``metric``: ``acc``, ``miou``), the
+    score None where it is null; None when there is no file.
 
     Raises :class:`RecordError` at the first line that is not an object with a numeric epoch and a numeric or
-    null acc (``OSError`` when the file cannot be read).
+    null score (``OSError`` when the file cannot be read).
     """
     if not os.path.isfile(path):
         return None
     points = []
     for i, rec in _jsonl_lines(path):
-        if "epoch" not in rec or "acc" not in rec:
-            raise RecordError(f"line {i} has no " + " and no ".join(k for k in ("epoch", "acc") if k not in rec))
-        epoch, acc = rec["epoch"], rec["acc"]
+        if "epoch" not in rec or metric not in rec:
+            raise RecordError(f"line {i} has no " + " and no ".join(k for k in ("epoch", metric) if k not in rec))
+        epoch, score = rec["epoch"], rec[metric]
         if not _is_number(epoch) or not math.isfinite(epoch):
             raise RecordError(f"line {i}: epoch is not a number: {_clip(json.dumps(epoch))}")
-        if acc is not None and not _is_number(acc):
-            raise RecordError(f"line {i}: acc is not a number or null: {_clip(json.dumps(acc))}")
-        points.append((epoch, acc))
+        if score is not None and not _is_number(score):
+            raise RecordError(f"line {i}: {metric} is not a number or null: {_clip(json.dumps(score))}")
+        points.append((epoch, score))
     return points
 
 
 _SHA_CACHE: Dict[tuple, str] = {}
 
 
-def same_evaluations(a: List[Dict[str, Any]], b: List[Dict[str, Any]]) -> bool:
-    """Whether two lists of metrics lines hold the same evaluations (epoch and accuracy; a non-finite accuracy,
-    which the records write as null, equals any other)."""
+def same_evaluations(a: List[Dict[str, Any]], b: List[Dict[str, Any]], metric: str = "acc") -> bool:
+    """Whether two lists of metrics lines hold the same evaluations (epoch and the task's score, ``metric``; a
+    non-finite score, which the records write as null, equals any other)."""
 
     def key(m: Dict[str, Any]) -> Tuple[Any, Any]:
-        acc = m.get("acc")
+        acc = m.get(metric)
         return m.get("epoch"), (acc if _is_number(acc) and math.isfinite(acc) else None)
 
     return len(a) == len(b) and all(key(x) == key(y) for x, y in zip(a, b))
@@ -479,7 +481,18 @@ STATUSES = ("finished", "diverged", "collapsed")
 #: the keys every table groups or sorts by: a summary without them cannot be placed, so it is skipped
 REQUIRED_KEYS = ("method", "dataset", "pair", "seed")
 #: fields summary.json holds only when they are set (every other field is written, null or not)
-WHEN_SET = ("diverged", "collapsed", "collapse", "ranks_in_sync", "metrics_sha256")
+WHEN_SET = (
+    "diverged",
+    "collapsed",
+    "collapse",
+    "ranks_in_sync",
+    "metrics_sha256",
+    "task",
+    "last_miou",
+    "best_miou",
+    "mean_miou",
+    "var_miou",
+)
 #: the record's schema version: 1 had no ``record_version`` field, 2 adds it and ``metrics_sha256``
 RECORD_VERSION = 2
 
@@ -499,6 +512,13 @@ class Column:
     kind: str = "number"
     cpu_key: Optional[str] = None
     cpu_header: Optional[str] = None
+    #: a column of the task's score: ``last``, ``best``, ``mean`` or ``var``, read as ``<stat>_<metric>`` of each
+    #: row's task (``last_acc`` for a classifier, ``last_miou`` for a segmenter)
+    stat: Optional[str] = None
+
+    def key(self, name: str, metric: str = "acc") -> str:
+        """The record field this column shows for a row of a task scored by ``metric``."""
+        return f"{self.stat}_{metric}" if self.stat else name
 
 
 def _col(stability: Optional[Column] = None, runs: Optional[Column] = None, mean: bool = False) -> Dict[str, Any]:
@@ -535,17 +555,29 @@ class RunRecord:
     epochs: Optional[int] = None
     evaluations: Optional[int] = None
     mean_acc: Optional[float] = field(
-        default=None, metadata=_col(Column(1, "mean", kind="accuracy"), Column(3, "mean", kind="accuracy"))
+        default=None,
+        metadata=_col(Column(1, "mean", kind="accuracy", stat="mean"), Column(3, "mean", kind="accuracy", stat="mean")),
     )
     var_acc: Optional[float] = field(
-        default=None, metadata=_col(Column(2, "var", kind="accuracy"), Column(4, "var", kind="accuracy"))
+        default=None,
+        metadata=_col(Column(2, "var", kind="accuracy", stat="var"), Column(4, "var", kind="accuracy", stat="var")),
     )
     best_acc: Optional[float] = field(
-        default=None, metadata=_col(Column(3, "best", kind="accuracy"), Column(1, "best", kind="accuracy"))
+        default=None,
+        metadata=_col(Column(3, "best", kind="accuracy", stat="best"), Column(1, "best", kind="accuracy", stat="best")),
     )
     last_acc: Optional[float] = field(
-        default=None, metadata=_col(Column(4, "last", kind="accuracy"), Column(2, "last", kind="accuracy"))
+        default=None,
+        metadata=_col(Column(4, "last", kind="accuracy", stat="last"), Column(2, "last", kind="accuracy", stat="last")),
     )
+    #: the task (datafree/tasks.py): None for classification, as every record from before tasks
+    task: Optional[str] = None
+    #: a segmenter's score over its evaluations (mIoU, %); a classifier's is the *_acc fields
+    last_miou: Optional[float] = None
+    best_miou: Optional[float] = None
+    mean_miou: Optional[float] = None
+    var_miou: Optional[float] = None
+    #: the teacher's score on the test split in its task's metric (accuracy, or mIoU), as the run measured it
     teacher_acc: Optional[float] = None
     teacher_acc_stored: Optional[float] = None
     teacher_source: Optional[Dict[str, Any]] = None
@@ -591,6 +623,15 @@ class RunRecord:
     metrics_sha256: Optional[str] = None
     record_version: int = 1
     extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        """The key of the run's score: ``acc`` (classification), ``miou`` (segmentation)."""
+        return metric_of(self.task)
+
+    def score(self, stat: str) -> Optional[float]:
+        """The run's ``last``, ``best``, ``mean`` or ``var`` score in its task's metric."""
+        return getattr(self, f"{stat}_{self.metric}", None)
 
     # -- mapping access: a record reads like the summary.json it is
     def as_dict(self) -> Dict[str, Any]:

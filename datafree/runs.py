@@ -83,7 +83,7 @@ def cross_check(folder: RunFolder, record: RunRecord, curve: Optional[List[Tuple
     """Why ``record`` disagrees with the run's other files, or None when it agrees with them (or they are gone)."""
     if curve is not None:
         accs = [a for _, a in curve if isinstance(a, (int, float)) and math.isfinite(a)]
-        says = {"evaluations": record.evaluations, "last": record.last_acc, "best": record.best_acc}
+        says = {"evaluations": record.evaluations, "last": record.score("last"), "best": record.score("best")}
         holds = {"evaluations": len(accs), "last": accs[-1] if accs else None, "best": max(accs) if accs else None}
         for key in ("last", "best", "evaluations"):
             a, b = says[key], holds[key]
@@ -105,7 +105,8 @@ def cross_check(folder: RunFolder, record: RunRecord, curve: Optional[List[Tuple
     if folder.has_checkpoint():
         ckpt = checkpoint_metrics(folder)
         if ckpt is not None and curve is not None:
-            if not same_evaluations(ckpt, [{"epoch": e, "acc": a} for e, a in curve]):
+            metric = record.metric
+            if not same_evaluations(ckpt, [{"epoch": e, metric: a} for e, a in curve], metric):
                 return "checkpoint.pt and metrics.jsonl hold other evaluations: one of them was edited; rerun the cell"
     return None
 
@@ -159,7 +160,7 @@ def _read_record_row(folder: RunFolder, rel: str) -> Tuple[Optional[Dict[str, An
         return None, {"path": os.path.join(rel, SUMMARY), "reason": _why(e)}, []
     extra = []
     try:
-        curve = read_curve(folder.file(METRICS))
+        curve = read_curve(folder.file(METRICS), record.metric)
     except (OSError, RecordError) as e:
         curve = None
         extra.append(
@@ -178,6 +179,7 @@ def _read_record_row(folder: RunFolder, rel: str) -> Tuple[Optional[Dict[str, An
     if row.get("tag"):  # variants of a method (hidfd at two rho) get rows of their own
         row["method"] = f"{row['method']} ({row['tag']})"
     row["curve"] = curve
+    row["metric"] = record.metric
     ident, _ = folder.identity_problem()
     threads = threads_of_machine(record.machine)
     row["config_id"] = ident.config_id(threads) if ident is not None else None

@@ -36,6 +36,7 @@ from .models.timm_models import TimmClassifier, pretrained_classes
 from .names import ARCH_ALIASES, name_from_file
 from .registry import DATASETS, MODELS, load_builtins
 from .results import file_sha256
+from .tasks import get_task
 from .zoo import resolve_teacher, timm_pretrained_file
 
 
@@ -229,12 +230,14 @@ def _timm_pretrained(name: str, path: str, spec, dataset: Optional[str]) -> nn.M
 def test_accuracy(
     model: nn.Module, dataset: str, data_root: Optional[str] = None, device: Any = "cpu", batch_size: int = 512
 ) -> float:
-    """Top-1 accuracy (%) of ``model`` on ``dataset``'s test split, in float32 (what the engine measures)."""
+    """The task's score (%) of ``model`` on ``dataset``'s test split, in float32, as the engine measures it:
+    top-1 accuracy for a classifier, mIoU for a segmenter."""
     source = get_source(dataset)
+    spec = source.spec
     split = source.load("test", data_root).to(device)
+    task = get_task(spec.task)
+    scorer = task.scorer(spec.num_classes, spec.ignore_index)
     model.eval()
-    correct, total = 0, 0
-    for x, y in iterate_eval(split, source.spec, batch_size, torch.device(device)):
-        correct += int((model(x).argmax(1) == y).sum())
-        total += y.numel()
-    return 100.0 * correct / max(1, total)
+    for x, y in iterate_eval(split, spec, batch_size, torch.device(device)):
+        scorer.update(model(x), y)
+    return float(task.score(scorer.results()))

@@ -293,12 +293,12 @@ def test_a_method_declared_check_stops_the_run(zoo, tmp_path, monkeypatch):
 
 
 def test_collapse_to_chance_is_marked_and_can_stop(zoo, tmp_path, monkeypatch):
-    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: 10.0 if model is None else 97.0)
+    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: {"acc": 10.0 if model is None else 97.0})
     s = run(tiny("scratch", tmp_path / "a", epochs=7, teacher=None))
     assert s["status"] == "collapsed" and s["collapsed"] and s["evaluations"] == 7
     s = run(tiny("scratch", tmp_path / "b", epochs=7, teacher=None, stop_on_collapse=True))
     assert s["status"] == "collapsed" and s["evaluations"] == 5  # 2 of grace, then 3 in a row at chance
-    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: 60.0 if model is None else 97.0)
+    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: {"acc": 60.0 if model is None else 97.0})
     assert run(tiny("scratch", tmp_path / "c", epochs=7, teacher=None))["status"] == "finished"
 
 
@@ -764,7 +764,7 @@ def test_fingerprint_leaves_out_what_only_watches_and_resolves_the_device(zoo, t
 
 
 def test_a_run_stopped_on_collapse_continues_when_asked_to_run_on(zoo, tmp_path, monkeypatch):
-    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: 10.0 if model is None else 97.0)
+    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: {"acc": 10.0 if model is None else 97.0})
     s = run(tiny("scratch", tmp_path / "r", epochs=7, teacher=None, stop_on_collapse=True))
     assert s["evaluations"] == 5 and s["collapse"]["stopped"]
     assert (
@@ -825,7 +825,7 @@ def test_a_collapsed_teacher_is_not_added_to_the_zoo(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATAFREE_ZOO", str(tmp_path / "zoo"))
-    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: 10.0)
+    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: {"acc": 10.0})
     with pytest.raises(DatafreeError, match="collapsed"):
         train_teacher("digits", "lenet5", {"epochs": 6, "progress": False}, log=lambda *a: None)
     assert not (tmp_path / "zoo" / "digits_lenet5.pt").exists()
@@ -959,7 +959,7 @@ def test_a_teacher_that_cannot_be_trained_fails_only_its_cells(zoo, tmp_path, mo
 
 
 def test_other_collapse_settings_resume_a_run_stopped_on_collapse(zoo, tmp_path, monkeypatch):
-    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: 10.0 if model is None else 97.0)
+    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: {"acc": 10.0 if model is None else 97.0})
     quick = dict(epochs=7, teacher=None, stop_on_collapse=True, collapse_grace=0)
     assert run(tiny("scratch", tmp_path / "r", collapse_patience=1, **quick))["evaluations"] == 1
     assert run(tiny("scratch", tmp_path / "r", collapse_patience=4, **quick), resume=True)["evaluations"] == 4

@@ -103,7 +103,7 @@ def test_a_cmi_teacher_records_its_recipe_and_keeps_the_best_evaluation(tmp_path
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATAFREE_ZOO", str(tmp_path / "zoo"))
     accs = iter([40.0, 70.0, 55.0])
-    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: next(accs))
+    monkeypatch.setattr(Engine, "evaluate", lambda self, model=None: {"acc": next(accs)})
     entry = train_teacher("digits", "lenet5", {"epochs": 3, "progress": False}, recipe="cmi", log=QUIET)
     assert entry["recipe"]["name"] == "cmi" and entry["recipe"]["method"] == "scratch_cmi"
     assert entry["recipe"]["keep"] == "best" and entry["recipe"]["milestones"] == [0.6, 0.75, 0.9]

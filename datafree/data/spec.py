@@ -18,13 +18,20 @@ class DatasetSpec:
     std: Tuple[float, ...]
     augment: str = "crop_flip"  # crop_flip | crop | none: the standard training augmentation
     train_size: int = 0  # images in the training split (0: unknown until loaded)
+    task: str = "classification"  # classification | segmentation (datafree/tasks.py)
+    ignore_index: int = 255  # segmentation: the target of a pixel that is not scored
 
     @property
     def shape(self) -> Tuple[int, int, int]:
         return (self.channels, self.size, self.size)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The spec as checkpoints store it; a classification spec as it was before tasks (no task keys), so
+        that its checkpoints stay byte for byte what they were."""
+        d = asdict(self)
+        if self.task == "classification":
+            d.pop("task"), d.pop("ignore_index")
+        return d
 
 
 class Normalizer:

@@ -13,8 +13,9 @@ meaning "broken" (e.g. a generator whose outputs saturate). The engine calls
 it once per round (synthesizer) or student step (distiller); it must not sync
 with the host (no ``.item()``, ``float()`` or ``if tensor:``).
 
-:func:`collapse_streak` counts the evaluations at chance at the end of a run
-(within one point of 100 / classes).
+:func:`collapse_streak` counts the evaluations at the end of a run that show a collapsed student, as the
+dataset's task defines it (:meth:`datafree.tasks.Task.at_chance`: a classifier within a point of 100 / classes,
+a segmenter that predicts one class everywhere).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-#: an evaluation within this many points of 100 / classes is at chance
-CHANCE_BAND = 1.0
+from ..tasks import Task
 
 
 class Guard:
@@ -68,15 +68,17 @@ class Guard:
         return min(failed) if failed else None
 
 
-def at_chance(acc: float, num_classes: int, band: float = CHANCE_BAND) -> bool:
-    return abs(float(acc) - 100.0 / max(1, num_classes)) <= band
-
-
-def collapse_streak(accs: List[float], num_classes: int) -> int:
-    """How many of the last evaluations in a row sat at chance."""
+def collapse_streak(lines: List[Dict[str, Any]], task: Task, num_classes: int) -> int:
+    """How many of the last evaluations (metrics lines) in a row show a collapsed student
+    (:meth:`datafree.tasks.Task.at_chance`)."""
     n = 0
-    for a in reversed(list(accs)):
-        if not at_chance(a, num_classes):
+    for line in reversed(list(lines)):
+        if not task.at_chance(line, num_classes):
             break
         n += 1
     return n
+
+
+def is_collapsed(lines: List[Dict[str, Any]], task: Task, num_classes: int, patience: int, grace: int) -> bool:
+    """True when the last ``patience`` evaluations after the first ``grace`` show a collapsed student."""
+    return collapse_streak(list(lines)[grace:], task, num_classes) >= patience

@@ -35,7 +35,6 @@ from .. import loggers
 from ..config import to_dict
 from ..models import save_model
 from ..results import BEST_STUDENT, atomic_write_bytes, samples_png
-from .health import collapse_streak
 from .view import RunView
 
 
@@ -161,9 +160,10 @@ class KeepBestHook(Hook):
     run compares with the records it kept; selected on the test split)."""
 
     def on_evaluation(self, engine: RunView, epoch: int, record: Dict[str, Any]) -> None:
-        acc = record["acc"]
-        earlier = [m["acc"] for m in engine.metrics[:-1] if isinstance(m.get("acc"), (int, float))]
-        if earlier and acc <= max(earlier):
+        score = engine.task.score(record)
+        earlier = [engine.task.score(m) for m in engine.metrics[:-1]]
+        earlier = [s for s in earlier if isinstance(s, (int, float))]
+        if earlier and score <= max(earlier):
             return
         save_model(
             engine.folder.file(BEST_STUDENT),
@@ -171,7 +171,7 @@ class KeepBestHook(Hook):
             engine.cfg.student,
             engine.cfg.dataset,
             engine.spec.as_dict(),
-            extra={"accuracy": acc, "epoch": epoch + 1},
+            extra={"accuracy": score, "epoch": epoch + 1},
         )
 
 
@@ -216,13 +216,16 @@ class ProgressHook(Hook):
             self.bar.update(steps)
 
     def on_evaluation(self, engine: RunView, epoch: int, record: Dict[str, Any]) -> None:
-        acc = record["acc"]
-        best = max(m["acc"] for m in engine.metrics)
+        task = engine.task
+        score = task.score(record)
+        best = max(task.score(m) for m in engine.metrics)
         if self.bar is not None:
-            self.bar.set_postfix(epoch=epoch + 1, acc=f"{acc:.2f}", best=f"{best:.2f}", refresh=False)
+            self.bar.set_postfix(
+                {"epoch": epoch + 1, task.metric: f"{score:.2f}", "best": f"{best:.2f}"}, refresh=False
+            )
         else:
             engine.log(
-                f"epoch {epoch + 1}/{engine.cfg.epochs}: acc {acc:.2f} (best {best:.2f}), "
+                f"epoch {epoch + 1}/{engine.cfg.epochs}: {task.metric} {score:.2f} (best {best:.2f}), "
                 f"{engine.meter.total_seconds:.0f} s"
             )
 
@@ -249,8 +252,3 @@ def run_hooks(engine: RunView) -> List[Hook]:
     if cfg.stop_on_collapse:
         hooks.append(CollapseStopHook())
     return hooks
-
-
-def is_collapsed(accs: List[float], num_classes: int, patience: int, grace: int) -> bool:
-    """True when the last ``patience`` evaluations after the first ``grace`` sat at chance."""
-    return collapse_streak(list(accs)[grace:], num_classes) >= patience

@@ -22,7 +22,7 @@ from ..config import RunConfig
 from ..models import save_model
 from ..results import STUDENT, RunRecord, atomic_torch_save
 from . import distributed
-from .record import build_record, finite_accuracies, say_result
+from .record import build_record, finite_scores, say_result
 from .state import RunState, default_run_dir, run_on_after_collapse
 
 #: student steps between two reads of the divergence flags (the only host syncs the checks cost)
@@ -156,29 +156,29 @@ class Engine(RunState):
     def _evaluate_epoch(self, epoch: int) -> tuple:
         """Evaluate (rank 0), record the line, call the hooks: ``(divergence record or None, stop reason or
         None)``, the same on every rank."""
-        acc, bad, stop = None, False, None
+        bad, stop = False, None
         if self.is_main:
             with self.meter.phase("eval"):  # the evaluation and what the hooks do in its phase (sample grids)
-                acc = self.evaluate()
+                scores = self.evaluate()
                 for hook in self.hooks:
                     hook.during_evaluation(self, epoch)
-            bad = not math.isfinite(acc)  # cannot happen for a top-1 count, but a plugin's predict may
+            bad = not math.isfinite(self.task.score(scores))  # not from a count, but a plugin's predict may
             if not bad:
-                record = self._metrics_line(epoch, acc)
+                record = self._metrics_line(epoch, scores)
                 self.metrics.append(record)
                 self.folder.write_metrics(self.metrics)
                 for hook in self.hooks:
                     hook.on_evaluation(self, epoch, record)
                 stop = next((r for r in (h.stop_reason(self) for h in self.hooks) if r), None)
         if distributed.agree(bad, self.world_size, self.device):
-            return {"epoch": epoch + 1, "step": self.ctx.step, "reason": "accuracy non-finite"}, None
+            return {"epoch": epoch + 1, "step": self.ctx.step, "reason": f"{self.task.metric} non-finite"}, None
         stopped = distributed.agree(stop is not None, self.world_size, self.device)
         return None, (stop or "") if stopped else None
 
-    def _metrics_line(self, epoch: int, acc: float) -> Dict[str, Any]:
+    def _metrics_line(self, epoch: int, scores: Dict[str, float]) -> Dict[str, Any]:
         return {
             "epoch": epoch + 1,
-            "acc": acc,
+            **scores,  # the task's: acc, or miou, pixel_acc, ...
             "lr": self.trainer.lr,
             "step": self.ctx.step,
             "images_synthesized": self.meter.images_synthesized,
@@ -209,7 +209,7 @@ class Engine(RunState):
     def finish(self, diverged: Optional[Dict[str, Any]] = None, stopped: bool = False) -> RunRecord:
         """Write what the run keeps (its student, a method's final files) and its record."""
         cfg = self.cfg
-        accs = finite_accuracies(self.metrics)
+        accs = finite_scores(self.metrics, self.task)
         collapsed = diverged is None and self.collapsed()
         status = "diverged" if diverged is not None else ("collapsed" if collapsed else "finished")
         if self.is_main and diverged is None:  # a diverged student's weights are not a model

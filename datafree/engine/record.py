@@ -10,12 +10,15 @@ import numpy as np
 
 from ..names import name_from_file, source_of
 from ..results import RECORD_VERSION, RunRecord, jsonl_text, machine, record_field_names, sha256_text, versions
+from ..tasks import Task
 from .health import collapse_streak
 from .view import RunView
 
 
-def finite_accuracies(metrics: List[Dict[str, Any]]) -> List[float]:
-    return [m["acc"] for m in metrics if isinstance(m.get("acc"), (int, float)) and math.isfinite(m["acc"])]
+def finite_scores(metrics: List[Dict[str, Any]], task: Task) -> List[float]:
+    """The task's finite scores over a run's evaluations (accuracies, or mIoUs)."""
+    scores = [task.score(m) for m in metrics]
+    return [s for s in scores if isinstance(s, (int, float)) and math.isfinite(s)]
 
 
 def build_record(
@@ -23,8 +26,8 @@ def build_record(
 ) -> RunRecord:
     """The record of ``engine``'s run as it ends with ``status`` (``diverged``: where and why; ``stopped``: by
     the collapse stop; ``in_sync``: whether the ranks' students agree, on several ranks)."""
-    cfg, info = engine.cfg, engine.teacher_info
-    accs = finite_accuracies(engine.metrics)
+    cfg, info, task = engine.cfg, engine.teacher_info, engine.task
+    accs = finite_scores(engine.metrics, task)
     teacher = info.get("arch") or name_from_file(cfg.teacher, cfg.dataset)
     values: Dict[str, Any] = dict(
         run_id=engine.folder.name,
@@ -45,10 +48,6 @@ def build_record(
         uses_real_data=cfg.uses_real_data or engine.synth.real_data,
         epochs=cfg.epochs,
         evaluations=len(accs),
-        last_acc=accs[-1] if accs else None,
-        best_acc=max(accs) if accs else None,
-        mean_acc=float(np.mean(accs)) if accs else None,
-        var_acc=float(np.var(accs)) if accs else None,
         teacher_acc=info.get("accuracy"),
         teacher_acc_stored=info.get("stored_accuracy"),
         teacher_source=source_of(info) if info else None,
@@ -62,11 +61,25 @@ def build_record(
         metrics_sha256=sha256_text(jsonl_text(engine.metrics)),
         record_version=RECORD_VERSION,
     )
+    # the task's score over the evaluations: last_acc, best_acc, ... (classification), last_miou, ... (segmentation)
+    m = task.metric
+    values.update(
+        {
+            f"last_{m}": accs[-1] if accs else None,
+            f"best_{m}": max(accs) if accs else None,
+            f"mean_{m}": float(np.mean(accs)) if accs else None,
+            f"var_{m}": float(np.var(accs)) if accs else None,
+        }
+    )
+    if task.name != "classification":
+        values["task"] = task.name
+        last = engine.metrics[-1] if engine.metrics else {}
+        values.update({f"last_{k}": v for k, v in last.items() if k in task.figures and k != m})
     if status == "collapsed":
         values["collapsed"] = True
         values["collapse"] = {
-            "chance": 100.0 / engine.spec.num_classes,
-            "evaluations_at_chance": collapse_streak(accs, engine.spec.num_classes),
+            "chance": 100.0 / engine.spec.num_classes if task.name == "classification" else None,
+            "evaluations_at_chance": collapse_streak(engine.metrics, task, engine.spec.num_classes),
             "stopped": bool(stopped),
             "patience": cfg.collapse_patience,
             "grace": cfg.collapse_grace,

@@ -23,11 +23,12 @@ from ..models import load_state
 from ..names import label
 from ..results import CHECKPOINT, same_evaluations, Identity, RecordError, RunRecord, differences
 from ..rundir import RunFolder, run_path
+from ..tasks import get_task
 from ..zoo import measured_accuracy, remember_accuracy
 from . import distributed
 from .build import build_parts, check_run, describe_teacher, prepare_process, run_device
-from .health import Guard
-from .hooks import Hook, is_collapsed, run_hooks
+from .health import Guard, is_collapsed
+from .hooks import Hook, run_hooks
 from .meter import Meter
 from .rng import rng_state, set_rng_state
 
@@ -107,6 +108,7 @@ class RunState:
         self.device = run_device(cfg, self.world_size, self.local_rank)
         source = get_source(cfg.dataset)
         self.spec = source.spec
+        self.task = get_task(self.spec.task)
         self.test_split = source.load("test", cfg.data_root).to(self.device)
         if self.spec.num_classes == 0:  # image folders learn their class count on load
             raise ConfigError(f"dataset {cfg.dataset} has no classes")
@@ -182,7 +184,7 @@ class RunState:
         sha, amp, arch = self.teacher_info["sha256"], self.amp.mode, self.teacher_info.get("arch")
         acc = measured_accuracy(sha, self.cfg.dataset, self.cfg.model_zoo, amp=amp, arch=arch)
         if acc is None:
-            acc = self.evaluate(self.teacher)
+            acc = self.task.score(self.evaluate(self.teacher))
             if self.is_main:
                 remember_accuracy(
                     sha, self.cfg.dataset, acc, self.teacher_info["path"], self.cfg.model_zoo, amp=amp, arch=arch
@@ -249,12 +251,13 @@ class RunState:
             written = self.folder.read_metrics()
         except (OSError, RecordError) as e:
             raise CheckpointError(f"cannot resume {self.out_dir}: its metrics.jsonl cannot be read ({e})") from e
+        m = self.task.metric
         for i, (ours, theirs) in enumerate(zip(self.metrics, written)):
-            if not same_evaluations([ours], [theirs]):
+            if not same_evaluations([ours], [theirs], m):
                 raise CheckpointError(
                     f"cannot resume {self.out_dir}: {path} and metrics.jsonl disagree at evaluation {i + 1} "
-                    f"(epoch {ours.get('epoch')} acc {ours.get('acc')} against epoch {theirs.get('epoch')} acc "
-                    f"{theirs.get('acc')}): one of them was edited. Use --overwrite to start the run again"
+                    f"(epoch {ours.get('epoch')} {m} {ours.get(m)} against epoch {theirs.get('epoch')} {m} "
+                    f"{theirs.get(m)}): one of them was edited. Use --overwrite to start the run again"
                 )
         if len(written) < len(self.metrics):
             raise CheckpointError(
@@ -273,9 +276,10 @@ class RunState:
 
     # -- evaluation ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: Optional[nn.Module] = None) -> float:
-        """Top-1 accuracy (%) on the test split, of ``model`` or of the distiller's deployed student."""
-        correct, total = 0, 0
+    def evaluate(self, model: Optional[nn.Module] = None) -> Dict[str, float]:
+        """The task's scores on the test split (``{"acc": ...}``, ``{"miou": ..., "pixel_acc": ...}``), of
+        ``model`` or of the distiller's deployed student."""
+        scorer = self.task.scorer(self.spec.num_classes, self.spec.ignore_index)
         if model is not None:
             model.eval()
         else:
@@ -287,11 +291,11 @@ class RunState:
             else:
                 with self.amp.autocast():
                     logits = model(x)
-            correct += (logits.argmax(1) == y).sum()
-            total += y.numel()
-        return 100.0 * float(correct) / max(1, total)
+            scorer.update(logits, y)
+        return scorer.results()
 
     def collapsed(self) -> bool:
-        """True when the last ``collapse_patience`` evaluations after the first ``collapse_grace`` sat at chance."""
-        accs = [m["acc"] for m in self.metrics]
-        return is_collapsed(accs, self.spec.num_classes, self.cfg.collapse_patience, self.cfg.collapse_grace)
+        """True when the last ``collapse_patience`` evaluations after the first ``collapse_grace`` show a collapsed
+        student (:meth:`datafree.tasks.Task.at_chance`)."""
+        cfg = self.cfg
+        return is_collapsed(self.metrics, self.task, self.spec.num_classes, cfg.collapse_patience, cfg.collapse_grace)

@@ -13,6 +13,7 @@ from ..data import DatasetSpec
 from ..results import Identity
 from ..rundir import RunFolder
 from ..synthesis.base import Amp, Context, Synthesizer
+from ..tasks import Task
 from .meter import Meter
 
 
@@ -28,6 +29,7 @@ class RunView(Protocol):
     device: torch.device
     world_size: int
     spec: DatasetSpec
+    task: Task
     amp: Amp
     ctx: Context
     teacher: Optional[nn.Module]
