@@ -293,9 +293,10 @@ def cmd_distill(args) -> int:
         d = record.diverged or {}
         print(f"diverged at epoch {d.get('epoch')} step {d.get('step')} ({d.get('reason')})  -> {engine.out_dir}")
         return EXIT_DIVERGED
-    if record.last_acc is not None:
+    if record.score("last") is not None:
         print(
-            f"last {record.last_acc:.2f}  best {record.best_acc:.2f}"
+            f"last {'' if record.metric == 'acc' else record.metric + ' '}{record.score('last'):.2f}  "
+            f"best {record.score('best'):.2f}"
             + ("  (collapsed to chance)" if record.status == "collapsed" else "")
             + f"  -> {engine.out_dir}"
         )

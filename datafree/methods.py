@@ -26,6 +26,9 @@ A method file (``datafree/configs/methods/<name>.yaml``) is a partial
 ``suites``
     the suites the method is a row of (``[cifar10, mnist]``): a suite whose ``methods:`` is left out runs
     every method that names it, so a new method joins a table from its own file;
+``tasks``
+    the tasks the method serves (``[classification, segmentation]``; left out: ``[classification]``): a run of
+    it on a dataset of another task is refused with one line (:func:`check_method_task`);
 ``presets``
     named variants of the method, each registered as the method ``<name>:<preset>`` (e.g. ``hidfd:released``):
     a preset is an entry that extends this one (its own ``about``, values and sections). The convention:
@@ -63,7 +66,19 @@ from .names import ARCH_ALIASES, name_from_file
 from .registry import DISTILLERS, METHODS, SYNTHESIZERS, config_class, load_builtins, load_plugins
 
 METHOD_DIR = os.path.join(os.path.dirname(__file__), "configs", "methods")
-_SECTIONS = ("extends", "datasets", "students", "pairs", "about", "presets", "sources", "order", "demo", "suites")
+_SECTIONS = (
+    "extends",
+    "datasets",
+    "students",
+    "pairs",
+    "about",
+    "presets",
+    "sources",
+    "order",
+    "demo",
+    "suites",
+    "tasks",
+)
 #: a preset's name: letters, digits, ``_``, ``.`` and ``-`` (it becomes part of the method name and run folders)
 _PRESET_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -89,6 +104,9 @@ def register_method(name: str, entry: Any, override: bool = False) -> Dict[str, 
     suites = entry.get("suites", [])
     if not isinstance(suites, list) or not all(isinstance(x, str) for x in suites):
         raise ConfigError(f"method {name!r}: suites must be a list of suite names, got {suites!r}")
+    tasks = entry.get("tasks", [])
+    if not isinstance(tasks, list) or not all(isinstance(x, str) for x in tasks):
+        raise ConfigError(f"method {name!r}: tasks must be a list of task names, got {tasks!r}")
     presets = entry.get("presets") or {}
     if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
         raise ConfigError(f"method {name!r}: presets must map preset names to entries, got {presets!r}")
@@ -101,6 +119,23 @@ def register_method(name: str, entry: Any, override: bool = False) -> Dict[str, 
     for preset, body in presets.items():
         METHODS.register(f"{name}:{preset}", {"extends": name, **body}, override=override)
     return entry
+
+
+def method_tasks(name: str) -> List[str]:
+    """The tasks a method serves: its entry's ``tasks`` (a preset's, or its method's), else classification."""
+    return list(method_entry(name).get("tasks") or ["classification"])
+
+
+def check_method_task(method: str, dataset: str, task: str) -> None:
+    """Refuse, in one line, a method on a dataset of a task it does not serve."""
+    tasks = method_tasks(method)
+    if task not in tasks:
+        load_builtins()
+        serving = [m for m in METHODS.list() if ":" not in m and task in method_tasks(m)]
+        raise ConfigError(
+            f"method {method!r} serves {' and '.join(tasks)} only, and {dataset} is a {task} dataset; "
+            f"the methods that serve {task}: {', '.join(sorted(serving, key=table_order))}"
+        )
 
 
 def preset_of(name: str) -> tuple:
@@ -200,7 +235,9 @@ def method_layers(
 def describe(name: str) -> str:
     entry = method_entry(name)
     about = entry.get("about", "")
-    return f"{entry.get('synthesizer')} + {entry.get('distiller', 'kd')}" + (f"  -- {about}" if about else "")
+    tasks = method_tasks(name)
+    serves = "" if tasks == ["classification"] else f" [{', '.join(tasks)}]"
+    return f"{entry.get('synthesizer')} + {entry.get('distiller', 'kd')}{serves}" + (f"  -- {about}" if about else "")
 
 
 def describe_sources(name: str) -> List[str]:

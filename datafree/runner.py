@@ -307,7 +307,9 @@ def _outcome(cell: Cell, res: Dict[str, Any], state: Dict[str, Any]) -> str:
     def acc(v: Any) -> str:
         return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
 
-    return f"last {acc(record.last_acc)} best {acc(record.best_acc)} ({res.get('seconds', 0):.0f} s)" + (
+    name = "" if record.metric == "acc" else f"{record.metric} "
+    last, best = acc(record.score("last")), acc(record.score("best"))
+    return f"last {name}{last} best {best} ({res.get('seconds', 0):.0f} s)" + (
         " COLLAPSED" if record.status == "collapsed" else ""
     )
 

@@ -155,6 +155,12 @@ SEGMENTATION = TASKS.register(
 )
 
 
+def ignore_index_of(spec: Any) -> int:
+    """The target a cross-entropy leaves out: the spec's ``ignore_index`` for segmentation; for classification
+    PyTorch's default (-100: no class is ever left out, and 255 is a class of a 1000-class set)."""
+    return int(spec.ignore_index) if spec.task == "segmentation" else -100
+
+
 def get_task(name: Any) -> Task:
     """The task named ``name`` (None or "" for a spec from before tasks: classification)."""
     name = str(name or "classification")

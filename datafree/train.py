@@ -161,7 +161,7 @@ def train_teacher(
         old_dir = run_folder.set_aside()  # another recipe, seed or thread count: never resumed under this label
         log(f"teacher run {cfg.out} was another run ({differences(old, run_id, problem=problem)}); kept as {old_dir}")
     summary = Engine(cfg, resume=resume and not force, overwrite=force).run()
-    if summary.get("status") in ("diverged", "collapsed") or summary.get("last_acc") is None:
+    if summary.status in ("diverged", "collapsed") or summary.score("last") is None:
         raise DatafreeError(
             f"training the {model} teacher on {dataset} {summary.get('status', 'failed')} "
             f"({summary.get('diverged', {}).get('reason', 'accuracy at chance')}); nothing was "
@@ -170,7 +170,8 @@ def train_teacher(
     os.makedirs(os.path.dirname(path), exist_ok=True)
     kept = BEST_STUDENT if cfg.keep == "best" else STUDENT
     ckpt = torch.load(os.path.join(cfg.out, kept), map_location="cpu", weights_only=True)
-    accuracy = float(ckpt["accuracy"]) if cfg.keep == "best" else float(summary["last_acc"])
+    # the teacher's score in its task's metric (a classifier's accuracy, a segmenter's mIoU)
+    accuracy = float(ckpt["accuracy"]) if cfg.keep == "best" else float(summary.score("last"))
     spec = get_source(dataset).spec
     net = create_model(model, spec.num_classes, spec.channels, spec.size)
     load_state(net, ckpt["state_dict"], "the trained teacher")
@@ -181,8 +182,8 @@ def train_teacher(
         "arch": model,
         "file": os.path.basename(path),
         "accuracy": round(accuracy, 2),
-        "best_accuracy": round(summary["best_acc"], 2),
-        "last_accuracy": round(summary["last_acc"], 2),
+        "best_accuracy": round(summary.score("best"), 2),
+        "last_accuracy": round(summary.score("last"), 2),
         "kept": (f"best (epoch {ckpt.get('epoch')}, selected on the test split)" if cfg.keep == "best" else "last"),
         "sha256": sha,
         "recipe": values,

@@ -14,3 +14,5 @@ from .datasets import (  # noqa: F401
     register_source,
 )
 from .spec import DatasetSpec, Normalizer  # noqa: F401
+
+from . import segmentation  # noqa: F401, E402  (registers mnist_seg)

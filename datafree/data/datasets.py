@@ -227,6 +227,13 @@ for _name, _folder, _mean, _std, _cls in [
         _tv_download(_cls),
     )
 
+
+def read_mnist(root: str, split: str) -> ImageSplit:
+    """MNIST's raw 28x28 digits of a split, from one data root (``FileNotFoundError`` when they are not there):
+    what the segmentation test bed (:mod:`datafree.data.segmentation`) draws its canvases from."""
+    return _mnist_loader("MNIST", "mnist", 28)(root, split)
+
+
 # --------------------------------------------------------------------------- CIFAR, SVHN, STL-10
 
 
@@ -434,7 +441,7 @@ class Batches:
         x = self.split.images[idx].float().div_(255.0)
         if self.augment is not None:
             x = self.augment(x)
-        return self.norm(x), self.split.labels[idx]
+        return self.norm(x), self.split.labels[idx].long()  # a segmentation map is kept as uint8
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         raise TypeError("use Batches.sample(n) for training or iterate_eval() for evaluation")
@@ -453,7 +460,7 @@ def iterate_eval(
     norm = Normalizer(spec, device)
     for i in range(0, len(split), batch_size):
         x = split.images[i : i + batch_size].to(device, non_blocking=True).float().div_(255.0)
-        yield norm(x), split.labels[i : i + batch_size].to(device, non_blocking=True)
+        yield norm(x), split.labels[i : i + batch_size].to(device, non_blocking=True).long()
 
 
 def spec_with_size(spec: DatasetSpec, n: int) -> DatasetSpec:

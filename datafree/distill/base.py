@@ -19,6 +19,7 @@ from ..config import build_dataclass
 from ..registry import DISTILLERS, config_class
 from ..synthesis.base import Context
 from ..synthesis.losses import kl_div
+from ..tasks import ignore_index_of
 
 
 class Distiller:
@@ -139,7 +140,7 @@ class KD(Distiller):
         if self.cfg.ce > 0:
             if y is None:
                 raise ValueError("distill.ce > 0 needs labelled batches; data-free batches have no labels")
-            ce = nn.functional.cross_entropy(s.float(), y)
+            ce = nn.functional.cross_entropy(s.float(), y, ignore_index=ignore_index_of(self.ctx.spec))
             loss = loss + self.cfg.ce * ce
             logs["ce"] = ce.detach()
         return loss, logs
@@ -159,5 +160,7 @@ class CrossEntropy(Distiller):
         if y is None:
             raise ValueError("the ce distiller needs labelled batches (a real-data synthesizer)")
         s = self.student(x)
-        loss = nn.functional.cross_entropy(s.float(), y, label_smoothing=self.cfg.label_smoothing)
+        loss = nn.functional.cross_entropy(
+            s.float(), y, label_smoothing=self.cfg.label_smoothing, ignore_index=ignore_index_of(self.ctx.spec)
+        )
         return loss, {"ce": loss.detach()}

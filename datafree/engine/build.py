@@ -20,11 +20,13 @@ from ..config import RunConfig, validate
 from ..data import DatasetSpec, get_source
 from ..distill.base import Distiller
 from ..errors import ConfigError, DatafreeError, first_line
-from ..models import create_model
+from ..methods import check_method_task
+from ..models import create_model, model_task
 from ..registry import DISTILLERS, MODELS, SYNTHESIZERS, load_plugins
 from ..runtime import precision_name, tune_cpu_malloc, use_channels_last
 from ..synthesis.base import Amp, Context, Synthesizer
 from ..names import describe
+from ..tasks import get_task
 from ..teacher import check_arch, load_teacher
 from .rng import seed_everything
 from .trainer import Trainer
@@ -39,9 +41,17 @@ def check_run(cfg: RunConfig) -> RunConfig:
     SYNTHESIZERS.get(cfg.synthesizer)  # unknown names fail with suggestions
     DISTILLERS.get(cfg.distiller)
     loggers.check(cfg.log)  # log=none | csv | tensorboard | wandb, or a comma list: a name or a missing package
-    get_source(cfg.dataset)
+    task = get_source(cfg.dataset).spec.task
+    check_method_task(cfg.method, cfg.dataset, task)
     if not cfg.student.startswith("timm/"):
         MODELS.get(cfg.student)
+    for role, name in (("student", cfg.student), ("teacher_arch", cfg.teacher_arch)):
+        if name is not None and model_task(name) != task:
+            same = ", ".join(m for m in MODELS.list() if model_task(m) == task)
+            raise ConfigError(
+                f"{role}={name} is a {model_task(name)} model and {cfg.dataset} a {task} dataset; "
+                f"the {task} models: {same}"
+            )
     if cfg.teacher_arch is not None:
         check_arch(cfg.teacher_arch)
     return cfg
@@ -150,5 +160,7 @@ def build_parts(
     return Parts(teacher, teacher_info, student, amp, ctx, synth, distiller, trainer)
 
 
-def describe_teacher(info: Dict[str, Any]) -> str:
-    return f"teacher: {describe(info)}, test accuracy {info['accuracy']:.2f}%"
+def describe_teacher(info: Dict[str, Any], task: str = "classification") -> str:
+    """The teacher's line: its file and its measured test score (``info["accuracy"]``: the task's score)."""
+    label = get_task(task).axis.replace(" (%)", "")
+    return f"teacher: {describe(info)}, {label} {info['accuracy']:.2f}%"

@@ -101,6 +101,19 @@ class LoggerHook(Hook):
         logger.close()
 
 
+def class_colours(maps: torch.Tensor) -> torch.Tensor:
+    """Class maps (N, H, W) as [0, 1] RGB images (N, 3, H, W): class 0 black, 255 (not scored) white, and class
+    c at hue c times the golden ratio (mod 1): the same colour for a class in every grid, neighbours apart."""
+    scored = maps != 255
+    k = int(maps[scored].max()) + 1 if bool(scored.any()) else 1
+    hues = (torch.arange(k, dtype=torch.float64) * 0.6180339887).remainder(1.0).float()
+    rgb = torch.stack([(hues * 6 - s).abs().sub(3).abs().neg().add(2).clamp(0, 1) for s in (0, 2, 4)], 1)
+    rgb[0] = 0.0
+    out = torch.ones(maps.shape[0], 3, *maps.shape[1:])
+    out.permute(0, 2, 3, 1)[scored] = rgb[maps[scored].long()]
+    return out
+
+
 def save_sample_grid(
     images: torch.Tensor, labels: Optional[torch.Tensor], path: str, ncol: int = 8, cell: int = 40
 ) -> str:
@@ -108,6 +121,10 @@ def save_sample_grid(
     from PIL import Image, ImageDraw
 
     images = images.detach().float().cpu().clamp(0, 1)
+    if labels is not None and labels.dim() == 3:  # a class per pixel: each tile is the image and its map
+        maps = class_colours(labels.detach().cpu())
+        images = torch.cat([images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3], maps], dim=3)
+        labels = None
     n, c, h, w = images.shape
     scale = max(1, cell // max(h, w))
     h2, w2 = h * scale, w * scale

@@ -102,17 +102,21 @@ def build_record(
 
 
 def say_result(log: Callable[[str], None], record: RunRecord, diverged: Optional[Dict[str, Any]], out_dir: str) -> None:
-    """One line on how the run ended: its last and best accuracy, or where it diverged."""
+    """One line on how the run ended: its last and best score (a segmenter's named: ``miou``), or where it
+    diverged."""
     method, dataset = record.method, record.dataset
+    last, best = record.score("last"), record.score("best")
+    name = "" if record.metric == "acc" else f"{record.metric} "
     if diverged is not None:
-        last = f"{record.last_acc:.2f}" if record.last_acc is not None else "none"
+        shown = f"{last:.2f}" if last is not None else "none"
+        what = "accuracy" if record.metric == "acc" else record.metric
         log(
             f"{method} {record.pair} on {dataset}: DIVERGED at epoch {diverged['epoch']} step "
-            f"{diverged['step']} ({diverged['reason']}); last finite accuracy {last} -> {out_dir}"
+            f"{diverged['step']} ({diverged['reason']}); last finite {what} {shown} -> {out_dir}"
         )
-    elif record.last_acc is not None:
+    elif last is not None:
         log(
-            f"{method} {record.pair} on {dataset}: last {record.last_acc:.2f} best {record.best_acc:.2f} "
+            f"{method} {record.pair} on {dataset}: last {name}{last:.2f} best {best:.2f} "
             f"({record.total_seconds:.0f} s)"
             + (" COLLAPSED to chance" if record.status == "collapsed" else "")
             + f" -> {out_dir}"

@@ -126,7 +126,7 @@ class RunState:
         if self.teacher is not None:
             self._measure_teacher()
             if self.is_main and not self.checkpoint:  # once the run is set up: a failed setup says only why
-                self.log(describe_teacher(self.teacher_info))
+                self.log(describe_teacher(self.teacher_info, self.spec.task))
         if self.checkpoint is not None:
             self._load_checkpoint(self.checkpoint)
         if self.is_main and self.runs:

@@ -10,9 +10,9 @@ from torch import nn
 
 from ..errors import CheckpointError, first_line
 from ..results import atomic_torch_save, file_sha256
-from . import generators, layouts, lenet, mobilenetv2, resnet, vgg, wrn  # noqa: F401  (registration)
+from . import deeplab, generators, layouts, lenet, mobilenetv2, resnet, vgg, wrn  # noqa: F401  (registration)
 from .base import Classifier  # noqa: F401
-from .factory import create_generator, create_model, list_models  # noqa: F401  (the package's API)
+from .factory import create_generator, create_model, list_models, model_task  # noqa: F401  (the package API)
 from .features import FeatureTap, bn_layers, conv_layers  # noqa: F401
 from .timm_models import TimmClassifier, counts_of, legacy_state
 

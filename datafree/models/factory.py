@@ -27,5 +27,15 @@ def create_generator(name: str, **kw: Any) -> nn.Module:
     return GENERATORS.build(name, **kw)
 
 
-def list_models(pattern: str = "*"):
-    return MODELS.list(pattern)
+def list_models(pattern: str = "*", task: Optional[str] = None):
+    """The registered model names matching ``pattern``; with ``task``, only the models of that task."""
+    names = MODELS.list(pattern)
+    return names if task is None else [n for n in names if model_task(n) == task]
+
+
+def model_task(name: str) -> str:
+    """The task a model's output serves: its builder's ``task`` (segmenters: ``"segmentation"``), else
+    classification (every classifier, and ``timm/<name>``)."""
+    if name.startswith("timm/") or name not in MODELS:
+        return "classification"
+    return getattr(MODELS.get(name), "task", "classification")

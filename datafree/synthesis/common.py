@@ -30,6 +30,29 @@ def random_labels(n: int, num_classes: int, device, sort: bool = True) -> torch.
     return (y.sort()[0] if sort else y).to(device)
 
 
+#: the cells a side of a segmentation target layout (:func:`random_layouts`)
+LAYOUT_GRID = 2
+
+
+def random_layouts(n: int, num_classes: int, size: int, device, grid: int = LAYOUT_GRID) -> torch.Tensor:
+    """``n`` random class maps (``(n, size, size)``, long): a ``grid`` x ``grid`` layout of cells, each of a
+    class drawn uniformly, upsampled to ``size`` (nearest). The per-pixel form of random target classes
+    (DeepInversion, Fast-DFKD): a class drawn for each pixel alone would ask a segmenter for a class change at
+    every pixel, which one at output stride 8 cannot give; cells of a side ``size / grid`` give each class its
+    share of pixels at a scale the teacher resolves (docs/segmentation.md)."""
+    cells = torch.randint(0, num_classes, (n, 1, grid, grid)).float()
+    maps = torch.nn.functional.interpolate(cells, size=(size, size), mode="nearest")
+    return maps[:, 0].long().to(device)
+
+
+def random_targets(n: int, spec, device, sort: bool = True) -> torch.Tensor:
+    """Random targets of the spec's task: a class per image (:func:`random_labels`), or for segmentation a
+    class map per image (:func:`random_layouts`)."""
+    if spec.task == "segmentation":
+        return random_layouts(n, spec.num_classes, spec.size, device)
+    return random_labels(n, spec.num_classes, device, sort=sort)
+
+
 class TeacherTerms:
     """Runs the teacher on a batch with the BN-statistics hooks attached when needed.
 

@@ -40,20 +40,23 @@ import torch
 from ..registry import SYNTHESIZERS
 from . import losses
 from .base import Synthesizer
-from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels, view_flips
+from .common import PoolOptions, PoolSampling, TeacherTerms, random_targets, view_flips
 from ..errors import ConfigError
 
 
-def jitter_flip(x: torch.Tensor, lim: float, flip: bool) -> torch.Tensor:
-    """Roll by a random offset of up to ``lim`` x size pixels, then flip half the time."""
+def jitter_flip(x: torch.Tensor, lim: float, flip: bool, maps: Optional[torch.Tensor] = None):
+    """Roll by a random offset of up to ``lim`` x size pixels, then flip half the time. With ``maps`` (per-pixel
+    targets, ``(N, H, W)``), returns ``(view, maps)`` with the same roll and flip applied to the maps."""
     h, w = x.shape[-2:]
     lh, lw = int(h * lim), int(w * lim)
     off1, off2 = random.randint(-lh, lh), random.randint(-lw, lw)
     if off1 or off2:
         x = torch.roll(x, shifts=(off1, off2), dims=(2, 3))
+        maps = None if maps is None else torch.roll(maps, shifts=(off1, off2), dims=(1, 2))
     if flip and random.random() < 0.5:
         x = torch.flip(x, dims=(3,))
-    return x
+        maps = None if maps is None else torch.flip(maps, dims=(2,))
+    return x if maps is None else (x, maps)
 
 
 @SYNTHESIZERS.register("deepinv")
@@ -101,15 +104,18 @@ class DeepInversion(PoolSampling, Synthesizer):
         n = c.synthesis_batch_size
         shape = (n, *self.spec.shape)
         x = torch.randn(shape, device=self.device).requires_grad_(True)
-        y = random_labels(n, self.spec.num_classes, self.device) if targets is None else targets.to(self.device)
+        y = random_targets(n, self.spec, self.device) if targets is None else targets.to(self.device)
+        per_pixel = y.dim() == 3
         opt = torch.optim.Adam([x], lr=c.lr_g, betas=tuple(c.betas))
         logs: Dict[str, torch.Tensor] = {}
         best_loss_t = torch.tensor(float("inf"), device=self.device)
         best = x.detach().clone()
         for _ in range(c.iterations):
-            view = jitter_flip(x, c.jitter, self.flip)
+            view, y_view = (
+                jitter_flip(x, c.jitter, self.flip, y) if per_pixel else (jitter_flip(x, c.jitter, self.flip), y)
+            )
             t, _, l_bn = self.terms(view)
-            l_oh = losses.one_hot(t, y)
+            l_oh = losses.one_hot(t, y_view)
             loss = c.bn * l_bn + c.oh * l_oh
             if c.adv > 0:
                 s = self.student_logits(view)
@@ -132,6 +138,6 @@ class DeepInversion(PoolSampling, Synthesizer):
                 x.copy_(self.normalizer.clip(x))
         logs.update({"bn": l_bn.detach(), "oh": l_oh.detach(), "loss_g": loss.detach()})
         final = best if c.keep_best else x.detach()
-        self.pool.add(self.normalizer.denormalize(final), y)
+        self.pool.add(self.normalizer.denormalize(final), None if per_pixel else y)  # a pool keeps a label an image
         self.images_synthesized += n
         return logs

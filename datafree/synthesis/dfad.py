@@ -68,11 +68,21 @@ class DFAD(AdversarialGenerator):
         g_gamma: float = 0.1
         student_first: bool = True
         student_mode: str = "train"  # the student in the generator loss: "train" (the reference) or "eval"
+        #: the generator's loss on the L1 distance d: "neg" (-d, DFAD_cifar.py / DFAD_mnist.py) or "neg_log1p"
+        #: (-log(d + 1), DFAD_nyu_deeplab.py:45 and DFAD_camvid_deeplab.py, the segmentation scripts)
+        adv_form: str = "neg"
+
+    def __init__(self, ctx, **params):
+        super().__init__(ctx, **params)
+        if self.cfg.adv_form not in ("neg", "neg_log1p"):
+            raise ValueError(f"synth.adv_form must be 'neg' or 'neg_log1p', got {self.cfg.adv_form!r}")
 
     def generator_loss(self, x, z) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         t, _, l_bn = self.terms(x)
         s = self.student_logits(x)
         l_adv = losses.adversarial(s, t, kind="l1")
+        if self.cfg.adv_form == "neg_log1p":
+            l_adv = -torch.log1p(-l_adv)
         logs = {"adv": l_adv}
         if self.cfg.bn > 0:
             logs["bn"] = l_bn

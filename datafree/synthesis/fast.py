@@ -69,11 +69,12 @@ import torch
 from torch import nn
 
 from ..data.augment import standard_augment
+from ..errors import ConfigError
 from ..models import create_generator
 from ..registry import SYNTHESIZERS
 from . import losses
 from .base import Synthesizer
-from .common import PoolOptions, PoolSampling, TeacherTerms, random_labels
+from .common import PoolOptions, PoolSampling, TeacherTerms, random_targets
 
 META_MODES = ("fomaml", "reptile", "none")
 
@@ -153,6 +154,11 @@ class FastDFKD(PoolSampling, Synthesizer):
         self.terms = TeacherTerms(self, c.bn, momentum=c.bn_momentum)
         self.make_pool(c.pool_size, c.pool_dtype)
         kind = spec.augment if c.augment == "auto" else c.augment
+        if spec.task == "segmentation" and kind != "none":
+            raise ConfigError(
+                f"synth.augment={c.augment} crops or flips the images but not their per-pixel targets: "
+                "a segmentation run of Fast-DFKD takes synth.augment=none"
+            )
         self.view = standard_augment(kind, spec.size)
         self.reset_done = False
 
@@ -204,7 +210,7 @@ class FastDFKD(PoolSampling, Synthesizer):
         self.generator.train()
         fast = self.clone()
         z = torch.randn(n, c.nz, device=self.device, requires_grad=True)
-        y = random_labels(n, self.spec.num_classes, self.device, sort=False)
+        y = random_targets(n, self.spec, self.device, sort=False)
         inner = torch.optim.Adam(
             [{"params": list(fast.parameters())}, {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=tuple(c.betas)
         )
@@ -230,7 +236,7 @@ class FastDFKD(PoolSampling, Synthesizer):
         if self.terms.bn is not None and c.bn_momentum > 0:
             self.terms.bn.update_momentum()
         self.meta_update(fast, meta_grads)
-        self.pool.add(best, y)
+        self.pool.add(best, y if y.dim() == 1 else None)  # a pool keeps a label an image, not a class map
         self.images_synthesized += n
         logs = {k: v.detach() for k, v in logs.items()}
         logs["loss_g"] = loss.detach()

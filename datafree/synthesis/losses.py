@@ -153,8 +153,10 @@ def one_hot(t: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Te
 
 
 def class_entropy(t: torch.Tensor, T: float = 1.0) -> torch.Tensor:
-    """Entropy H of the batch-mean teacher softmax at temperature T."""
-    p = F.softmax(t.float() / T, dim=1).mean(0)
+    """Entropy H of the batch-mean teacher softmax at temperature T. Per pixel (logits (N, K, H, W)): of the
+    softmax averaged over the batch and every pixel, the class frequencies of the batch's pixels."""
+    p = F.softmax(t.float() / T, dim=1)
+    p = p.mean(0) if p.dim() == 2 else p.transpose(0, 1).flatten(1).mean(1)
     return -(p * p.clamp_min(1e-12).log()).sum()
 
 
