@@ -25,11 +25,24 @@ use) and says which layout it was:
     reports ``dafl``. Note that DAFL's ``teacher-train.py`` saves the whole
     module (``torch.save(net, ...)``), which ``torch.load(weights_only=True)``
     refuses: re-save its ``state_dict()`` first (the loader's error says how).
+``fast``
+    the segmenters of zju-vipa/Fast-Datafree (``datafree/models/deeplab/``,
+    VainF/DeepLabV3Plus-Pytorch's code) for ``deeplabv3_resnet50`` and
+    ``deeplabv3_mobilenet``: the head one level deeper
+    (``classifier.classifier.<i>``), and for the MobileNetV2 torchvision-style
+    nested blocks split in ``backbone.low_level_features.<0..3>`` and
+    ``backbone.high_level_features.<4..17>`` (a slice keeps the indices). DFAD's segmenters
+    (``network/segmentation/``) have our names exactly (``datafree.models.deeplab``
+    was built to them), so a DFAD checkpoint loads unrenamed and reports
+    ``datafree``. Fast-Datafree's networks compute another function with the
+    same parameters (ASPP rates, MobileNetV2 dilations): see
+    :mod:`datafree.models.deeplab` for the builders' options that reproduce it.
 
 Each mapping below names the file it was read from (repository, path, commit).
 ``tests/fixtures/reference_layouts.json`` records the names and shapes those
 classes produce, and ``tests/test_reference_layouts.py`` checks that every one
-loads strictly and computes the reference's logits.
+loads strictly and computes the reference's logits; for the segmenters,
+``tests/fixtures/deeplab_reference.json`` and ``tests/test_deeplab_models.py``.
 
 Functional notes (checked against the reference code): CMI's tiny ResNets pool
 with ``AvgPool2d(8)`` and DAFL/DFAD's ResNets with ``avg_pool2d(out, 4)``, both
@@ -50,7 +63,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 
 from ..registry import MODELS
-from .factory import create_model
+from .factory import create_model, model_task
 from .mobilenetv2 import _CFG
 
 DATAFREE = "datafree"
@@ -115,6 +128,37 @@ def _mobilenetv2_features(m: "re.Match[str]") -> str:
     return m.group(0)
 
 
+#: Fast-Datafree's nested InvertedResidual ``conv`` indices -> DFAD's (and our) flat ones: with an expansion conv
+#: (ConvBNReLU pw, ConvBNReLU dw, pw-linear, BN) and without it (t = 1: ConvBNReLU dw, pw-linear, BN)
+_NESTED_TO_FLAT = {
+    True: {"0.0": 0, "0.1": 1, "1.0": 3, "1.1": 4, "2": 6, "3": 7},
+    False: {"0.0": 0, "0.1": 1, "1": 3, "2": 4},
+}
+
+
+def _fast_deeplab_mobilenet(m: "re.Match[str]") -> str:
+    """Fast-Datafree's ``backbone.{low,high}_level_features.<j>.<rest>`` -> DFAD's ``backbone.features.<j>.<rest>``:
+    ``low_level_features`` is ``features[0:4]``, ``high_level_features`` ``features[4:-1]`` (the 1280 conv dropped),
+    and slicing an ``nn.Sequential`` keeps its children's names, so ``j`` runs 0..3 and 4..17 (not from 0 again);
+    ``features.0`` (ConvBNReLU: 0 conv, 1 bn) keeps its indices, the blocks' nested ``conv`` ones are flattened."""
+    if (m.group(1) == "low") != (int(m.group(2)) < 4):
+        return f"backbone.features.?{m.group(0)}"  # an index the split does not hold: left unmatched
+    j = int(m.group(2))
+    rest = m.group(3)
+    if j == 0:
+        return f"backbone.features.0.{rest}"
+    i, expands = j - 1, None
+    for t, _, n, _ in _CFG:
+        if i < n:
+            expands = t != 1
+            break
+        i -= n
+    mm = re.match(r"conv\.(\d(?:\.\d)?)\.(weight|bias|running_mean|running_var|num_batches_tracked)$", rest)
+    if expands is None or not mm or mm.group(1) not in _NESTED_TO_FLAT[expands]:
+        return f"backbone.features.{j}.?{rest}"  # not a block of DFAD's MobileNetV2: left unmatched
+    return f"backbone.features.{j}.conv.{_NESTED_TO_FLAT[expands][mm.group(1)]}.{mm.group(2)}"
+
+
 #: architecture -> family (architectures of one family share their rename rules)
 FAMILY: Dict[str, str] = {
     **{a: "resnet" for a in ("resnet18", "resnet34", "resnet50")},
@@ -123,6 +167,13 @@ FAMILY: Dict[str, str] = {
     **{a: "vgg" for a in ("vgg8", "vgg11", "vgg13")},
     **{a: "lenet" for a in ("lenet5", "lenet5_half")},
     "mobilenetv2": "mobilenetv2",
+}
+
+#: the segmenters' families (kept apart from :data:`FAMILY`, the classifiers that
+#: ``tests/fixtures/reference_layouts.json`` covers; ``tests/fixtures/deeplab_reference.json`` covers these)
+SEGMENTER_FAMILY: Dict[str, str] = {
+    "deeplabv3_resnet50": "deeplabv3_resnet50",
+    "deeplabv3_mobilenet": "deeplabv3_mobilenet",
 }
 
 #: family -> the reference layouts (ours, ``datafree``, is the identity and always tried first)
@@ -200,11 +251,35 @@ LAYOUTS: Dict[str, Tuple[Layout, ...]] = {
             ((r"^features\.(\d+)\.(.*)$", _mobilenetv2_features), (r"^classifier\.1\.", "head.")),
         ),
     ),
+    # Fast-Datafree modeling.py deeplabv3_resnet50: DeepLabV3(backbone = IntermediateLayerGetter(resnet50,
+    # {'layer4': 'out'}), classifier = _deeplab.py DeepLabHead, a Module holding the Sequential as `classifier`)
+    "deeplabv3_resnet50": (
+        Layout(
+            "fast",
+            f"{FAST}: datafree/models/deeplab/modeling.py deeplabv3_resnet50, _deeplab.py DeepLabHead",
+            r"^classifier\.classifier\.",
+            ((r"^classifier\.classifier\.", "classifier."),),
+        ),
+    ),
+    # Fast-Datafree modeling.py deeplabv3_mobilenet: backbone/mobilenetv2.py's torchvision-style MobileNetV2 with
+    # `features` split into low_level_features (0:4) and high_level_features (4:-1); the head as above
+    "deeplabv3_mobilenet": (
+        Layout(
+            "fast",
+            f"{FAST}: datafree/models/deeplab/modeling.py deeplabv3_mobilenet, backbone/mobilenetv2.py, "
+            "_deeplab.py DeepLabHead",
+            r"^(classifier\.classifier|backbone\.(low|high)_level_features)\.",
+            (
+                (r"^backbone\.(low|high)_level_features\.(\d+)\.(.*)$", _fast_deeplab_mobilenet),
+                (r"^classifier\.classifier\.", "classifier."),
+            ),
+        ),
+    ),
 }
 
 
 def family_of(arch: Optional[str]) -> Optional[str]:
-    return FAMILY.get(arch or "")
+    return FAMILY.get(arch or "") or SEGMENTER_FAMILY.get(arch or "")
 
 
 def layouts_of(arch: Optional[str]) -> List[str]:
@@ -284,8 +359,19 @@ def _shapes(state: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, ...]]:
 
 
 def _head_and_stem(shapes: Mapping[str, Tuple[int, ...]]) -> Tuple[Optional[str], Optional[str]]:
-    """Our classifier's weight key (the last 2-D ``head.*weight``) and the first convolution's weight key."""
+    """Our classifier's weight key (the last 2-D ``head.*weight``; a segmenter's: the last 1x1 conv with a bias
+    in ``classifier.``) and the first convolution's weight key."""
     heads = [k for k, s in shapes.items() if k.startswith("head.") and k.endswith("weight") and len(s) == 2]
+    if not heads:  # a segmenter (datafree.models.deeplab): classifier.<i> = Conv2d(channels, classes, 1)
+        heads = [
+            k
+            for k, s in shapes.items()
+            if k.startswith("classifier.")
+            and k.endswith(".weight")
+            and len(s) == 4
+            and s[2:] == (1, 1)
+            and k[: -len("weight")] + "bias" in shapes
+        ]
     convs = [k for k, s in shapes.items() if k.endswith("weight") and len(s) == 4]
     return (heads[-1] if heads else None), (convs[0] if convs else None)
 
@@ -333,6 +419,9 @@ def _candidates(raw: Mapping[str, torch.Tensor], sizes: Sequence[int]) -> List[T
             renamed = _shapes(rename(arch, raw, layout))
             classes, channels = _counts(renamed)
             if classes is None or channels is None:
+                continue
+            segmenter_head = str(_head_and_stem(renamed)[0]).startswith("classifier.")
+            if segmenter_head != (model_task(arch) == "segmentation"):  # a classifier's state is no segmenter's
                 continue
             for size in sizes:
                 own = _arch_shapes(arch, size)
@@ -475,6 +564,7 @@ __all__ = [
     "FAMILY",
     "LAYOUTS",
     "Layout",
+    "SEGMENTER_FAMILY",
     "detect",
     "explain",
     "family_of",
