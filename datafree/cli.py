@@ -154,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="dafl,zskt,dfad,deepinv,dfq,cmi,mbdfkd,predfkd,cudfkd,fast2,fast5,fast10,hidfd",
         help="comma-separated methods",
     )
-    p.add_argument("--scales", default="mnist,cifar", help="mnist (lenet5->lenet5_half), cifar (resnet34->resnet18)")
+    p.add_argument(
+        "--scales",
+        default="mnist,cifar",
+        help="mnist (lenet5->lenet5_half), cifar (resnet34->resnet18), mnist_seg (deeplab_tiny->deeplab_tiny_half), "
+        "nyuv2 (deeplabv3_resnet50->deeplabv3_mobilenet); a segmentation scale times the methods that serve it",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument(
         "--warmup",
@@ -221,14 +226,20 @@ def cmd_list(args) -> int:
     elif args.what == "datasets":
         for n in names:
             s = reg.get(n).spec
-            print(f"{n:<14} {s.channels}x{s.size}x{s.size}, {s.num_classes} classes")
+            task = "" if s.task == "classification" else f", {s.task} (a class per pixel)"
+            print(f"{n:<14} {s.channels}x{s.size}x{s.size}, {s.num_classes} classes{task}")
         if args.pattern == "*":
             print("imagefolder:<path>  any ImageFolder tree with train/ and val/")
+    elif args.what == "models":
+        from .models import model_task
+
+        for n in names:
+            print(n if model_task(n) == "classification" else f"{n:<20} {model_task(n)}")
     else:
         for n in names:
             print(n)
-        if args.what == "models" and args.pattern == "*":
-            print("timm/<name>  (any timm model, e.g. timm/resnet18)")
+    if args.what == "models" and args.pattern == "*":
+        print("timm/<name>  (any timm model, e.g. timm/resnet18)")
     return 0
 
 

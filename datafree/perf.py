@@ -48,7 +48,7 @@ from .engine import resolve_device
 from .engine.meter import peak_rss_bytes
 from .engine.rng import seed_everything
 from .engine.trainer import Trainer
-from .methods import resolve
+from .methods import method_tasks, resolve
 from .models import create_model
 from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
 from .report import markdown
@@ -59,6 +59,9 @@ from .synthesis.base import Amp, Context
 SCALES = {
     "cifar": {"dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"},
     "mnist": {"dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half"},
+    # segmentation: the CPU test bed's pair (docs/segmentation.md) and DFAD's NYUv2 pair
+    "mnist_seg": {"dataset": "mnist_seg", "teacher": "deeplab_tiny", "student": "deeplab_tiny_half"},
+    "nyuv2": {"dataset": "nyuv2", "teacher": "deeplabv3_resnet50", "student": "deeplabv3_mobilenet"},
 }
 #: config fields holding the number of inner iterations of one synthesis round
 ROUND_ITERATION_FIELDS = ("iterations", "g_steps", "gan_steps")
@@ -328,7 +331,11 @@ def run_perf(
     """Measure each (method, scale) in its own subprocess; return the records."""
     records = []
     for scale in scales:
+        task = get_spec(SCALES[scale]["dataset"]).task
         for m in methods:
+            if task not in method_tasks(m):  # a classification-only method has no segmentation step to time
+                log(f"[perf] {m:<10} {scale:<6} skipped: the method serves {', '.join(method_tasks(m))} only")
+                continue
             cmd = [sys.executable, "-m", "datafree.perf", m, scale, str(repeats), str(warmup), str(max_iters), device]
             t0 = time.time()
             proc = subprocess.run(cmd, capture_output=True, text=True)

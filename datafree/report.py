@@ -404,6 +404,14 @@ def _teacher_check(g, published: Optional[float]) -> Dict[str, Any]:
     }
 
 
+def _score_words(df, dataset: Optional[str] = None) -> str:
+    """The score of a frame's rows (of one dataset) in words: ``test accuracy``, ``test mIoU``."""
+    d = _frame(df)
+    if dataset is not None and "dataset" in d:
+        d = d[d["dataset"] == dataset]
+    return task_of_metric(metric_of_rows(d)).axis.replace(" (%)", "")
+
+
 def teacher_rows(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     """Per pair of ``dataset``, one record per teacher its runs used: file, sha256, kind, layout, recipe, the
     measured accuracy (the runs' ``teacher_acc``), the published teacher's, the flag, and which methods and how
@@ -462,7 +470,8 @@ def teachers_section(df, dataset: str, reference: Optional[Dict[str, Any]] = Non
         )
     return [
         "",
-        f"Teachers of the {dataset} cells (measured: the teacher's test accuracy as the runs measured it):",
+        f"Teachers of the {dataset} cells "
+        f"(measured: the teacher's {_score_words(df, dataset)} as the runs measured it):",
         "",
         markdown(["pair", "teacher file", "sha256", "origin", "measured", "published", "runs"], rows, "lllllrr"),
     ]
@@ -811,13 +820,13 @@ def tables_markdown(
         lines += ["", note.strip()]
     lines += [
         "",
-        "## Accuracy",
+        "## Accuracy" if _score_words(df) == "test accuracy" else "## Scores",
         "",
         accuracy_table(df, metric, reference),
         "",
         "## Stability and resources",
         "",
-        "mean/var: mean and variance of test accuracy over all evaluations of a run (averaged over seeds); "
+        f"mean/var: mean and variance of {_score_words(df)} over all evaluations of a run (averaged over seeds); "
         "best/last: at the best and the last evaluation. Peak memory is CUDA max-allocated on GPU and the "
         "process's peak RSS on CPU. GPU-hours are wall hours x GPUs (CPU runs show wall hours instead).",
         "",

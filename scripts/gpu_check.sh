@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The checks for the next lent GPU, in at most 8 minutes on one GPU (docs/precision.md):
 #   1. env        env.json: torch, CUDA, the GPU, the TF32 switches (stops here without CUDA, unless --dry-run)
-#   2. perf       `datafree perf` at CIFAR scale (resnet34 -> resnet18) for every method: perf.json, perf.md
+#   2. perf       `datafree perf` at CIFAR scale (resnet34 -> resnet18) for every method, and the segmentation
+#                 cell: NYUv2 scale (DeepLabV3 resnet50 -> mobilenetv2, 128 px) for the methods that serve it:
+#                 perf.json, perf.md
 #   3. tests      the test suite on CUDA (device=auto runs there): tests.log         } side by side: neither
 #   4. precision  fp32 against bf16 synthesis of deepinv, cmi and fast10, short,     } is a timing
 #                 CIFAR-shaped (wrn40_2 -> wrn16_1): precision.json, precision_curves.csv
@@ -58,14 +60,15 @@ if [ -n "$DRY" ]; then
   T_ENV=60; T_PERF=120; T_TESTS=120; T_PREC=120; T_REPORT=60
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
   DEVICE=cpu; FLAG=--dry-run
-  PERF_ARGS=(--scales mnist --methods "${GPU_CHECK_PERF_METHODS:-deepinv}" --repeats 1 --warmup 0 --max-iters 2)
+  PERF_ARGS=(--scales mnist,mnist_seg --methods "${GPU_CHECK_PERF_METHODS:-deepinv}" --repeats 1 --warmup 0 --max-iters 2)
   # the precision tests only: the whole suite, which holds this script's own test, is the GPU plan
   TEST_ARGS=(-q -p no:randomly tests/test_runtime.py -k "precision or amp")
 else
-  # 30 + 200 + max(170, 170) + 30 = 430 s at most: inside the 8 minutes, with time for the wheels' install
-  T_ENV=30; T_PERF=200; T_TESTS=170; T_PREC=170; T_REPORT=30
+  # 30 + 260 + max(150, 150) + 30 = 470 s at most: inside the 8 minutes, with time for the wheels' install
+  T_ENV=30; T_PERF=260; T_TESTS=150; T_PREC=150; T_REPORT=30
   DEVICE=cuda; FLAG=
-  PERF_ARGS=(--scales cifar --repeats 3 --warmup 2 --max-iters 5)
+  # nyuv2: the segmentation cell (a classification-only method is skipped there, in one line)
+  PERF_ARGS=(--scales cifar,nyuv2 --repeats 3 --warmup 2 --max-iters 5)
   if [ -z "${GPU_CHECK_PERF_METHODS:-}" ]; then
     # every method of `datafree perf`; HiDFD only where CIFAR-10 is on disk (it collects real images)
     GPU_CHECK_PERF_METHODS=$("$PY" - <<'PYEOF'

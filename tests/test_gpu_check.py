@@ -54,9 +54,12 @@ def test_dry_run_writes_every_file_and_every_step_passes(dry_run):
 def test_dry_run_perf_table(dry_run):
     out, _ = dry_run
     records = json.loads((out / "perf.json").read_text())
-    assert [r["method"] for r in records] == ["deepinv"] and "error" not in records[0]
+    # the classification scale and the segmentation cell (the test bed's DeepLab pair in the dry run)
+    assert [(r["method"], r["scale"]) for r in records] == [("deepinv", "mnist"), ("deepinv", "mnist_seg")]
+    assert not any("error" in r for r in records)
     assert records[0]["precision"] == {"synthesis": "off", "distillation": "off"}  # the CPU: fp32 throughout
-    assert "| deepinv | mnist |" in (out / "perf.md").read_text()
+    table = (out / "perf.md").read_text()
+    assert "| deepinv | mnist |" in table and "| deepinv | mnist_seg |" in table
 
 
 def test_dry_run_compares_fp32_and_bf16_synthesis_side_by_side(dry_run):

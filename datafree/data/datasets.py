@@ -22,7 +22,7 @@ import torch
 
 from ..errors import DataNotFoundError, UnknownNameError
 from ..registry import DATASETS, load_builtins
-from .augment import standard_augment
+from .augment import paired_crop_flip, standard_augment
 from .spec import DatasetSpec, Normalizer
 
 # --------------------------------------------------------------------------- roots
@@ -430,7 +430,10 @@ class Batches:
         self.device = torch.device(device)
         self.train = train
         self.norm = Normalizer(spec, self.device)
-        self.augment = standard_augment(augment or spec.augment, spec.size) if train else None
+        kind = augment or spec.augment
+        #: a segmentation set's crop and flip move the frame and its map together (paired_crop_flip)
+        self.paired = train and spec.task == "segmentation" and kind == "seg_crop_flip"
+        self.augment = standard_augment(kind, spec.size) if train and not self.paired else None
         self.order = ShuffledPasses(len(self.split), self.device)
 
     def __len__(self) -> int:
@@ -438,10 +441,13 @@ class Batches:
 
     def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
         idx = self.order.next(n)
-        x = self.split.images[idx].float().div_(255.0)
+        x, y = self.split.images[idx], self.split.labels[idx]
+        if self.paired:
+            x, y = paired_crop_flip(x, y, self.spec.size)
+        x = x.float().div_(255.0)
         if self.augment is not None:
             x = self.augment(x)
-        return self.norm(x), self.split.labels[idx].long()  # a segmentation map is kept as uint8
+        return self.norm(x), y.long()  # a segmentation map is kept as uint8
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         raise TypeError("use Batches.sample(n) for training or iterate_eval() for evaluation")

@@ -95,3 +95,112 @@ register_source(
     "the MNIST files, as the `mnist` dataset reads them (<root>/mnist/raw/train-images-idx3-ubyte[.gz], ...): "
     "the canvases are drawn from them",
 )
+
+
+# --------------------------------------------------------------------------- NYUv2 and CamVid, as DFAD reads them
+
+#: the shorter side every NYUv2 / CamVid frame is resized to before cropping (DFAD dataloader.py:96, :118)
+SEG_RESIZE = 256
+
+
+def _resized_pair(image_path: str, target_path: str, lut: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """An RGB frame and its label map, the shorter side resized to :data:`SEG_RESIZE` (image bilinear, labels
+    nearest, with PIL as DFAD's ``ExtResize`` does), the labels mapped through ``lut``."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    img = TF.resize(Image.open(image_path).convert("RGB"), SEG_RESIZE, InterpolationMode.BILINEAR)
+    tgt = TF.resize(Image.open(target_path), SEG_RESIZE, InterpolationMode.NEAREST)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), lut[np.asarray(tgt, dtype=np.int64)]
+
+
+def _stack(pairs) -> ImageSplit:
+    pairs = list(pairs)
+    shapes = {p[0].shape for p in pairs}
+    if len(shapes) != 1:  # one split, one frame size (NYUv2 is 480x640 throughout, CamVid 360x480)
+        raise ValueError(f"frames of several sizes in one split: {sorted(shapes)}")
+    images = torch.from_numpy(np.stack([p[0] for p in pairs]))
+    return ImageSplit(images, torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.uint8)))
+
+
+def _load_nyuv2(root: str, split: str) -> ImageSplit:
+    """NYUv2 in the layout DFAD's dataset/nyu.py reads (VainF c161591, :66-78): ``<root>/NYUv2/nyuv2-meta-data/
+    splits.mat`` (``trainNdxs`` / ``testNdxs``: 1-based frame numbers), frames ``480_640/IMAGE/<n-1>.png`` and
+    13-class labels ``nyuv2-meta-data/<split>_labels_13/new_nyu_class13_<n:04d>.png`` (0 unlabelled, 1..13);
+    labels map 0 -> 255 and k -> k - 1 (:63, :96)."""
+    import os
+
+    base = os.path.join(root, "NYUv2")
+    splits = os.path.join(base, "nyuv2-meta-data", "splits.mat")
+    if not os.path.isfile(splits):
+        raise FileNotFoundError(splits)
+    from scipy.io import loadmat
+
+    idxs = loadmat(splits)[f"{split}Ndxs"].reshape(-1).astype(int)
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+    lut[1:14] = np.arange(13)
+    labels = os.path.join(base, "nyuv2-meta-data", f"{split}_labels_13")
+    return _stack(
+        _resized_pair(
+            os.path.join(base, "480_640", "IMAGE", f"{n - 1}.png"),
+            os.path.join(labels, f"new_nyu_class13_{n:04d}.png"),
+            lut,
+        )
+        for n in idxs
+    )
+
+
+def _load_camvid(root: str, split: str) -> ImageSplit:
+    """CamVid in the SegNet tutorial's layout that DFAD's dataset/camvid.py reads (:43-47): ``<root>/CamVid/<split>/
+    *.png`` and ``<root>/CamVid/<split>annot/*.png`` (sorted, paired by order), 11 classes, void (11) -> 255 (:62)."""
+    import glob
+    import os
+
+    base = os.path.join(root, "CamVid")
+    images = sorted(glob.glob(os.path.join(base, split, "*.png")))
+    targets = sorted(glob.glob(os.path.join(base, f"{split}annot", "*.png")))
+    if not images:
+        raise FileNotFoundError(os.path.join(base, split))
+    if len(images) != len(targets):
+        raise ValueError(f"CamVid {split}: {len(images)} frames but {len(targets)} label maps under {base}")
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+    lut[:11] = np.arange(11)
+    return _stack(_resized_pair(i, t, lut) for i, t in zip(images, targets))
+
+
+_DFAD_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ExtNormalize((0.5,), (0.5,)): dataloader.py:122, :130
+
+register_source(
+    DatasetSpec(
+        "nyuv2",
+        3,
+        128,  # the training crop and the generator's size (DFAD_nyu_deeplab.py:162); test frames are 256x341
+        13,
+        *_DFAD_NORM,
+        augment="seg_crop_flip",
+        train_size=795,
+        task="segmentation",
+        ignore_index=IGNORE_INDEX,
+    ),
+    _load_nyuv2,
+    "<root>/NYUv2/nyuv2-meta-data/{splits.mat, train_labels_13/, test_labels_13/} (github.com/ankurhanda/"
+    "nyuv2-meta-data, the label archives unpacked) and <root>/NYUv2/480_640/IMAGE/<n-1>.png, the 1,449 labelled "
+    "frames of nyu_depth_v2_labeled.mat as 640x480 PNGs, as DFAD's dataset/nyu.py reads them",
+)
+register_source(
+    DatasetSpec(
+        "camvid",
+        3,
+        128,
+        11,
+        *_DFAD_NORM,
+        augment="seg_crop_flip",
+        train_size=367,
+        task="segmentation",
+        ignore_index=IGNORE_INDEX,
+    ),
+    _load_camvid,
+    "<root>/CamVid/{train,trainannot,test,testannot}/*.png (the SegNet tutorial's CamVid, 11 classes, void 11), "
+    "as DFAD's dataset/camvid.py reads them",
+)

@@ -16,7 +16,7 @@ class DatasetSpec:
     num_classes: int
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
-    augment: str = "crop_flip"  # crop_flip | crop | none: the standard training augmentation
+    augment: str = "crop_flip"  # crop_flip | crop | none | seg_crop_flip (data/augment.py): the training augmentation
     train_size: int = 0  # images in the training split (0: unknown until loaded)
     task: str = "classification"  # classification | segmentation (datafree/tasks.py)
     ignore_index: int = 255  # segmentation: the target of a pixel that is not scored

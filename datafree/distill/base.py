@@ -148,19 +148,28 @@ class KD(Distiller):
 
 @DISTILLERS.register("ce")
 class CrossEntropy(Distiller):
-    """Supervised cross-entropy on real labels: training from scratch (no teacher)."""
+    """Supervised cross-entropy on real labels: training from scratch (no teacher).
+
+    ``focal_gamma`` > 0 gives the focal loss of DFAD's segmentation teachers (train_teacher_seg.py:29 with
+    utils/utils.py:55-63 ``focal_loss``, gamma 2): ``(1 - p_t)^gamma`` times the per-pixel cross-entropy, the mean
+    over every pixel, ignored pixels counted as zeros in it (the reference's ``reduction='none'`` then ``.mean()``).
+    """
 
     needs_teacher = False
 
     @dataclass
     class Config:
         label_smoothing: float = 0.0
+        focal_gamma: Optional[float] = None  # None (off) keeps records made before it the runs they were
 
     def loss(self, x, y):
         if y is None:
             raise ValueError("the ce distiller needs labelled batches (a real-data synthesizer)")
         s = self.student(x)
-        loss = nn.functional.cross_entropy(
-            s.float(), y, label_smoothing=self.cfg.label_smoothing, ignore_index=ignore_index_of(self.ctx.spec)
-        )
+        ignore = ignore_index_of(self.ctx.spec)
+        if self.cfg.focal_gamma:
+            ce = nn.functional.cross_entropy(s.float(), y, reduction="none", ignore_index=ignore)
+            loss = ((1.0 - torch.exp(-ce)) ** self.cfg.focal_gamma * ce).mean()
+            return loss, {"focal": loss.detach()}
+        loss = nn.functional.cross_entropy(s.float(), y, label_smoothing=self.cfg.label_smoothing, ignore_index=ignore)
         return loss, {"ce": loss.detach()}

@@ -22,7 +22,7 @@ from .pool import DataPool
 def view_flips(spec, choice: Optional[bool]) -> bool:
     """Whether synthesis views flip: ``choice`` when it is set, else as the dataset's standard augmentation does
     (``crop_flip``; digits and MNIST do not flip)."""
-    return spec.augment == "crop_flip" if choice is None else bool(choice)
+    return spec.augment in ("crop_flip", "seg_crop_flip") if choice is None else bool(choice)
 
 
 def random_labels(n: int, num_classes: int, device, sort: bool = True) -> torch.Tensor:

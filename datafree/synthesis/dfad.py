@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -68,13 +68,15 @@ class DFAD(AdversarialGenerator):
         g_gamma: float = 0.1
         student_first: bool = True
         student_mode: str = "train"  # the student in the generator loss: "train" (the reference) or "eval"
-        #: the generator's loss on the L1 distance d: "neg" (-d, DFAD_cifar.py / DFAD_mnist.py) or "neg_log1p"
-        #: (-log(d + 1), DFAD_nyu_deeplab.py:45 and DFAD_camvid_deeplab.py, the segmentation scripts)
-        adv_form: str = "neg"
+        #: the generator's loss on the L1 distance d: None or "neg" (-d, DFAD_cifar.py / DFAD_mnist.py) or
+        #: "neg_log1p" (-log(d + 1), DFAD_nyu_deeplab.py:45 and DFAD_camvid_deeplab.py, the segmentation scripts).
+        #: None, not "neg", by default: a key whose value is None stays out of a run's identity, so the records
+        #: made before it existed remain the runs they were (datafree/identity.py)
+        adv_form: Optional[str] = None
 
     def __init__(self, ctx, **params):
         super().__init__(ctx, **params)
-        if self.cfg.adv_form not in ("neg", "neg_log1p"):
+        if self.cfg.adv_form not in (None, "neg", "neg_log1p"):
             raise ValueError(f"synth.adv_form must be 'neg' or 'neg_log1p', got {self.cfg.adv_form!r}")
 
     def generator_loss(self, x, z) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

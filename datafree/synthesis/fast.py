@@ -153,12 +153,15 @@ class FastDFKD(PoolSampling, Synthesizer):
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.meta_lr, betas=tuple(c.betas))
         self.terms = TeacherTerms(self, c.bn, momentum=c.bn_momentum)
         self.make_pool(c.pool_size, c.pool_dtype)
-        kind = spec.augment if c.augment == "auto" else c.augment
-        if spec.task == "segmentation" and kind != "none":
-            raise ConfigError(
-                f"synth.augment={c.augment} crops or flips the images but not their per-pixel targets: "
-                "a segmentation run of Fast-DFKD takes synth.augment=none"
-            )
+        if spec.task == "segmentation":  # per-pixel targets: the view must not move the image under them
+            if c.augment not in ("auto", "none"):
+                raise ConfigError(
+                    f"synth.augment={c.augment} crops or flips the images but not their per-pixel targets: "
+                    "a segmentation run of Fast-DFKD takes synth.augment=none (or auto, which is none there)"
+                )
+            kind = "none"
+        else:
+            kind = spec.augment if c.augment == "auto" else c.augment
         self.view = standard_augment(kind, spec.size)
         self.reset_done = False
 
