@@ -268,16 +268,13 @@ def _png(path, array):
     Image.fromarray(array).save(path)
 
 
-def test_nyuv2_reads_dfads_layout_at_its_sizes(tmp_path, monkeypatch):
-    """Frames of NYUv2's shape (480x640) in DFAD's layout: resized to a shorter side of 256, labels 0 -> 255 and
-    k -> k - 1, the split's frames in splits.mat's order; training batches are 128x128 crops of frame and map."""
+def _fake_nyuv2(tmp_path, train=(3, 4), test=(1, 2, 9)):
+    """Frames and labels of NYUv2's shapes (480x640) in DFAD's layout under ``tmp_path``; label n % 14 on the right
+    half of frame n, unlabelled (0) on the left."""
     from scipy.io import savemat
-
-    from datafree.data.datasets import Batches, iterate_eval
 
     base = tmp_path / "NYUv2"
     rng = np.random.default_rng(0)
-    train, test = [3, 4], [1, 2, 9]
     (base / "nyuv2-meta-data").mkdir(parents=True)
     savemat(
         base / "nyuv2-meta-data" / "splits.mat",
@@ -289,6 +286,15 @@ def test_nyuv2_reads_dfads_layout_at_its_sizes(tmp_path, monkeypatch):
             label = np.full((480, 640), n % 14, dtype=np.uint8)
             label[:, :320] = 0  # the left half unlabelled
             _png(base / "nyuv2-meta-data" / f"{split}_labels_13" / f"new_nyu_class13_{n:04d}.png", label)
+    return str(tmp_path)
+
+
+def test_nyuv2_reads_dfads_layout_at_its_sizes(tmp_path):
+    """Frames of NYUv2's shape (480x640) in DFAD's layout: resized to a shorter side of 256, labels 0 -> 255 and
+    k -> k - 1, the split's frames in splits.mat's order; training batches are 128x128 crops of frame and map."""
+    from datafree.data.datasets import Batches, iterate_eval
+
+    _fake_nyuv2(tmp_path)
     src = get_source("nyuv2")
     assert (src.spec.task, src.spec.num_classes, src.spec.size, src.spec.mean) == ("segmentation", 13, 128, (0.5,) * 3)
     te = src.load("test", str(tmp_path))
@@ -370,3 +376,34 @@ def test_published_segmentation_protocols_resolve():
         ]
         is None
     )
+
+
+@pytest.mark.parametrize("method", ["kd_real", "dfad"])
+def test_a_run_on_nyuv2_shaped_data(method, tmp_path):
+    """A whole run on frames of NYUv2's shape: 128x128 training crops (kd_real) or 128x128 generated images
+    (DFAD's GeneratorB), evaluation on the 256x341 test frames; the test bed's pair at 3 channels keeps it small."""
+    from conftest import tiny
+    from datafree.engine import Engine
+    from datafree.models import save_model
+
+    root = _fake_nyuv2(tmp_path)
+    spec = get_source("nyuv2").spec
+    teacher = str(tmp_path / "nyuv2_deeplab_tiny.pt")
+    save_model(teacher, create_model("deeplab_tiny", 13, 3, 128), "deeplab_tiny", "nyuv2", spec.as_dict())
+    over = {"synth": {"ngf": 4, "nz": 16, "synthesis_batch_size": 4}, "kd_steps": 2} if method == "dfad" else {}
+    cfg = tiny(
+        method,
+        tmp_path / "run",
+        dataset="nyuv2",
+        data_root=root,
+        teacher=teacher,
+        student="deeplab_tiny_half",
+        epochs=1,
+        ep_steps=2,
+        batch_size=2,
+        samples=2,
+        **over,
+    )
+    Engine(cfg).run()
+    rec = json.load(open(tmp_path / "run" / "summary.json"))
+    assert rec["status"] == "finished" and rec["task"] == "segmentation" and 0 <= rec["last_miou"] <= 100
