@@ -7,6 +7,23 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "mnist"))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+def reference_fixture(json_name: str):
+    """``(make_reference_layouts, facts)``: the fixture generators' shared module (its ``fill`` makes the weights
+    the recorded outputs were computed from) and the recorded facts ``tests/fixtures/<json_name>``."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "make_reference_layouts", os.path.join(FIXTURES, "make_reference_layouts.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(os.path.join(FIXTURES, json_name)) as f:
+        return module, json.load(f)
+
 
 # tiny models run fastest on one thread (and do not fight other processes for the cores)
 torch.set_num_threads(1)

@@ -6,26 +6,17 @@
 ``fixtures/make_reference_layouts.py``. The ResNet-50 is built a few times only (module-scoped) and run at 64x64.
 """
 
-import importlib.util
-import json
-import os
-
 import pytest
 import torch
+
+from conftest import reference_fixture
 from torch import nn
 
 from datafree.errors import CheckpointError
 from datafree.models import create_model, layouts, list_models, load_model, load_state, model_task
 from datafree.models.deeplab import FAST_ASPP_RATES, deeplabv3_mobilenet, deeplabv3_resnet50, mobilenet_schedule
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location(
-    "make_reference_layouts", os.path.join(HERE, "fixtures", "make_reference_layouts.py")
-)
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
-with open(os.path.join(HERE, "fixtures", "deeplab_reference.json")) as _f:
-    FIXTURE = json.load(_f)
+ref, FIXTURE = reference_fixture("deeplab_reference.json")
 
 ARCHS = ("deeplabv3_resnet50", "deeplabv3_mobilenet")
 PARAMETERS = {"deeplabv3_resnet50": 39_636_813, "deeplabv3_mobilenet": 5_111_821}  # at 13 classes

@@ -9,26 +9,18 @@ after the deterministic weight fill :func:`fill` (float64 and float32).
 """
 
 import collections
-import importlib.util
-import json
-import os
 
 import pytest
 import torch
+
+from conftest import reference_fixture
 from torch import nn
 
 from datafree.errors import CheckpointError, DatafreeError
 from datafree.models import create_model, layouts, load_model, load_state, read_checkpoint
 from datafree.registry import MODELS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location(
-    "make_reference_layouts", os.path.join(HERE, "fixtures", "make_reference_layouts.py")
-)
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
-with open(os.path.join(HERE, "fixtures", "reference_layouts.json")) as _f:
-    FIXTURE = json.load(_f)
+ref, FIXTURE = reference_fixture("reference_layouts.json")
 LAYOUTS = FIXTURE["layouts"]
 
 
