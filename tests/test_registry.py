@@ -344,7 +344,10 @@ def test_list_methods_sources_prints_each_scope_and_preset_overrides(capsys):
     pair = [l for l in plain_lines if "cifar10/resnet34-resnet18" in l]
     assert pair and "DAFL README.md:29" in pair[0]
     # datasets come before pairs; the preset keeps its method's dataset lines and replaces the pair's
-    assert plain_lines[0].strip().startswith("cifar10 ") and "README.md:29" not in "".join(preset_lines)
+    first_pair = next(i for i, l in enumerate(plain_lines) if "/" in l.split()[0])
+    assert all("/" not in l.split()[0] for l in plain_lines[:first_pair])
+    assert plain_lines[0].strip().startswith("camvid ")  # datasets in name order
+    assert "README.md:29" not in "".join(preset_lines)
     assert any("ljrprocc/DataFree" in l for l in preset_lines) and any(
         l.strip().startswith("mnist") for l in preset_lines
     )
