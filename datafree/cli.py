@@ -83,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("distill", help="run one distillation")
-    p.add_argument("--method")
+    p.add_argument("--method", help="a method or preset (`datafree list methods`), e.g. dafl, cmi, hidfd:released")
     p.add_argument("--teacher", help="model name (looked up in model_zoo/) or checkpoint path")
-    p.add_argument("--student")
-    p.add_argument("--dataset")
+    p.add_argument("--student", help="the student architecture (`datafree list models`), e.g. resnet18")
+    p.add_argument("--dataset", help="the dataset (`datafree list datasets`), or imagefolder:<path>")
     _run_options(p)
     _common(p)
 
@@ -263,7 +263,7 @@ def cmd_inspect(args) -> int:
         return 0
     width = max(len(k) for k in list(record) + ["test_accuracy"])
     for k, v in record.items():
-        print(f"{k:<{width}}  {v}")
+        print(f"{k:<{width}}  {f'{v:.2f}' if isinstance(v, float) else v}")
     if args.dataset:
         sys.stdout.flush()
         print(f"{'test_accuracy':<{width}}  {accuracy()} ({args.dataset} test split)")
@@ -368,8 +368,9 @@ def cmd_table(args) -> int:
         readme=out,
         note=args.note or "",
     )
-    print(text)
-    print(f"wrote {out} (+ accuracy.csv, stability.csv, curves.png, acc_vs_hours.png beside it)", file=sys.stderr)
+    # the tables are in the file (`--out -` prints them instead): here only where they went
+    del text
+    print(f"wrote {out} (+ accuracy.csv, stability.csv, curves.png, acc_vs_hours.png beside it)")
     if skipped:
         print(f'{describe_skipped(skipped)}; all are listed under "Skipped records" in {out}', file=sys.stderr)
     return 0

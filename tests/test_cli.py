@@ -73,8 +73,13 @@ def test_distill_then_refuse_to_overwrite_then_table(zoo, tmp_path, capsys):
     assert (tmp_path / "run" / "summary.json").read_text() == before  # nothing written is lost
     assert main(["table", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| dafl |" in out and "lenet5->lenet5_half" in out
-    assert (tmp_path / "README.md").exists()
+    assert (
+        out.strip()
+        == f"wrote {tmp_path / 'README.md'} (+ accuracy.csv, stability.csv, curves.png, acc_vs_hours.png beside it)"
+    )
+    readme = (tmp_path / "README.md").read_text()
+    assert "| dafl |" in readme and "lenet5->lenet5_half" in readme
+    assert main(["table", str(tmp_path), "--out", "-"]) == 0 and "| dafl |" in capsys.readouterr().out
     assert main(["plot", str(tmp_path)]) == 0 and (tmp_path / "curves.png").exists()
 
 
