@@ -306,7 +306,7 @@ def cmd_distill(args) -> int:
         return EXIT_DIVERGED
     if record.score("last") is not None:
         print(
-            f"last {'' if record.metric == 'acc' else record.metric + ' '}{record.score('last'):.2f}  "
+            f"last {record.score_prefix}{record.score('last'):.2f}  "
             f"best {record.score('best'):.2f}"
             + ("  (collapsed to chance)" if record.status == "collapsed" else "")
             + f"  -> {engine.out_dir}"

@@ -42,7 +42,7 @@ import yaml
 from .errors import ConfigError
 from .figures import acc_vs_hours_png, curves, curves_png
 from .methods import table_order
-from .tasks import task_of_metric
+from .tasks import score_field, task_of_metric
 from .names import origin as teacher_origin
 from .results import Column, atomic_write_bytes, atomic_write_text, mean_fields, table_columns
 from .runs import load_runs
@@ -154,9 +154,14 @@ def metric_of_rows(d) -> str:
     return "acc"
 
 
+def metrics_by_dataset(df) -> Dict[str, str]:
+    """The score's key of each dataset's rows (:func:`metric_of_rows`)."""
+    return {d: metric_of_rows(df[df["dataset"] == d]) for d in df["dataset"].unique()}
+
+
 def score_key(metric: str, which: str) -> str:
     """``last_acc`` -> ``last_miou`` for a frame scored by mIoU: the column of a statistic in the rows' metric."""
-    return f"{which.split('_')[0]}_{metric}"
+    return score_field(which.split("_")[0], metric)
 
 
 #: how many differing keys a configuration's label names before it shortens to the rest's count
@@ -409,7 +414,7 @@ def _score_words(df, dataset: Optional[str] = None) -> str:
     d = _frame(df)
     if dataset is not None and "dataset" in d:
         d = d[d["dataset"] == dataset]
-    return task_of_metric(metric_of_rows(d)).axis.replace(" (%)", "")
+    return task_of_metric(metric_of_rows(d)).score_words
 
 
 def teacher_rows(df, dataset: str, reference: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
@@ -708,7 +713,7 @@ def stability_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
     df = _frame(df)
     gpu = _hours_column(df) == "gpu_hours"
     columns = [(col, *_column(col, key, gpu)) for key, col in table_columns("stability")]
-    metrics = {d: metric_of_rows(df[df["dataset"] == d]) for d in df["dataset"].unique()}
+    metrics = metrics_by_dataset(df)
     has_pub = any(_ref(reference, d, "stability") for d in df["dataset"].unique())
     rows = []
     for r in stability_rows(df):
@@ -734,7 +739,7 @@ def stability_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
 def speed_table(df, reference: Optional[Dict[str, Any]] = None) -> str:
     """Synthesis hours (GPU-hours on GPU) per method and pair beside the published ones (Fast-DFKD's table)."""
     rows = []
-    metrics = {d: metric_of_rows(df[df["dataset"] == d]) for d in df["dataset"].unique()}
+    metrics = metrics_by_dataset(df)
     for r in stability_rows(df):
         pub = _ref(reference, r["dataset"], "synthesis_hours").get(r["method"], {}).get(r["pair"])
         rows.append(

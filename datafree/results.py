@@ -37,7 +37,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import yaml
 
 from . import __version__
-from .tasks import metric_of
+from .tasks import metric_of, score_field
 
 # --------------------------------------------------------------------------- file names (the only place)
 
@@ -396,16 +396,20 @@ class Identity:
     def as_dict(self) -> Dict[str, Any]:
         return {"fingerprint": self.fingerprint, "fields": self.fields}
 
-    def config_id(self, recorded_threads: Optional[int] = None) -> str:
-        """The fingerprint without the seed: runs that share it are seeds of one configuration and teacher.
-
-        The fields are read under today's rules first, as :func:`same_run` recognises a record made under an
-        older one: unset (None) keys left out, and a CPU record from before the thread count was part of the
-        identity given the count its summary names (``recorded_threads``)."""
-        fields = {k: v for k, v in self.fields.items() if k not in SERIES_KEYS and v is not None}
+    def current_fields(self, recorded_threads: Optional[int] = None) -> Dict[str, Any]:
+        """The fields read under today's rules, as :func:`same_run` recognises a record made under an older one:
+        unset (None) keys left out, and a CPU record from before the thread count was part of the identity given
+        the count its summary names (``recorded_threads``)."""
+        fields = {k: v for k, v in self.fields.items() if v is not None}
         if THREADS_FIELD not in fields and fields.get("device") == "cpu" and recorded_threads is not None:
             fields[THREADS_FIELD] = recorded_threads
-        return fingerprint_of(fields)
+        return fields
+
+    def config_id(self, recorded_threads: Optional[int] = None) -> str:
+        """The fingerprint without the seed: runs that share it are seeds of one configuration and teacher
+        (the fields as :meth:`current_fields` reads them)."""
+        fields = self.current_fields(recorded_threads)
+        return fingerprint_of({k: v for k, v in fields.items() if k not in SERIES_KEYS})
 
 
 def parse_identity(text: str, where: str = FINGERPRINT) -> Identity:
@@ -518,7 +522,7 @@ class Column:
 
     def key(self, name: str, metric: str = "acc") -> str:
         """The record field this column shows for a row of a task scored by ``metric``."""
-        return f"{self.stat}_{metric}" if self.stat else name
+        return score_field(self.stat, metric) if self.stat else name
 
 
 def _col(stability: Optional[Column] = None, runs: Optional[Column] = None, mean: bool = False) -> Dict[str, Any]:
@@ -631,7 +635,12 @@ class RunRecord:
 
     def score(self, stat: str) -> Optional[float]:
         """The run's ``last``, ``best``, ``mean`` or ``var`` score in its task's metric."""
-        return getattr(self, f"{stat}_{self.metric}", None)
+        return getattr(self, score_field(stat, self.metric), None)
+
+    @property
+    def score_prefix(self) -> str:
+        """What names the score in a result line: nothing for an accuracy, ``"miou "`` for a segmenter's."""
+        return "" if self.metric == "acc" else f"{self.metric} "
 
     # -- mapping access: a record reads like the summary.json it is
     def as_dict(self) -> Dict[str, Any]:

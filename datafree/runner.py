@@ -307,9 +307,8 @@ def _outcome(cell: Cell, res: Dict[str, Any], state: Dict[str, Any]) -> str:
     def acc(v: Any) -> str:
         return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
 
-    name = "" if record.metric == "acc" else f"{record.metric} "
     last, best = acc(record.score("last")), acc(record.score("best"))
-    return f"last {name}{last} best {best} ({res.get('seconds', 0):.0f} s)" + (
+    return f"last {record.score_prefix}{last} best {best} ({res.get('seconds', 0):.0f} s)" + (
         " COLLAPSED" if record.status == "collapsed" else ""
     )
 

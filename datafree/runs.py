@@ -32,7 +32,6 @@ from .results import (
     METRICS,
     STALE_SUFFIX,
     SUMMARY,
-    THREADS_FIELD,
     RecordError,
     RunRecord,
     read_curve,
@@ -183,10 +182,7 @@ def _read_record_row(folder: RunFolder, rel: str) -> Tuple[Optional[Dict[str, An
     ident, _ = folder.identity_problem()
     threads = threads_of_machine(record.machine)
     row["config_id"] = ident.config_id(threads) if ident is not None else None
-    fields = {k: v for k, v in (ident.fields if ident is not None else {}).items() if v is not None}
-    if ident is not None and THREADS_FIELD not in fields and fields.get("device") == "cpu" and threads is not None:
-        fields[THREADS_FIELD] = threads  # as config_id reads a record from before the field
-    row["config_fields"] = fields if ident is not None else None
+    row["config_fields"] = ident.current_fields(threads) if ident is not None else None
     return row, None, extra
 
 

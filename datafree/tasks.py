@@ -114,6 +114,11 @@ class Task:
     def scorer(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Scorer:
         return self.scorer_class(num_classes, ignore_index)
 
+    @property
+    def score_words(self) -> str:
+        """The score in running text: ``test accuracy``, ``test mIoU``."""
+        return self.axis.replace(" (%)", "")
+
     def score(self, line: Mapping[str, Any]) -> Any:
         """The task's score in a metrics line (None where there is none)."""
         return line.get(self.metric)
@@ -167,6 +172,12 @@ def get_task(name: Any) -> Task:
     if name not in TASKS:
         raise UnknownNameError("task", name, TASKS.list())
     return TASKS.get(name)
+
+
+def score_field(stat: str, metric: str) -> str:
+    """The record field of a statistic (``last``, ``best``, ``mean``, ``var``) of a task's score ``metric``:
+    ``last_acc``, ``best_miou``, ..."""
+    return f"{stat}_{metric}"
 
 
 def metric_of(task: Any) -> str:

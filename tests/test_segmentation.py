@@ -407,3 +407,13 @@ def test_a_run_on_nyuv2_shaped_data(method, tmp_path):
     Engine(cfg).run()
     rec = json.load(open(tmp_path / "run" / "summary.json"))
     assert rec["status"] == "finished" and rec["task"] == "segmentation" and 0 <= rec["last_miou"] <= 100
+
+
+def test_a_pool_keeps_a_class_per_image_not_a_class_map():
+    from datafree.synthesis.pool import DataPool
+
+    pool = DataPool()
+    pool.add(torch.rand(3, 1, 8, 8), torch.zeros(3, 8, 8, dtype=torch.long))  # a segmentation target
+    pool.add(torch.rand(2, 1, 8, 8), torch.tensor([4, 7]))
+    _, labels = pool.all()
+    assert labels.tolist() == [-1, -1, -1, 4, 7]

@@ -115,6 +115,14 @@ def _resized_pair(image_path: str, target_path: str, lut: np.ndarray) -> Tuple[n
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), lut[np.asarray(tgt, dtype=np.int64)]
 
 
+def _label_lut(first: int, classes: int) -> np.ndarray:
+    """A table from stored label values to classes: ``first .. first + classes - 1`` -> ``0 .. classes - 1``,
+    every other value -> :data:`~datafree.tasks.IGNORE_INDEX`."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+    lut[first : first + classes] = np.arange(classes)
+    return lut
+
+
 def _stack(pairs) -> ImageSplit:
     pairs = list(pairs)
     shapes = {p[0].shape for p in pairs}
@@ -138,8 +146,7 @@ def _load_nyuv2(root: str, split: str) -> ImageSplit:
     from scipy.io import loadmat
 
     idxs = loadmat(splits)[f"{split}Ndxs"].reshape(-1).astype(int)
-    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
-    lut[1:14] = np.arange(13)
+    lut = _label_lut(1, 13)
     labels = os.path.join(base, "nyuv2-meta-data", f"{split}_labels_13")
     return _stack(
         _resized_pair(
@@ -164,8 +171,7 @@ def _load_camvid(root: str, split: str) -> ImageSplit:
         raise FileNotFoundError(os.path.join(base, split))
     if len(images) != len(targets):
         raise ValueError(f"CamVid {split}: {len(images)} frames but {len(targets)} label maps under {base}")
-    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
-    lut[:11] = np.arange(11)
+    lut = _label_lut(0, 11)
     return _stack(_resized_pair(i, t, lut) for i, t in zip(images, targets))
 
 

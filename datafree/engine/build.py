@@ -162,5 +162,4 @@ def build_parts(
 
 def describe_teacher(info: Dict[str, Any], task: str = "classification") -> str:
     """The teacher's line: its file and its measured test score (``info["accuracy"]``: the task's score)."""
-    label = get_task(task).axis.replace(" (%)", "")
-    return f"teacher: {describe(info)}, {label} {info['accuracy']:.2f}%"
+    return f"teacher: {describe(info)}, {get_task(task).score_words} {info['accuracy']:.2f}%"

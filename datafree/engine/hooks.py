@@ -35,6 +35,7 @@ from .. import loggers
 from ..config import to_dict
 from ..models import save_model
 from ..results import BEST_STUDENT, atomic_write_bytes, samples_png
+from .record import finite_scores
 from .view import RunView
 
 
@@ -178,8 +179,7 @@ class KeepBestHook(Hook):
 
     def on_evaluation(self, engine: RunView, epoch: int, record: Dict[str, Any]) -> None:
         score = engine.task.score(record)
-        earlier = [engine.task.score(m) for m in engine.metrics[:-1]]
-        earlier = [s for s in earlier if isinstance(s, (int, float))]
+        earlier = finite_scores(engine.metrics[:-1], engine.task)
         if earlier and score <= max(earlier):
             return
         save_model(

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..names import name_from_file, source_of
 from ..results import RECORD_VERSION, RunRecord, jsonl_text, machine, record_field_names, sha256_text, versions
-from ..tasks import Task
+from ..tasks import Task, score_field
 from .health import collapse_streak
 from .view import RunView
 
@@ -65,16 +65,16 @@ def build_record(
     m = task.metric
     values.update(
         {
-            f"last_{m}": accs[-1] if accs else None,
-            f"best_{m}": max(accs) if accs else None,
-            f"mean_{m}": float(np.mean(accs)) if accs else None,
-            f"var_{m}": float(np.var(accs)) if accs else None,
+            score_field("last", m): accs[-1] if accs else None,
+            score_field("best", m): max(accs) if accs else None,
+            score_field("mean", m): float(np.mean(accs)) if accs else None,
+            score_field("var", m): float(np.var(accs)) if accs else None,
         }
     )
     if task.name != "classification":
         values["task"] = task.name
         last = engine.metrics[-1] if engine.metrics else {}
-        values.update({f"last_{k}": v for k, v in last.items() if k in task.figures and k != m})
+        values.update({score_field("last", k): v for k, v in last.items() if k in task.figures and k != m})
     if status == "collapsed":
         values["collapsed"] = True
         values["collapse"] = {
@@ -106,7 +106,6 @@ def say_result(log: Callable[[str], None], record: RunRecord, diverged: Optional
     diverged."""
     method, dataset = record.method, record.dataset
     last, best = record.score("last"), record.score("best")
-    name = "" if record.metric == "acc" else f"{record.metric} "
     if diverged is not None:
         shown = f"{last:.2f}" if last is not None else "none"
         what = "accuracy" if record.metric == "acc" else record.metric
@@ -116,7 +115,7 @@ def say_result(log: Callable[[str], None], record: RunRecord, diverged: Optional
         )
     elif last is not None:
         log(
-            f"{method} {record.pair} on {dataset}: last {name}{last:.2f} best {best:.2f} "
+            f"{method} {record.pair} on {dataset}: last {record.score_prefix}{last:.2f} best {best:.2f} "
             f"({record.total_seconds:.0f} s)"
             + (" COLLAPSED to chance" if record.status == "collapsed" else "")
             + f" -> {out_dir}"

@@ -44,19 +44,21 @@ from .common import PoolOptions, PoolSampling, TeacherTerms, random_targets, vie
 from ..errors import ConfigError
 
 
-def jitter_flip(x: torch.Tensor, lim: float, flip: bool, maps: Optional[torch.Tensor] = None):
-    """Roll by a random offset of up to ``lim`` x size pixels, then flip half the time. With ``maps`` (per-pixel
-    targets, ``(N, H, W)``), returns ``(view, maps)`` with the same roll and flip applied to the maps."""
+def jitter_flip(x: torch.Tensor, lim: float, flip: bool, targets: Optional[torch.Tensor] = None):
+    """Roll by a random offset of up to ``lim`` x size pixels, then flip half the time. With ``targets``, returns
+    ``(view, targets)``: per-pixel targets (class maps, ``(N, H, W)``) take the same roll and flip, a class per
+    image (``(N,)``) stays as it is."""
+    per_pixel = targets is not None and targets.dim() == 3
     h, w = x.shape[-2:]
     lh, lw = int(h * lim), int(w * lim)
     off1, off2 = random.randint(-lh, lh), random.randint(-lw, lw)
     if off1 or off2:
         x = torch.roll(x, shifts=(off1, off2), dims=(2, 3))
-        maps = None if maps is None else torch.roll(maps, shifts=(off1, off2), dims=(1, 2))
+        targets = torch.roll(targets, shifts=(off1, off2), dims=(1, 2)) if per_pixel else targets
     if flip and random.random() < 0.5:
         x = torch.flip(x, dims=(3,))
-        maps = None if maps is None else torch.flip(maps, dims=(2,))
-    return x if maps is None else (x, maps)
+        targets = torch.flip(targets, dims=(2,)) if per_pixel else targets
+    return x if targets is None else (x, targets)
 
 
 @SYNTHESIZERS.register("deepinv")
@@ -105,15 +107,12 @@ class DeepInversion(PoolSampling, Synthesizer):
         shape = (n, *self.spec.shape)
         x = torch.randn(shape, device=self.device).requires_grad_(True)
         y = random_targets(n, self.spec, self.device) if targets is None else targets.to(self.device)
-        per_pixel = y.dim() == 3
         opt = torch.optim.Adam([x], lr=c.lr_g, betas=tuple(c.betas))
         logs: Dict[str, torch.Tensor] = {}
         best_loss_t = torch.tensor(float("inf"), device=self.device)
         best = x.detach().clone()
         for _ in range(c.iterations):
-            view, y_view = (
-                jitter_flip(x, c.jitter, self.flip, y) if per_pixel else (jitter_flip(x, c.jitter, self.flip), y)
-            )
+            view, y_view = jitter_flip(x, c.jitter, self.flip, y)  # a class map moves with its view
             t, _, l_bn = self.terms(view)
             l_oh = losses.one_hot(t, y_view)
             loss = c.bn * l_bn + c.oh * l_oh
@@ -138,6 +137,6 @@ class DeepInversion(PoolSampling, Synthesizer):
                 x.copy_(self.normalizer.clip(x))
         logs.update({"bn": l_bn.detach(), "oh": l_oh.detach(), "loss_g": loss.detach()})
         final = best if c.keep_best else x.detach()
-        self.pool.add(self.normalizer.denormalize(final), None if per_pixel else y)  # a pool keeps a label an image
+        self.pool.add(self.normalizer.denormalize(final), y)
         self.images_synthesized += n
         return logs

@@ -239,7 +239,7 @@ class FastDFKD(PoolSampling, Synthesizer):
         if self.terms.bn is not None and c.bn_momentum > 0:
             self.terms.bn.update_momentum()
         self.meta_update(fast, meta_grads)
-        self.pool.add(best, y if y.dim() == 1 else None)  # a pool keeps a label an image, not a class map
+        self.pool.add(best, y)
         self.images_synthesized += n
         logs = {k: v.detach() for k, v in logs.items()}
         logs["loss_g"] = loss.detach()

@@ -64,9 +64,13 @@ class DataPool:
 
     @torch.no_grad()
     def add(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
-        """Add a batch of [0, 1] images (copied: later changes to ``images`` do not reach the pool)."""
+        """Add a batch of [0, 1] images (copied: later changes to ``images`` do not reach the pool), with a label
+        each. The pool keeps a class per image: class maps (a segmentation target, ``(N, H, W)``) are not kept,
+        their images stored with -1 (the student's targets are the teacher's outputs on the view it sees)."""
         if images.dim() != 4:
             raise ValueError(f"pool images must be (N, C, H, W), got {tuple(images.shape)}")
+        if labels is not None and labels.dim() > 1:
+            labels = None
         n = images.shape[0]
         if self.capacity is not None and n > self.capacity:
             images, labels = images[-self.capacity :], None if labels is None else labels[-self.capacity :]
