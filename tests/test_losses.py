@@ -218,3 +218,42 @@ def test_adversarial_elementmean_is_silent_on_near_uniform_100_class_outputs():
     assert torch.count_nonzero(g) == 0
     (g_js,) = torch.autograd.grad(adversarial(s, t, kind="js", T=3.0), s)
     assert g_js.abs().max() > 1e-4
+
+
+def _kl_autograd(s, t, T):
+    """The chain kl_div ran on dense logits before _DenseKL: the reference for its values and gradients."""
+    log_q = torch.log_softmax(s / T, 1)
+    log_p = torch.log_softmax(t / T, 1)
+    return (log_p.exp() * (log_p - log_q)).sum(1) * (T * T)
+
+
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_dense_kl_matches_autograd_in_value_and_both_gradients(T):
+    # float64, so the two orders of the same arithmetic agree to ~1e-15 relative; 1e-10 leaves room for any CPU
+    torch.manual_seed(0)
+    s0, t0 = torch.randn(3, 5, 4, 6, dtype=torch.float64) * 3, torch.randn(3, 5, 4, 6, dtype=torch.float64) * 3
+    w = torch.rand(3, 4, 6, dtype=torch.float64)  # a non-uniform upstream gradient, as a masked mean gives
+    results = []
+    for fn in (_kl_autograd, losses._DenseKL.apply):
+        s, t = s0.clone().requires_grad_(), t0.clone().requires_grad_()
+        per = fn(s, t, T)
+        (per * w).sum().backward()
+        results.append((per.detach(), s.grad, t.grad))
+    for ref, got in zip(*results):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_kl_div_takes_the_dense_form_for_pixel_logits_and_keeps_class_logits():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 11, 8, 8, requires_grad=True), torch.randn(2, 11, 8, 8)
+    loss = losses.kl_div(s, t, T=2.0)
+    assert type(loss.grad_fn).__name__ == "MeanBackward0"
+    assert "DenseKL" in type(loss.grad_fn.next_functions[0][0]).__name__
+    # float32 against float64, with test_kl_uses_the_temperature's bound: a few ulps of each log-softmax entry,
+    # summed over the classes, times T^2
+    log_p, log_q = torch.log_softmax(t.double() / 2, 1), torch.log_softmax(s.detach().double() / 2, 1)
+    tol = 16 * torch.finfo(torch.float32).eps * 4 * float((log_p.abs() + log_q.abs()).max() + 1)
+    assert abs(loss.item() - _kl_autograd(s.detach().double(), t.double(), 2.0).mean().item()) <= tol
+    assert losses.kl_div(s, t, reduction="none").shape == (2, 8, 8)
+    c = torch.randn(4, 10, requires_grad=True)
+    assert "DenseKL" not in str(losses.kl_div(c, torch.randn(4, 10)).grad_fn.next_functions)

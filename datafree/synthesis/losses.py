@@ -30,14 +30,53 @@ from torch.nn import functional as F
 # --------------------------------------------------------------------------- divergences
 
 
+class _DenseKL(torch.autograd.Function):
+    """KL(softmax(t/T) || softmax(s/T)) * T^2 over dim 1, one value per position, with its gradients written out:
+    d/ds = T (q - p), d/dt = T p (log p - log q - KL). On dense logits (a segmentation student's N x C x H x W)
+    autograd's chain through log_softmax, exp, sub, mul and sum stores and revisits five tensors of the logits'
+    size; this stores two (three when t needs a gradient), and its backward runs in place on them, so the
+    graph supports one backward (a second raises autograd's in-place error, as for any freed graph)."""
+
+    @staticmethod
+    def forward(ctx, s, t, T):
+        if T != 1:
+            s, t = s / T, t / T
+        with torch.autocast(s.device.type, enabled=False):  # in the inputs' precision (float32 from kl_div)
+            log_q = torch.log_softmax(s, 1)
+            log_p = torch.log_softmax(t, 1)
+            p = log_p.exp()
+            diff = log_p.sub_(log_q)
+            per = torch.linalg.vecdot(p, diff, dim=1)
+        ctx.T = T
+        want_t = ctx.needs_input_grad[1]
+        ctx.save_for_backward(log_q, p, diff if want_t else None, per if want_t else None)
+        return per * (T * T)
+
+    @staticmethod
+    def backward(ctx, grad):
+        log_q, p, diff, per = ctx.saved_tensors
+        g = (grad * ctx.T).unsqueeze(1)
+        gs = gt = None
+        if ctx.needs_input_grad[1]:
+            gt = diff.sub_(per.unsqueeze(1)).mul_(p).mul_(g)
+        if ctx.needs_input_grad[0]:
+            gs = log_q.exp_().sub_(p).mul_(g)
+        return gs, gt, None
+
+
 def kl_div(s: torch.Tensor, t: torch.Tensor, T: float = 1.0, reduction: str = "batchmean") -> torch.Tensor:
     """KL(softmax(t/T) || softmax(s/T)) * T^2 (Hinton et al. 2015).
 
-    ``reduction='none'`` returns one value per sample (summed over classes).
+    ``reduction='none'`` returns one value per sample (summed over classes), per pixel for dense logits
+    (N x C x H x W: the mean is then over every pixel). Dense logits take :class:`_DenseKL`, the same value in
+    fewer passes (docs/segmentation.md, "Speed"); class logits keep autograd's form, bit for bit the runs on record.
     """
-    log_q = F.log_softmax(s.float() / T, dim=1)
-    log_p = F.log_softmax(t.float() / T, dim=1)
-    per_sample = (log_p.exp() * (log_p - log_q)).sum(1) * (T * T)
+    if s.dim() > 2:
+        per_sample = _DenseKL.apply(s.float(), t.float(), float(T))
+    else:
+        log_q = F.log_softmax(s.float() / T, dim=1)
+        log_p = F.log_softmax(t.float() / T, dim=1)
+        per_sample = (log_p.exp() * (log_p - log_q)).sum(1) * (T * T)
     if reduction == "none":
         return per_sample
     if reduction in ("batchmean", "mean"):
