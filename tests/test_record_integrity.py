@@ -383,10 +383,11 @@ def test_a_failed_start_keeps_the_earlier_attempts_and_a_probe_writes_nothing(tm
     folder.start_attempt("f1")
     folder.discard_attempts()  # the next start failed too: only its own attempt goes
     assert len(json.load(open(tmp_path / "r" / "attempts.json"))["attempts"]) == 1
-    folder.release()
     lock = tmp_path / "r" / ".datafree.lock"
     before = lock.read_text()
-    assert not folder.in_use() and lock.read_text() == before
+    assert folder.in_use() and lock.read_text() == before  # the probe's own open file meets the held lock
+    folder.release()
+    assert not folder.in_use() and not lock.exists()  # a released folder keeps no lock file
 
 
 def test_evaluations_compare_a_non_finite_accuracy_as_the_null_it_is_written_as():

@@ -207,9 +207,26 @@ def test_a_second_process_on_a_run_directory_fails_at_once(zoo, tmp_path, capsys
     finally:
         holder.kill()
         holder.wait()
-    # the killed holder's lock file is left behind: it must not block the run
+    # the killed holder's lock file is left behind: it must not block the run, which removes it when it ends
     assert (out / ".datafree.lock").exists()
     assert main(_cli_distill(out)) == 0
+    assert not (out / ".datafree.lock").exists()
+
+
+def test_a_released_lock_leaves_no_file_and_no_folder_it_made_empty(tmp_path):
+    from datafree.lock import DirLock
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with DirLock(str(kept / "a" / "b")):
+        assert (kept / "a" / "b" / ".datafree.lock").exists()
+    assert sorted(os.listdir(kept)) == []  # a/ and a/b/ were the lock's and stayed empty; kept/ was there before
+    with DirLock(str(kept / "c" / "d")):
+        (kept / "c" / "note").write_text("written while held")
+    assert sorted(os.listdir(kept / "c")) == ["note"]  # d/ went, c/ holds a file
+    again = DirLock(str(kept / "c"))
+    with again:  # the path is free again, and taken again
+        assert again.held
 
 
 def test_two_bench_processes_on_one_suite(zoo, tmp_path, capsys):
