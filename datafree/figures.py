@@ -79,17 +79,26 @@ def curves(
 
 def curves_png(curves, title: str = "", axis: str = "test accuracy (%)") -> bytes:
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for label, points in curves:
+    colours = plt.get_cmap("tab20").colors
+    styles, markers = ("-", "--", ":"), ("o", "s", "^")
+    for i, (label, points) in enumerate(curves):
+        # past 20 series a colour comes back with another line style and marker, so every series stays its own
+        k = i // len(colours)
         # a null accuracy (the engine's record of a non-finite one) is a gap in the line
         ax.plot(
             [e for e, _ in points],
             [math.nan if a is None else a for _, a in points],
-            marker="o",
+            color=colours[i % len(colours)],
+            linestyle=styles[k % len(styles)],
+            marker=markers[k % len(markers)],
             ms=2.5,
             lw=1.2,
             label=label,
         )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel(axis)
     if title:

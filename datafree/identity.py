@@ -140,7 +140,7 @@ def teacher_path(cfg: RunConfig) -> Optional[str]:
     if not needs_teacher(cfg):
         return None
     if not cfg.teacher:
-        raise ConfigError(f"method {cfg.method} needs a teacher: set teacher=<model or path>")
+        raise ConfigError(f"method {cfg.method} needs a teacher: pass --teacher <model or path> (teacher= in a config)")
     return resolve_teacher(cfg.teacher, cfg.dataset, cfg.model_zoo)
 
 

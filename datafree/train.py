@@ -198,8 +198,8 @@ def train_teacher(
     shadow = published_path(dataset, model, zoo)
     if shadow:  # the zoo's lookup takes a published file first: say which file a run of this name gets
         log(
-            f"note: the zoo also holds the published {shadow}, which a run naming teacher={model} uses before "
-            f"this one; pass teacher={path} to use this one"
+            f"note: the zoo also holds the published {shadow}, which a run naming --teacher {model} uses before "
+            f"this one; pass --teacher {path} to use this one"
         )
     log(
         f"teacher {model} on {dataset} (recipe {name}): {accuracy:.2f}%"

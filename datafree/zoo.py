@@ -32,6 +32,18 @@ def zoo_dir(explicit: Optional[str] = None) -> str:
     return os.path.abspath(explicit or os.environ.get("DATAFREE_ZOO") or "model_zoo")
 
 
+def where_zoo(explicit: Optional[str] = None) -> str:
+    """Where the zoo was looked for and how to point elsewhere, for the messages of a missing teacher."""
+    if explicit:
+        return f" The zoo here is {zoo_dir(explicit)} (model_zoo= / --zoo)."
+    if os.environ.get("DATAFREE_ZOO"):
+        return f" The zoo here is {zoo_dir()} ($DATAFREE_ZOO)."
+    return (
+        f" The zoo is model_zoo/ under the current folder ({os.getcwd()}): run from the repository root, or "
+        "point at one with model_zoo=DIR (--zoo DIR for train-teacher) or $DATAFREE_ZOO."
+    )
+
+
 def zoo_key(dataset: str, model: str) -> str:
     return f"{dataset}_{model.replace('/', '-')}"
 
@@ -113,7 +125,7 @@ def resolve_teacher(teacher: str, dataset: str, directory: Optional[str] = None)
     raise DatafreeError(
         f"no {teacher} teacher for {dataset} in the zoo ({path} is missing). Train one with\n"
         f"  datafree train-teacher --dataset {dataset} --model {teacher}\n"
-        f"or pass a checkpoint path: teacher=/path/to/model.pt" + hint
+        f"or pass a checkpoint path: --teacher /path/to/model.pt.{where_zoo(directory)}" + hint
     )
 
 

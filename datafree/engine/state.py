@@ -109,14 +109,15 @@ class RunState:
         source = get_source(cfg.dataset)
         self.spec = source.spec
         self.task = get_task(self.spec.task)
-        self.test_split = source.load("test", cfg.data_root).to(self.device)
-        if self.spec.num_classes == 0:  # image folders learn their class count on load
+        if self.spec.num_classes == 0:
             raise ConfigError(f"dataset {cfg.dataset} has no classes")
         self.checkpoint = self._prepare_folder()
         prepare_process(cfg)
         parts = build_parts(
             cfg, self.spec, self.device, self.teacher_file, self.out_dir, self.rank, self.world_size, self.log
         )
+        # after the teacher: a teacher of another dataset is the error to see first, not the missing data
+        self.test_split = source.load("test", cfg.data_root).to(self.device)
         self.teacher, self.teacher_info, self.student = parts.teacher, parts.teacher_info, parts.student
         self.amp, self.ctx, self.synth = parts.amp, parts.ctx, parts.synth
         self.distiller, self.trainer = parts.distiller, parts.trainer
@@ -155,14 +156,14 @@ class RunState:
         if has_records and not self.resume and not self.overwrite:
             raise DatafreeError(
                 f"run directory {folder.path} already holds a run. Use --resume to continue it, --overwrite to "
-                "start it again (its records are deleted), or out=<new dir> for a separate run"
+                "start it again (its records are deleted), or --out <new dir> for a separate run"
             )
         if has_records and self.resume and not self.overwrite and not folder.matches(self.identity):
             old, problem = folder.identity_problem()
             raise DatafreeError(
                 f"cannot resume {folder.path}: it holds a run of another config or teacher "
                 f"({differences(old, self.identity, problem=problem)}). Use --overwrite to start it again, "
-                "or out=<new dir> for a separate run"
+                "or --out <new dir> for a separate run"
             )
         distributed.barrier(self.world_size)
         if self.is_main:
