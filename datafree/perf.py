@@ -54,7 +54,7 @@ from .registry import DISTILLERS, SYNTHESIZERS, load_plugins
 from .report import markdown
 from .results import atomic_write_json
 from .runtime import precision_name, tune_cpu_malloc, use_channels_last
-from .synthesis.base import Amp, Context
+from .synthesis.base import ROUND_ITERATION_FIELDS, Amp, Context
 
 SCALES = {
     "cifar": {"dataset": "cifar10", "teacher": "resnet34", "student": "resnet18"},
@@ -63,8 +63,6 @@ SCALES = {
     "mnist_seg": {"dataset": "mnist_seg", "teacher": "deeplab_tiny", "student": "deeplab_tiny_half"},
     "nyuv2": {"dataset": "nyuv2", "teacher": "deeplabv3_resnet50", "student": "deeplabv3_mobilenet"},
 }
-#: config fields holding the number of inner iterations of one synthesis round
-ROUND_ITERATION_FIELDS = ("iterations", "g_steps", "gan_steps")
 
 
 def _sync(device: torch.device) -> None:

@@ -35,6 +35,7 @@ from .. import loggers
 from ..config import to_dict
 from ..models import save_model
 from ..results import BEST_STUDENT, atomic_write_bytes, samples_png
+from ..synthesis.base import round_iterations
 from .record import finite_scores
 from .view import RunView
 
@@ -44,6 +45,9 @@ class Hook:
 
     def open(self, engine: RunView) -> None:
         """The run is set up; a hook that cannot start raises (the setup then fails and cleans up)."""
+
+    def on_round_start(self, engine: RunView) -> None:
+        """A synthesis round begins (a round of DeepInversion or CMI is minutes of work on a CPU)."""
 
     def on_round(self, engine: RunView, steps: int) -> None:
         """A synthesis round and its ``steps`` student steps are done."""
@@ -205,11 +209,14 @@ class CollapseStopHook(Hook):
 
 
 class ProgressHook(Hook):
-    """A progress bar over the run's student steps (``progress=true``), or one line per evaluation."""
+    """A progress bar over the run's student steps (``progress=true``), or one line per evaluation. While a
+    round of many synthesis iterations runs, the bar says so."""
 
     def __init__(self, bar: bool):
         self.want_bar = bar
         self.bar = None
+        self.desc = ""
+        self._marked = False
 
     def open(self, engine: RunView) -> None:
         if not self.want_bar:
@@ -217,19 +224,33 @@ class ProgressHook(Hook):
         from tqdm.auto import tqdm
 
         cfg = engine.cfg
+        self.desc = f"{cfg.method} {cfg.teacher or ''}->{cfg.student}"
         self.bar = tqdm(
             total=cfg.epochs * engine.ep_steps,
             initial=engine.start_epoch * engine.ep_steps,
             unit="step",
-            desc=f"{cfg.method} {cfg.teacher or ''}->{cfg.student}",
+            desc=self.desc,
             leave=False,
             dynamic_ncols=True,
             mininterval=1.0,
             file=sys.stderr,
         )
 
+    def on_round_start(self, engine: RunView) -> None:
+        if self.bar is None:
+            return
+        # the bar moves with student steps; a long round would leave it still with no sign of work
+        its = round_iterations(engine.synth.cfg)
+        what = f"synthesizing: {its} iterations (synth.iterations)" if isinstance(its, int) and its > 50 else None
+        if what:
+            self.bar.set_description_str(f"{self.desc} [{what}]", refresh=True)
+            self._marked = True
+
     def on_round(self, engine: RunView, steps: int) -> None:
         if self.bar is not None:
+            if self._marked:
+                self.bar.set_description_str(self.desc, refresh=False)
+                self._marked = False
             self.bar.update(steps)
 
     def on_evaluation(self, engine: RunView, epoch: int, record: Dict[str, Any]) -> None:

@@ -114,6 +114,8 @@ class Engine(RunState):
         self._dist_logs: Dict[str, List[torch.Tensor]] = {}
         done = 0
         while done < ep_steps:
+            for hook in self.hooks:
+                hook.on_round_start(self)
             with self.meter.phase("synthesis"):
                 logs = self.synth.synthesize() or {}
                 for k, v in logs.items():

@@ -160,6 +160,15 @@ def frozen(module: Optional[nn.Module], train_mode: bool = False) -> Iterator[No
         module.train(was_training)
 
 
+#: the config fields that hold the number of inner iterations of one synthesis round, by method
+ROUND_ITERATION_FIELDS = ("iterations", "g_steps", "gan_steps")
+
+
+def round_iterations(cfg: Any) -> Optional[int]:
+    """The inner iterations of one round under a synthesizer's config (DeepInversion's 2000), or None."""
+    return next((getattr(cfg, f) for f in ROUND_ITERATION_FIELDS if getattr(cfg, f, None) is not None), None)
+
+
 class Synthesizer:
     """Base class of the data side of a method.
 
