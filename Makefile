@@ -10,7 +10,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export DATAFREE_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test install clean-demo catalog
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
+
+# after a change to a model, dataset, synthesizer or distiller: what `datafree list` and --print-config read
+# without importing torch (datafree/catalog.py; tests/test_catalog.py fails until it is rewritten)
+catalog: $(STAMP)
+	$(BIN)/python -m datafree.catalog
 
 # the demo's own output (results/demo is the committed record of our run: not touched)
 clean-demo:

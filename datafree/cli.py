@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list(args) -> int:
+    """Names and one-line facts, from the method files and datafree/catalog.py: no torch is imported unless a
+    plugin is (or the catalog is older than the sources, when the live registries answer)."""
+    from . import catalog
 
     load_plugins(args.plugin)
     if args.sources and args.what != "methods":
@@ -212,34 +215,35 @@ def cmd_list(args) -> int:
             f"--sources lists where methods' values come from: use `datafree list methods --sources`, "
             f"not `datafree list {args.what}`"
         )
-    reg = all_registries()[args.what]
-    names = reg.list(args.pattern)
     if args.what == "methods":
-        from .methods import describe, describe_sources
+        from .methods import describe, describe_sources, load_method_entries
 
+        load_method_entries()
+        names = all_registries()["methods"].list(args.pattern)
         width = max((len(n) for n in names), default=0)
         for n in names:
             print(f"{n:<{width}}  {describe(n)}")
             if args.sources:
                 for line in describe_sources(n):
                     print(f"    {line}")
-    elif args.what == "datasets":
+        return 0
+    names = catalog.names(args.what, args.pattern)
+    if args.what == "datasets":
         for n in names:
-            s = reg.get(n).spec
-            task = "" if s.task == "classification" else f", {s.task} (a class per pixel)"
-            print(f"{n:<14} {s.channels}x{s.size}x{s.size}, {s.num_classes} classes{task}")
+            s = catalog.dataset_facts(n)
+            task = "" if s["task"] == "classification" else f", {s['task']} (a class per pixel)"
+            print(f"{n:<14} {s['channels']}x{s['size']}x{s['size']}, {s['num_classes']} classes{task}")
         if args.pattern == "*":
             print("imagefolder:<path>  any ImageFolder tree with train/ and val/")
     elif args.what == "models":
-        from .models import model_task
-
         for n in names:
-            print(n if model_task(n) == "classification" else f"{n:<20} {model_task(n)}")
+            task = catalog.model_task(n)
+            print(n if task == "classification" else f"{n:<20} {task}")
+        if args.pattern == "*":
+            print("timm/<name>  (any timm model, e.g. timm/resnet18)")
     else:
         for n in names:
             print(n)
-    if args.what == "models" and args.pattern == "*":
-        print("timm/<name>  (any timm model, e.g. timm/resnet18)")
     return 0
 
 
@@ -284,22 +288,26 @@ def _user_config(args) -> Dict[str, Any]:
 
 
 def cmd_distill(args) -> int:
-    from .engine import Engine, check_run
-    from .executors import watch_parent
-    from .methods import resolve
+    from .methods import check_names, resolve
 
     user = _user_config(args)
     load_plugins(user.get("plugins", []))
     for key in ("method", "dataset", "student"):
         if key not in user and not args.config:
             raise DatafreeError(f"distill needs --{key} (or --config FILE)")
-    cfg = check_run(resolve(user))  # a bad key or value, or a name unknown here, fails before any file is written
-    if args.print_config:
+    cfg = check_names(resolve(user))  # a bad key or value, or a name unknown here, fails before any file is written
+    if args.print_config:  # answered without torch (datafree/catalog.py)
         print(config_yaml(cfg), end="")
         return 0
+    from .engine import Engine
+    from .executors import watch_parent
+
     watch_parent()  # a benchmark cell stops with its runner
     engine = Engine(cfg, resume=args.resume, overwrite=args.overwrite)
     record = engine.run()
+    if sys.stdout.isatty():
+        # the run's last progress line (stderr) said how it ended; stdout carries that line for scripts only
+        return EXIT_DIVERGED if record.status == "diverged" else 0
     if record.status == "diverged":
         d = record.diverged or {}
         print(f"diverged at epoch {d.get('epoch')} step {d.get('step')} ({d.get('reason')})  -> {engine.out_dir}")
@@ -540,6 +548,19 @@ def stop_once_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def one_line_warnings() -> None:
+    """A warning is one ``warning:`` line, as an error is one ``error:`` line: Python's default echoes the
+    source line that raised it, which says nothing to a user of the command."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        name = category.__name__
+        prefix = "warning" if issubclass(category, UserWarning) and name == "UserWarning" else f"warning ({name})"
+        print(f"{prefix}: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     # key=value overrides may come before or after options: collect the ones argparse leaves over
@@ -550,6 +571,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     stop_once_on_sigterm()
+    one_line_warnings()
     try:
         return COMMANDS[args.command](args)
     except DatafreeError as e:

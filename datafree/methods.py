@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import importlib
 import os
 from typing import Any, Dict, List, Optional
 
@@ -60,10 +61,10 @@ from .config import (
     to_dict,
     validate,
 )
-from .data import get_spec
+from . import catalog, loggers
 from .errors import ConfigError, DatafreeError
 from .names import ARCH_ALIASES, name_from_file
-from .registry import DISTILLERS, METHODS, SYNTHESIZERS, config_class, load_builtins, load_plugins
+from .registry import METHODS, load_plugins
 
 METHOD_DIR = os.path.join(os.path.dirname(__file__), "configs", "methods")
 _SECTIONS = (
@@ -130,7 +131,7 @@ def check_method_task(method: str, dataset: str, task: str) -> None:
     """Refuse, in one line, a method on a dataset of a task it does not serve."""
     tasks = method_tasks(method)
     if task not in tasks:
-        load_builtins()
+        load_method_entries()
         serving = [m for m in METHODS.list() if ":" not in m and task in method_tasks(m)]
         raise ConfigError(
             f"method {method!r} serves {' and '.join(tasks)} only, and {dataset} is a {task} dataset; "
@@ -144,6 +145,13 @@ def preset_of(name: str) -> tuple:
     return base, (preset or None)
 
 
+def load_method_entries() -> None:
+    """Register every built-in method entry: the method files (on this module's import) and the reference rows
+    that use real data (``datafree.baselines``, which imports only this module). Nothing here imports torch:
+    ``datafree list methods`` and ``--print-config`` answer from these and datafree/catalog.py."""
+    importlib.import_module("datafree.baselines")
+
+
 def load_method_files(directory: str = METHOD_DIR) -> None:
     for path in sorted(glob.glob(os.path.join(directory, "*.yaml"))):
         name = os.path.splitext(os.path.basename(path))[0]
@@ -153,7 +161,7 @@ def load_method_files(directory: str = METHOD_DIR) -> None:
 
 def method_entry(name: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
     """The method's entry with ``extends`` resolved (sections merged too)."""
-    load_builtins()
+    load_method_entries()
     seen = _seen or []
     if name in seen:
         raise ConfigError(f"method {name!r} extends itself through {' -> '.join(seen)}")
@@ -178,21 +186,27 @@ def dataset_section(sections: Dict[str, Any], dataset: str) -> tuple:
     if dataset in sections:
         return dataset, "its own section"
     try:
-        spec = get_spec(dataset)
+        channels, size = image_shape(dataset)
     except (DatafreeError, OSError):  # an unknown dataset or an unreadable image folder: take the top level
         return None, f"{dataset}'s image spec is unknown: the top-level recipe"
-    shape = f"{spec.channels}x{spec.size}x{spec.size}"
-    if spec.channels == 1 and spec.size in (28, 32) and "mnist" in sections:
+    shape = f"{channels}x{size}x{size}"
+    if channels == 1 and size in (28, 32) and "mnist" in sections:
         return "mnist", f"{dataset} is {shape}: the MNIST family (1 channel, 28 or 32 pixels) takes mnist's section"
     if dataset.startswith("imagefolder:"):  # an image folder has no recipe of its own: its spec picks one
         for name in sections:
             try:
-                other = get_spec(name)
+                other = image_shape(name)
             except (DatafreeError, OSError):
                 continue
-            if (other.channels, other.size) == (spec.channels, spec.size):
+            if other == (channels, size):
                 return name, f"{dataset} is read at {shape}, like {name}: {name}'s section"
     return None, f"no section for {dataset} ({shape}) or its family: the top-level recipe"
+
+
+def image_shape(dataset: str) -> tuple:
+    """``(channels, size)`` of a dataset (from the catalog; an ``imagefolder:``'s by reading the folder)."""
+    facts = catalog.dataset_facts(dataset)
+    return facts["channels"], facts["size"]
 
 
 def method_layers_explained(
@@ -283,7 +297,7 @@ def demo_layer(name: str) -> Dict[str, Any]:
 def methods_of_suite(suite: str) -> List[str]:
     """The registered methods whose entry lists ``suite`` under ``suites`` (presets by their own entry), in
     table order."""
-    load_builtins()
+    load_method_entries()
     out = []
     for name in METHODS.list():
         if suite in (METHODS.get(name).get("suites") or []):
@@ -300,11 +314,41 @@ def complete_method_sections(cfg: RunConfig) -> RunConfig:
     A resolved config then records every value a run uses (DAFL's generator BN eps too), so a change of a
     default shows as a changed config. Unknown keys are errors with suggestions.
     """
-    for section, reg, name in (("synth", SYNTHESIZERS, cfg.synthesizer), ("distill", DISTILLERS, cfg.distiller)):
-        cls = config_class(reg.get(name), f"{reg.kind} {name!r}")
+    for section, kind, name in (("synth", "synthesizers", cfg.synthesizer), ("distill", "distillers", cfg.distiller)):
+        cls = catalog.config_of(kind, name)
         full = build_dataclass(cls, getattr(cfg, section), f"{section} ({name})")
         check_method_values(full, section)
         setattr(cfg, section, to_dict(full))
+    return cfg
+
+
+def check_names(cfg: RunConfig) -> RunConfig:
+    """The checks of a resolved config that the names alone decide: its plugins load, its synthesizer,
+    distiller, dataset, student and teacher architecture are known (close matches otherwise), the method serves
+    the dataset's task and so do the models, and its loggers' packages are installed. Raises
+    :class:`~datafree.errors.DatafreeError` naming the value and the fix; writes nothing and, with a current
+    catalog, imports no torch (``distill --print-config``)."""
+    validate(cfg)  # the values alone (a config built or changed after it was resolved)
+    load_plugins(cfg.plugins)
+    catalog.require("synthesizers", cfg.synthesizer)
+    catalog.require("distillers", cfg.distiller)
+    loggers.check(cfg.log)  # log=none | csv | tensorboard | wandb, or a comma list: a name or a missing package
+    if not cfg.dataset.startswith("imagefolder:"):
+        catalog.require("datasets", cfg.dataset)
+    task = catalog.dataset_facts(cfg.dataset)["task"]  # an imagefolder: is read here
+    check_method_task(cfg.method, cfg.dataset, task)
+    if not cfg.student.startswith("timm/"):
+        catalog.require("models", cfg.student)
+    for role, name in (("student", cfg.student), ("teacher_arch", cfg.teacher_arch)):
+        if name is not None and catalog.model_task(name) != task:
+            same = ", ".join(m for m in catalog.names("models") if catalog.model_task(m) == task)
+            raise ConfigError(
+                f"{role}={name} is a {catalog.model_task(name)} model and {cfg.dataset} a {task} dataset; "
+                f"the {task} models: {same}"
+            )
+    arch = cfg.teacher_arch
+    if arch is not None and not (str(arch).startswith("timm/") or arch in ARCH_ALIASES):
+        catalog.require("models", str(arch), known=catalog.names("models") + list(ARCH_ALIASES) + ["timm/<name>"])
     return cfg
 
 

@@ -163,10 +163,13 @@ def load_plugins(modules: Optional[List[Union[str, os.PathLike]]] = None, entry_
     ``datafree.plugins`` are loaded once per process. What each plugin
     registers is recorded (:func:`plugin_registrations`).
     """
-    load_builtins()
+    eps = list(importlib.metadata.entry_points(group=PLUGIN_GROUP)) if entry_points else []
+    if not modules and all(f"ep:{ep.value}" in _PLUGINS_LOADED for ep in eps):
+        return []  # nothing to import: the built-ins stay unloaded until something asks for them (no torch)
+    load_builtins()  # first, so that a plugin that takes a built-in's name is refused unless it overrides
     loaded: List[str] = []
-    if entry_points:
-        for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+    if eps:
+        for ep in eps:
             key = f"ep:{ep.value}"
             if key in _PLUGINS_LOADED:
                 continue

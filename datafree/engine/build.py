@@ -15,46 +15,28 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from .. import loggers
-from ..config import RunConfig, validate
-from ..data import DatasetSpec, get_source
+from ..config import RunConfig
+from ..data import DatasetSpec
 from ..distill.base import Distiller
 from ..errors import ConfigError, DatafreeError, first_line
-from ..methods import check_method_task
-from ..models import create_model, model_task
-from ..registry import DISTILLERS, MODELS, SYNTHESIZERS, load_plugins
+from ..methods import check_names
+from ..models import create_model
+from ..registry import DISTILLERS, SYNTHESIZERS
 from ..runtime import precision_name, tune_cpu_malloc, use_channels_last
 from ..synthesis.base import Amp, Context, Synthesizer
 from ..names import describe
 from ..tasks import get_task
-from ..teacher import check_arch, load_teacher
+from ..teacher import load_teacher
 from .rng import seed_everything
 from .trainer import Trainer
 
 
 def check_run(cfg: RunConfig) -> RunConfig:
-    """The checks of a resolved config that need this machine: its plugins load, its synthesizer, distiller,
-    dataset, student and teacher architecture are known, and its loggers' packages are installed. Raises
-    :class:`~datafree.errors.DatafreeError` naming the value and the fix; writes nothing."""
-    validate(cfg)  # the values alone (a config built or changed after it was resolved)
-    load_plugins(cfg.plugins)
-    SYNTHESIZERS.get(cfg.synthesizer)  # unknown names fail with suggestions
-    DISTILLERS.get(cfg.distiller)
-    loggers.check(cfg.log)  # log=none | csv | tensorboard | wandb, or a comma list: a name or a missing package
-    task = get_source(cfg.dataset).spec.task
-    check_method_task(cfg.method, cfg.dataset, task)
-    if not cfg.student.startswith("timm/"):
-        MODELS.get(cfg.student)
-    for role, name in (("student", cfg.student), ("teacher_arch", cfg.teacher_arch)):
-        if name is not None and model_task(name) != task:
-            same = ", ".join(m for m in MODELS.list() if model_task(m) == task)
-            raise ConfigError(
-                f"{role}={name} is a {model_task(name)} model and {cfg.dataset} a {task} dataset; "
-                f"the {task} models: {same}"
-            )
-    if cfg.teacher_arch is not None:
-        check_arch(cfg.teacher_arch)
-    return cfg
+    """The checks of a resolved config that need this machine (its plugins, names, tasks, loggers, an
+    ``imagefolder:``'s folder): :func:`datafree.methods.check_names`, which needs no torch, under the name the
+    runner and the engine call. Raises :class:`~datafree.errors.DatafreeError` naming the value and the fix;
+    writes nothing."""
+    return check_names(cfg)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import ClassVar, Dict, Optional
 
 import torch
 
@@ -41,7 +41,6 @@ from ..registry import SYNTHESIZERS
 from . import losses
 from .base import Synthesizer
 from .common import PoolOptions, PoolSampling, TeacherTerms, random_targets, view_flips
-from ..errors import ConfigError
 
 
 def jitter_flip(x: torch.Tensor, lim: float, flip: bool, targets: Optional[torch.Tensor] = None):
@@ -76,12 +75,7 @@ class DeepInversion(PoolSampling, Synthesizer):
         # the competition term: js_clamped, the reference code's form (losses.js_clamped), or js, the true JS
         adv_kind: str = "js_clamped"
 
-        def validate(self) -> None:
-            if self.adv_kind not in ("js_clamped", "js"):
-                raise ConfigError(
-                    f"synth.adv_kind={self.adv_kind!r}: use js_clamped (the reference code's "
-                    "competition term) or js (the true Jensen-Shannon divergence)"
-                )
+        choices: ClassVar[Dict[str, tuple]] = {"adv_kind": ("js_clamped", "js")}
 
         tv: float = 1e-3
         l2: float = 0.0

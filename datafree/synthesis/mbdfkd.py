@@ -10,7 +10,7 @@ with student batches that mix fresh ("novel") samples and replayed ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,7 +20,6 @@ from ..registry import SYNTHESIZERS
 from . import losses
 from .common import GeneratorSynthesizer
 from .pool import DataPool
-from ..errors import ConfigError
 
 
 def uniform_init_(module: nn.Module, bound: float) -> None:
@@ -104,12 +103,7 @@ class AdversarialReplaySynthesizer(GeneratorSynthesizer):
         student_mode: str = "train"  # the student in the generator loss: "train" (released) or "eval" (frozen)
         replay_ratio: float = 0.125  # replayed samples per novel sample in a student batch
 
-        def validate(self) -> None:
-            if self.adv_kind != "released" and self.adv_kind not in losses.DIVERGENCES:
-                raise ConfigError(
-                    f"synth.adv_kind={self.adv_kind!r}: use released (the released code's term) "
-                    f"or one of {sorted(losses.DIVERGENCES)}"
-                )
+        choices: ClassVar[Dict[str, tuple]] = {"adv_kind": ("released", *sorted(losses.DIVERGENCES))}
 
     def __init__(self, ctx, **params):
         super().__init__(ctx, **params)
