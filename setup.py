@@ -10,7 +10,10 @@ setup(
     # the reference rows that use real data live in baselines/ and import as datafree.baselines
     packages=find_packages(include=["datafree", "datafree.*"]) + ["datafree.baselines"],
     package_dir={"datafree.baselines": "baselines"},
-    package_data={"datafree": ["configs/*.yaml", "configs/*.json", "configs/methods/*.yaml"], "datafree.baselines": ["*.yaml"]},
+    package_data={
+        "datafree": ["configs/*.yaml", "configs/*.json", "configs/methods/*.yaml"],
+        "datafree.baselines": ["*.yaml"],
+    },
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

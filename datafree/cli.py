@@ -146,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
         "results/demo holds our committed run)",
     )
     p.add_argument("--fresh", action="store_true", help="delete earlier demo runs first")
+    p.add_argument(
+        "--presets",
+        action="store_true",
+        help="run the presets too (hidfd:released, cmi:fixed, ...: left out by default, so that the demo stays short)",
+    )
+    p.add_argument(
+        "--write-costs",
+        action="store_true",
+        help="afterwards, rewrite the measured costs behind the demo's estimate (the suite's <suite>_costs.yaml) "
+        "from this demo's records",
+    )
     _common(p)
 
     p = sub.add_parser("perf", help="time each method's synthesis round and student step against the floor")
@@ -433,7 +444,15 @@ def cmd_plot(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(suite=args.suite, out=args.out, fresh=args.fresh, data_root=args.data_root, plugins=args.plugin)
+    run_demo(
+        suite=args.suite,
+        out=args.out,
+        fresh=args.fresh,
+        data_root=args.data_root,
+        plugins=args.plugin,
+        presets=args.presets,
+        write_costs=args.write_costs,
+    )
     return 0
 
 
@@ -553,12 +572,11 @@ def one_line_warnings() -> None:
     source line that raised it, which says nothing to a user of the command."""
     import warnings
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
+    def one_line(message, category, filename, lineno, line=None) -> str:
         name = category.__name__
-        prefix = "warning" if issubclass(category, UserWarning) and name == "UserWarning" else f"warning ({name})"
-        print(f"{prefix}: {message}", file=file or sys.stderr)
+        return f"warning: {message}\n" if name == "UserWarning" else f"warning ({name}): {message}\n"
 
-    warnings.showwarning = show
+    warnings.formatwarning = one_line  # the format only: where warnings go (a test's record of them) is kept
 
 
 def main(argv: Optional[List[str]] = None) -> int:

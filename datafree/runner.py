@@ -237,7 +237,7 @@ def _run_locked(
     def done(cell: Cell, res: Dict[str, Any]) -> None:
         state["done"] += 1
         elapsed = time.time() - t0
-        what = _outcome(cell, res, state)
+        what = cell_outcome(cell, res, state)
         eta = elapsed / state["done"] * (len(todo) - state["done"])
         _say(
             f"[bench {name} {state['done']}/{len(todo)}] {cell.name}: {what} | elapsed {elapsed:.0f} s, eta {eta:.0f} s"
@@ -281,7 +281,7 @@ def _run_locked(
     }
 
 
-def _outcome(cell: Cell, res: Dict[str, Any], state: Dict[str, Any]) -> str:
+def cell_outcome(cell: Cell, res: Dict[str, Any], state: Dict[str, Any]) -> str:
     """What became of a cell, counted into ``state``: its result, a divergence, a stop or a failure."""
     folder = RunFolder(cell.out)
     if res.get("not_started"):

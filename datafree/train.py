@@ -105,6 +105,28 @@ def without_threads(ident: Identity) -> Identity:
     return Identity(fingerprint_of(fields), fields)
 
 
+def zoo_entry_of_recipe(
+    dataset: str, model: str, overrides: Optional[Dict[str, Any]] = None, zoo: Optional[str] = None, recipe=None
+) -> Tuple[Optional[Dict[str, Any]], Optional[Identity], Identity]:
+    """``(entry, recorded, recipe_id)``: the zoo's manifest entry for the teacher when its file exists (else
+    None), the recipe fingerprint that entry records (None if it records none), and this recipe's: the entry is
+    reused only when the two are the same run (:func:`train_teacher`)."""
+    cfg, _ = teacher_config(dataset, model, overrides, recipe)
+    # the recipe, as the zoo records it: the run's identity without the thread count it happened to use
+    recipe_id = without_threads(run_identity(cfg, teacher_file=None))
+    if not os.path.isfile(zoo_path(dataset, model, zoo)):
+        return None, None, recipe_id
+    entry = read_manifest(zoo).get(zoo_key(dataset, model), {})
+    recorded = Identity(entry["fingerprint"], entry.get("recipe_fields") or {}) if entry.get("fingerprint") else None
+    return entry, recorded, recipe_id
+
+
+def needs_training(dataset: str, model: str, overrides=None, zoo: Optional[str] = None, recipe=None) -> bool:
+    """Whether :func:`train_teacher` would train (or retrain) this teacher rather than reuse the zoo's."""
+    entry, recorded, recipe_id = zoo_entry_of_recipe(dataset, model, overrides, zoo, recipe)
+    return entry is None or not same_run(recorded, recipe_id)
+
+
 def train_teacher(
     dataset: str,
     model: str,
@@ -128,15 +150,9 @@ def train_teacher(
     own teacher). With ``keep=best`` (the cmi recipe) the zoo gets the weights of the best evaluation.
     """
     path = zoo_path(dataset, model, zoo)
-    key = zoo_key(dataset, model)
     cfg, name = teacher_config(dataset, model, overrides, recipe)
-    # the recipe, as the zoo records it: the run's identity without the thread count it happened to use
-    recipe_id = without_threads(run_identity(cfg, teacher_file=None))
-    if os.path.isfile(path) and not force:
-        entry = read_manifest(zoo).get(key, {})
-        recorded = (
-            Identity(entry["fingerprint"], entry.get("recipe_fields") or {}) if entry.get("fingerprint") else None
-        )
+    entry, recorded, recipe_id = zoo_entry_of_recipe(dataset, model, overrides, zoo, recipe)
+    if entry is not None and not force:
         if same_run(recorded, recipe_id):
             log(
                 f"teacher {path} exists (recipe {name}, accuracy {entry.get('accuracy', '?')}); "
