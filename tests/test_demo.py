@@ -92,13 +92,13 @@ def test_tiny_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert "1 torch thread" in written.machine
 
 
-def test_demo_reruns_cells_of_another_teacher(tmp_path, monkeypatch):
-    """A new teacher (a fresh machine trains its own) makes every earlier demo run stale: none is reused."""
+def _tiny_suite(tmp_path, monkeypatch, methods, zoo):
+    """A two-epoch demo suite of ``methods`` on digits in ``tmp_path`` (the working folder), with its own zoo."""
     suite = {
         "name": "tinydemo",
         "dataset": "digits",
         "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}],
-        "methods": ["kd_real"],
+        "methods": list(methods),
         "seeds": [0],
         "teacher_training": {"epochs": 2},
         "defaults": {"samples": 0, "progress": False, "epochs": 2, "batch_size": 16, "ep_steps": 3},
@@ -106,7 +106,13 @@ def test_demo_reruns_cells_of_another_teacher(tmp_path, monkeypatch):
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DATAFREE_ZOO", str(tmp_path / "zoo_a"))
+    monkeypatch.setenv("DATAFREE_ZOO", str(tmp_path / zoo))
+    return suite, path
+
+
+def test_demo_reruns_cells_of_another_teacher(tmp_path, monkeypatch):
+    """A new teacher (a fresh machine trains its own) makes every earlier demo run stale: none is reused."""
+    suite, path = _tiny_suite(tmp_path, monkeypatch, ["kd_real"], "zoo_a")
     out = tmp_path / "demo"
     run_demo(suite=str(path), out=str(out))
     cell = out / "digits" / "kd_real" / "lenet5-lenet5_half-s0"
@@ -126,19 +132,7 @@ def test_demo_reruns_cells_of_another_teacher(tmp_path, monkeypatch):
 
 def test_a_failing_cell_is_reported_and_the_others_run(tmp_path, monkeypatch, capsys):
     """A cell whose process fails is reported (stderr, error.json, the README's note) and the demo goes on."""
-    suite = {
-        "name": "tinydemo",
-        "dataset": "digits",
-        "pairs": [{"teacher": "lenet5", "student": "lenet5_half"}],
-        "methods": ["kd_real", "scratch"],
-        "seeds": [0],
-        "teacher_training": {"epochs": 2},
-        "defaults": {"samples": 0, "progress": False, "epochs": 2, "batch_size": 16, "ep_steps": 3},
-    }
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DATAFREE_ZOO", str(tmp_path / "zoo"))
+    suite, path = _tiny_suite(tmp_path, monkeypatch, ["kd_real", "scratch"], "zoo")
     real = executors.cell_command
     broken = [sys.executable, "-c", "import sys; print('error: kd_real broke on purpose'); sys.exit(2)"]
     monkeypatch.setattr(executors, "cell_command", lambda cell: broken if cell.entry == "kd_real" else real(cell))
