@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fnmatch
 import glob
 import hashlib
 import importlib
@@ -158,8 +159,6 @@ def current() -> Optional[Dict[str, Any]]:
 
 def names(kind: str, pattern: str = "*") -> List[str]:
     """Sorted names of a kind matching a wildcard, as ``Registry.list`` gives them."""
-    import fnmatch
-
     cat = current()
     if cat is None:
         load_builtins()
@@ -186,14 +185,16 @@ def dataset_facts(name: str) -> Dict[str, Any]:
     if cat is not None and name in cat["datasets"]:
         return dict(cat["datasets"][name])
     load_builtins()
-    s = importlib.import_module("datafree.data").get_spec(name) if name.startswith("imagefolder:") else None
-    s = s or DATASETS.get(name).spec
+    if name.startswith("imagefolder:"):
+        s = importlib.import_module("datafree.data").get_spec(name)
+    else:
+        s = DATASETS.get(name).spec
     return {"channels": s.channels, "size": s.size, "num_classes": s.num_classes, "task": s.task}
 
 
 def model_task(name: str) -> str:
-    """The task a model serves (``datafree.models.model_task``'s answer), classification for ``timm/`` and
-    unknown names."""
+    """The task a model's output serves: its builder's ``task`` (segmenters: ``"segmentation"``), else
+    classification (every classifier, ``timm/<name>`` and unknown names)."""
     if name.startswith("timm/"):
         return "classification"
     cat = current()

@@ -259,7 +259,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .teacher import check_arch, load_teacher, test_accuracy
+    from .methods import check_arch
+    from .teacher import load_teacher, test_accuracy
 
     load_plugins(args.plugin)
     if args.arch:
@@ -378,7 +379,8 @@ def cmd_table(args) -> int:
 
         print(tables_markdown(df, title=title, reference=load_reference(args.reference), metric=metric))
         return 0
-    text = write_tables(
+    # the tables go to the file (`--out -` prints them instead): here only where they went
+    write_tables(
         df,
         os.path.dirname(os.path.abspath(out)),
         title=title,
@@ -387,8 +389,6 @@ def cmd_table(args) -> int:
         readme=out,
         note=args.note or "",
     )
-    # the tables are in the file (`--out -` prints them instead): here only where they went
-    del text
     print(f"wrote {out} (+ accuracy.csv, stability.csv, curves.png, acc_vs_hours.png beside it)")
     if skipped:
         print(f'{describe_skipped(skipped)}; all are listed under "Skipped records" in {out}', file=sys.stderr)

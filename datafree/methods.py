@@ -346,10 +346,18 @@ def check_names(cfg: RunConfig) -> RunConfig:
                 f"{role}={name} is a {catalog.model_task(name)} model and {cfg.dataset} a {task} dataset; "
                 f"the {task} models: {same}"
             )
-    arch = cfg.teacher_arch
-    if arch is not None and not (str(arch).startswith("timm/") or arch in ARCH_ALIASES):
-        catalog.require("models", str(arch), known=catalog.names("models") + list(ARCH_ALIASES) + ["timm/<name>"])
+    if cfg.teacher_arch is not None:
+        check_arch(cfg.teacher_arch)
     return cfg
+
+
+def check_arch(name: Any) -> str:
+    """``name`` if it is an architecture (a registered model, a reference alias or ``timm/<name>``); else the
+    unknown-name error with close matches. Read from the catalog: no torch."""
+    name = str(name)
+    if name.startswith("timm/") or name in ARCH_ALIASES:
+        return name
+    return catalog.require("models", name, known=catalog.names("models") + list(ARCH_ALIASES) + ["timm/<name>"])
 
 
 def resolve(user: Optional[Dict[str, Any]] = None, overrides: Optional[Dict[str, Any]] = None) -> RunConfig:

@@ -40,16 +40,6 @@ from .tasks import get_task
 from .zoo import resolve_teacher, timm_pretrained_file
 
 
-def check_arch(name: Any) -> str:
-    """``name`` if it is an architecture (a registered model, a reference alias or ``timm/<name>``); else the
-    unknown-name error with close matches."""
-    load_builtins()
-    name = str(name)
-    if name.startswith("timm/") or name in MODELS or name in ARCH_ALIASES:
-        return name
-    raise MODELS.unknown(name, MODELS.list() + list(ARCH_ALIASES) + ["timm/<name>"])
-
-
 def arch_from_file(path: str, dataset: Optional[str] = None) -> Optional[str]:
     """A registered architecture named by the file (``cifar10_wrn40_2.pth`` -> ``wrn40_2``), or None."""
     load_builtins()

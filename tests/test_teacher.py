@@ -10,7 +10,7 @@ from datafree import load_teacher
 from datafree.cli import main
 from datafree.errors import CheckpointError, UnknownNameError
 from datafree.models import create_model, save_model
-from datafree.teacher import check_arch
+from datafree.methods import check_arch
 from datafree.names import name_from_file
 
 

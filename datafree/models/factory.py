@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from torch import nn
 
+from .. import catalog
 from ..registry import GENERATORS, MODELS
 from .base import Classifier
 from .timm_models import timm_model
@@ -33,9 +34,5 @@ def list_models(pattern: str = "*", task: Optional[str] = None):
     return names if task is None else [n for n in names if model_task(n) == task]
 
 
-def model_task(name: str) -> str:
-    """The task a model's output serves: its builder's ``task`` (segmenters: ``"segmentation"``), else
-    classification (every classifier, and ``timm/<name>``)."""
-    if name.startswith("timm/") or name not in MODELS:
-        return "classification"
-    return getattr(MODELS.get(name), "task", "classification")
+#: the task a model's output serves (its builder's ``task``): one home, the catalog, which answers without torch
+model_task = catalog.model_task
