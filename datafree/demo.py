@@ -56,14 +56,14 @@ import yaml
 
 from .config import deep_merge
 from .errors import DatafreeError
-from .executors import forward_signals, make_executor, record_cell_error
+from .executors import forward_signals, make_executor
 from .lock import LOCK_NAME, DirLock
 from .methods import preset_of
 from .registry import load_plugins
 from .report import write_tables
 from .results import RecordError, atomic_write_text, empty_directory, machine
 from .rundir import RunFolder
-from .runner import cell_config, cell_outcome, cell_status, prepare_cell, settle
+from .runner import cell_outcome, cell_status, settle_cells
 from .runs import load_runs
 from .suites import Cell, expand, load_suite, teachers_needed
 from .train import needs_training, train_teacher
@@ -243,34 +243,6 @@ def run_demo(
         return _run_demo(suite or DEFAULT_SUITE, out, fresh, data_root, plugins, presets, write_costs, jobs)
 
 
-def _settle_cells(cells: Sequence[Cell], extra: Dict[str, Any]) -> Tuple[List[Cell], int, int, Dict[str, str]]:
-    """``(cells to run, reused, set aside, {entry: error})``: each cell settled as the runner does (a record of
-    exactly this cell reused, one of another config or teacher set aside) and its ``cell.yaml`` written; a cell
-    whose config fails is that cell's error (its ``error.json``), and the others go on."""
-    failures: Dict[str, str] = {}
-    todo: List[Cell] = []
-    reused = stale = 0
-    for cell in cells:
-        try:
-            cell_config(cell, extra)  # a bad config fails here, naming the cell, without starting a process
-            status, moved, why = settle(cell, extra, threads=CELL_THREADS)
-            if status == "finished":
-                _say(f"[demo] {cell.name}: finished earlier with this config and teacher, reused")
-                reused += 1
-                continue
-            if moved:
-                stale += 1
-                _say(f"[demo] {cell.name}: earlier record of another config or teacher ({why}) kept as {moved}")
-            prepare_cell(cell, extra)
-        except Exception as e:  # noqa: BLE001 (one broken method must not stop the demo)
-            failures[cell.entry] = f"{type(e).__name__}: {e}"
-            record_cell_error(cell.out, e)
-            _say(f"[demo] {cell.entry} failed: {e}")
-            continue
-        todo.append(cell)
-    return todo, reused, stale, failures
-
-
 def _demo_rows(out: str, cells: Sequence[Cell]):
     """``(rows, left out)``: the runs under ``out`` (:func:`datafree.runs.load_runs`) that are this demo's cells,
     and how many others there are: a preset run by an earlier ``--presets``, a method no longer in the demo, whose
@@ -373,7 +345,13 @@ def _run_demo(
             teacher_seconds = float(entry["seconds"])
     t_teacher = time.time() - t_teacher
 
-    todo, reused, stale, failures = _settle_cells(cells, extra)
+    todo, reused, stale, failed = settle_cells(
+        cells, extra, lambda msg: _say(f"[demo] {msg}"), threads=CELL_THREADS, check_config=True, say_reused=True
+    )
+    failures: Dict[str, str] = {}
+    for cell, err in failed:  # one broken method must not stop the demo
+        failures[cell.entry] = err
+        _say(f"[demo] {cell.entry} failed: {err}")
     # longest first: the executor starts cells in this order on whichever slot frees first
     todo.sort(key=lambda c: -costs.cell(c.entry))
     state: Dict[str, Any] = {"done": 0, "failed": [], "diverged": 0, "stopped": [], "not_started": []}

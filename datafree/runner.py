@@ -13,11 +13,12 @@ cell gets); a record of another one is kept aside as ``<cell>.stale-<n>/`` and t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -97,6 +98,50 @@ def cell_status(cell: Cell, extra: Optional[Dict[str, Any]] = None, threads: Opt
 
 def prepare_cell(cell: Cell, extra: Optional[Dict[str, Any]] = None) -> None:
     RunFolder(cell.out).write_cell(yaml.safe_dump(deep_merge(cell.user_config(), extra or {}), sort_keys=False))
+
+
+def settle_cells(
+    cells: Sequence[Cell],
+    extra: Dict[str, Any],
+    log: Callable[[str], None],
+    device_kind: Optional[str] = None,
+    threads: Optional[int] = None,
+    no_teacher: Optional[Dict[tuple, str]] = None,
+    check_config: bool = False,
+    say_reused: bool = False,
+) -> Tuple[List[Cell], int, int, List[Tuple[Cell, str]]]:
+    r"""``(cells to run, reused, set aside, [(cell, error)])``: each cell :func:`settle`\ d (a record of exactly this
+    cell reused, one of another config or teacher set aside and said) and its ``cell.yaml`` written. Whatever goes
+    wrong with one cell (its config with ``check_config``, its teacher in ``no_teacher``, its folder in use or not
+    a folder) is that cell's error, written to its ``error.json``: the others go on. What bench and the demo do
+    before they run their cells."""
+    todo: List[Cell] = []
+    failed: List[Tuple[Cell, str]] = []
+    reused = stale = 0
+    for c in cells:
+        try:
+            if check_config:
+                cell_config(c, extra)  # a bad config fails here, naming the cell, without starting a process
+            key = (c.dataset, c.teacher, extra.get("model_zoo") or c.model_zoo)
+            if no_teacher and key in no_teacher:
+                raise DatafreeError(no_teacher[key])
+            state, moved, why = settle(c, extra, device_kind, threads)
+            if state == "finished":
+                reused += 1
+                if say_reused:
+                    log(f"{c.name}: finished earlier with this config and teacher, reused")
+                continue
+            if moved:
+                stale += 1
+                log(f"{c.name}: record of another config or teacher ({why}), kept as {moved}")
+            prepare_cell(c, extra)
+        except Exception as e:  # noqa: BLE001
+            failed.append((c, str(e) if isinstance(e, DatafreeError) else f"{type(e).__name__}: {e}"))
+            with contextlib.suppress(OSError):
+                record_cell_error(c.out, e)
+            continue
+        todo.append(c)
+    return todo, reused, stale, failed
 
 
 # --------------------------------------------------------------------------- teachers
@@ -204,30 +249,10 @@ def _run_locked(
     name = suite.name
     no_teacher = train_missing_teachers(suite, cells, extra)
     device_kind = "cuda" if executor == "slurm" else None  # where the cells will run, not where bench runs
-    todo, reused, stale, failed0 = [], 0, 0, []
-    for c in cells:
-        # whatever goes wrong with one cell (its teacher is missing, its folder is in use or not a folder) is
-        # that cell's error: the suite goes on with the others
-        try:
-            key = (c.dataset, c.teacher, extra.get("model_zoo") or c.model_zoo)
-            if key in no_teacher:
-                raise DatafreeError(no_teacher[key])
-            state, moved, why = settle(c, extra, device_kind, threads)
-            if state == "finished":
-                reused += 1
-                continue
-            if moved:
-                stale += 1
-                _say(f"[bench {name}] {c.name}: record of another config or teacher ({why}), kept as {moved}")
-            prepare_cell(c, extra)
-        except Exception as e:  # noqa: BLE001
-            failed0.append((c.name, str(e) if isinstance(e, DatafreeError) else f"{type(e).__name__}: {e}"))
-            try:
-                record_cell_error(c.out, e)
-            except OSError:
-                pass
-            continue
-        todo.append(c)
+    todo, reused, stale, failed = settle_cells(
+        cells, extra, lambda msg: _say(f"[bench {name}] {msg}"), device_kind, threads, no_teacher
+    )
+    failed0 = [(c.name, err) for c, err in failed]
     _say(
         f"[bench {name}] {len(cells)} cells: {reused} reused, {stale} stale -> rerun, "
         f"{len(todo) - stale} to run, {len(failed0)} failed to start ({executor} executor)"
